@@ -1,0 +1,54 @@
+//! The core of kvs: a multi-process key-value store over POSIX shared memory.
+//!
+//! This crate knows nothing about processes' roles, command lines or logging
+//! policy; it provides the pieces the server and the client are built from:
+//!
+//! * [`region`]: the named shared-memory object, its header, layout, lock
+//!   file and client registrations;
+//! * [`ring`]: the lock-free MPMC request ring (Vyukov, as crossbeam's
+//!   `ArrayQueue`), recoverable when a producer dies mid-push;
+//! * [`response_table`]: response slots with generations, so an answer can
+//!   never reach the wrong request;
+//! * [`wait`]: spin-then-futex waiting that makes no syscall on the fast path;
+//! * [`map`]: the server's striped-lock hash map;
+//! * [`protocol`]: op codes, status codes, request and response records;
+//! * [`fixed_str`]: fixed-capacity `Pod` strings for text keys and values.
+//!
+//! Everything read from the region is treated as untrusted: indices are
+//! bounds-checked, codes and states validated, and garbage becomes an error
+//! value, never a panic or undefined behaviour.
+
+#![warn(missing_docs, unsafe_op_in_unsafe_fn)]
+
+#[cfg(not(loom))]
+pub mod error;
+#[cfg(not(loom))]
+pub mod fixed_str;
+#[cfg(not(loom))]
+pub mod map;
+pub mod protocol;
+#[cfg(not(loom))]
+pub mod region;
+pub mod response_table;
+pub mod ring;
+mod sync;
+pub mod wait;
+
+#[cfg(not(loom))]
+pub use error::{RegionCreateError, RegionOpenError};
+#[cfg(not(loom))]
+pub use fixed_str::{FixedStr, FixedStrError};
+#[cfg(not(loom))]
+pub use map::StripedMap;
+pub use protocol::{OpCode, Request, Response, StatusCode};
+#[cfg(not(loom))]
+pub use region::{Region, RegionConfig};
+pub use response_table::{SlotState, SlotTable};
+pub use ring::Ring;
+
+/// Now, in nanoseconds since the unix epoch (0 if the clock is before it).
+pub fn unix_now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}

@@ -1,0 +1,227 @@
+//! The region header: magic, layout version, initialisation state, and the
+//! static description of everything after it.
+//!
+//! ```text
+//! offset  size  field
+//!      0     8  magic            "\x89KVS\r\n\x1a\n" (PNG-style: not zeros, not text)
+//!      8     4  state            Creating = 0, Ready = 1, Closed = 2
+//!     12     4  layout_version   LAYOUT_VERSION
+//!     16   464  info             RegionInfo (Pod, written once before Ready)
+//!    512     .  live words       futex words and counters (atomics), see RegionHeader
+//! ```
+//!
+//! The first three fields never move, whatever the version, so any opener can
+//! tell "not a kvs region", "another version" and "not ready yet" apart before
+//! it interprets anything else. `info` is copied out with a volatile read and
+//! validated as a copy: another process may scribble on the region, and a
+//! scribbled copy is merely wrong, never undefined behaviour.
+
+use crate::sync::{AtomicU32, AtomicU64, UnsafeCell};
+use bytemuck::{Pod, Zeroable};
+use crossbeam_utils::CachePadded;
+use std::fmt;
+
+/// The first eight bytes of every region.
+pub const MAGIC: u64 = u64::from_le_bytes(*b"\x89KVS\r\n\x1a\n");
+
+/// Bumped whenever anything in the region's layout or protocol changes.
+pub const LAYOUT_VERSION: u32 = 1;
+
+/// Maximum bytes of a type name kept in the header.
+pub const TYPE_NAME_LEN: usize = 120;
+
+/// The region's life cycle, stored in [`RegionHeader::state`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum InitState {
+    /// The server is still writing the region.
+    Creating = 0,
+    /// Open for clients.
+    Ready = 1,
+    /// The server has stopped; nothing will be answered.
+    Closed = 2,
+}
+
+impl TryFrom<u32> for InitState {
+    type Error = u32;
+
+    fn try_from(v: u32) -> Result<Self, u32> {
+        match v {
+            0 => Ok(InitState::Creating),
+            1 => Ok(InitState::Ready),
+            2 => Ok(InitState::Closed),
+            other => Err(other),
+        }
+    }
+}
+
+/// Size, alignment and name of one type, as stored in the header.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct TypeInfo {
+    /// `size_of`.
+    pub size: u64,
+    /// `align_of`.
+    pub align: u64,
+    /// FNV-1a of the full type name.
+    pub name_hash: u64,
+    /// Length of the (possibly truncated) name in `name`.
+    pub name_len: u64,
+    /// The type name, truncated to [`TYPE_NAME_LEN`] bytes.
+    pub name: [u8; TYPE_NAME_LEN],
+}
+
+impl TypeInfo {
+    /// The description of `T`.
+    pub fn of<T>() -> Self {
+        let full = std::any::type_name::<T>();
+        let mut name = [0u8; TYPE_NAME_LEN];
+        let n = full.len().min(TYPE_NAME_LEN);
+        name[..n].copy_from_slice(&full.as_bytes()[..n]);
+        Self {
+            size: std::mem::size_of::<T>() as u64,
+            align: std::mem::align_of::<T>() as u64,
+            name_hash: fnv1a(full.as_bytes()),
+            name_len: n as u64,
+            name,
+        }
+    }
+
+    /// The stored name (lossy if another process wrote junk).
+    pub fn name(&self) -> String {
+        let n = (self.name_len as usize).min(TYPE_NAME_LEN);
+        String::from_utf8_lossy(&self.name[..n]).into_owned()
+    }
+
+    /// Whether two descriptions denote the same type.
+    pub fn same_as(&self, other: &TypeInfo) -> bool {
+        self.size == other.size && self.align == other.align && self.name_hash == other.name_hash
+    }
+}
+
+impl fmt::Debug for TypeInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} (size {}, align {})",
+            self.name(),
+            self.size,
+            self.align
+        )
+    }
+}
+
+/// FNV-1a, 64-bit: a stable hash for type names (no dependency, no seed).
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+impl fmt::Debug for RegionInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RegionInfo")
+            .field("key", &self.key)
+            .field("value", &self.value)
+            .field("total_size", &self.total_size)
+            .field("ring_capacity", &self.ring_capacity)
+            .field("slot_count", &self.slot_count)
+            .field("server_pid", &self.server_pid)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Everything static about a region: written once by the server before it
+/// stores `Ready`, then only read (as a copy).
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct RegionInfo {
+    /// The key type.
+    pub key: TypeInfo,
+    /// The value type.
+    pub value: TypeInfo,
+    /// `size_of::<CachePadded<u8>>()` of the creator (differs across arches).
+    pub cache_line: u64,
+    /// Total bytes of the region; must equal the object's `fstat` size.
+    pub total_size: u64,
+    /// Cells in the request ring (a power of two).
+    pub ring_capacity: u64,
+    /// Response slots.
+    pub slot_count: u64,
+    /// Client registrations.
+    pub max_clients: u64,
+    /// Stripes of the server's map.
+    pub stripes: u64,
+    /// Worker threads the server runs.
+    pub workers: u64,
+    /// Entry limit, 0 for none.
+    pub max_entries: u64,
+    /// Byte offset of the ring header.
+    pub ring_header_offset: u64,
+    /// Byte offset of the first ring cell.
+    pub ring_cells_offset: u64,
+    /// Bytes per ring cell.
+    pub ring_cell_size: u64,
+    /// Byte offset of the response-table header.
+    pub slot_header_offset: u64,
+    /// Byte offset of the first response slot.
+    pub slots_offset: u64,
+    /// Bytes per response slot.
+    pub slot_size: u64,
+    /// Byte offset of the client registrations.
+    pub clients_offset: u64,
+    /// Byte offset of the per-worker statistics.
+    pub stats_offset: u64,
+    /// The server's pid.
+    pub server_pid: u64,
+    /// The server's start time in clock ticks since boot (with the pid, an
+    /// identity that survives pid reuse).
+    pub server_start_ticks: u64,
+    /// When the region was created, unix nanoseconds.
+    pub created_unix_ns: u64,
+    /// The permission bits the region was created with.
+    pub mode: u64,
+}
+
+/// The header at offset 0 of every region.
+#[repr(C)]
+#[derive(Debug)]
+pub struct RegionHeader {
+    /// [`MAGIC`], written before `state` turns `Ready`.
+    pub magic: AtomicU64,
+    /// An [`InitState`]; `Ready` is stored with `SeqCst` after everything
+    /// else is written, and openers load it with `Acquire`.
+    pub state: AtomicU32,
+    /// [`LAYOUT_VERSION`].
+    pub layout_version: AtomicU32,
+    /// Static description; see [`RegionInfo`].
+    pub(crate) info: UnsafeCell<RegionInfo>,
+    /// Live words, shared by every process.
+    pub live: CachePadded<LiveWords>,
+}
+
+/// Futex words and counters in the header.
+#[repr(C)]
+#[derive(Debug)]
+pub struct LiveWords {
+    /// Server workers currently asleep (or about to sleep) on `ring_futex`.
+    pub sleeping_workers: AtomicU32,
+    /// Bumped by a producer that wakes workers; workers sleep on it.
+    pub ring_futex: AtomicU32,
+    /// Bumped by clients that found no free slot; the housekeeper sleeps on it.
+    pub housekeeper_futex: AtomicU32,
+    /// Requests the server dropped as malformed or stale.
+    pub malformed: AtomicU32,
+    /// Clients that registered, ever.
+    pub clients_registered: AtomicU64,
+    /// Slots the server reclaimed from dead or abandoning clients.
+    pub slots_reclaimed: AtomicU64,
+    /// Stalled ring cells the server skipped.
+    pub cells_skipped: AtomicU64,
+}
+
+const _: () = assert!(std::mem::size_of::<RegionInfo>() == 2 * (32 + TYPE_NAME_LEN) + 20 * 8);
+const _: () = assert!(std::mem::offset_of!(RegionHeader, info) == 16);

@@ -1,0 +1,140 @@
+//! Where each part of the region lives: offsets computed from the capacities
+//! and the key and value types, never pointers.
+//!
+//! The server computes the layout and stores it in the header; an opener
+//! recomputes it from the header's capacities with its own types and refuses
+//! the region unless both agree and the object's size matches, so no offset
+//! read from shared memory is ever trusted on its own.
+//!
+//! ```
+//! use kvs_core::region::{Layout, RegionConfig};
+//!
+//! let layout = Layout::compute::<u64, u64>(&RegionConfig::default());
+//! assert!(layout.total_size >= layout.slots_offset + 1024 * layout.slot_size);
+//! ```
+
+use super::clients::ClientEntry;
+use super::header::RegionHeader;
+use super::stats::WorkerStats;
+use super::RegionConfig;
+use crate::protocol::Request;
+use crate::response_table::{Slot, SlotTableHeader};
+use crate::ring::{RingCell, RingHeader};
+use crossbeam_utils::CachePadded;
+use std::mem::{align_of, size_of};
+
+/// Every section starts on a boundary of this many bytes (two cache lines on
+/// x86_64, so no section shares a line, or an adjacent-line prefetch pair,
+/// with another).
+pub const SECTION_ALIGN: usize = 128;
+
+/// Offsets and sizes of every section, in bytes from the region's start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    /// The ring's head and tail.
+    pub ring_header_offset: usize,
+    /// The first ring cell.
+    pub ring_cells_offset: usize,
+    /// Bytes per ring cell.
+    pub ring_cell_size: usize,
+    /// The response table's header.
+    pub slot_header_offset: usize,
+    /// The first response slot.
+    pub slots_offset: usize,
+    /// Bytes per response slot.
+    pub slot_size: usize,
+    /// The client registrations.
+    pub clients_offset: usize,
+    /// Per-worker statistics.
+    pub stats_offset: usize,
+    /// The whole region.
+    pub total_size: usize,
+}
+
+fn align_up(n: usize, align: usize) -> usize {
+    n.div_ceil(align) * align
+}
+
+impl Layout {
+    /// The layout for keys `K`, values `V` and the capacities in `config`.
+    ///
+    /// # Panics
+    ///
+    /// If the sizes overflow `usize` (absurd capacities; validate first).
+    pub fn compute<K, V>(config: &RegionConfig) -> Self {
+        let mut at = 0usize;
+        let mut section = |size: usize, align: usize| {
+            let align = align.max(SECTION_ALIGN);
+            let start = align_up(at, align);
+            at = start
+                .checked_add(size)
+                .expect("region size overflows usize");
+            start
+        };
+        let _header = section(size_of::<RegionHeader>(), align_of::<RegionHeader>());
+        let ring_header_offset = section(size_of::<RingHeader>(), align_of::<RingHeader>());
+        let ring_cell_size = size_of::<RingCell<Request<K, V>>>();
+        let ring_cells_offset = section(
+            ring_cell_size
+                .checked_mul(config.ring_capacity)
+                .expect("ring too large"),
+            align_of::<RingCell<Request<K, V>>>(),
+        );
+        let slot_header_offset =
+            section(size_of::<SlotTableHeader>(), align_of::<SlotTableHeader>());
+        let slot_size = size_of::<CachePadded<Slot<V>>>();
+        let slots_offset = section(
+            slot_size
+                .checked_mul(config.slots)
+                .expect("slot table too large"),
+            align_of::<CachePadded<Slot<V>>>(),
+        );
+        let clients_offset = section(
+            size_of::<ClientEntry>() * config.max_clients,
+            align_of::<ClientEntry>(),
+        );
+        let stats_offset = section(
+            size_of::<CachePadded<WorkerStats>>() * super::stats::MAX_WORKERS,
+            align_of::<CachePadded<WorkerStats>>(),
+        );
+        let total_size = align_up(at, 4096);
+        Self {
+            ring_header_offset,
+            ring_cells_offset,
+            ring_cell_size,
+            slot_header_offset,
+            slots_offset,
+            slot_size,
+            clients_offset,
+            stats_offset,
+            total_size,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sections_are_aligned_and_disjoint() {
+        let l = Layout::compute::<u64, [u8; 300]>(&RegionConfig::default());
+        let cfg = RegionConfig::default();
+        let sections = [
+            (l.ring_header_offset, size_of::<RingHeader>()),
+            (l.ring_cells_offset, l.ring_cell_size * cfg.ring_capacity),
+            (l.slot_header_offset, size_of::<SlotTableHeader>()),
+            (l.slots_offset, l.slot_size * cfg.slots),
+            (l.clients_offset, size_of::<ClientEntry>() * cfg.max_clients),
+        ];
+        let mut end = size_of::<RegionHeader>();
+        for (start, size) in sections {
+            assert_eq!(start % SECTION_ALIGN, 0);
+            assert!(start >= end);
+            end = start + size;
+        }
+        assert!(l.total_size >= end);
+        assert_eq!(l.total_size % 4096, 0);
+        assert_eq!(l.slot_size % 128, 0);
+    }
+}
