@@ -1,1 +1,30 @@
-//! kvs
+//! kvs: a multi-process key-value store over POSIX shared memory.
+//!
+//! This crate re-exports the public API of the workspace:
+//!
+//! * [`KVSServer`] (from `kvs-server`) owns a region and serves it;
+//! * [`KVSClient`] (from `kvs-client`) talks to it from any process;
+//! * [`core`] (`kvs-core`) holds the region, ring, response table and map.
+//!
+//! It also owns the `kvs_server` and `kvs_client` binaries (thin `main`s over
+//! the crates' `cli` modules), the top-level tests and the benchmarks.
+//!
+//! ```no_run
+//! use kvs::{KVSClient, KVSServer};
+//!
+//! let mut server = KVSServer::<u64, u64>::builder("/doc-example").build()?;
+//! server.start(2)?;
+//! let client = KVSClient::<u64, u64>::connect("/doc-example")?;
+//! client.set(&7, &49)?;
+//! assert_eq!(client.get(&7)?, Some(49));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+#![warn(missing_docs)]
+
+pub use kvs_client::{
+    ClientError, ClientOptions, KVSClient, Op, Reply, StoreStatus, Ticket, Versioned,
+};
+pub use kvs_core as core;
+pub use kvs_core::{FixedStr, FixedStrError};
+pub use kvs_server::{KVSServer, KVSServerBuilder, ServerError};

@@ -1,1 +1,32 @@
-//! placeholder
+//! `KVSClient<K, V>`: typed, synchronous and asynchronous access to a kvs
+//! server over shared memory, from any number of processes and threads.
+//!
+//! ```no_run
+//! use kvs_client::KVSClient;
+//! use std::time::Duration;
+//!
+//! let client = KVSClient::<u64, u64>::connect("/my-store")?;
+//! client.set(&1, &100)?;
+//! assert_eq!(client.get(&1)?, Some(100));
+//! assert!(!client.post(&1, &5)?); // exists
+//!
+//! // Pipelined: submit many, then collect.
+//! let tickets: Vec<_> = (0..100u64).map(|k| client.set_async(&k, &k)).collect::<Result<_, _>>()?;
+//! for t in tickets {
+//!     t.wait(Duration::from_secs(1))?;
+//! }
+//! # Ok::<(), kvs_client::ClientError>(())
+//! ```
+
+#![warn(missing_docs, unsafe_op_in_unsafe_fn)]
+
+pub mod cli;
+mod client;
+mod error;
+pub mod status;
+mod ticket;
+
+pub use client::{ClientOptions, KVSClient, Op, Reply, Versioned};
+pub use error::{ClientError, Result};
+pub use status::StoreStatus;
+pub use ticket::Ticket;

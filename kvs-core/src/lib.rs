@@ -12,7 +12,8 @@
 //! * [`wait`]: spin-then-futex waiting that makes no syscall on the fast path;
 //! * [`map`]: the server's striped-lock hash map;
 //! * [`protocol`]: op codes, status codes, request and response records;
-//! * [`fixed_str`]: fixed-capacity `Pod` strings for text keys and values.
+//! * [`fixed_str`]: fixed-capacity `Pod` strings for text keys and values;
+//! * [`text`]: the key type and value size classes the binaries use.
 //!
 //! Everything read from the region is treated as untrusted: indices are
 //! bounds-checked, codes and states validated, and garbage becomes an error
@@ -32,6 +33,8 @@ pub mod region;
 pub mod response_table;
 pub mod ring;
 mod sync;
+#[cfg(not(loom))]
+pub mod text;
 pub mod wait;
 
 #[cfg(not(loom))]

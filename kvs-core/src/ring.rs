@@ -285,11 +285,15 @@ impl<'a, T: Copy> Ring<'a, T> {
                         cell.value.with_mut(|p| unsafe { p.write(value) });
                         // Release publishes the value; pairs with the Acquire
                         // stamp load in `pop`. A CAS, not a store, because
-                        // `skip_stalled` may have given up on us.
+                        // `skip_stalled` may have given up on us. SeqCst
+                        // (free on x86, where every locked RMW is a full
+                        // barrier) so the producer's later SeqCst load of the
+                        // sleeping-worker count cannot be ordered before it:
+                        // the Dekker pair with `Region::worker_sleep`.
                         match cell.stamp.compare_exchange(
                             tail,
                             tail.wrapping_add(1),
-                            Ordering::Release,
+                            Ordering::SeqCst,
                             Ordering::Relaxed,
                         ) {
                             Ok(_) => return Ok(()),
@@ -385,6 +389,22 @@ impl<'a, T: Copy> Ring<'a, T> {
                 head = current;
             }
         }
+    }
+
+    /// Whether the value at the head is published: a cheap check for a
+    /// consumer deciding between spinning and sleeping (one load of `head`,
+    /// one of a stamp).
+    pub fn has_ready(&self) -> bool {
+        // SeqCst: the worker's side of the Dekker pair with producers (it
+        // announces that it sleeps, then checks here).
+        let head = self.header.head.load(Ordering::SeqCst);
+        self.cell(head).stamp.load(Ordering::SeqCst) == head.wrapping_add(1)
+    }
+
+    /// Whether anything was pushed and not yet popped (published or not).
+    pub fn has_pending(&self) -> bool {
+        let head = self.header.head.load(Ordering::SeqCst);
+        self.header.tail.load(Ordering::SeqCst) != head
     }
 
     /// Gives up on the producer of position `pos` (see the module docs).

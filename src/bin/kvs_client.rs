@@ -1,1 +1,4 @@
-fn main() {}
+//! `kvs_client`: see `kvs_client --help`.
+fn main() -> std::process::ExitCode {
+    kvs_client::cli::main()
+}

@@ -1,1 +1,4 @@
-fn main() {}
+//! `kvs_server`: see `kvs_server --help`.
+fn main() -> std::process::ExitCode {
+    kvs_server::cli::main()
+}

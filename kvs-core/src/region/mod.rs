@@ -537,6 +537,42 @@ impl<K: bytemuck::Pod, V: bytemuck::Pod> Region<K, V> {
     }
 }
 
+/// Reads a ready region's static description without knowing its types:
+/// tools use it to pick the key and value types before [`Region::open`].
+///
+/// # Errors
+///
+/// As [`Region::open`], except that types are not compared.
+pub fn peek_info(name: &str, wait: Duration) -> Result<RegionInfo, RegionOpenError> {
+    // Open as raw bytes: any K, V whose fingerprint we then ignore. The
+    // typed open re-validates everything.
+    match Region::<u8, u8>::open(name, wait) {
+        Ok(r) => Ok(*r.info()),
+        Err(RegionOpenError::TypeMismatch { .. }) => {
+            let name = shm::normalize_name(name).map_err(RegionOpenError::InvalidName)?;
+            let file = shm::open_object(&name).map_err(|e| RegionOpenError::Io {
+                name: name.clone(),
+                context: "opening the shared-memory object",
+                source: e.into(),
+            })?;
+            let map = MmapOptions::new()
+                .len(std::mem::size_of::<RegionHeader>())
+                .map_raw(&file)
+                .map_err(|source| RegionOpenError::Io {
+                    name: name.clone(),
+                    context: "mapping the region",
+                    source,
+                })?;
+            // SAFETY: a header-sized, page-aligned mapping; the typed open
+            // above already checked magic, version and readiness.
+            let header = unsafe { &*(map.as_ptr() as *const RegionHeader) };
+            // SAFETY: in bounds and aligned; RegionInfo is Pod.
+            Ok(header.info.with(|p| unsafe { p.read_volatile() }))
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Reads the pid from a region's header without validating anything else.
 fn peek_server_pid(name: &str) -> Option<u64> {
     let file = shm::open_object(name).ok()?;
@@ -676,6 +712,57 @@ impl<K, V> Region<K, V> {
         self.lock
             .is_locked_by_other(shm::SERVER_LOCK_BYTE)
             .unwrap_or(true)
+    }
+
+    /// Producer side, after a push: wakes one sleeping worker, if any
+    /// announced that it sleeps. No syscall when none does.
+    pub fn wake_a_worker(&self) {
+        let live = &self.header().live;
+        // SeqCst: the producer's half of the Dekker pair with `worker_sleep`
+        // (its push published with a SeqCst CAS; this load comes after).
+        if live.sleeping_workers.load(Ordering::SeqCst) != 0 {
+            live.ring_futex.fetch_add(1, Ordering::SeqCst);
+            crate::wait::futex_wake(&live.ring_futex, 1);
+        }
+    }
+
+    /// Wakes every sleeping worker (shutdown, or a stop request).
+    pub fn wake_all_workers(&self) {
+        let live = &self.header().live;
+        live.ring_futex.fetch_add(1, Ordering::SeqCst);
+        crate::wait::futex_wake(&live.ring_futex, u32::MAX);
+    }
+
+    /// Worker side: sleeps on the ring's futex for at most `timeout`, unless
+    /// `has_work()` holds once this worker is counted as sleeping.
+    ///
+    /// The eventcount pattern: read the futex word, announce, re-check, sleep
+    /// only while the word is unchanged. A producer that pushed before our
+    /// announcement is seen by the re-check; one that pushes after it sees
+    /// the announcement and bumps the word, so the sleep returns at once.
+    pub fn worker_sleep(&self, timeout: Duration, has_work: impl Fn() -> bool) {
+        let live = &self.header().live;
+        let seen = live.ring_futex.load(Ordering::SeqCst);
+        // SeqCst: the worker's half of the Dekker pair with `wake_a_worker`.
+        live.sleeping_workers.fetch_add(1, Ordering::SeqCst);
+        if !has_work() {
+            crate::wait::futex_wait(&live.ring_futex, seen, Some(timeout));
+        }
+        live.sleeping_workers.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Client side: asks the server's housekeeper to reclaim slots now.
+    pub fn poke_housekeeper(&self) {
+        let live = &self.header().live;
+        live.housekeeper_futex.fetch_add(1, Ordering::SeqCst);
+        crate::wait::futex_wake(&live.housekeeper_futex, 1);
+    }
+
+    /// Server side: sleeps until poked or `timeout`.
+    pub fn housekeeper_sleep(&self, timeout: Duration) {
+        let live = &self.header().live;
+        let seen = live.housekeeper_futex.load(Ordering::SeqCst);
+        crate::wait::futex_wait(&live.housekeeper_futex, seen, Some(timeout));
     }
 
     /// Server side: marks the region closed, so clients fail fast.

@@ -1,0 +1,284 @@
+//! The `kvs_client` command line.
+//!
+//! Exit codes: 0 done; 1 not found (get, del) or already exists (post), with
+//! a short line on stderr; 2 any error (no server, timeout, key or value too
+//! long, bad arguments), with one clear line on stderr.
+
+use crate::{ClientError, ClientOptions, KVSClient};
+use clap::{Parser, Subcommand};
+use kvs_core::region::peek_info;
+use kvs_core::text::{TextKey, ValueClass};
+use kvs_core::{with_value_class, FixedStr, FixedStrError};
+use std::ffi::OsString;
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// The region name used when neither `--name` nor `KVS_NAME` is given.
+pub const DEFAULT_NAME: &str = "kvs";
+
+/// Talk to a running kvs_server over shared memory.
+///
+/// Keys are text of up to 63 bytes; values are text up to the server's value
+/// size (255 bytes unless the server was started with a larger
+/// --value-size). A found value is printed to stdout alone.
+///
+/// Exit status: 0 done; 1 key not found (get, del) or already exists (post);
+/// 2 any error (no server, timeout, too-long key or value, bad arguments).
+#[derive(Debug, Parser)]
+#[command(name = "kvs_client", version, about, long_about)]
+pub struct Args {
+    /// Region name of the server (a file under /dev/shm).
+    #[arg(long, env = "KVS_NAME", default_value = DEFAULT_NAME, global = true)]
+    pub name: String,
+    /// Give up on a request after this many milliseconds.
+    #[arg(long, default_value_t = 5000, global = true)]
+    pub timeout_ms: u64,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print the value of KEY (exit 1 if absent).
+    Get {
+        /// The key.
+        key: OsString,
+    },
+    /// Set KEY to VALUE, inserting or replacing.
+    Set {
+        /// The key.
+        key: OsString,
+        /// The value.
+        value: OsString,
+    },
+    /// Insert KEY with VALUE only if KEY is absent (exit 1 if it exists).
+    Post {
+        /// The key.
+        key: OsString,
+        /// The value.
+        value: OsString,
+    },
+    /// Delete KEY (exit 1 if absent).
+    Del {
+        /// The key.
+        key: OsString,
+    },
+    /// Show the server's status: version, entries, capacities, load.
+    Status {
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// An error that ends the command: the message and the exit code.
+#[derive(Debug)]
+pub struct Failure {
+    /// 1 (not found / exists) or 2 (error).
+    pub code: u8,
+    /// One line for stderr.
+    pub message: String,
+}
+
+impl Failure {
+    fn error(message: impl Into<String>) -> Self {
+        Self {
+            code: 2,
+            message: message.into(),
+        }
+    }
+
+    fn miss(message: impl Into<String>) -> Self {
+        Self {
+            code: 1,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Self {
+        Failure::error(e.to_string())
+    }
+}
+
+/// Runs `kvs_client` with the process's arguments.
+pub fn main() -> ExitCode {
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            // --help and --version print to stdout and exit 0; usage errors exit 2.
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("kvs_client: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+/// Text from an argument: must be UTF-8.
+pub fn text_arg(what: &str, arg: &OsString) -> Result<String, Failure> {
+    arg.to_str()
+        .map(str::to_owned)
+        .ok_or_else(|| Failure::error(format!("{what} is not valid UTF-8")))
+}
+
+/// A fixed string from an argument, refusing (never truncating) bad input.
+pub fn fixed_arg<const N: usize>(what: &str, arg: &OsString) -> Result<FixedStr<N>, Failure> {
+    let text = text_arg(what, arg)?;
+    FixedStr::<N>::new(&text).map_err(|e| match e {
+        FixedStrError::TooLong { .. } => Failure::error(format!("{what} {e}")),
+        other => Failure::error(format!("{what} {other}")),
+    })
+}
+
+fn options(args: &Args) -> ClientOptions {
+    ClientOptions {
+        timeout: Duration::from_millis(args.timeout_ms),
+        ..ClientOptions::default()
+    }
+}
+
+fn run(args: &Args) -> Result<(), Failure> {
+    let info = peek_info(&args.name, options(args).connect_wait)
+        .map_err(|e| Failure::error(e.to_string()))?;
+    let class = ValueClass::from_type_size(info.value.size).ok_or_else(|| {
+        Failure::error(format!(
+            "region {} holds values of type {}, which kvs_client cannot print (it serves text regions made by kvs_server)",
+            args.name,
+            info.value.name()
+        ))
+    })?;
+    with_value_class!(class, V => run_typed::<V>(args))
+}
+
+/// What the typed commands need of a text value type.
+pub trait TextValue: bytemuck::Pod {
+    /// Parses an argument.
+    ///
+    /// # Errors
+    ///
+    /// A [`Failure`] naming what is wrong.
+    fn from_arg(arg: &OsString) -> Result<Self, Failure>;
+    /// The text, lossy.
+    fn to_text(&self) -> String;
+}
+
+impl<const N: usize> TextValue for FixedStr<N> {
+    fn from_arg(arg: &OsString) -> Result<Self, Failure> {
+        fixed_arg::<N>("value", arg)
+    }
+
+    fn to_text(&self) -> String {
+        self.to_string_lossy().into_owned()
+    }
+}
+
+fn run_typed<V: TextValue>(args: &Args) -> Result<(), Failure> {
+    // Parse every argument before connecting: a bad one writes nothing.
+    enum Parsed<V> {
+        Get(TextKey),
+        Set(TextKey, V),
+        Post(TextKey, V),
+        Del(TextKey),
+        Status(bool),
+    }
+    let parsed = match &args.command {
+        Command::Get { key } => Parsed::Get(fixed_arg("key", key)?),
+        Command::Set { key, value } => Parsed::Set(fixed_arg("key", key)?, V::from_arg(value)?),
+        Command::Post { key, value } => Parsed::Post(fixed_arg("key", key)?, V::from_arg(value)?),
+        Command::Del { key } => Parsed::Del(fixed_arg("key", key)?),
+        Command::Status { json } => Parsed::Status(*json),
+    };
+    let client = KVSClient::<TextKey, V>::connect_with(&args.name, options(args))?;
+    let mut out = std::io::stdout().lock();
+    match parsed {
+        Parsed::Get(k) => match client.get(&k)? {
+            Some(v) => {
+                let _ = writeln!(out, "{}", v.to_text());
+            }
+            None => {
+                return Err(Failure::miss(format!(
+                    "key {:?} not found",
+                    k.to_string_lossy()
+                )))
+            }
+        },
+        Parsed::Set(k, v) => client.set(&k, &v)?,
+        Parsed::Post(k, v) => {
+            if !client.post(&k, &v)? {
+                return Err(Failure::miss(format!(
+                    "key {:?} already exists",
+                    k.to_string_lossy()
+                )));
+            }
+        }
+        Parsed::Del(k) => {
+            if !client.del(&k)? {
+                return Err(Failure::miss(format!(
+                    "key {:?} not found",
+                    k.to_string_lossy()
+                )));
+            }
+        }
+        Parsed::Status(json) => {
+            let s = client.status()?;
+            if json {
+                let _ = writeln!(out, "{}", serde_json::to_string(&s).unwrap_or_default());
+            } else {
+                print_status(&mut out, &s);
+            }
+        }
+    }
+    let _ = out.flush();
+    Ok(())
+}
+
+fn print_status(out: &mut impl Write, s: &crate::StoreStatus) {
+    let limit = s
+        .max_entries
+        .map_or("unlimited".to_string(), |m| m.to_string());
+    let _ = writeln!(
+        out,
+        "region        {}  ({} bytes, server pid {})",
+        s.region, s.region_bytes, s.server_pid
+    );
+    let _ = writeln!(out, "types         {} -> {}", s.key_type, s.value_type);
+    let _ = writeln!(out, "version       {}", s.version);
+    let _ = writeln!(out, "entries       {} (limit {limit})", s.entries);
+    let _ = writeln!(out, "uptime        {:.1} s", s.uptime_secs);
+    let _ = writeln!(
+        out,
+        "workers       {} over {} stripes",
+        s.workers, s.stripes
+    );
+    let _ = writeln!(
+        out,
+        "queue         {} queued of {}",
+        s.queued, s.queue_capacity
+    );
+    let _ = writeln!(
+        out,
+        "slots         {} free of {} ({} in flight)",
+        s.free_slots, s.slots, s.in_flight
+    );
+    let _ = writeln!(out, "clients       {} of {}", s.clients, s.max_clients);
+    let _ = writeln!(
+        out,
+        "ops served    get {}  set {}  post {}  del {}  other {}  dropped {}",
+        s.ops.get, s.ops.set, s.ops.post, s.ops.del, s.ops.other, s.ops.dropped
+    );
+    let _ = writeln!(
+        out,
+        "recovery      {} malformed, {} slots reclaimed, {} cells skipped",
+        s.malformed, s.slots_reclaimed, s.cells_skipped
+    );
+}

@@ -1,0 +1,539 @@
+//! `KVSClient<K, V>`: typed access to a kvs server from any process.
+//!
+//! One call is: claim a response slot, push the request (marking the slot
+//! pending first), wake a worker if one sleeps, then wait on the slot:
+//! spin briefly, then sleep on its futex, checking the deadline and the
+//! server's liveness lock between sleeps. Nothing here takes a lock, so a
+//! client is `Send + Sync` and any number of threads may share one.
+
+use crate::error::{ClientError, Result};
+use crate::ticket::Ticket;
+use kvs_core::protocol::{OpCode, Request, Response, StatusCode};
+use kvs_core::region::{InitState, Region};
+use kvs_core::response_table::{Claim, WaitOutcome};
+use kvs_core::ring::PushError;
+use kvs_core::wait::{FutexParker, SpinPolicy};
+use std::fmt;
+use std::hash::Hash;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+/// How a client waits and for how long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientOptions {
+    /// Timeout of the calls without a `_timeout` suffix.
+    pub timeout: Duration,
+    /// How long `connect` waits for a region that is still being initialised.
+    pub connect_wait: Duration,
+    /// Spinning before sleeping on a response.
+    pub spin: SpinPolicy,
+    /// How long a push retries a full ring before `RingFull`.
+    pub ring_full_backoff: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(5),
+            connect_wait: Duration::from_secs(2),
+            spin: SpinPolicy::CLIENT,
+            ring_full_backoff: Duration::from_millis(100),
+        }
+    }
+}
+
+/// An entry as GET returns it with its metadata.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Versioned<V> {
+    /// The value.
+    pub value: V,
+    /// The entry's version (the global version of its last mutation).
+    pub version: u64,
+    /// Last modification, unix nanoseconds.
+    pub modified_ns: u64,
+}
+
+/// One operation for [`KVSClient::batch`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op<K, V> {
+    /// GET.
+    Get(K),
+    /// SET (upsert).
+    Set(K, V),
+    /// POST (insert only).
+    Post(K, V),
+    /// DEL.
+    Del(K),
+}
+
+/// The result of one [`Op`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reply<V> {
+    /// GET: the value, if present.
+    Value(Option<V>),
+    /// SET: done.
+    Done,
+    /// POST: whether it inserted (false: the key existed).
+    Inserted(bool),
+    /// DEL: whether it removed (false: the key was absent).
+    Deleted(bool),
+}
+
+/// A connection to the server of one region.
+pub struct KVSClient<K, V> {
+    region: Region<K, V>,
+    registration: u32,
+    options: ClientOptions,
+}
+
+impl<K, V> fmt::Debug for KVSClient<K, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KVSClient")
+            .field("region", &self.region.name())
+            .field("registration", &self.registration)
+            .finish()
+    }
+}
+
+fn check_status(op: OpCode, resp: &Response<impl Copy>) -> Result<StatusCode> {
+    match resp.status_code() {
+        Ok(StatusCode::StoreFull) => Err(ClientError::StoreFull),
+        Ok(StatusCode::Malformed) => Err(ClientError::Protocol(format!(
+            "the server refused the {} request as malformed",
+            op.name()
+        ))),
+        Ok(StatusCode::Unsupported) => Err(ClientError::Protocol(format!(
+            "the server does not support {}",
+            op.name()
+        ))),
+        Ok(StatusCode::Failed) => Err(ClientError::Protocol(format!(
+            "the server failed to carry out {}",
+            op.name()
+        ))),
+        Ok(s) => Ok(s),
+        Err(e) => Err(ClientError::Protocol(e.to_string())),
+    }
+}
+
+pub(crate) fn decode_get<V: Copy>(r: Response<V>) -> Result<Option<V>> {
+    Ok(decode_get_entry(r)?.map(|e| e.value))
+}
+
+pub(crate) fn decode_get_entry<V: Copy>(r: Response<V>) -> Result<Option<Versioned<V>>> {
+    match check_status(OpCode::Get, &r)? {
+        StatusCode::Ok => Ok(Some(Versioned {
+            value: r.value,
+            version: r.version,
+            modified_ns: r.modified_ns,
+        })),
+        StatusCode::NotFound => Ok(None),
+        s => Err(ClientError::Protocol(format!("unexpected {s:?} for get"))),
+    }
+}
+
+pub(crate) fn decode_set<V: Copy>(r: Response<V>) -> Result<()> {
+    match check_status(OpCode::Set, &r)? {
+        StatusCode::Ok => Ok(()),
+        s => Err(ClientError::Protocol(format!("unexpected {s:?} for set"))),
+    }
+}
+
+pub(crate) fn decode_post<V: Copy>(r: Response<V>) -> Result<bool> {
+    match check_status(OpCode::Post, &r)? {
+        StatusCode::Ok => Ok(true),
+        StatusCode::Exists => Ok(false),
+        s => Err(ClientError::Protocol(format!("unexpected {s:?} for post"))),
+    }
+}
+
+pub(crate) fn decode_del<V: Copy>(r: Response<V>) -> Result<bool> {
+    match check_status(OpCode::Del, &r)? {
+        StatusCode::Ok => Ok(true),
+        StatusCode::NotFound => Ok(false),
+        s => Err(ClientError::Protocol(format!("unexpected {s:?} for del"))),
+    }
+}
+
+impl<K, V> KVSClient<K, V>
+where
+    K: bytemuck::Pod + Eq + Hash,
+    V: bytemuck::Pod,
+{
+    /// Connects to the server of region `name` with default options.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Connect`] when there is no server, the region holds
+    /// other types or another layout version, or access is denied.
+    pub fn connect(name: &str) -> Result<Self> {
+        Self::connect_with(name, ClientOptions::default())
+    }
+
+    /// Connects with explicit options.
+    ///
+    /// # Errors
+    ///
+    /// As [`KVSClient::connect`].
+    pub fn connect_with(name: &str, options: ClientOptions) -> Result<Self> {
+        let region = Region::<K, V>::open(name, options.connect_wait)?;
+        let registration = region
+            .clients()
+            .register(region.lock())
+            .map_err(|source| kvs_core::RegionOpenError::Io {
+                name: region.name().to_string(),
+                context: "registering as a client",
+                source,
+            })?
+            .ok_or_else(|| kvs_core::RegionOpenError::TooManyClients {
+                name: region.name().to_string(),
+                max: region.info().max_clients,
+            })?;
+        region
+            .header()
+            .live
+            .clients_registered
+            .fetch_add(1, Ordering::Relaxed);
+        Ok(Self {
+            region,
+            registration,
+            options,
+        })
+    }
+
+    /// The region this client talks to.
+    pub fn region(&self) -> &Region<K, V> {
+        &self.region
+    }
+
+    /// The options in force.
+    pub fn options(&self) -> &ClientOptions {
+        &self.options
+    }
+
+    /// Changes the default timeout.
+    pub fn set_default_timeout(&mut self, timeout: Duration) {
+        self.options.timeout = timeout;
+    }
+
+    /// Whether the server is alive and serving (one `fcntl`).
+    pub fn server_alive(&self) -> bool {
+        self.region.server_alive()
+    }
+
+    // ---- synchronous ----
+
+    /// The value of `key`, if present.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError`]: timeout, ring full, no free slot, server gone.
+    pub fn get(&self, key: &K) -> Result<Option<V>> {
+        self.get_timeout(key, self.options.timeout)
+    }
+
+    /// [`KVSClient::get`] with an explicit timeout.
+    ///
+    /// # Errors
+    ///
+    /// As [`KVSClient::get`].
+    pub fn get_timeout(&self, key: &K, timeout: Duration) -> Result<Option<V>> {
+        decode_get(self.call(OpCode::Get, *key, V::zeroed(), timeout)?)
+    }
+
+    /// The entry of `key` with its version and modification time.
+    ///
+    /// # Errors
+    ///
+    /// As [`KVSClient::get`].
+    pub fn get_entry(&self, key: &K) -> Result<Option<Versioned<V>>> {
+        decode_get_entry(self.call(OpCode::Get, *key, V::zeroed(), self.options.timeout)?)
+    }
+
+    /// Inserts or replaces `key`.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::StoreFull`] for a new key beyond the entry limit, and
+    /// the errors of [`KVSClient::get`].
+    pub fn set(&self, key: &K, value: &V) -> Result<()> {
+        self.set_timeout(key, value, self.options.timeout)
+    }
+
+    /// [`KVSClient::set`] with an explicit timeout.
+    ///
+    /// # Errors
+    ///
+    /// As [`KVSClient::set`].
+    pub fn set_timeout(&self, key: &K, value: &V, timeout: Duration) -> Result<()> {
+        decode_set(self.call(OpCode::Set, *key, *value, timeout)?)
+    }
+
+    /// Inserts `key` only if absent; `false` when it exists.
+    ///
+    /// # Errors
+    ///
+    /// As [`KVSClient::set`].
+    pub fn post(&self, key: &K, value: &V) -> Result<bool> {
+        self.post_timeout(key, value, self.options.timeout)
+    }
+
+    /// [`KVSClient::post`] with an explicit timeout.
+    ///
+    /// # Errors
+    ///
+    /// As [`KVSClient::set`].
+    pub fn post_timeout(&self, key: &K, value: &V, timeout: Duration) -> Result<bool> {
+        decode_post(self.call(OpCode::Post, *key, *value, timeout)?)
+    }
+
+    /// Removes `key`; `false` when it was absent.
+    ///
+    /// # Errors
+    ///
+    /// As [`KVSClient::get`].
+    pub fn del(&self, key: &K) -> Result<bool> {
+        self.del_timeout(key, self.options.timeout)
+    }
+
+    /// [`KVSClient::del`] with an explicit timeout.
+    ///
+    /// # Errors
+    ///
+    /// As [`KVSClient::get`].
+    pub fn del_timeout(&self, key: &K, timeout: Duration) -> Result<bool> {
+        decode_del(self.call(OpCode::Del, *key, V::zeroed(), timeout)?)
+    }
+
+    /// Sends one request and waits for its answer.
+    pub(crate) fn call(
+        &self,
+        op: OpCode,
+        key: K,
+        value: V,
+        timeout: Duration,
+    ) -> Result<Response<V>> {
+        let deadline = Instant::now() + timeout;
+        let claim = self.submit(op, key, value, deadline)?;
+        self.wait_claim(op, &claim, deadline, timeout)
+    }
+
+    // ---- asynchronous ----
+
+    /// Submits a GET; the ticket yields `Option<V>`.
+    ///
+    /// # Errors
+    ///
+    /// Submission errors: ring full, no free slot, server gone.
+    pub fn get_async(&self, key: &K) -> Result<Ticket<'_, K, V, Option<V>>> {
+        self.ticket(OpCode::Get, *key, V::zeroed(), decode_get)
+    }
+
+    /// Submits a SET; the ticket yields `()`.
+    ///
+    /// # Errors
+    ///
+    /// As [`KVSClient::get_async`].
+    pub fn set_async(&self, key: &K, value: &V) -> Result<Ticket<'_, K, V, ()>> {
+        self.ticket(OpCode::Set, *key, *value, decode_set)
+    }
+
+    /// Submits a POST; the ticket yields whether it inserted.
+    ///
+    /// # Errors
+    ///
+    /// As [`KVSClient::get_async`].
+    pub fn post_async(&self, key: &K, value: &V) -> Result<Ticket<'_, K, V, bool>> {
+        self.ticket(OpCode::Post, *key, *value, decode_post)
+    }
+
+    /// Submits a DEL; the ticket yields whether it removed.
+    ///
+    /// # Errors
+    ///
+    /// As [`KVSClient::get_async`].
+    pub fn del_async(&self, key: &K) -> Result<Ticket<'_, K, V, bool>> {
+        self.ticket(OpCode::Del, *key, V::zeroed(), decode_del)
+    }
+
+    fn ticket<R>(
+        &self,
+        op: OpCode,
+        key: K,
+        value: V,
+        decode: fn(Response<V>) -> Result<R>,
+    ) -> Result<Ticket<'_, K, V, R>> {
+        let deadline = Instant::now() + self.options.ring_full_backoff;
+        let claim = self.submit(op, key, value, deadline)?;
+        Ok(Ticket::new(self, claim, op, decode))
+    }
+
+    /// Waits up to `timeout` for a ticket's answer.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Timeout`] (the request is abandoned), server gone, or
+    /// the op's own errors.
+    pub fn wait<R>(&self, ticket: Ticket<'_, K, V, R>, timeout: Duration) -> Result<R> {
+        ticket.wait(timeout)
+    }
+
+    /// The ticket's answer if it has arrived; `None` otherwise.
+    pub fn try_take<R>(&self, ticket: &mut Ticket<'_, K, V, R>) -> Option<Result<R>> {
+        ticket.try_take()
+    }
+
+    /// Submits every op (keeping up to `window` in flight) and collects every
+    /// answer, in order. Each op gets its own result.
+    pub fn batch(&self, ops: &[Op<K, V>], timeout: Duration) -> Vec<Result<Reply<V>>> {
+        let window = 256.min(self.region.info().slot_count as usize / 2).max(1);
+        let deadline = Instant::now() + timeout;
+        let mut results: Vec<Option<Result<Reply<V>>>> = (0..ops.len()).map(|_| None).collect();
+        let mut in_flight: std::collections::VecDeque<(usize, OpCode, Claim)> =
+            std::collections::VecDeque::new();
+        let mut next = 0;
+        while next < ops.len() || !in_flight.is_empty() {
+            while next < ops.len() && in_flight.len() < window {
+                let (op, key, value) = match ops[next] {
+                    Op::Get(k) => (OpCode::Get, k, V::zeroed()),
+                    Op::Set(k, v) => (OpCode::Set, k, v),
+                    Op::Post(k, v) => (OpCode::Post, k, v),
+                    Op::Del(k) => (OpCode::Del, k, V::zeroed()),
+                };
+                match self.submit(op, key, value, deadline) {
+                    Ok(claim) => in_flight.push_back((next, op, claim)),
+                    Err(ClientError::NoFreeSlot) if !in_flight.is_empty() => break,
+                    Err(e) => results[next] = Some(Err(e)),
+                }
+                next += 1;
+            }
+            if let Some((i, op, claim)) = in_flight.pop_front() {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let r = self
+                    .wait_claim(op, &claim, deadline, left.max(timeout))
+                    .and_then(|resp| {
+                        Ok(match op {
+                            OpCode::Get => Reply::Value(decode_get(resp)?),
+                            OpCode::Set => decode_set(resp).map(|()| Reply::Done)?,
+                            OpCode::Post => Reply::Inserted(decode_post(resp)?),
+                            _ => Reply::Deleted(decode_del(resp)?),
+                        })
+                    });
+                results[i] = Some(r);
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or(Err(ClientError::Protocol("op not submitted".into()))))
+            .collect()
+    }
+
+    // ---- the protocol ----
+
+    fn server_closed(&self) -> bool {
+        self.region.header().state.load(Ordering::Acquire) != InitState::Ready as u32
+    }
+
+    /// Claims a slot, marks it pending, pushes the request, wakes a worker.
+    pub(crate) fn submit(&self, op: OpCode, key: K, value: V, deadline: Instant) -> Result<Claim> {
+        if self.server_closed() {
+            return Err(ClientError::ServerGone);
+        }
+        let slots = self.region.slots();
+        let claim = self.claim_slot(deadline)?;
+        let mut request = Request::new(op, claim.index, claim.generation, 0, key, value);
+        slots.mark_pending(&claim);
+        let ring = self.region.ring();
+        let give_up = deadline.min(Instant::now() + self.options.ring_full_backoff);
+        let mut round = 0u32;
+        loop {
+            match ring.push(request) {
+                Ok(()) => {
+                    self.region.wake_a_worker();
+                    return Ok(claim);
+                }
+                Err(e) => {
+                    request = e.into_inner();
+                    let stalled = matches!(e, PushError::Stalled(_));
+                    if Instant::now() >= give_up || self.server_closed() {
+                        slots.release(&claim);
+                        return Err(if self.server_closed() {
+                            ClientError::ServerGone
+                        } else if stalled {
+                            ClientError::Protocol("the request ring looks corrupted".into())
+                        } else {
+                            ClientError::RingFull
+                        });
+                    }
+                    // Make sure someone is draining, then back off.
+                    self.region.wake_a_worker();
+                    backoff(round);
+                    round = round.saturating_add(1);
+                }
+            }
+        }
+    }
+
+    fn claim_slot(&self, deadline: Instant) -> Result<Claim> {
+        let slots = self.region.slots();
+        if let Some(c) = slots.claim(self.registration) {
+            return Ok(c);
+        }
+        // Short of slots: ask the housekeeper to reclaim now, retry briefly.
+        self.region.poke_housekeeper();
+        let give_up = deadline.min(Instant::now() + Duration::from_millis(200));
+        let mut round = 0;
+        loop {
+            backoff(round);
+            round += 1;
+            if let Some(c) = slots.claim(self.registration) {
+                return Ok(c);
+            }
+            if Instant::now() >= give_up {
+                return Err(ClientError::NoFreeSlot);
+            }
+        }
+    }
+
+    pub(crate) fn wait_claim(
+        &self,
+        op: OpCode,
+        claim: &Claim,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<Response<V>> {
+        let outcome = self.region.slots().wait(
+            claim,
+            self.options.spin,
+            &FutexParker,
+            Some(deadline),
+            || self.region.server_alive(),
+        );
+        match outcome {
+            WaitOutcome::Ready(r) => Ok(r),
+            WaitOutcome::TimedOut => Err(ClientError::timeout(op, timeout)),
+            WaitOutcome::ServerGone => Err(ClientError::ServerGone),
+            WaitOutcome::Lost => Err(ClientError::SlotLost),
+        }
+    }
+}
+
+/// Spin, then yield, then sleep with a growing (bounded) pause.
+fn backoff(round: u32) {
+    if round < 4 {
+        for _ in 0..(64 << round) {
+            std::hint::spin_loop();
+        }
+    } else if round < 16 {
+        std::thread::yield_now();
+    } else {
+        std::thread::sleep(Duration::from_micros(50 << (round - 16).min(5)));
+    }
+}
+
+impl<K, V> Drop for KVSClient<K, V> {
+    fn drop(&mut self) {
+        self.region
+            .clients()
+            .unregister(self.registration, self.region.lock());
+    }
+}

@@ -1,0 +1,57 @@
+//! The client's one error enum.
+
+use kvs_core::protocol::OpCode;
+use kvs_core::RegionOpenError;
+use std::time::Duration;
+
+/// Everything a client call can fail with.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// No answer within the timeout; the request was abandoned and its slot
+    /// will be freed (the server may still carry out a mutation).
+    #[error("{op} timed out after {after:?}")]
+    Timeout {
+        /// The operation.
+        op: &'static str,
+        /// The timeout that expired.
+        after: Duration,
+    },
+    /// The request ring stayed full through a bounded backoff.
+    #[error("the request queue is full (the server is overloaded or its workers are stopped)")]
+    RingFull,
+    /// Every response slot is in use.
+    #[error("no free response slot (too many requests in flight)")]
+    NoFreeSlot,
+    /// The server died or stopped.
+    #[error("the server is gone (it stopped or died)")]
+    ServerGone,
+    /// Connecting failed: no server, wrong types or version, permissions.
+    #[error(transparent)]
+    Connect(#[from] RegionOpenError),
+    /// A bad argument (a key or value too long, say).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// SET or POST of a new key beyond the server's entry limit.
+    #[error("store full: the server's entry limit is reached")]
+    StoreFull,
+    /// The server answered with a status this client cannot interpret, or
+    /// refused the request as malformed.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// The response slot was taken from us (the server judged us dead).
+    #[error("the response slot was reclaimed before the answer arrived")]
+    SlotLost,
+}
+
+impl ClientError {
+    pub(crate) fn timeout(op: OpCode, after: Duration) -> Self {
+        ClientError::Timeout {
+            op: op.name(),
+            after,
+        }
+    }
+}
+
+/// `Result` with [`ClientError`].
+pub type Result<T, E = ClientError> = std::result::Result<T, E>;

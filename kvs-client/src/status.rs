@@ -1,0 +1,142 @@
+//! The status view: what the server is doing, read mostly straight from the
+//! region (no round trip), plus one Status request for the map's version and
+//! entry count.
+
+use crate::client::KVSClient;
+use crate::error::{ClientError, Result};
+use kvs_core::protocol::{OpCode, StatusCode};
+use kvs_core::response_table::SlotState;
+use serde::Serialize;
+use std::hash::Hash;
+use std::sync::atomic::Ordering;
+
+/// Operations served, by kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct OpCounts {
+    /// GET requests.
+    pub get: u64,
+    /// SET requests.
+    pub set: u64,
+    /// POST requests.
+    pub post: u64,
+    /// DEL requests.
+    pub del: u64,
+    /// Other requests (status, listing, backups).
+    pub other: u64,
+    /// Requests dropped as stale, abandoned or malformed.
+    pub dropped: u64,
+}
+
+/// A snapshot of a server's state.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StoreStatus {
+    /// The region name.
+    pub region: String,
+    /// The global version (bumped by every mutation).
+    pub version: u64,
+    /// Entries in the store.
+    pub entries: u64,
+    /// Entry limit, `None` for unlimited.
+    pub max_entries: Option<u64>,
+    /// The key type.
+    pub key_type: String,
+    /// The value type.
+    pub value_type: String,
+    /// Bytes of one value.
+    pub value_size: u64,
+    /// Cells in the request ring.
+    pub queue_capacity: u64,
+    /// Requests in the ring, not yet taken by a worker.
+    pub queued: u64,
+    /// Response slots.
+    pub slots: u64,
+    /// Free response slots.
+    pub free_slots: u64,
+    /// Requests in flight (slots claimed, pending or ready).
+    pub in_flight: u64,
+    /// Worker threads.
+    pub workers: u64,
+    /// Map stripes.
+    pub stripes: u64,
+    /// Client registrations in use.
+    pub clients: u64,
+    /// Client registrations available.
+    pub max_clients: u64,
+    /// The server's pid.
+    pub server_pid: u64,
+    /// Seconds since the region was created.
+    pub uptime_secs: f64,
+    /// Operations served.
+    pub ops: OpCounts,
+    /// Requests refused as malformed.
+    pub malformed: u64,
+    /// Slots reclaimed from dead or abandoning clients.
+    pub slots_reclaimed: u64,
+    /// Ring cells skipped because their producer never published.
+    pub cells_skipped: u64,
+    /// Bytes of the region.
+    pub region_bytes: u64,
+}
+
+impl<K, V> KVSClient<K, V>
+where
+    K: bytemuck::Pod + Eq + Hash,
+    V: bytemuck::Pod,
+{
+    /// The server's status.
+    ///
+    /// # Errors
+    ///
+    /// As any request: timeout, server gone.
+    pub fn status(&self) -> Result<StoreStatus> {
+        let resp = self.call(
+            OpCode::Status,
+            K::zeroed(),
+            V::zeroed(),
+            self.options().timeout,
+        )?;
+        if resp.status_code().ok() != Some(StatusCode::Ok) {
+            return Err(ClientError::Protocol("the server refused status".into()));
+        }
+        let region = self.region();
+        let info = region.info();
+        let live = &region.header().live;
+        let counts = region.slots().state_counts();
+        let totals = region.op_totals();
+        let now = kvs_core::unix_now_ns();
+        Ok(StoreStatus {
+            region: region.name().to_string(),
+            version: resp.version,
+            entries: resp.modified_ns,
+            max_entries: (info.max_entries > 0).then_some(info.max_entries),
+            key_type: info.key.name(),
+            value_type: info.value.name(),
+            value_size: info.value.size,
+            queue_capacity: info.ring_capacity,
+            queued: region.ring().len() as u64,
+            slots: info.slot_count,
+            free_slots: counts.get(SlotState::Free) as u64,
+            in_flight: (info.slot_count as usize - counts.get(SlotState::Free)) as u64,
+            workers: info.workers,
+            stripes: info.stripes,
+            clients: region.clients().used().count() as u64,
+            max_clients: info.max_clients,
+            server_pid: info.server_pid,
+            uptime_secs: now.saturating_sub(info.created_unix_ns) as f64 / 1e9,
+            ops: OpCounts {
+                get: totals.get(OpCode::Get),
+                set: totals.get(OpCode::Set),
+                post: totals.get(OpCode::Post),
+                del: totals.get(OpCode::Del),
+                other: totals.get(OpCode::Status)
+                    + totals.get(OpCode::ListPage)
+                    + totals.get(OpCode::Backup),
+                dropped: totals.dropped,
+            },
+            malformed: u64::from(live.malformed.load(Ordering::Relaxed)),
+            slots_reclaimed: live.slots_reclaimed.load(Ordering::Relaxed),
+            cells_skipped: live.cells_skipped.load(Ordering::Relaxed),
+            region_bytes: info.total_size,
+        })
+    }
+}

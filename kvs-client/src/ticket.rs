@@ -1,0 +1,106 @@
+//! Tickets: handles to requests in flight.
+//!
+//! A ticket owns one response slot until it is waited on or taken. Dropping
+//! it abandons the request, so the slot goes back to the table (the server
+//! frees it when it gets to the request) and nothing leaks.
+
+use crate::client::KVSClient;
+use crate::error::{ClientError, Result};
+use kvs_core::protocol::{OpCode, Response};
+use kvs_core::response_table::{Claim, Poll};
+use std::fmt;
+use std::hash::Hash;
+use std::time::{Duration, Instant};
+
+/// A submitted request whose answer decodes to `R`.
+#[must_use = "dropping a ticket abandons its request"]
+pub struct Ticket<'c, K, V, R>
+where
+    K: bytemuck::Pod + Eq + Hash,
+    V: bytemuck::Pod,
+{
+    client: &'c KVSClient<K, V>,
+    claim: Option<Claim>,
+    op: OpCode,
+    decode: fn(Response<V>) -> Result<R>,
+}
+
+impl<K, V, R> fmt::Debug for Ticket<'_, K, V, R>
+where
+    K: bytemuck::Pod + Eq + Hash,
+    V: bytemuck::Pod,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ticket")
+            .field("op", &self.op)
+            .field("claim", &self.claim)
+            .finish()
+    }
+}
+
+impl<'c, K, V, R> Ticket<'c, K, V, R>
+where
+    K: bytemuck::Pod + Eq + Hash,
+    V: bytemuck::Pod,
+{
+    pub(crate) fn new(
+        client: &'c KVSClient<K, V>,
+        claim: Claim,
+        op: OpCode,
+        decode: fn(Response<V>) -> Result<R>,
+    ) -> Self {
+        Self {
+            client,
+            claim: Some(claim),
+            op,
+            decode,
+        }
+    }
+
+    /// The operation this ticket is for.
+    pub fn op(&self) -> OpCode {
+        self.op
+    }
+
+    /// Waits up to `timeout` for the answer.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Timeout`] (the request is abandoned), server gone, or
+    /// the op's own errors.
+    pub fn wait(mut self, timeout: Duration) -> Result<R> {
+        let claim = self.claim.take().ok_or(ClientError::SlotLost)?;
+        let deadline = Instant::now() + timeout;
+        let resp = self.client.wait_claim(self.op, &claim, deadline, timeout)?;
+        (self.decode)(resp)
+    }
+
+    /// The answer if it has arrived; `None` if not yet (the ticket stays
+    /// valid), `Some` once (after which the ticket is spent).
+    pub fn try_take(&mut self) -> Option<Result<R>> {
+        let claim = self.claim?;
+        match self.client.region().slots().poll(&claim) {
+            Poll::Pending => None,
+            Poll::Ready(resp) => {
+                self.claim = None;
+                Some((self.decode)(resp))
+            }
+            Poll::Lost => {
+                self.claim = None;
+                Some(Err(ClientError::SlotLost))
+            }
+        }
+    }
+}
+
+impl<K, V, R> Drop for Ticket<'_, K, V, R>
+where
+    K: bytemuck::Pod + Eq + Hash,
+    V: bytemuck::Pod,
+{
+    fn drop(&mut self) {
+        if let Some(claim) = self.claim.take() {
+            self.client.region().slots().abandon(&claim);
+        }
+    }
+}

@@ -1,0 +1,175 @@
+//! The `kvs_server` command line: create the region, print one ready line,
+//! serve until SIGINT or SIGTERM, then stop cleanly and remove the region.
+
+use crate::{KVSServer, ServerError};
+use clap::Parser;
+use kvs_core::region::Takeover;
+use kvs_core::text::{TextKey, ValueClass};
+use kvs_core::with_value_class;
+use nix::sys::signal::{SigSet, Signal};
+use std::io::Write;
+use std::process::ExitCode;
+
+/// The region name used when neither `--name` nor `KVS_NAME` is given.
+pub const DEFAULT_NAME: &str = "kvs";
+
+/// Serve a kvs key-value store over POSIX shared memory.
+///
+/// Creates the shared region NAME (under /dev/shm), prints one line when it
+/// is ready, and serves text keys (up to 63 bytes) and values until SIGINT or
+/// SIGTERM; then drains in-flight requests, removes the region and exits 0.
+/// Exits 2 with one line on stderr if it cannot start (for example when a live
+/// server already owns NAME). Logs go to stderr; set RUST_LOG=debug for more.
+#[derive(Debug, Parser)]
+#[command(name = "kvs_server", version, about, long_about)]
+pub struct Args {
+    /// Region name (a file under /dev/shm); clients use the same name.
+    #[arg(long, env = "KVS_NAME", default_value = DEFAULT_NAME)]
+    pub name: String,
+    /// Worker threads serving requests.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub workers: u16,
+    /// Lock stripes of the map (a power of two).
+    #[arg(long, default_value_t = 64)]
+    pub stripes: usize,
+    /// Cells in the request ring (a power of two).
+    #[arg(long, default_value_t = 1024)]
+    pub queue_capacity: usize,
+    /// Response slots: requests that can be in flight at once.
+    #[arg(long, default_value_t = 1024)]
+    pub slots: usize,
+    /// Client handles that can be connected at once.
+    #[arg(long, default_value_t = 256)]
+    pub max_clients: usize,
+    /// Permission bits of the region, in octal (0600: only this user).
+    #[arg(long, default_value = "600", value_parser = parse_mode)]
+    pub mode: u32,
+    /// Longest value in bytes; picks the size class 255, 1023 or 4095.
+    #[arg(long, default_value_t = 255, value_parser = clap::value_parser!(u64).range(1..=4095))]
+    pub value_size: u64,
+    /// Entry limit: SET or POST of a new key beyond it fails with "store full".
+    #[arg(long)]
+    pub max_entries: Option<u64>,
+    /// Remove regions and lock files whose server is dead (all of them, or
+    /// only NAME if --name is given), print what was removed, and exit.
+    #[arg(long)]
+    pub cleanup: bool,
+}
+
+fn parse_mode(s: &str) -> Result<u32, String> {
+    let s = s.strip_prefix("0o").unwrap_or(s);
+    u32::from_str_radix(s, 8).map_err(|_| format!("{s:?} is not an octal mode such as 600 or 660"))
+}
+
+/// Initialises logging to stderr (RUST_LOG, default "info").
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+/// Runs `kvs_server` with the process's arguments.
+pub fn main() -> ExitCode {
+    let args = Args::parse();
+    init_logging();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kvs_server: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(args: Args) -> Result<(), String> {
+    if args.cleanup {
+        return cleanup(&args);
+    }
+    let class = ValueClass::for_len(args.value_size as usize)
+        .ok_or_else(|| format!("--value-size {} is above 4095", args.value_size))?;
+    // Block the stop signals before any thread starts, so every thread
+    // inherits the mask and only `sigwait` below receives them.
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGINT);
+    signals.add(Signal::SIGTERM);
+    signals
+        .thread_block()
+        .map_err(|e| format!("blocking signals: {e}"))?;
+    with_value_class!(class, V => serve::<V>(&args, class, &signals))
+}
+
+fn serve<V>(args: &Args, class: ValueClass, signals: &SigSet) -> Result<(), String>
+where
+    V: bytemuck::Pod + Send + Sync,
+{
+    let mut server: KVSServer<TextKey, V> = KVSServer::<TextKey, V>::builder(&args.name)
+        .workers(args.workers as usize)
+        .stripes(args.stripes)
+        .ring_capacity(args.queue_capacity)
+        .slots(args.slots)
+        .max_clients(args.max_clients)
+        .mode(args.mode)
+        .max_entries(args.max_entries)
+        .build()
+        .map_err(|e| e.to_string())?;
+    if let Takeover::Stale { pid } = server.takeover() {
+        tracing::warn!(
+            region = server.name(),
+            dead_pid = pid,
+            "took over a stale region whose server had died"
+        );
+    }
+    server
+        .start(args.workers as usize)
+        .map_err(|e: ServerError| e.to_string())?;
+    {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(
+            out,
+            "kvs_server ready: region {} (/dev/shm/{}), values up to {} bytes, {} workers, {} slots, mode {:o}, pid {}",
+            server.name(),
+            server.name().trim_start_matches('/'),
+            class.capacity(),
+            args.workers,
+            args.slots,
+            args.mode,
+            std::process::id()
+        );
+        let _ = out.flush();
+    }
+    let sig = signals
+        .wait()
+        .map_err(|e| format!("waiting for a signal: {e}"))?;
+    tracing::info!(signal = ?sig, "stopping");
+    server.stop();
+    drop(server);
+    Ok(())
+}
+
+fn cleanup(args: &Args) -> Result<(), String> {
+    let explicit = std::env::args().any(|a| a == "--name" || a.starts_with("--name="))
+        || std::env::var_os("KVS_NAME").is_some();
+    let names = if explicit {
+        vec![args.name.clone()]
+    } else {
+        kvs_core::Region::<u8, u8>::stale_names()
+    };
+    let mut removed_any = false;
+    for name in names {
+        let removed = kvs_core::Region::<u8, u8>::remove_stale(&name)
+            .map_err(|e| format!("cleaning up {name}: {e}"))?;
+        for path in &removed {
+            println!("removed {path}");
+            removed_any = true;
+        }
+    }
+    if !removed_any {
+        println!("nothing to clean up");
+    }
+    Ok(())
+}

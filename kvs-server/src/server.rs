@@ -1,0 +1,277 @@
+//! The server handle: builder, start, stop.
+
+use crate::{reclaim, worker};
+use crossbeam_utils::CachePadded;
+use kvs_core::map::StripedMap;
+use kvs_core::region::{Region, RegionConfig, Takeover};
+use kvs_core::RegionCreateError;
+use std::hash::Hash;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+/// Errors of building and running a server.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// The region could not be created.
+    #[error(transparent)]
+    Create(#[from] RegionCreateError),
+    /// A worker count outside `1..=MAX_WORKERS`.
+    #[error("workers {0} must be between 1 and {max}", max = kvs_core::region::MAX_WORKERS)]
+    InvalidWorkers(usize),
+    /// A thread could not be spawned.
+    #[error("spawning a server thread: {0}")]
+    Spawn(std::io::Error),
+}
+
+/// State shared by the handle, the workers and the housekeeper.
+pub(crate) struct Shared<K, V> {
+    pub(crate) region: Region<K, V>,
+    pub(crate) map: StripedMap<K, V>,
+    /// Workers drain the ring and exit when set.
+    pub(crate) stop_workers: AtomicBool,
+    /// The housekeeper exits when set.
+    pub(crate) shutdown: AtomicBool,
+    /// Per worker: `slot index + 1` while it answers that slot, 0 otherwise.
+    /// Read by the reclaimer (see `kvs_core::response_table::SlotTable::reclaim`).
+    pub(crate) busy: Box<[CachePadded<AtomicU64>]>,
+}
+
+impl<K, V> Shared<K, V> {
+    pub(crate) fn is_busy(&self, slot: u32) -> bool {
+        let mark = u64::from(slot) + 1;
+        // SeqCst: the reclaimer's half of the Dekker pair with the worker's
+        // SeqCst store of its mark before `SlotTable::begin`.
+        self.busy.iter().any(|b| b.load(Ordering::SeqCst) == mark)
+    }
+}
+
+/// Builds a [`KVSServer`]; see [`KVSServer::builder`].
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct KVSServerBuilder {
+    name: String,
+    config: RegionConfig,
+}
+
+impl KVSServerBuilder {
+    /// A builder for a server on region `name` with default capacities.
+    pub fn new(name: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            config: RegionConfig::default(),
+        }
+    }
+
+    /// Worker threads (also the default for [`KVSServer::start`]).
+    pub fn workers(mut self, n: usize) -> Self {
+        self.config.workers = n;
+        self
+    }
+
+    /// Stripes of the map (a power of two).
+    pub fn stripes(mut self, n: usize) -> Self {
+        self.config.stripes = n;
+        self
+    }
+
+    /// Cells in the request ring (a power of two).
+    pub fn ring_capacity(mut self, n: usize) -> Self {
+        self.config.ring_capacity = n;
+        self
+    }
+
+    /// Response slots.
+    pub fn slots(mut self, n: usize) -> Self {
+        self.config.slots = n;
+        self
+    }
+
+    /// Client registrations.
+    pub fn max_clients(mut self, n: usize) -> Self {
+        self.config.max_clients = n;
+        self
+    }
+
+    /// Permission bits of the region (default 0600).
+    pub fn mode(mut self, mode: u32) -> Self {
+        self.config.mode = mode;
+        self
+    }
+
+    /// Entry limit; SET or POST of a new key beyond it fails with "store full".
+    pub fn max_entries(mut self, limit: Option<u64>) -> Self {
+        self.config.max_entries = limit.unwrap_or(0);
+        self
+    }
+
+    /// Creates the region and the (stopped) server.
+    ///
+    /// # Errors
+    ///
+    /// [`ServerError::Create`], for example when a live server owns the name.
+    pub fn build<K, V>(self) -> Result<KVSServer<K, V>, ServerError>
+    where
+        K: bytemuck::Pod + Eq + Hash + Send + Sync,
+        V: bytemuck::Pod + Send + Sync,
+    {
+        let (region, takeover) = Region::<K, V>::create_reporting(&self.name, &self.config)?;
+        let limit = (self.config.max_entries > 0).then_some(self.config.max_entries as usize);
+        let map = StripedMap::with_capacity_and_stripe_amount(0, self.config.stripes)
+            .with_max_entries(limit);
+        let shared = Arc::new(Shared {
+            region,
+            map,
+            stop_workers: AtomicBool::new(false),
+            shutdown: AtomicBool::new(false),
+            busy: (0..kvs_core::region::MAX_WORKERS)
+                .map(|_| CachePadded::new(AtomicU64::new(0)))
+                .collect(),
+        });
+        let housekeeper = reclaim::spawn(Arc::clone(&shared)).map_err(ServerError::Spawn)?;
+        Ok(KVSServer {
+            shared,
+            workers: Vec::new(),
+            housekeeper: Some(housekeeper),
+            default_workers: self.config.workers,
+            takeover,
+            started: Instant::now(),
+        })
+    }
+}
+
+/// A server over one region. Dropping it stops the workers, closes the
+/// region and removes it.
+pub struct KVSServer<K, V> {
+    shared: Arc<Shared<K, V>>,
+    workers: Vec<JoinHandle<()>>,
+    housekeeper: Option<JoinHandle<()>>,
+    default_workers: usize,
+    takeover: Takeover,
+    started: Instant,
+}
+
+impl<K, V> std::fmt::Debug for KVSServer<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KVSServer")
+            .field("region", &self.shared.region.name())
+            .field("workers", &self.workers.len())
+            .finish()
+    }
+}
+
+impl<K, V> KVSServer<K, V>
+where
+    K: bytemuck::Pod + Eq + Hash + Send + Sync,
+    V: bytemuck::Pod + Send + Sync,
+{
+    /// A builder for a server on region `name` (`/name` or `name`).
+    pub fn builder(name: &str) -> KVSServerBuilder {
+        KVSServerBuilder::new(name)
+    }
+
+    /// Starts `workers` worker threads (stopping any running ones first).
+    ///
+    /// # Errors
+    ///
+    /// [`ServerError::InvalidWorkers`] or [`ServerError::Spawn`].
+    pub fn start(&mut self, workers: usize) -> Result<(), ServerError> {
+        if !(1..=kvs_core::region::MAX_WORKERS).contains(&workers) {
+            return Err(ServerError::InvalidWorkers(workers));
+        }
+        self.stop();
+        self.shared.stop_workers.store(false, Ordering::SeqCst);
+        for id in 0..workers {
+            let shared = Arc::clone(&self.shared);
+            let handle = std::thread::Builder::new()
+                .name(format!("kvs-worker-{id}"))
+                .spawn(move || worker::run(&shared, id))
+                .map_err(ServerError::Spawn)?;
+            self.workers.push(handle);
+        }
+        tracing::debug!(
+            workers,
+            region = self.shared.region.name(),
+            "workers started"
+        );
+        Ok(())
+    }
+
+    /// Starts the number of workers the builder was given.
+    ///
+    /// # Errors
+    ///
+    /// As [`KVSServer::start`].
+    pub fn start_default(&mut self) -> Result<(), ServerError> {
+        self.start(self.default_workers)
+    }
+
+    /// Stops the workers after they drain what is in the ring. Requests
+    /// pushed after this wait until the next [`KVSServer::start`] (their
+    /// clients time out meanwhile).
+    pub fn stop(&mut self) {
+        if self.workers.is_empty() {
+            return;
+        }
+        self.shared.stop_workers.store(true, Ordering::SeqCst);
+        self.shared.region.wake_all_workers();
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+        tracing::debug!(region = self.shared.region.name(), "workers stopped");
+    }
+
+    /// Whether workers are running.
+    pub fn is_running(&self) -> bool {
+        !self.workers.is_empty()
+    }
+
+    /// Entries in the store.
+    pub fn storage_size(&self) -> usize {
+        self.shared.map.len()
+    }
+
+    /// The store itself (for embedding: read or preload without the ring).
+    pub fn map(&self) -> &StripedMap<K, V> {
+        &self.shared.map
+    }
+
+    /// The region's name.
+    pub fn name(&self) -> &str {
+        self.shared.region.name()
+    }
+
+    /// The region (for status views and tests).
+    pub fn region(&self) -> &Region<K, V> {
+        &self.shared.region
+    }
+
+    /// Whether creating the server replaced a dead server's region.
+    pub fn takeover(&self) -> Takeover {
+        self.takeover
+    }
+
+    /// Time since the server was built.
+    pub fn uptime(&self) -> std::time::Duration {
+        self.started.elapsed()
+    }
+}
+
+impl<K, V> Drop for KVSServer<K, V> {
+    fn drop(&mut self) {
+        self.shared.region.mark_closed();
+        self.shared.stop_workers.store(true, Ordering::SeqCst);
+        self.shared.shutdown.store(true, Ordering::SeqCst);
+        self.shared.region.wake_all_workers();
+        self.shared.region.poke_housekeeper();
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+        if let Some(h) = self.housekeeper.take() {
+            let _ = h.join();
+        }
+        // The last Arc drops the region, which removes its name.
+    }
+}

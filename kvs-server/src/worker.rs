@@ -1,0 +1,174 @@
+//! One worker thread: pop, execute on the map, answer, wake.
+//!
+//! Idle strategy (tuned in `BENCHMARKS.md`): spin on a cheap "is the head
+//! published?" check, then yield, then sleep on the ring's futex in bounded
+//! slices. A claimed but unpublished head cell (a producer mid-push, or one
+//! that died there) is waited out for [`STALL_SKIP`] and then skipped; a live
+//! producer whose cell was skipped pushes again (see `kvs_core::ring`).
+
+use crate::server::Shared;
+use kvs_core::map::{MapError, SetOutcome};
+use kvs_core::protocol::{OpCode, Request, Response, StatusCode};
+use kvs_core::ring::{PopError, Skip};
+use kvs_core::wait::{spin_then_yield, FutexParker, SpinPolicy};
+use std::hash::Hash;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+/// How long a claimed-but-unpublished head cell is waited for before the
+/// worker skips it. A live producer publishes within nanoseconds unless it is
+/// descheduled; a dead one never does.
+pub(crate) const STALL_SKIP: Duration = Duration::from_millis(200);
+
+/// Longest futex sleep of an idle worker before it re-checks its stop flag.
+const IDLE_SLICE: Duration = Duration::from_millis(100);
+
+pub(crate) fn run<K, V>(shared: &Shared<K, V>, id: usize)
+where
+    K: bytemuck::Pod + Eq + Hash,
+    V: bytemuck::Pod,
+{
+    let region = &shared.region;
+    let ring = region.ring();
+    let stats = &region.worker_stats()[id];
+    let mut stall: Option<(u64, Instant)> = None;
+    loop {
+        match ring.pop() {
+            Ok(req) => {
+                stall = None;
+                serve(shared, id, stats, req);
+            }
+            Err(PopError::Busy { pos }) => match stall {
+                Some((p, since)) if p == pos && since.elapsed() >= STALL_SKIP => {
+                    stall = None;
+                    match ring.skip_stalled(pos) {
+                        Skip::Delivered(req) => serve(shared, id, stats, req),
+                        Skip::Skipped => {
+                            region
+                                .header()
+                                .live
+                                .cells_skipped
+                                .fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(
+                                pos,
+                                "skipped a ring cell whose producer never published"
+                            );
+                        }
+                        Skip::Moved => {}
+                    }
+                }
+                Some((p, _)) if p == pos => std::thread::yield_now(),
+                _ => stall = Some((pos, Instant::now())),
+            },
+            Err(PopError::Empty) => {
+                stall = None;
+                if shared.stop_workers.load(Ordering::Acquire) {
+                    return;
+                }
+                let woke = spin_then_yield(SpinPolicy::WORKER, || {
+                    ring.has_pending() || shared.stop_workers.load(Ordering::Relaxed)
+                });
+                if !woke {
+                    region.worker_sleep(IDLE_SLICE, || {
+                        ring.has_pending() || shared.stop_workers.load(Ordering::SeqCst)
+                    });
+                }
+            }
+        }
+    }
+}
+
+fn serve<K, V>(
+    shared: &Shared<K, V>,
+    id: usize,
+    stats: &kvs_core::region::WorkerStats,
+    req: Request<K, V>,
+) where
+    K: bytemuck::Pod + Eq + Hash,
+    V: bytemuck::Pod,
+{
+    let slots = shared.region.slots();
+    let busy = &shared.busy[id];
+    // SeqCst: the worker's half of the Dekker pair with the reclaimer, which
+    // marks a slot abandoned (SeqCst) and then reads these marks; `begin`
+    // loads the slot word with SeqCst after this store.
+    busy.store(u64::from(req.slot) + 1, Ordering::SeqCst);
+    let begun = match slots.begin(req.slot, req.generation) {
+        Ok(b) => b,
+        Err(e) => {
+            busy.store(0, Ordering::Release);
+            stats.count_dropped();
+            tracing::debug!(error = %e, "dropped a request");
+            return;
+        }
+    };
+    let (response, op) = match req.op() {
+        Ok(op) => (execute(shared, op, &req), Some(op)),
+        Err(e) => {
+            tracing::debug!(error = %e, slot = req.slot, "malformed request");
+            shared
+                .region
+                .header()
+                .live
+                .malformed
+                .fetch_add(1, Ordering::Relaxed);
+            (Response::status(StatusCode::Malformed), None)
+        }
+    };
+    slots.complete(begun, response, &FutexParker);
+    busy.store(0, Ordering::Release);
+    match op {
+        Some(op) => stats.count(op),
+        None => stats.count_dropped(),
+    }
+}
+
+fn execute<K, V>(shared: &Shared<K, V>, op: OpCode, req: &Request<K, V>) -> Response<V>
+where
+    K: bytemuck::Pod + Eq + Hash,
+    V: bytemuck::Pod,
+{
+    let map = &shared.map;
+    let ok = |version: u64| Response {
+        status: StatusCode::Ok as u32,
+        aux: 0,
+        version,
+        modified_ns: 0,
+        value: V::zeroed(),
+    };
+    match op {
+        OpCode::Get => match map.get(&req.key) {
+            Some(e) => Response {
+                status: StatusCode::Ok as u32,
+                aux: 0,
+                version: e.version,
+                modified_ns: e.modified_ns,
+                value: e.value,
+            },
+            None => Response::status(StatusCode::NotFound),
+        },
+        OpCode::Set => match map.insert_or_assign(req.key, req.value) {
+            Ok((outcome, version)) => Response {
+                aux: u32::from(outcome == SetOutcome::Inserted),
+                ..ok(version)
+            },
+            Err(MapError::Full { .. }) => Response::status(StatusCode::StoreFull),
+        },
+        OpCode::Post => match map.insert_if_absent(req.key, req.value) {
+            Ok(Some(version)) => ok(version),
+            Ok(None) => Response::status(StatusCode::Exists),
+            Err(MapError::Full { .. }) => Response::status(StatusCode::StoreFull),
+        },
+        OpCode::Del => match map.remove(&req.key) {
+            Some((_, version)) => ok(version),
+            None => Response::status(StatusCode::NotFound),
+        },
+        OpCode::Status => Response {
+            // The entry count travels in `modified_ns` (documented on
+            // `OpCode::Status`): the value type may be too small for it.
+            modified_ns: map.len() as u64,
+            ..ok(map.version())
+        },
+        OpCode::ListPage | OpCode::Backup => Response::status(StatusCode::Unsupported),
+    }
+}
