@@ -49,19 +49,33 @@ impl<K, V> Shared<K, V> {
 }
 
 /// Builds a [`KVSServer`]; see [`KVSServer::builder`].
-#[derive(Debug, Clone)]
 #[must_use]
-pub struct KVSServerBuilder {
+pub struct KVSServerBuilder<K, V> {
     name: String,
     config: RegionConfig,
+    _types: std::marker::PhantomData<fn() -> (K, V)>,
 }
 
-impl KVSServerBuilder {
+impl<K, V> std::fmt::Debug for KVSServerBuilder<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KVSServerBuilder")
+            .field("name", &self.name)
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl<K, V> KVSServerBuilder<K, V>
+where
+    K: bytemuck::Pod + Eq + Hash + Send + Sync,
+    V: bytemuck::Pod + Send + Sync,
+{
     /// A builder for a server on region `name` with default capacities.
     pub fn new(name: &str) -> Self {
         Self {
             name: name.to_string(),
             config: RegionConfig::default(),
+            _types: std::marker::PhantomData,
         }
     }
 
@@ -112,11 +126,7 @@ impl KVSServerBuilder {
     /// # Errors
     ///
     /// [`ServerError::Create`], for example when a live server owns the name.
-    pub fn build<K, V>(self) -> Result<KVSServer<K, V>, ServerError>
-    where
-        K: bytemuck::Pod + Eq + Hash + Send + Sync,
-        V: bytemuck::Pod + Send + Sync,
-    {
+    pub fn build(self) -> Result<KVSServer<K, V>, ServerError> {
         let (region, takeover) = Region::<K, V>::create_reporting(&self.name, &self.config)?;
         let limit = (self.config.max_entries > 0).then_some(self.config.max_entries as usize);
         let map = StripedMap::with_capacity_and_stripe_amount(0, self.config.stripes)
@@ -168,7 +178,7 @@ where
     V: bytemuck::Pod + Send + Sync,
 {
     /// A builder for a server on region `name` (`/name` or `name`).
-    pub fn builder(name: &str) -> KVSServerBuilder {
+    pub fn builder(name: &str) -> KVSServerBuilder<K, V> {
         KVSServerBuilder::new(name)
     }
 

@@ -1,0 +1,175 @@
+//! Shared support for the multi-process tests: unique region names, a
+//! `kvs_server` child that is killed (and its region checked) on drop, a
+//! `kvs_client` runner, and re-running this test binary as a child process.
+#![allow(dead_code, unreachable_pub)]
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// A region name no other test (or test run) uses.
+pub fn unique_name(tag: &str) -> String {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "kvs-test-{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// `/dev/shm/NAME`.
+pub fn shm_path(name: &str) -> PathBuf {
+    PathBuf::from("/dev/shm").join(name.trim_start_matches('/'))
+}
+
+/// `/dev/shm/NAME.lock`.
+pub fn lock_path(name: &str) -> PathBuf {
+    PathBuf::from("/dev/shm").join(format!("{}.lock", name.trim_start_matches('/')))
+}
+
+/// Path of the `kvs_server` binary under test.
+pub fn server_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_kvs_server")
+}
+
+/// Path of the `kvs_client` binary under test.
+pub fn client_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_kvs_client")
+}
+
+/// A running `kvs_server`; killed on drop, and its files removed if left.
+pub struct ServerGuard {
+    pub name: String,
+    pub child: Option<Child>,
+    pub ready_line: String,
+}
+
+impl ServerGuard {
+    /// Starts `kvs_server --name NAME ARGS...` and waits (10 s at most) for
+    /// its ready line.
+    pub fn start(name: &str, args: &[&str]) -> Self {
+        let mut child = Command::new(server_bin())
+            .arg("--name")
+            .arg(name)
+            .args(args)
+            .env_remove("KVS_NAME")
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn kvs_server");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
+            // Keep draining so the server never blocks on a full pipe.
+            for _ in lines {}
+        });
+        let mut guard = ServerGuard {
+            name: name.to_string(),
+            child: Some(child),
+            ready_line: String::new(),
+        };
+        match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(line) if line.contains("ready") => guard.ready_line = line,
+            other => panic!("kvs_server did not become ready: {other:?}"),
+        }
+        guard
+    }
+
+    /// The server's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// Sends `sig` and waits (10 s at most) for the exit status.
+    pub fn signal_and_wait(&mut self, sig: nix::sys::signal::Signal) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("server already stopped");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).unwrap();
+        wait_with_deadline(&mut child, Duration::from_secs(10)).expect("kvs_server did not exit")
+    }
+}
+
+impl Drop for ServerGuard {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_file(shm_path(&self.name));
+        let _ = std::fs::remove_file(lock_path(&self.name));
+    }
+}
+
+/// Waits for a child with a deadline; kills it if the deadline passes.
+pub fn wait_with_deadline(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Runs `kvs_client --name NAME ARGS...` to completion (30 s at most).
+pub fn kvs_client(name: &str, args: &[&str]) -> Output {
+    let mut child = Command::new(client_bin())
+        .arg("--name")
+        .arg(name)
+        .args(args)
+        .env_remove("KVS_NAME")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn kvs_client");
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            panic!("kvs_client {args:?} hung");
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// Children spawned by [`spawn_self`]; killed on drop.
+pub struct Children(pub Vec<Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Re-runs this test binary as a child process that executes only the test
+/// `entry` (which must check `std::env::var("KVS_CHILD_ROLE")` and act on
+/// it), with the given environment.
+pub fn spawn_self(entry: &str, envs: &[(&str, String)]) -> Child {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args([entry, "--exact", "--nocapture", "--test-threads", "1"]);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn child test process")
+}
