@@ -11,6 +11,8 @@
 //!   never reach the wrong request;
 //! * [`wait`]: spin-then-futex waiting that makes no syscall on the fast path;
 //! * [`map`]: the server's striped-lock hash map;
+//! * [`bulk`]: bulk buffers for listing pages and snapshot requests;
+//! * [`notify`]: per-subscriber change-event queues;
 //! * [`protocol`]: op codes, status codes, request and response records;
 //! * [`fixed_str`]: fixed-capacity `Pod` strings for text keys and values;
 //! * [`text`]: the key type and value size classes the binaries use.
@@ -22,11 +24,15 @@
 #![warn(missing_docs, unsafe_op_in_unsafe_fn)]
 
 #[cfg(not(loom))]
+pub mod bulk;
+#[cfg(not(loom))]
 pub mod error;
 #[cfg(not(loom))]
 pub mod fixed_str;
 #[cfg(not(loom))]
 pub mod map;
+#[cfg(not(loom))]
+pub mod notify;
 pub mod protocol;
 #[cfg(not(loom))]
 pub mod region;

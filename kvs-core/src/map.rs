@@ -227,6 +227,26 @@ impl<K: Eq + Hash + Copy, V: Copy> StripedMap<K, V> {
     /// [`max_entries`](Self::max_entries) entries. Replacing an existing key
     /// never fails. On error the map and its version are unchanged.
     pub fn insert_or_assign(&self, key: K, value: V) -> Result<(SetOutcome, u64), MapError> {
+        self.insert_or_assign_then(key, value, |_, _| {})
+    }
+
+    /// [`insert_or_assign`](Self::insert_or_assign), calling `on_change` with
+    /// the new entry while the stripe's write lock is still held, so that
+    /// observers see the changes of one key in version order.
+    ///
+    /// **Locking behaviour:** as `insert_or_assign`; `on_change` must not
+    /// touch the map.
+    ///
+    /// # Errors
+    ///
+    /// As [`insert_or_assign`](Self::insert_or_assign); `on_change` is not
+    /// called on error.
+    pub fn insert_or_assign_then(
+        &self,
+        key: K,
+        value: V,
+        on_change: impl FnOnce(&K, &Entry<V>),
+    ) -> Result<(SetOutcome, u64), MapError> {
         let hash = self.hash(&key);
         // Read the clock before taking the lock, to keep the critical section short.
         let modified_ns = unix_time_ns();
@@ -234,24 +254,25 @@ impl<K: Eq + Hash + Copy, V: Copy> StripedMap<K, V> {
         match table.entry(hash, |(k, _)| *k == key, |(k, _)| self.hash(k)) {
             hash_table::Entry::Occupied(mut occupied) => {
                 let version = self.next_version();
-                occupied.get_mut().1 = Entry {
+                let entry = Entry {
                     value,
                     version,
                     modified_ns,
                 };
+                occupied.get_mut().1 = entry;
+                on_change(&key, &entry);
                 Ok((SetOutcome::Replaced, version))
             }
             hash_table::Entry::Vacant(vacant) => {
                 self.reserve_entry()?;
                 let version = self.next_version();
-                vacant.insert((
-                    key,
-                    Entry {
-                        value,
-                        version,
-                        modified_ns,
-                    },
-                ));
+                let entry = Entry {
+                    value,
+                    version,
+                    modified_ns,
+                };
+                vacant.insert((key, entry));
+                on_change(&key, &entry);
                 Ok((SetOutcome::Inserted, version))
             }
         }
@@ -270,6 +291,24 @@ impl<K: Eq + Hash + Copy, V: Copy> StripedMap<K, V> {
     /// [`max_entries`](Self::max_entries) entries. A present key gives
     /// `Ok(None)`, even at the limit.
     pub fn insert_if_absent(&self, key: K, value: V) -> Result<Option<u64>, MapError> {
+        self.insert_if_absent_then(key, value, |_, _| {})
+    }
+
+    /// [`insert_if_absent`](Self::insert_if_absent), calling `on_change`
+    /// with the new entry under the stripe's write lock if it inserted.
+    ///
+    /// **Locking behaviour:** as `insert_if_absent`; `on_change` must not
+    /// touch the map.
+    ///
+    /// # Errors
+    ///
+    /// As [`insert_if_absent`](Self::insert_if_absent).
+    pub fn insert_if_absent_then(
+        &self,
+        key: K,
+        value: V,
+        on_change: impl FnOnce(&K, &Entry<V>),
+    ) -> Result<Option<u64>, MapError> {
         let hash = self.hash(&key);
         let modified_ns = unix_time_ns();
         let mut table = self.stripe(hash).write();
@@ -278,14 +317,13 @@ impl<K: Eq + Hash + Copy, V: Copy> StripedMap<K, V> {
             hash_table::Entry::Vacant(vacant) => {
                 self.reserve_entry()?;
                 let version = self.next_version();
-                vacant.insert((
-                    key,
-                    Entry {
-                        value,
-                        version,
-                        modified_ns,
-                    },
-                ));
+                let entry = Entry {
+                    value,
+                    version,
+                    modified_ns,
+                };
+                vacant.insert((key, entry));
+                on_change(&key, &entry);
                 Ok(Some(version))
             }
         }
@@ -298,12 +336,94 @@ impl<K: Eq + Hash + Copy, V: Copy> StripedMap<K, V> {
     /// **Locking behaviour:** takes the write lock of the key's stripe. May
     /// deadlock if the calling thread holds a lock of that stripe.
     pub fn remove(&self, key: &K) -> Option<(Entry<V>, u64)> {
+        self.remove_then(key, |_, _| {})
+    }
+
+    /// [`remove`](Self::remove), calling `on_change` with the key and the
+    /// delete's version under the stripe's write lock if it removed.
+    ///
+    /// **Locking behaviour:** as `remove`; `on_change` must not touch the map.
+    pub fn remove_then(&self, key: &K, on_change: impl FnOnce(&K, u64)) -> Option<(Entry<V>, u64)> {
         let hash = self.hash(key);
         let mut table = self.stripe(hash).write();
         let occupied = table.find_entry(hash, |(k, _)| k == key).ok()?;
         let ((_, entry), _) = occupied.remove();
         self.len.fetch_sub(1, Ordering::Relaxed);
-        Some((entry, self.next_version()))
+        let version = self.next_version();
+        on_change(key, version);
+        Some((entry, version))
+    }
+
+    /// One page of a scan over all entries, in (stripe, hash) order.
+    ///
+    /// `after` is `None` to start, or the cursor a previous page returned.
+    /// Calls `out` for up to `max` entries whose key passes `filter`, and
+    /// returns the cursor of the next page, `None` when the scan is done.
+    ///
+    /// The cursor is the hash of the last entry returned: entries present
+    /// for the whole scan are returned exactly once, whatever else changes,
+    /// because the order does not depend on the tables' layout. Cursors are
+    /// valid for the lifetime of this map (its hasher is seeded per map).
+    ///
+    /// **Locking behaviour:** holds one stripe's read lock at a time, while
+    /// it collects and sorts that stripe's candidates; never blocks writers
+    /// of other stripes.
+    pub fn scan(
+        &self,
+        after: Option<u64>,
+        max: usize,
+        mut filter: impl FnMut(&K) -> bool,
+        mut out: impl FnMut(&K, &Entry<V>),
+    ) -> Option<u64> {
+        let max = max.max(1);
+        let mut stripe = after.map_or(0, |h| self.stripe_index(h));
+        let mut emitted = 0usize;
+        let mut last = None;
+        let mut candidates: Vec<(u64, K, Entry<V>)> = Vec::new();
+        while stripe < self.stripes.len() {
+            candidates.clear();
+            {
+                let table = self.stripes[stripe].read();
+                for (k, e) in table.iter() {
+                    let h = self.hash(k);
+                    if after.is_some_and(|a| self.stripe_index(a) == stripe && h <= a) {
+                        continue;
+                    }
+                    if filter(k) {
+                        candidates.push((h, *k, *e));
+                    }
+                }
+            }
+            candidates.sort_unstable_by_key(|c| c.0);
+            for (h, k, e) in &candidates {
+                if emitted == max {
+                    // More remain: resume after the last one emitted.
+                    return last;
+                }
+                out(k, e);
+                emitted += 1;
+                last = Some(*h);
+            }
+            stripe += 1;
+        }
+        None
+    }
+
+    /// A point-in-time copy of every entry, with the global version at that
+    /// moment.
+    ///
+    /// **Locking behaviour:** takes every stripe's read lock (in index
+    /// order, so it cannot deadlock with itself), copies, then releases
+    /// them: writers wait for the copy only.
+    pub fn snapshot(&self) -> (Vec<(K, Entry<V>)>, u64) {
+        let guards: Vec<_> = self.stripes.iter().map(|s| s.read()).collect();
+        let version = self.version();
+        let mut all = Vec::with_capacity(guards.iter().map(|g| g.len()).sum());
+        for g in &guards {
+            all.extend(g.iter().map(|(k, e)| (*k, *e)));
+        }
+        drop(guards);
+        (all, version)
     }
 
     /// The number of entries.
@@ -489,6 +609,95 @@ fn unix_time_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod scan_tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    fn scan_all(
+        map: &StripedMap<u64, u64>,
+        page: usize,
+        filter: impl Fn(&u64) -> bool + Copy,
+    ) -> Vec<u64> {
+        let mut keys = Vec::new();
+        let mut cursor = None;
+        loop {
+            cursor = map.scan(cursor, page, filter, |k, _| keys.push(*k));
+            if cursor.is_none() {
+                return keys;
+            }
+        }
+    }
+
+    #[test]
+    fn scan_pages_cover_every_entry_exactly_once() {
+        let map = StripedMap::<u64, u64>::with_capacity_and_stripe_amount(0, 8);
+        for k in 0..1000 {
+            map.insert_or_assign(k, k).unwrap();
+        }
+        for page in [1, 7, 100, 5000] {
+            let keys = scan_all(&map, page, |_| true);
+            assert_eq!(keys.len(), 1000, "page {page}");
+            assert_eq!(keys.iter().collect::<HashSet<_>>().len(), 1000);
+        }
+        let even = scan_all(&map, 13, |k| k % 2 == 0);
+        assert_eq!(even.len(), 500);
+    }
+
+    #[test]
+    fn scan_survives_concurrent_changes_for_stable_entries() {
+        let map = StripedMap::<u64, u64>::with_capacity_and_stripe_amount(0, 4);
+        for k in 0..500 {
+            map.insert_or_assign(k, k).unwrap();
+        }
+        let mut seen = Vec::new();
+        let mut cursor = None;
+        let mut round = 0u64;
+        loop {
+            cursor = map.scan(cursor, 50, |_| true, |k, _| seen.push(*k));
+            // Churn keys >= 1000 between pages; keys < 500 stay put.
+            for i in 0..100 {
+                map.insert_or_assign(1000 + round * 100 + i, 0).unwrap();
+                map.remove(&(1000 + round * 100 + i / 2));
+            }
+            round += 1;
+            if cursor.is_none() {
+                break;
+            }
+        }
+        let stable: Vec<_> = seen.iter().filter(|k| **k < 500).collect();
+        assert_eq!(stable.len(), 500);
+        assert_eq!(stable.iter().collect::<HashSet<_>>().len(), 500);
+    }
+
+    #[test]
+    fn snapshot_copies_everything_with_the_version() {
+        let map = StripedMap::<u64, u64>::new();
+        for k in 0..100 {
+            map.insert_or_assign(k, k * 3).unwrap();
+        }
+        let (all, version) = map.snapshot();
+        assert_eq!(all.len(), 100);
+        assert_eq!(version, 100);
+        assert!(all.iter().all(|(k, e)| e.value == k * 3));
+    }
+
+    #[test]
+    fn change_hooks_run_only_on_change() {
+        let map = StripedMap::<u64, u64>::new();
+        let mut calls = Vec::new();
+        map.insert_or_assign_then(1, 10, |k, e| calls.push((*k, e.version)))
+            .unwrap();
+        map.insert_if_absent_then(1, 11, |k, e| calls.push((*k, e.version)))
+            .unwrap();
+        map.insert_if_absent_then(2, 20, |k, e| calls.push((*k, e.version)))
+            .unwrap();
+        map.remove_then(&3, |k, v| calls.push((*k, v)));
+        map.remove_then(&1, |k, v| calls.push((*k, v)));
+        assert_eq!(calls, vec![(1, 1), (2, 2), (1, 3)]);
+    }
 }
 
 #[cfg(test)]

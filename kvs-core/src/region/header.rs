@@ -6,7 +6,7 @@
 //!      0     8  magic            "\x89KVS\r\n\x1a\n" (PNG-style: not zeros, not text)
 //!      8     4  state            Creating = 0, Ready = 1, Closed = 2
 //!     12     4  layout_version   LAYOUT_VERSION
-//!     16   464  info             RegionInfo (Pod, written once before Ready)
+//!     16   512  info             RegionInfo (Pod, written once before Ready)
 //!    512     .  live words       futex words and counters (atomics), see RegionHeader
 //! ```
 //!
@@ -25,7 +25,7 @@ use std::fmt;
 pub const MAGIC: u64 = u64::from_le_bytes(*b"\x89KVS\r\n\x1a\n");
 
 /// Bumped whenever anything in the region's layout or protocol changes.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Maximum bytes of a type name kept in the header.
 pub const TYPE_NAME_LEN: usize = 120;
@@ -184,6 +184,18 @@ pub struct RegionInfo {
     pub created_unix_ns: u64,
     /// The permission bits the region was created with.
     pub mode: u64,
+    /// Byte offset of the bulk buffers.
+    pub bulk_offset: u64,
+    /// Number of bulk buffers.
+    pub bulk_count: u64,
+    /// Data bytes of each bulk buffer.
+    pub bulk_size: u64,
+    /// Byte offset of the subscription entries.
+    pub subs_offset: u64,
+    /// Number of subscription entries.
+    pub sub_count: u64,
+    /// Events each subscription queue holds (a power of two).
+    pub sub_queue: u64,
 }
 
 /// The header at offset 0 of every region.
@@ -221,7 +233,9 @@ pub struct LiveWords {
     pub slots_reclaimed: AtomicU64,
     /// Stalled ring cells the server skipped.
     pub cells_skipped: AtomicU64,
+    /// Active subscriptions (workers skip publishing when 0).
+    pub subscribers: AtomicU32,
 }
 
-const _: () = assert!(std::mem::size_of::<RegionInfo>() == 2 * (32 + TYPE_NAME_LEN) + 20 * 8);
+const _: () = assert!(std::mem::size_of::<RegionInfo>() == 2 * (32 + TYPE_NAME_LEN) + 26 * 8);
 const _: () = assert!(std::mem::offset_of!(RegionHeader, info) == 16);

@@ -47,6 +47,10 @@ pub struct Layout {
     pub clients_offset: usize,
     /// Per-worker statistics.
     pub stats_offset: usize,
+    /// The bulk buffers.
+    pub bulk_offset: usize,
+    /// The subscription entries.
+    pub subs_offset: usize,
     /// The whole region.
     pub total_size: usize,
 }
@@ -97,6 +101,18 @@ impl Layout {
             size_of::<CachePadded<WorkerStats>>() * super::stats::MAX_WORKERS,
             align_of::<CachePadded<WorkerStats>>(),
         );
+        let bulk_offset = section(
+            crate::bulk::stride(config.bulk_size)
+                .checked_mul(config.bulk_buffers)
+                .expect("bulk area too large"),
+            SECTION_ALIGN,
+        );
+        let subs_offset = section(
+            crate::notify::stride::<K, V>(config.sub_queue)
+                .checked_mul(config.subscribers)
+                .expect("subscription area too large"),
+            SECTION_ALIGN,
+        );
         let total_size = align_up(at, 4096);
         Self {
             ring_header_offset,
@@ -107,6 +123,8 @@ impl Layout {
             slot_size,
             clients_offset,
             stats_offset,
+            bulk_offset,
+            subs_offset,
             total_size,
         }
     }

@@ -78,6 +78,15 @@ pub struct RegionConfig {
     pub max_entries: u64,
     /// Permission bits of the region and its lock file.
     pub mode: u32,
+    /// Bulk buffers (listing pages and snapshot requests in flight at once).
+    pub bulk_buffers: usize,
+    /// Data bytes of each bulk buffer (bounds one listing page).
+    pub bulk_size: usize,
+    /// Subscription entries (subscribers at once).
+    pub subscribers: usize,
+    /// Events each subscription queue holds before it overflows (a power
+    /// of two).
+    pub sub_queue: usize,
 }
 
 impl Default for RegionConfig {
@@ -90,6 +99,10 @@ impl Default for RegionConfig {
             workers: 2,
             max_entries: 0,
             mode: 0o600,
+            bulk_buffers: 4,
+            bulk_size: 1 << 20,
+            subscribers: 8,
+            sub_queue: 256,
         }
     }
 }
@@ -129,6 +142,21 @@ impl RegionConfig {
             return Err(format!(
                 "workers {} must be between 1 and {MAX_WORKERS}",
                 self.workers
+            ));
+        }
+        if !(1..=64).contains(&self.bulk_buffers) || !(4096..=1 << 28).contains(&self.bulk_size) {
+            return Err(format!(
+                "bulk buffers {} x {} bytes: need 1 to 64 buffers of 4 KiB to 256 MiB",
+                self.bulk_buffers, self.bulk_size
+            ));
+        }
+        if self.subscribers > 1024
+            || !self.sub_queue.is_power_of_two()
+            || !(2..=1 << 20).contains(&self.sub_queue)
+        {
+            return Err(format!(
+                "subscribers {} with queues of {}: up to 1024 subscribers, queues a power of two from 2 to 1048576",
+                self.subscribers, self.sub_queue
             ));
         }
         if self.mode & !0o666 != 0 || self.mode & 0o600 != 0o600 {
@@ -309,6 +337,12 @@ impl<K: bytemuck::Pod, V: bytemuck::Pod> Region<K, V> {
             server_start_ticks: shm::process_start_ticks(pid).unwrap_or(0),
             created_unix_ns: crate::unix_now_ns(),
             mode: u64::from(config.mode),
+            bulk_offset: layout.bulk_offset as u64,
+            bulk_count: config.bulk_buffers as u64,
+            bulk_size: config.bulk_size as u64,
+            subs_offset: layout.subs_offset as u64,
+            sub_count: config.subscribers as u64,
+            sub_queue: config.sub_queue as u64,
         };
         let region = Self {
             name,
@@ -330,6 +364,7 @@ impl<K: bytemuck::Pod, V: bytemuck::Pod> Region<K, V> {
         region.ring().init();
         region.slots().init();
         region.clients().init();
+        region.subscriptions().init();
         header.magic.store(MAGIC, Ordering::Relaxed);
         header
             .layout_version
@@ -470,6 +505,10 @@ impl<K: bytemuck::Pod, V: bytemuck::Pod> Region<K, V> {
                 workers: usize::try_from(info.workers).unwrap_or(0),
                 max_entries: info.max_entries,
                 mode: (info.mode as u32) | 0o600,
+                bulk_buffers: usize::try_from(info.bulk_count).unwrap_or(0),
+                bulk_size: usize::try_from(info.bulk_size).unwrap_or(0),
+                subscribers: usize::try_from(info.sub_count).unwrap_or(usize::MAX),
+                sub_queue: usize::try_from(info.sub_queue).unwrap_or(0),
             };
             config.validate().map_err(corrupt)?;
             if info.cache_line != std::mem::size_of::<CachePadded<u8>>() as u64 {
@@ -489,6 +528,8 @@ impl<K: bytemuck::Pod, V: bytemuck::Pod> Region<K, V> {
                 info.slot_size,
                 info.clients_offset,
                 info.stats_offset,
+                info.bulk_offset,
+                info.subs_offset,
                 info.total_size,
             ];
             let ours = [
@@ -500,6 +541,8 @@ impl<K: bytemuck::Pod, V: bytemuck::Pod> Region<K, V> {
                 layout.slot_size,
                 layout.clients_offset,
                 layout.stats_offset,
+                layout.bulk_offset,
+                layout.subs_offset,
                 layout.total_size,
             ]
             .map(|v| v as u64);
@@ -679,6 +722,38 @@ impl<K, V> Region<K, V> {
             )
         };
         ClientTable::new(entries)
+    }
+
+    /// The bulk buffers.
+    pub fn bulk(&self) -> crate::bulk::BulkTable<'_> {
+        // SAFETY: layout-derived offset, 128-aligned, `bulk_count` buffers of
+        // `bulk_size` data bytes inside the mapping that `self` keeps alive.
+        unsafe {
+            crate::bulk::BulkTable::from_raw(
+                self.at::<u8>(self.layout.bulk_offset),
+                self.info.bulk_count as usize,
+                self.info.bulk_size as usize,
+            )
+        }
+    }
+
+    /// The subscription entries.
+    pub fn subscriptions(&self) -> crate::notify::SubTable<'_, K, V>
+    where
+        K: Copy + bytemuck::Zeroable,
+        V: Copy + bytemuck::Zeroable,
+    {
+        // SAFETY: layout-derived offset, 128-aligned, `sub_count` entries
+        // with queues of `sub_queue` cells (validated as a power of two),
+        // initialised by the creator.
+        unsafe {
+            crate::notify::SubTable::from_raw(
+                self.at::<u8>(self.layout.subs_offset),
+                self.info.sub_count as usize,
+                self.info.sub_queue as usize,
+                &self.header().live.subscribers,
+            )
+        }
     }
 
     /// Per-worker statistics, [`MAX_WORKERS`] of them.

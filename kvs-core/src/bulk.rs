@@ -1,0 +1,499 @@
+//! Bulk buffers: how results larger than one value travel (listing pages,
+//! snapshot requests).
+//!
+//! A response slot holds one value, so a listing of 100,000 entries would
+//! take 100,000 round trips through it. Instead the region has a few bulk
+//! buffers (4 × 1 MiB by default). A client claims one, writes its request
+//! parameters into it (cursor, page size, prefix, or a snapshot path), and
+//! sends an ordinary request whose `arg` names the buffer. The worker checks
+//! that the buffer is owned by the same client as the response slot, fills
+//! the buffer's data area with as many records as fit, and answers through
+//! the slot as usual; the slot's Release/Acquire handover also publishes the
+//! buffer's contents. A page is therefore one round trip however many
+//! entries it carries, and the cursor design (see `StripedMap::scan`) lets
+//! the server hold one stripe's lock at a time.
+//!
+//! Ownership uses the same packed `generation | owner | state` word as the
+//! response slots. A client that gives up on a request marks its buffer
+//! `Abandoned` together with the slot it was used for; the housekeeper frees
+//! it once that slot has moved on (the worker never touches a buffer whose
+//! slot's `begin` failed). Dead owners' buffers are freed like their slots.
+//!
+//! Everything read from a buffer is copied out and validated (lengths are
+//! clamped, counts bounded by the data size).
+
+use crate::response_table::MAX_OWNER;
+use crate::sync::{AtomicU32, AtomicU64, Ordering, UnsafeCell};
+use bytemuck::{Pod, Zeroable};
+use std::fmt;
+use std::marker::PhantomData;
+
+/// Longest prefix a listing may filter by.
+pub const PREFIX_MAX: usize = 64;
+/// Longest path a snapshot request may carry.
+pub const PATH_MAX: usize = 4096;
+
+const FREE: u32 = 0;
+const OWNED: u32 = 1;
+const ABANDONED: u32 = 2;
+
+fn pack(generation: u32, owner: u32, state: u32) -> u64 {
+    ((generation as u64) << 32) | (((owner & MAX_OWNER) as u64) << 8) | state as u64
+}
+
+fn unpack(w: u64) -> (u32, u32, u32) {
+    (
+        (w >> 32) as u32,
+        ((w >> 8) as u32) & MAX_OWNER,
+        (w & 0xff) as u32,
+    )
+}
+
+/// What a client asks of a bulk request (written by the client before the
+/// request is pushed; copied out by the server).
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct BulkParams {
+    /// Listing: resume after this cursor (if `has_cursor`).
+    pub cursor: u64,
+    /// 1 if `cursor` is set.
+    pub has_cursor: u32,
+    /// Listing: most records wanted.
+    pub limit: u32,
+    /// Bytes of `prefix` in use.
+    pub prefix_len: u32,
+    /// Bytes of `path` in use.
+    pub path_len: u32,
+    /// Listing: only keys whose bytes start with this.
+    pub prefix: [u8; PREFIX_MAX],
+    /// Snapshot: the absolute path to write.
+    pub path: [u8; PATH_MAX],
+}
+
+impl BulkParams {
+    /// The prefix, clamped to its buffer.
+    pub fn prefix(&self) -> &[u8] {
+        &self.prefix[..(self.prefix_len as usize).min(PREFIX_MAX)]
+    }
+
+    /// The path, clamped to its buffer.
+    pub fn path(&self) -> &[u8] {
+        &self.path[..(self.path_len as usize).min(PATH_MAX)]
+    }
+}
+
+impl fmt::Debug for BulkParams {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BulkParams")
+            .field("cursor", &self.cursor)
+            .field("has_cursor", &self.has_cursor)
+            .field("limit", &self.limit)
+            .field("prefix", &String::from_utf8_lossy(self.prefix()))
+            .field("path", &String::from_utf8_lossy(self.path()))
+            .finish()
+    }
+}
+
+/// What the server reports of a bulk request.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, Pod, Zeroable)]
+pub struct BulkResult {
+    /// Records (listing) or message bytes (errors) in the data area.
+    pub count: u32,
+    /// Listing: 1 if more pages follow.
+    pub more: u32,
+    /// Listing: the cursor of the next page.
+    pub next_cursor: u64,
+    /// The global version when the request was served.
+    pub version: u64,
+    /// Snapshot: entries written.
+    pub entries: u64,
+    /// Snapshot: bytes written.
+    pub bytes: u64,
+}
+
+/// The fixed part of one bulk buffer; the data area follows it.
+#[repr(C)]
+#[derive(Debug)]
+pub struct BulkHeader {
+    word: AtomicU64,
+    /// The response slot of the request using the buffer, for cleanup.
+    slot: AtomicU32,
+    slot_generation: AtomicU32,
+    params: UnsafeCell<BulkParams>,
+    result: UnsafeCell<BulkResult>,
+}
+
+/// One listed entry as it travels in a bulk buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ListRecord<K, V> {
+    /// The key.
+    pub key: K,
+    /// The value.
+    pub value: V,
+    /// The entry's version.
+    pub version: u64,
+    /// Last modification, unix nanoseconds.
+    pub modified_ns: u64,
+}
+
+/// A claimed bulk buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BulkClaim {
+    /// Buffer index.
+    pub index: u32,
+    /// Generation of this use.
+    pub generation: u32,
+    /// The claimer's registration index.
+    pub owner: u32,
+}
+
+/// A view of the bulk buffers in a region.
+pub struct BulkTable<'a> {
+    base: *const u8,
+    count: usize,
+    stride: usize,
+    data_size: usize,
+    _region: PhantomData<&'a ()>,
+}
+
+impl fmt::Debug for BulkTable<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BulkTable")
+            .field("count", &self.count)
+            .field("data_size", &self.data_size)
+            .finish()
+    }
+}
+
+/// Bytes from the start of a buffer to its data area.
+pub fn data_offset() -> usize {
+    std::mem::size_of::<BulkHeader>().next_multiple_of(128)
+}
+
+/// Bytes of one buffer (header, data, padding).
+pub fn stride(data_size: usize) -> usize {
+    (data_offset() + data_size).next_multiple_of(128)
+}
+
+impl<'a> BulkTable<'a> {
+    /// Wraps `count` buffers of `data_size` data bytes starting at `base`.
+    ///
+    /// # Safety
+    ///
+    /// `base` points to `count * stride(data_size)` bytes, 128-aligned,
+    /// zero-initialised or previously used as bulk buffers, inside a mapping
+    /// that outlives `'a`.
+    pub unsafe fn from_raw(base: *const u8, count: usize, data_size: usize) -> Self {
+        Self {
+            base,
+            count,
+            stride: stride(data_size),
+            data_size,
+            _region: PhantomData,
+        }
+    }
+
+    /// Number of buffers.
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    /// Bytes of each data area.
+    pub fn data_size(&self) -> usize {
+        self.data_size
+    }
+
+    fn header(&self, index: u32) -> Option<&BulkHeader> {
+        if (index as usize) >= self.count {
+            return None;
+        }
+        // SAFETY: in bounds (checked) of the area `from_raw` was given;
+        // 128-aligned; the header holds atomics and `UnsafeCell`s only.
+        Some(unsafe { &*(self.base.add(index as usize * self.stride) as *const BulkHeader) })
+    }
+
+    fn data(&self, index: u32) -> *mut u8 {
+        // SAFETY: callers checked `index` via `header`; the data area lies
+        // within the buffer's stride.
+        unsafe { self.base.add(index as usize * self.stride + data_offset()) as *mut u8 }
+    }
+
+    /// Claims a free buffer for `owner`.
+    pub fn claim(&self, owner: u32) -> Option<BulkClaim> {
+        for index in 0..self.count as u32 {
+            let h = self.header(index)?;
+            let w = h.word.load(Ordering::Relaxed);
+            let (generation, _, state) = unpack(w);
+            if state != FREE {
+                continue;
+            }
+            let generation = generation.wrapping_add(1);
+            // Acquire pairs with the Release that freed it.
+            if h.word
+                .compare_exchange(
+                    w,
+                    pack(generation, owner, OWNED),
+                    Ordering::Acquire,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+            {
+                return Some(BulkClaim {
+                    index,
+                    generation,
+                    owner,
+                });
+            }
+        }
+        None
+    }
+
+    /// Writes the request parameters and the slot that will carry it.
+    pub fn prepare(&self, claim: &BulkClaim, params: &BulkParams, slot: u32, slot_generation: u32) {
+        let Some(h) = self.header(claim.index) else {
+            return;
+        };
+        h.slot.store(slot, Ordering::Relaxed);
+        h.slot_generation.store(slot_generation, Ordering::Relaxed);
+        // SAFETY: we own the buffer (claimed); the server reads the params
+        // only after the request push, which publishes this write.
+        h.params.with_mut(|p| unsafe { p.write_volatile(*params) });
+    }
+
+    /// Frees a buffer we own.
+    pub fn release(&self, claim: &BulkClaim) {
+        if let Some(h) = self.header(claim.index) {
+            // Release: our reads of the data happen before the next claim.
+            let _ = h.word.compare_exchange(
+                pack(claim.generation, claim.owner, OWNED),
+                pack(claim.generation, claim.owner, FREE),
+                Ordering::Release,
+                Ordering::Relaxed,
+            );
+        }
+    }
+
+    /// Gives up a buffer whose request was abandoned: the housekeeper frees
+    /// it once the request's slot has moved on.
+    pub fn abandon(&self, claim: &BulkClaim) {
+        if let Some(h) = self.header(claim.index) {
+            let _ = h.word.compare_exchange(
+                pack(claim.generation, claim.owner, OWNED),
+                pack(claim.generation, claim.owner, ABANDONED),
+                Ordering::Release,
+                Ordering::Relaxed,
+            );
+        }
+    }
+
+    /// Server side: the parameters of buffer `index`, if `owner` owns it.
+    pub fn params_if_owned_by(&self, index: u32, owner: u32) -> Option<BulkParams> {
+        let h = self.header(index)?;
+        let (_, o, state) = unpack(h.word.load(Ordering::Acquire));
+        if state != OWNED || o != owner {
+            return None;
+        }
+        // SAFETY: in bounds; BulkParams is Pod, any bytes are a valid copy.
+        Some(h.params.with(|p| unsafe { p.read_volatile() }))
+    }
+
+    /// Server side: writes the result.
+    pub fn set_result(&self, index: u32, result: &BulkResult) {
+        if let Some(h) = self.header(index) {
+            // SAFETY: in bounds; the owner reads it only after the slot turns
+            // Ready (Release CAS after this write).
+            h.result.with_mut(|p| unsafe { p.write_volatile(*result) });
+        }
+    }
+
+    /// Client side: the result (after the request's slot turned Ready).
+    pub fn result(&self, claim: &BulkClaim) -> BulkResult {
+        self.header(claim.index)
+            // SAFETY: in bounds; Pod.
+            .map(|h| h.result.with(|p| unsafe { p.read_volatile() }))
+            .unwrap_or_default()
+    }
+
+    /// How many records of `T` fit in a data area.
+    pub fn capacity_for<T>(&self) -> usize {
+        self.data_size / std::mem::size_of::<T>().max(1)
+    }
+
+    /// Server side: writes `items` as consecutive records; returns how many
+    /// were written (at most [`BulkTable::capacity_for`]).
+    pub fn write_records<T: Copy>(&self, index: u32, items: impl IntoIterator<Item = T>) -> usize {
+        if self.header(index).is_none() {
+            return 0;
+        }
+        let base = self.data(index);
+        let cap = self.capacity_for::<T>();
+        let mut n = 0;
+        for item in items.into_iter().take(cap) {
+            // SAFETY: `n < cap` keeps the record inside the data area;
+            // unaligned writes need no alignment.
+            unsafe { (base.add(n * std::mem::size_of::<T>()) as *mut T).write_unaligned(item) };
+            n += 1;
+        }
+        n
+    }
+
+    /// Server side: writes bytes (an error message) into the data area.
+    pub fn write_bytes(&self, index: u32, bytes: &[u8]) -> usize {
+        if self.header(index).is_none() {
+            return 0;
+        }
+        let n = bytes.len().min(self.data_size);
+        // SAFETY: `n <= data_size`; the data area is ours to write while the
+        // request is being served.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.data(index), n) };
+        n
+    }
+
+    /// Client side: reads `count` records (clamped to the capacity).
+    ///
+    /// `T` must be valid for any bit pattern (a `Pod` record).
+    pub fn read_records<T: Copy + Zeroable>(&self, claim: &BulkClaim, count: usize) -> Vec<T> {
+        if self.header(claim.index).is_none() {
+            return Vec::new();
+        }
+        let base = self.data(claim.index);
+        let n = count.min(self.capacity_for::<T>());
+        (0..n)
+            // SAFETY: inside the data area; `T` is valid for any bits (the
+            // caller's record types are built from Pod fields).
+            .map(|i| unsafe {
+                (base.add(i * std::mem::size_of::<T>()) as *const T).read_unaligned()
+            })
+            .collect()
+    }
+
+    /// Client side: reads `len` bytes (clamped).
+    pub fn read_bytes(&self, claim: &BulkClaim, len: usize) -> Vec<u8> {
+        if self.header(claim.index).is_none() {
+            return Vec::new();
+        }
+        let n = len.min(self.data_size);
+        let mut out = vec![0u8; n];
+        // SAFETY: `n <= data_size`, inside the data area.
+        unsafe { std::ptr::copy_nonoverlapping(self.data(claim.index), out.as_mut_ptr(), n) };
+        out
+    }
+
+    /// Housekeeper: frees buffers of dead owners, and abandoned buffers
+    /// whose slot has settled (`slot_settled(slot, generation)` is true when
+    /// that slot no longer holds that request and no worker is on it).
+    pub fn reclaim(
+        &self,
+        owner_dead: impl Fn(u32) -> bool,
+        slot_settled: impl Fn(u32, u32) -> bool,
+    ) -> usize {
+        let mut freed = 0;
+        for index in 0..self.count as u32 {
+            let Some(h) = self.header(index) else { break };
+            let w = h.word.load(Ordering::Acquire);
+            let (generation, owner, state) = unpack(w);
+            let settled = || {
+                slot_settled(
+                    h.slot.load(Ordering::Relaxed),
+                    h.slot_generation.load(Ordering::Relaxed),
+                )
+            };
+            let free = match state {
+                FREE => false,
+                OWNED | ABANDONED => (owner_dead(owner) || state == ABANDONED) && settled(),
+                _ => true, // garbage
+            };
+            if free
+                && h.word
+                    .compare_exchange(
+                        w,
+                        pack(generation, owner, FREE),
+                        Ordering::Release,
+                        Ordering::Relaxed,
+                    )
+                    .is_ok()
+            {
+                freed += 1;
+            }
+        }
+        freed
+    }
+
+    /// Buffers not free (diagnostics).
+    pub fn in_use(&self) -> usize {
+        (0..self.count as u32)
+            .filter_map(|i| self.header(i))
+            .filter(|h| unpack(h.word.load(Ordering::Relaxed)).2 != FREE)
+            .count()
+    }
+}
+
+// SAFETY: the table is a view of shared memory accessed through atomics and
+// the ownership protocol above; the raw pointer is only a base address.
+unsafe impl Send for BulkTable<'_> {}
+// SAFETY: as above.
+unsafe impl Sync for BulkTable<'_> {}
+
+// SAFETY: `#[repr(C)]` of Zeroable fields.
+unsafe impl<K: Zeroable, V: Zeroable> Zeroable for ListRecord<K, V> {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[repr(C, align(128))]
+    struct Area([u8; 32 * 1024]);
+
+    #[test]
+    fn claim_prepare_result_records_release() {
+        let area = Box::new(Area([0; 32 * 1024]));
+        let data = 1024;
+        let count = area.0.len() / stride(data);
+        assert!(count >= 2);
+        // SAFETY: the area is 128-aligned, zeroed and large enough.
+        let t = unsafe { BulkTable::from_raw(area.0.as_ptr(), count, data) };
+        let c = t.claim(3).unwrap();
+        let mut p = BulkParams::zeroed();
+        p.limit = 5;
+        p.prefix_len = 200; // garbage length: clamped
+        t.prepare(&c, &p, 9, 1);
+        let got = t.params_if_owned_by(c.index, 3).unwrap();
+        assert_eq!(got.limit, 5);
+        assert_eq!(got.prefix().len(), PREFIX_MAX);
+        assert!(t.params_if_owned_by(c.index, 4).is_none());
+        assert!(t.params_if_owned_by(99, 3).is_none());
+        let n = t.write_records(c.index, (0..1000u64).map(|i| i * 2));
+        assert_eq!(n, t.capacity_for::<u64>());
+        t.set_result(
+            c.index,
+            &BulkResult {
+                count: n as u32,
+                ..Default::default()
+            },
+        );
+        let back: Vec<u64> = t.read_records(&c, t.result(&c).count as usize + 10_000);
+        assert_eq!(back.len(), n);
+        assert_eq!(back[3], 6);
+        t.release(&c);
+        assert_eq!(t.in_use(), 0);
+    }
+
+    #[test]
+    fn abandoned_buffers_wait_for_their_slot() {
+        let area = Box::new(Area([0; 32 * 1024]));
+        assert!(stride(512) <= area.0.len());
+        // SAFETY: as above.
+        let t = unsafe { BulkTable::from_raw(area.0.as_ptr(), 1, 512) };
+        let c = t.claim(1).unwrap();
+        t.prepare(&c, &BulkParams::zeroed(), 4, 7);
+        t.abandon(&c);
+        assert_eq!(t.reclaim(|_| false, |_, _| false), 0);
+        assert_eq!(t.reclaim(|_| false, |s, g| s == 4 && g == 7), 1);
+        assert_eq!(t.in_use(), 0);
+        let c2 = t.claim(2).unwrap();
+        assert_eq!(t.reclaim(|o| o == 2, |_, _| true), 1);
+        assert!(t.params_if_owned_by(c2.index, 2).is_none());
+    }
+}
