@@ -72,6 +72,39 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Load-test the server: ops/s and latency per op kind, every answer
+    /// checked (see `kvs_client bench --help`).
+    Bench(crate::bench::BenchArgs),
+    /// List entries (key, value, version, last modified), page by page.
+    List {
+        /// Only keys starting with this text.
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a point-in-time snapshot of the store (atomically) to PATH
+    /// (default: kvs-NAME-UNIXTIME.snap in the current directory).
+    Backup {
+        /// Where to write it.
+        path: Option<std::path::PathBuf>,
+    },
+    /// Run job files (or directories of *.job), writing NAME.out beside each.
+    Run {
+        /// Job files or directories.
+        #[arg(required = true)]
+        paths: Vec<std::path::PathBuf>,
+        /// Job files to run at once.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+        jobs: u16,
+    },
+    /// Print each change of KEYs (every key if none) as it happens, until
+    /// interrupted.
+    Watch {
+        /// Keys to watch (at most 32).
+        keys: Vec<OsString>,
+    },
 }
 
 /// An error that ends the command: the message and the exit code.
@@ -84,7 +117,7 @@ pub struct Failure {
 }
 
 impl Failure {
-    fn error(message: impl Into<String>) -> Self {
+    pub(crate) fn error(message: impl Into<String>) -> Self {
         Self {
             code: 2,
             message: message.into(),
@@ -110,9 +143,17 @@ pub fn main() -> ExitCode {
     let args = match Args::try_parse() {
         Ok(a) => a,
         Err(e) => {
-            // --help and --version print to stdout and exit 0; usage errors exit 2.
-            let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+            // --help and --version print to stdout and exit 0; a missing
+            // command prints the help to stderr and exits 2.
+            if !e.use_stderr()
+                || e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            {
+                let _ = e.print();
+                return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+            }
+            // Usage errors: one line on stderr, exit 2.
+            eprintln!("kvs_client: {}", usage_error_line(&e));
+            return ExitCode::from(2);
         }
     };
     match run(&args) {
@@ -122,6 +163,28 @@ pub fn main() -> ExitCode {
             ExitCode::from(f.code)
         }
     }
+}
+
+/// The first line of a clap usage error, without its `error: ` prefix and
+/// with a pointer to `--help` (clap's own rendering spans several lines).
+fn usage_error_line(e: &clap::Error) -> String {
+    let rendered = e.render().to_string();
+    // The message is the first paragraph (a list of missing arguments
+    // continues it on indented lines); "Usage:" and "tip:" lines follow.
+    let message: Vec<&str> = rendered
+        .lines()
+        .map(str::trim)
+        .skip_while(|l| l.is_empty())
+        .take_while(|l| !l.is_empty() && !l.starts_with("Usage:"))
+        .collect();
+    let message = message.join(" ");
+    let message = message.strip_prefix("error: ").unwrap_or(&message);
+    let message = if message.is_empty() {
+        "invalid arguments"
+    } else {
+        message
+    };
+    format!("{message} (see kvs_client --help)")
 }
 
 /// Text from an argument: must be UTF-8.
@@ -140,7 +203,8 @@ pub fn fixed_arg<const N: usize>(what: &str, arg: &OsString) -> Result<FixedStr<
     })
 }
 
-fn options(args: &Args) -> ClientOptions {
+/// The client options the global flags ask for.
+pub fn options(args: &Args) -> ClientOptions {
     ClientOptions {
         timeout: Duration::from_millis(args.timeout_ms),
         ..ClientOptions::default()
@@ -157,6 +221,9 @@ fn run(args: &Args) -> Result<(), Failure> {
             info.value.name()
         ))
     })?;
+    if let Command::Bench(bench) = &args.command {
+        return with_value_class!(class, V => crate::bench::run::<V>(&args.name, options(args), bench, &info));
+    }
     with_value_class!(class, V => run_typed::<V>(args))
 }
 
@@ -197,6 +264,15 @@ fn run_typed<V: TextValue>(args: &Args) -> Result<(), Failure> {
         Command::Post { key, value } => Parsed::Post(fixed_arg("key", key)?, V::from_arg(value)?),
         Command::Del { key } => Parsed::Del(fixed_arg("key", key)?),
         Command::Status { json } => Parsed::Status(*json),
+        Command::Bench(_) => return Err(Failure::error("bench is dispatched before this point")),
+        Command::List { prefix, json } => {
+            return crate::cli_tools::list::<V>(args, prefix, *json);
+        }
+        Command::Backup { path } => return crate::cli_tools::backup::<V>(args, path.as_deref()),
+        Command::Run { paths, jobs } => {
+            return crate::cli_tools::run_jobs::<V>(args, paths, *jobs as usize)
+        }
+        Command::Watch { keys } => return crate::cli_tools::watch::<V>(args, keys),
     };
     let client = KVSClient::<TextKey, V>::connect_with(&args.name, options(args))?;
     let mut out = std::io::stdout().lock();

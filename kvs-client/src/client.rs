@@ -205,6 +205,11 @@ where
         &self.region
     }
 
+    /// This client's registration index (the owner of its slots).
+    pub(crate) fn registration(&self) -> u32 {
+        self.registration
+    }
+
     /// The options in force.
     pub fn options(&self) -> &ClientOptions {
         &self.options
@@ -435,12 +440,27 @@ where
 
     /// Claims a slot, marks it pending, pushes the request, wakes a worker.
     pub(crate) fn submit(&self, op: OpCode, key: K, value: V, deadline: Instant) -> Result<Claim> {
+        self.submit_with(op, key, value, 0, deadline, |_| {})
+    }
+
+    /// [`KVSClient::submit`] with an op argument, calling `prepare` with the
+    /// claimed slot before the request becomes visible to the server.
+    pub(crate) fn submit_with(
+        &self,
+        op: OpCode,
+        key: K,
+        value: V,
+        arg: u32,
+        deadline: Instant,
+        prepare: impl FnOnce(&Claim),
+    ) -> Result<Claim> {
         if self.server_closed() {
             return Err(ClientError::ServerGone);
         }
         let slots = self.region.slots();
         let claim = self.claim_slot(deadline)?;
-        let mut request = Request::new(op, claim.index, claim.generation, 0, key, value);
+        prepare(&claim);
+        let mut request = Request::new(op, claim.index, claim.generation, arg, key, value);
         slots.mark_pending(&claim);
         let ring = self.region.ring();
         let give_up = deadline.min(Instant::now() + self.options.ring_full_backoff);
@@ -454,6 +474,11 @@ where
                 Err(e) => {
                     request = e.into_inner();
                     let stalled = matches!(e, PushError::Stalled(_));
+                    // A stamp someone scribbled on blocks every producer at
+                    // that cell: repair what is safe to repair and go again.
+                    if stalled && ring.repair_free_cells() > 0 {
+                        continue;
+                    }
                     if Instant::now() >= give_up || self.server_closed() {
                         slots.release(&claim);
                         return Err(if self.server_closed() {

@@ -39,6 +39,15 @@ pub enum ClientError {
     /// refused the request as malformed.
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// Every bulk buffer (listing pages, snapshots in flight) is in use.
+    #[error("no free bulk buffer (too many listings or backups in flight)")]
+    NoBulkBuffer,
+    /// Every subscription entry is in use, or too many keys were named.
+    #[error("cannot subscribe: {0}")]
+    Subscribe(String),
+    /// The server tried and failed (a snapshot it could not write, say).
+    #[error("the server failed: {0}")]
+    ServerFailed(String),
     /// The response slot was taken from us (the server judged us dead).
     #[error("the response slot was reclaimed before the answer arrived")]
     SlotLost,

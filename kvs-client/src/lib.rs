@@ -20,13 +20,20 @@
 
 #![warn(missing_docs, unsafe_op_in_unsafe_fn)]
 
+pub mod bench;
 pub mod cli;
+mod cli_tools;
 mod client;
 mod error;
+pub mod jobs;
+mod listing;
 pub mod status;
+mod subscription;
 mod ticket;
 
 pub use client::{ClientOptions, KVSClient, Op, Reply, Versioned};
 pub use error::{ClientError, Result};
+pub use listing::{BackupInfo, ListCursor, ListIter, ListPage, ListedEntry, BACKUP_TIMEOUT};
 pub use status::StoreStatus;
+pub use subscription::{ChangeEvent, Subscription};
 pub use ticket::Ticket;

@@ -50,6 +50,13 @@ pub struct Args {
     /// Entry limit: SET or POST of a new key beyond it fails with "store full".
     #[arg(long)]
     pub max_entries: Option<u64>,
+    /// Load this snapshot at start-up (refuse to start if it is missing,
+    /// corrupt, truncated or of other types).
+    #[arg(long, value_name = "PATH")]
+    pub load: Option<std::path::PathBuf>,
+    /// Save a snapshot here on a clean stop (SIGINT or SIGTERM).
+    #[arg(long, value_name = "PATH")]
+    pub save_on_exit: Option<std::path::PathBuf>,
     /// Remove regions and lock files whose server is dead (all of them, or
     /// only NAME if --name is given), print what was removed, and exit.
     #[arg(long)]
@@ -117,6 +124,10 @@ where
         .max_entries(args.max_entries)
         .build()
         .map_err(|e| e.to_string())?;
+    if let Some(path) = &args.load {
+        let info = server.load_snapshot(path).map_err(|e| e.to_string())?;
+        tracing::info!(path = %path.display(), entries = info.entries, version = info.version, "snapshot loaded");
+    }
     if let Takeover::Stale { pid } = server.takeover() {
         tracing::warn!(
             region = server.name(),
@@ -147,8 +158,17 @@ where
         .map_err(|e| format!("waiting for a signal: {e}"))?;
     tracing::info!(signal = ?sig, "stopping");
     server.stop();
+    let saved = match &args.save_on_exit {
+        Some(path) => server
+            .save_snapshot(path)
+            .map(|info| {
+                tracing::info!(path = %path.display(), entries = info.entries, "snapshot saved on exit");
+            })
+            .map_err(|e| e.to_string()),
+        None => Ok(()),
+    };
     drop(server);
-    Ok(())
+    saved
 }
 
 fn cleanup(args: &Args) -> Result<(), String> {

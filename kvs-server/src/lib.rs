@@ -22,6 +22,8 @@
 pub mod cli;
 mod reclaim;
 mod server;
+pub mod snapshot;
 mod worker;
 
 pub use server::{KVSServer, KVSServerBuilder, ServerError};
+pub use snapshot::{SnapshotError, SnapshotInfo};

@@ -1,6 +1,6 @@
 //! The housekeeper: reclaims response slots and registrations that dead
 //! clients left behind, frees abandoned slots no worker is answering, and
-//! repairs a garbage stamp at the ring's tail.
+//! repairs garbage stamps in the ring's free cells.
 //!
 //! It wakes every [`TICK`], or at once when a client that found no free slot
 //! pokes it, so slots are reclaimed "at the latest when free slots run short".
@@ -8,6 +8,7 @@
 //! `kvs_core::region::shm`), never a bare pid check.
 
 use crate::server::Shared;
+use kvs_core::response_table::SlotState;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -39,13 +40,68 @@ where
 {
     let region = &shared.region;
     let clients = region.clients();
-    let dead = clients.dead(region.lock());
+    let lock = region.lock();
+    let dead = clients.dead(lock);
+    let capacity = clients.capacity();
+    // A snapshot is enough for the fast path: an entry seen `Used` and not
+    // dead is treated as alive (at worst a slot waits for the next sweep);
+    // an entry not seen `Used` is checked live, below.
+    let mut used = vec![false; capacity];
+    for c in clients.used() {
+        used[c.index as usize] = true;
+    }
     let slots = region.slots();
-    let freed = slots.reclaim(
-        |owner| dead.iter().any(|d| d.index == owner),
-        |slot| shared.is_busy(slot),
-    );
+    // An owner is dead when its registration is dead, or when nobody holds
+    // its lock byte (a slot word naming an unregistered or out-of-range
+    // owner: scribbled by a hostile process, or left by a client that
+    // dropped a leaked ticket). Clients take their lock byte before they
+    // register and claim, so a live owner is never seen unlocked.
+    let owner_dead = |owner: u32| {
+        if dead.iter().any(|d| d.index == owner) {
+            return true;
+        }
+        match used.get(owner as usize) {
+            None => true,
+            Some(true) => false,
+            Some(false) => matches!(
+                lock.is_locked_by_other(kvs_core::region::shm::client_lock_byte(owner)),
+                Ok(false)
+            ),
+        }
+    };
+    let freed = slots.reclaim(owner_dead, |slot| shared.is_busy(slot));
+    // Bulk buffers: a dead owner's, or an abandoned one once its request's
+    // slot has moved on (a worker only writes a buffer between `begin` and
+    // `complete` on that slot, and holds its busy mark meanwhile).
+    let settled = |slot: u32, generation: u32| {
+        !shared.is_busy(slot)
+            && slots
+                .word(slot)
+                .is_none_or(|w| w.generation != generation || w.state == SlotState::Free as u32)
+    };
+    let bulk_freed = region.bulk().reclaim(owner_dead, settled);
+    let subs_freed = region.subscriptions().reclaim(owner_dead);
+    if bulk_freed + subs_freed > 0 {
+        tracing::debug!(
+            bulk_freed,
+            subs_freed,
+            "reclaimed bulk buffers and subscriptions"
+        );
+    }
     for d in &dead {
+        // Keep the registration while a slot still names it (a worker
+        // answered it between our load and our CAS, or is answering it now):
+        // freeing it would let a new client inherit the index, and the slot
+        // would then look owned by a live client forever.
+        let still_held = (0..slots.len() as u32).any(|i| {
+            slots
+                .word(i)
+                .is_some_and(|w| w.owner == d.index && w.state != SlotState::Free as u32)
+        });
+        if still_held {
+            tracing::debug!(index = d.index, "dead client still holds slots; next sweep");
+            continue;
+        }
         clients.free(d.index);
         tracing::info!(
             pid = d.pid,
@@ -61,8 +117,13 @@ where
             .fetch_add(freed as u64, Ordering::Relaxed);
         tracing::debug!(freed, "reclaimed response slots");
     }
-    if region.ring().repair_tail() {
-        tracing::warn!("repaired a corrupted stamp at the ring's tail");
+    let ring = region.ring();
+    if ring.repair_indices() {
+        tracing::warn!("repaired corrupted ring indices (tail reset to head)");
+    }
+    let repaired = ring.repair_free_cells();
+    if repaired > 0 {
+        tracing::warn!(repaired, "repaired corrupted stamps in free ring cells");
     }
     freed
 }

@@ -263,6 +263,39 @@ where
         self.takeover
     }
 
+    /// Writes a point-in-time snapshot of the store to `path` (atomically).
+    ///
+    /// # Errors
+    ///
+    /// [`SnapshotError`](crate::SnapshotError) on I/O failure; an existing
+    /// file at `path` is then untouched.
+    pub fn save_snapshot(
+        &self,
+        path: &std::path::Path,
+    ) -> Result<crate::SnapshotInfo, crate::SnapshotError> {
+        let (entries, version) = self.shared.map.snapshot();
+        crate::snapshot::write(path, &entries, version)
+    }
+
+    /// Loads a snapshot into the store, keeping each entry's version and
+    /// timestamp and raising the global version to the snapshot's.
+    ///
+    /// # Errors
+    ///
+    /// [`SnapshotError`](crate::SnapshotError) for a missing, corrupt,
+    /// truncated or mistyped file; the store is then unchanged.
+    pub fn load_snapshot(
+        &self,
+        path: &std::path::Path,
+    ) -> Result<crate::SnapshotInfo, crate::SnapshotError> {
+        let (entries, info) = crate::snapshot::load::<K, V>(path)?;
+        for (k, e) in entries {
+            self.shared.map.insert_entry(k, e);
+        }
+        self.shared.map.set_version_at_least(info.version);
+        Ok(info)
+    }
+
     /// Time since the server was built.
     pub fn uptime(&self) -> std::time::Duration {
         self.started.elapsed()

@@ -7,11 +7,15 @@
 //! producer whose cell was skipped pushes again (see `kvs_core::ring`).
 
 use crate::server::Shared;
-use kvs_core::map::{MapError, SetOutcome};
+use kvs_core::bulk::{BulkResult, ListRecord};
+use kvs_core::map::{Entry, MapError, SetOutcome};
+use kvs_core::notify::{EVENT_CHANGED, EVENT_DELETED};
 use kvs_core::protocol::{OpCode, Request, Response, StatusCode};
 use kvs_core::ring::{PopError, Skip};
+use kvs_core::wait::futex_wake;
 use kvs_core::wait::{spin_then_yield, FutexParker, SpinPolicy};
 use std::hash::Hash;
+use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -103,7 +107,7 @@ fn serve<K, V>(
         }
     };
     let (response, op) = match req.op() {
-        Ok(op) => (execute(shared, op, &req), Some(op)),
+        Ok(op) => (execute(shared, op, &req, begun.owner()), Some(op)),
         Err(e) => {
             tracing::debug!(error = %e, slot = req.slot, "malformed request");
             shared
@@ -123,12 +127,26 @@ fn serve<K, V>(
     }
 }
 
-fn execute<K, V>(shared: &Shared<K, V>, op: OpCode, req: &Request<K, V>) -> Response<V>
+fn execute<K, V>(shared: &Shared<K, V>, op: OpCode, req: &Request<K, V>, owner: u32) -> Response<V>
 where
     K: bytemuck::Pod + Eq + Hash,
     V: bytemuck::Pod,
 {
     let map = &shared.map;
+    let subs = shared.region.subscriptions();
+    // Runs under the key's stripe lock (see `StripedMap::*_then`), so every
+    // subscriber sees one key's changes in version order. One load when
+    // nobody subscribes.
+    let changed = |k: &K, e: &Entry<V>| {
+        subs.publish(EVENT_CHANGED, k, &e.value, e.version, |seq| {
+            futex_wake(seq, 1)
+        });
+    };
+    let deleted = |k: &K, version: u64| {
+        subs.publish(EVENT_DELETED, k, &V::zeroed(), version, |seq| {
+            futex_wake(seq, 1)
+        });
+    };
     let ok = |version: u64| Response {
         status: StatusCode::Ok as u32,
         aux: 0,
@@ -147,19 +165,19 @@ where
             },
             None => Response::status(StatusCode::NotFound),
         },
-        OpCode::Set => match map.insert_or_assign(req.key, req.value) {
+        OpCode::Set => match map.insert_or_assign_then(req.key, req.value, changed) {
             Ok((outcome, version)) => Response {
                 aux: u32::from(outcome == SetOutcome::Inserted),
                 ..ok(version)
             },
             Err(MapError::Full { .. }) => Response::status(StatusCode::StoreFull),
         },
-        OpCode::Post => match map.insert_if_absent(req.key, req.value) {
+        OpCode::Post => match map.insert_if_absent_then(req.key, req.value, changed) {
             Ok(Some(version)) => ok(version),
             Ok(None) => Response::status(StatusCode::Exists),
             Err(MapError::Full { .. }) => Response::status(StatusCode::StoreFull),
         },
-        OpCode::Del => match map.remove(&req.key) {
+        OpCode::Del => match map.remove_then(&req.key, deleted) {
             Some((_, version)) => ok(version),
             None => Response::status(StatusCode::NotFound),
         },
@@ -169,6 +187,112 @@ where
             modified_ns: map.len() as u64,
             ..ok(map.version())
         },
-        OpCode::ListPage | OpCode::Backup => Response::status(StatusCode::Unsupported),
+        OpCode::ListPage => list_page(shared, req.arg, owner),
+        OpCode::Backup => backup(shared, req.arg, owner),
+    }
+}
+
+/// Fills the client's bulk buffer with one page of the listing.
+fn list_page<K, V>(shared: &Shared<K, V>, bulk_index: u32, owner: u32) -> Response<V>
+where
+    K: bytemuck::Pod + Eq + Hash,
+    V: bytemuck::Pod,
+{
+    let bulk = shared.region.bulk();
+    // The buffer must belong to the client that owns the response slot.
+    let Some(params) = bulk.params_if_owned_by(bulk_index, owner) else {
+        return Response::status(StatusCode::Malformed);
+    };
+    let capacity = bulk.capacity_for::<ListRecord<K, V>>();
+    let limit = match params.limit as usize {
+        0 => capacity,
+        n => n.min(capacity),
+    };
+    let prefix = params.prefix();
+    let after = (params.has_cursor != 0).then_some(params.cursor);
+    let mut records = Vec::with_capacity(limit.min(4096));
+    let next = shared.map.scan(
+        after,
+        limit,
+        |k| bytemuck::bytes_of(k).starts_with(prefix),
+        |k, e| {
+            records.push(ListRecord {
+                key: *k,
+                value: e.value,
+                version: e.version,
+                modified_ns: e.modified_ns,
+            })
+        },
+    );
+    let count = bulk.write_records(bulk_index, records);
+    bulk.set_result(
+        bulk_index,
+        &BulkResult {
+            count: count as u32,
+            more: u32::from(next.is_some()),
+            next_cursor: next.unwrap_or(0),
+            version: shared.map.version(),
+            ..BulkResult::default()
+        },
+    );
+    Response {
+        aux: count as u32,
+        ..Response::status(StatusCode::Ok)
+    }
+}
+
+/// Writes a snapshot to the path in the client's bulk buffer.
+///
+/// The copy holds every stripe's read lock for as long as a memory copy
+/// takes; the file is written after they are released, by this worker, while
+/// the other workers keep serving.
+fn backup<K, V>(shared: &Shared<K, V>, bulk_index: u32, owner: u32) -> Response<V>
+where
+    K: bytemuck::Pod + Eq + Hash,
+    V: bytemuck::Pod,
+{
+    let bulk = shared.region.bulk();
+    let Some(params) = bulk.params_if_owned_by(bulk_index, owner) else {
+        return Response::status(StatusCode::Malformed);
+    };
+    let path = std::path::PathBuf::from(std::ffi::OsStr::from_bytes(params.path()));
+    if !path.is_absolute() {
+        let n = bulk.write_bytes(bulk_index, b"the snapshot path must be absolute");
+        bulk.set_result(
+            bulk_index,
+            &BulkResult {
+                count: n as u32,
+                ..BulkResult::default()
+            },
+        );
+        return Response::status(StatusCode::Failed);
+    }
+    let (entries, version) = shared.map.snapshot();
+    match crate::snapshot::write(&path, &entries, version) {
+        Ok(info) => {
+            tracing::info!(path = %path.display(), entries = info.entries, bytes = info.bytes, "snapshot written");
+            bulk.set_result(
+                bulk_index,
+                &BulkResult {
+                    version: info.version,
+                    entries: info.entries,
+                    bytes: info.bytes,
+                    ..BulkResult::default()
+                },
+            );
+            Response::status(StatusCode::Ok)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "snapshot failed");
+            let n = bulk.write_bytes(bulk_index, e.to_string().as_bytes());
+            bulk.set_result(
+                bulk_index,
+                &BulkResult {
+                    count: n as u32,
+                    ..BulkResult::default()
+                },
+            );
+            Response::status(StatusCode::Failed)
+        }
     }
 }

@@ -1,0 +1,208 @@
+//! The `kvs_client` commands beyond single-key operations: list, backup,
+//! run (job files) and watch (subscriptions).
+
+use crate::cli::{fixed_arg, options, Args, Failure, TextValue};
+use crate::jobs::{collect_jobs, run_job};
+use crate::{ChangeEvent, KVSClient};
+use kvs_core::text::TextKey;
+use std::ffi::OsString;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+fn connect<V: TextValue>(args: &Args) -> Result<KVSClient<TextKey, V>, Failure> {
+    Ok(KVSClient::<TextKey, V>::connect_with(
+        &args.name,
+        options(args),
+    )?)
+}
+
+/// `kvs_client list`.
+pub(crate) fn list<V: TextValue>(args: &Args, prefix: &str, json: bool) -> Result<(), Failure> {
+    if prefix.len() > TextKey::CAPACITY {
+        return Err(Failure::error(format!(
+            "prefix is {} bytes, a key is at most {}",
+            prefix.len(),
+            TextKey::CAPACITY
+        )));
+    }
+    let client = connect::<V>(args)?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut n = 0usize;
+    for entry in client.list(prefix.as_bytes()) {
+        let e = entry?;
+        n += 1;
+        let (key, value) = (e.key.to_string_lossy(), e.value.to_text());
+        let line = if json {
+            serde_json::json!({
+                "key": key,
+                "value": value,
+                "version": e.version,
+                "modified_ns": e.modified_ns,
+            })
+            .to_string()
+        } else {
+            format!(
+                "{key}\t{value}\t{}\t{}",
+                e.version,
+                format_time(e.modified_ns)
+            )
+        };
+        if writeln!(out, "{line}").is_err() {
+            return Ok(()); // stdout closed (a pager quit): not an error
+        }
+    }
+    let _ = out.flush();
+    if !json {
+        eprintln!("{n} entries");
+    }
+    Ok(())
+}
+
+/// RFC 3339-like UTC time from unix nanoseconds, without a date crate.
+pub(crate) fn format_time(ns: u64) -> String {
+    let secs = ns / 1_000_000_000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60,
+        ns / 1_000_000 % 1000
+    )
+}
+
+/// `kvs_client backup`.
+pub(crate) fn backup<V: TextValue>(args: &Args, path: Option<&Path>) -> Result<(), Failure> {
+    let client = connect::<V>(args)?;
+    let path = path.map(Path::to_path_buf).unwrap_or_else(|| {
+        let secs = kvs_core::unix_now_ns() / 1_000_000_000;
+        PathBuf::from(format!(
+            "kvs-{}-{secs}.snap",
+            args.name.trim_start_matches('/')
+        ))
+    });
+    let info = client.backup(&path)?;
+    println!(
+        "wrote {} ({} entries, version {}, {} bytes)",
+        info.path.display(),
+        info.entries,
+        info.version,
+        info.bytes
+    );
+    Ok(())
+}
+
+/// `kvs_client run`.
+pub(crate) fn run_jobs<V: TextValue>(
+    args: &Args,
+    paths: &[PathBuf],
+    jobs: usize,
+) -> Result<(), Failure> {
+    let files = collect_jobs(paths).map_err(|e| Failure::error(e.to_string()))?;
+    if files.is_empty() {
+        return Err(Failure::error(
+            "no job files found (directories are searched for *.job)",
+        ));
+    }
+    let client = connect::<V>(args)?;
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let failures = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..jobs.min(files.len()) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(file) = files.get(i) else { return };
+                match run_job(&client, file) {
+                    Ok(report) => {
+                        println!(
+                            "{} -> {}{}",
+                            report.job.display(),
+                            report.out.display(),
+                            if report.errors > 0 {
+                                format!(" ({} malformed lines)", report.errors)
+                            } else {
+                                String::new()
+                            }
+                        );
+                    }
+                    Err(e) => failures
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(format!("{}: {e}", file.display())),
+                }
+            });
+        }
+    });
+    let failures = failures.into_inner().unwrap_or_else(|p| p.into_inner());
+    match failures.first() {
+        None => Ok(()),
+        Some(first) => Err(Failure::error(first.clone())),
+    }
+}
+
+/// `kvs_client watch`.
+pub(crate) fn watch<V: TextValue>(args: &Args, keys: &[OsString]) -> Result<(), Failure> {
+    let keys = keys
+        .iter()
+        .map(|k| fixed_arg::<64>("key", k))
+        .collect::<Result<Vec<TextKey>, _>>()?;
+    let client = Arc::new(connect::<V>(args)?);
+    let mut sub = client.subscribe(&keys)?;
+    eprintln!(
+        "watching {} on {} (Ctrl+C to stop)",
+        if keys.is_empty() {
+            "every key".to_string()
+        } else {
+            format!("{} keys", keys.len())
+        },
+        args.name
+    );
+    let mut out = std::io::stdout().lock();
+    loop {
+        let line = match sub.next_timeout(Duration::from_secs(1))? {
+            None => continue,
+            Some(ChangeEvent::Changed {
+                key,
+                value,
+                version,
+            }) => {
+                format!(
+                    "set {} {} (version {version})",
+                    key.to_string_lossy(),
+                    value.to_text()
+                )
+            }
+            Some(ChangeEvent::Deleted { key, version }) => {
+                format!("del {} (version {version})", key.to_string_lossy())
+            }
+            Some(ChangeEvent::Missed) => "missed events: the queue overflowed, resync".to_string(),
+        };
+        if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
+            return Ok(());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn formats_times_in_utc() {
+        assert_eq!(super::format_time(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            super::format_time(1_700_000_000_123_000_000),
+            "2023-11-14T22:13:20.123Z"
+        );
+    }
+}

@@ -1,0 +1,330 @@
+//! Job files: batches of commands run against the store, as in the teaching
+//! KVS this product grew from.
+//!
+//! A job file has one command per line; `#` starts a comment line and blank
+//! lines are skipped:
+//!
+//! ```text
+//! WRITE [(k1,v1)(k2,v2)]    set each pair
+//! READ [k1,k2]              print [(k1,v1)(k2,KVSERROR)]   (KVSERROR: absent)
+//! DELETE [k1,k3]            print [(k3,KVSMISSING)]       (only keys that were absent; nothing if none)
+//! SHOW                      print every entry as "(key, value)", one per line
+//! WAIT 250                  pause 250 ms
+//! BACKUP                    snapshot the store to NAME-1.bck beside the job (then -2, -3 ...)
+//! ```
+//!
+//! Keys and values are text without `(`, `)`, `,`, `[`, `]`. READ, DELETE
+//! and SHOW print keys in alphabetical order. A WRITE pair the server refuses
+//! prints `[(k,KVSERROR)]`. Results go to `NAME.out` beside `NAME.job`. A
+//! malformed line writes `error: line N: reason` to the output and
+//! `PATH:N: reason` to stderr, and the rest of the file still runs.
+
+use crate::cli::TextValue;
+use crate::KVSClient;
+use kvs_core::text::TextKey;
+use std::ffi::OsString;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// One parsed command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobCommand {
+    /// `WRITE [(k,v)...]`.
+    Write(Vec<(String, String)>),
+    /// `READ [k,...]`.
+    Read(Vec<String>),
+    /// `DELETE [k,...]`.
+    Delete(Vec<String>),
+    /// `SHOW`.
+    Show,
+    /// `WAIT ms`.
+    Wait(u64),
+    /// `BACKUP`.
+    Backup,
+}
+
+/// Longest `WAIT` accepted, in milliseconds.
+pub const MAX_WAIT_MS: u64 = 60_000;
+
+fn check_token(t: &str, what: &str) -> Result<String, String> {
+    let t = t.trim();
+    if t.is_empty() {
+        return Err(format!("empty {what}"));
+    }
+    if t.contains(['(', ')', ',', '[', ']']) {
+        return Err(format!("{what} {t:?} contains one of ( ) , [ ]"));
+    }
+    Ok(t.to_string())
+}
+
+fn bracketed<'a>(rest: &'a str, cmd: &str) -> Result<&'a str, String> {
+    let rest = rest.trim();
+    rest.strip_prefix('[')
+        .and_then(|r| r.strip_suffix(']'))
+        .ok_or_else(|| format!("{cmd} expects a list in brackets, e.g. {cmd} [...]"))
+}
+
+fn key_list(rest: &str, cmd: &str) -> Result<Vec<String>, String> {
+    let inner = bracketed(rest, cmd)?;
+    inner.split(',').map(|k| check_token(k, "key")).collect()
+}
+
+/// Parses one line; `Ok(None)` for blank lines and comments.
+///
+/// # Errors
+///
+/// A message saying what is wrong with the line.
+pub fn parse_line(line: &str) -> Result<Option<JobCommand>, String> {
+    let line = line.trim();
+    if line.is_empty() || line.starts_with('#') {
+        return Ok(None);
+    }
+    let (cmd, rest) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
+    let no_args = |c: JobCommand| {
+        if rest.trim().is_empty() {
+            Ok(Some(c))
+        } else {
+            Err(format!("{cmd} takes no arguments"))
+        }
+    };
+    match cmd {
+        "WRITE" => {
+            let mut inner = bracketed(rest, "WRITE")?.trim();
+            let mut pairs = Vec::new();
+            while !inner.is_empty() {
+                let body = inner
+                    .strip_prefix('(')
+                    .ok_or_else(|| "WRITE expects pairs like (key,value)".to_string())?;
+                let end = body
+                    .find(')')
+                    .ok_or_else(|| "unclosed ( in WRITE".to_string())?;
+                let (k, v) = body[..end]
+                    .split_once(',')
+                    .ok_or_else(|| format!("pair ({}) has no comma", &body[..end]))?;
+                pairs.push((check_token(k, "key")?, check_token(v, "value")?));
+                inner = body[end + 1..].trim_start();
+            }
+            if pairs.is_empty() {
+                return Err("WRITE needs at least one pair".into());
+            }
+            Ok(Some(JobCommand::Write(pairs)))
+        }
+        "READ" => Ok(Some(JobCommand::Read(key_list(rest, "READ")?))),
+        "DELETE" => Ok(Some(JobCommand::Delete(key_list(rest, "DELETE")?))),
+        "SHOW" => no_args(JobCommand::Show),
+        "BACKUP" => no_args(JobCommand::Backup),
+        "WAIT" => {
+            let ms: u64 = rest
+                .trim()
+                .parse()
+                .map_err(|_| format!("WAIT expects milliseconds, got {:?}", rest.trim()))?;
+            if ms > MAX_WAIT_MS {
+                return Err(format!("WAIT {ms} is above the limit of {MAX_WAIT_MS} ms"));
+            }
+            Ok(Some(JobCommand::Wait(ms)))
+        }
+        other => Err(format!("unknown command {other:?}")),
+    }
+}
+
+/// What running one job file did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobReport {
+    /// The job file.
+    pub job: PathBuf,
+    /// The output file written.
+    pub out: PathBuf,
+    /// Lines that could not be run.
+    pub errors: usize,
+}
+
+/// The job files named by `paths`: files as given, directories as their
+/// `*.job` files (sorted).
+///
+/// # Errors
+///
+/// A path that does not exist or cannot be read.
+pub fn collect_jobs(paths: &[PathBuf]) -> std::io::Result<Vec<PathBuf>> {
+    let mut jobs = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(p)?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|f| f.extension().is_some_and(|x| x == "job") && f.is_file())
+                .collect();
+            found.sort();
+            jobs.extend(found);
+        } else if p.is_file() {
+            jobs.push(p.clone());
+        } else {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("{}: no such job file or directory", p.display()),
+            ));
+        }
+    }
+    Ok(jobs)
+}
+
+fn key_of(s: &str) -> Result<TextKey, String> {
+    TextKey::new(s).map_err(|e| format!("key {e}"))
+}
+
+/// Runs the job file at `path`, writing `NAME.out` beside it.
+///
+/// # Errors
+///
+/// Only I/O errors reading the job or writing its output; command failures
+/// are written to the output.
+pub fn run_job<V: TextValue>(
+    client: &KVSClient<TextKey, V>,
+    path: &Path,
+) -> std::io::Result<JobReport> {
+    let text = std::fs::read_to_string(path)?;
+    let out_path = path.with_extension("out");
+    let stem = path
+        .file_stem()
+        .map_or("job".into(), |s| s.to_string_lossy().into_owned());
+    let mut out = String::new();
+    let mut errors = 0;
+    let mut backups = 0;
+    for (n, line) in text.lines().enumerate() {
+        let lineno = n + 1;
+        let result = parse_line(line).and_then(|cmd| match cmd {
+            None => Ok(()),
+            Some(cmd) => execute(client, cmd, &mut out, path, &stem, &mut backups),
+        });
+        if let Err(msg) = result {
+            errors += 1;
+            let _ = writeln!(out, "error: line {lineno}: {msg}");
+            eprintln!("{}:{lineno}: {msg}", path.display());
+        }
+    }
+    std::fs::write(&out_path, out)?;
+    Ok(JobReport {
+        job: path.to_path_buf(),
+        out: out_path,
+        errors,
+    })
+}
+
+fn execute<V: TextValue>(
+    client: &KVSClient<TextKey, V>,
+    cmd: JobCommand,
+    out: &mut String,
+    path: &Path,
+    stem: &str,
+    backups: &mut u32,
+) -> Result<(), String> {
+    match cmd {
+        JobCommand::Write(pairs) => {
+            let mut failed = Vec::new();
+            for (k, v) in pairs {
+                let value = V::from_arg(&OsString::from(&v)).map_err(|f| f.message)?;
+                if client.set(&key_of(&k)?, &value).is_err() {
+                    failed.push(k);
+                }
+            }
+            if !failed.is_empty() {
+                failed.sort();
+                let items: String = failed.iter().map(|k| format!("({k},KVSERROR)")).collect();
+                let _ = writeln!(out, "[{items}]");
+            }
+        }
+        JobCommand::Read(mut keys) => {
+            keys.sort();
+            let mut items = String::new();
+            for k in keys {
+                match client.get(&key_of(&k)?) {
+                    Ok(Some(v)) => {
+                        let _ = write!(items, "({k},{})", v.to_text());
+                    }
+                    Ok(None) | Err(_) => {
+                        let _ = write!(items, "({k},KVSERROR)");
+                    }
+                }
+            }
+            let _ = writeln!(out, "[{items}]");
+        }
+        JobCommand::Delete(mut keys) => {
+            keys.sort();
+            let mut missing = String::new();
+            for k in keys {
+                if !matches!(client.del(&key_of(&k)?), Ok(true)) {
+                    let _ = write!(missing, "({k},KVSMISSING)");
+                }
+            }
+            if !missing.is_empty() {
+                let _ = writeln!(out, "[{missing}]");
+            }
+        }
+        JobCommand::Show => {
+            let mut all = client
+                .list(b"")
+                .map(|r| r.map(|e| (e.key.to_string_lossy().into_owned(), e.value.to_text())))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("SHOW failed: {e}"))?;
+            all.sort();
+            for (k, v) in all {
+                let _ = writeln!(out, "({k}, {v})");
+            }
+        }
+        JobCommand::Wait(ms) => std::thread::sleep(Duration::from_millis(ms)),
+        JobCommand::Backup => {
+            *backups += 1;
+            let target = path.with_file_name(format!("{stem}-{backups}.bck"));
+            client
+                .backup(&target)
+                .map_err(|e| format!("BACKUP failed: {e}"))?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_command() {
+        assert_eq!(
+            parse_line("WRITE [(a,1)(b, 2)]").unwrap(),
+            Some(JobCommand::Write(vec![
+                ("a".into(), "1".into()),
+                ("b".into(), "2".into())
+            ]))
+        );
+        assert_eq!(
+            parse_line("READ [a, b]").unwrap(),
+            Some(JobCommand::Read(vec!["a".into(), "b".into()]))
+        );
+        assert_eq!(
+            parse_line("DELETE [a]").unwrap(),
+            Some(JobCommand::Delete(vec!["a".into()]))
+        );
+        assert_eq!(parse_line("  SHOW ").unwrap(), Some(JobCommand::Show));
+        assert_eq!(parse_line("WAIT 10").unwrap(), Some(JobCommand::Wait(10)));
+        assert_eq!(parse_line("BACKUP").unwrap(), Some(JobCommand::Backup));
+        assert_eq!(parse_line("# comment").unwrap(), None);
+        assert_eq!(parse_line("").unwrap(), None);
+    }
+
+    #[test]
+    fn malformed_lines_say_why() {
+        for (line, want) in [
+            ("WRITE (a,1)", "brackets"),
+            ("WRITE [(a1)]", "no comma"),
+            ("WRITE [(a,1]", "unclosed"),
+            ("WRITE []", "at least one"),
+            ("READ [a,,b]", "empty key"),
+            ("WAIT soon", "milliseconds"),
+            ("WAIT 999999", "limit"),
+            ("SHOW all", "no arguments"),
+            ("FROB [x]", "unknown command"),
+        ] {
+            let err = parse_line(line).unwrap_err();
+            assert!(err.contains(want), "{line}: {err}");
+        }
+    }
+}
