@@ -23,8 +23,9 @@
 #![warn(missing_docs)]
 
 pub use kvs_client::{
-    ClientError, ClientOptions, KVSClient, Op, Reply, StoreStatus, Ticket, Versioned,
+    BackupInfo, ChangeEvent, ClientError, ClientOptions, KVSClient, ListCursor, ListPage,
+    ListedEntry, Op, Reply, StoreStatus, Subscription, Ticket, Versioned,
 };
 pub use kvs_core as core;
 pub use kvs_core::{FixedStr, FixedStrError};
-pub use kvs_server::{KVSServer, KVSServerBuilder, ServerError};
+pub use kvs_server::{KVSServer, KVSServerBuilder, ServerError, SnapshotError, SnapshotInfo};

@@ -393,12 +393,12 @@ fn library_sync_async_and_batch_from_many_threads() {
     assert_eq!(server.storage_size(), 8_000);
 
     let tickets: Vec<_> = (0..300u64)
-        .map(|k| client.post_async(&(k + 1 << 40), &k).unwrap())
+        .map(|k| client.post_async(&(k + (1 << 40)), &k).unwrap())
         .collect();
     for t in tickets {
         assert!(t.wait(Duration::from_secs(5)).unwrap());
     }
-    let mut t = client.get_async(&(5 + 1 << 40)).unwrap();
+    let mut t = client.get_async(&(5 + (1 << 40))).unwrap();
     let got = loop {
         if let Some(r) = client.try_take(&mut t) {
             break r.unwrap();
@@ -433,7 +433,7 @@ fn library_sync_async_and_batch_from_many_threads() {
             Reply::Value(None)
         ]
     );
-    let e = client.get_entry(&(7 + 1 << 40)).unwrap().unwrap();
+    let e = client.get_entry(&(7 + (1 << 40))).unwrap().unwrap();
     assert_eq!(e.value, 7);
     assert!(e.version > 0 && e.modified_ns > 0);
 }

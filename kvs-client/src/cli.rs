@@ -349,6 +349,11 @@ fn print_status(out: &mut impl Write, s: &crate::StoreStatus) {
     let _ = writeln!(out, "clients       {} of {}", s.clients, s.max_clients);
     let _ = writeln!(
         out,
+        "subscribers   {} of {}",
+        s.subscribers, s.max_subscribers
+    );
+    let _ = writeln!(
+        out,
         "ops served    get {}  set {}  post {}  del {}  other {}  dropped {}",
         s.ops.get, s.ops.set, s.ops.post, s.ops.del, s.ops.other, s.ops.dropped
     );

@@ -62,6 +62,10 @@ pub struct StoreStatus {
     pub clients: u64,
     /// Client registrations available.
     pub max_clients: u64,
+    /// Active subscriptions.
+    pub subscribers: u64,
+    /// Subscription entries available.
+    pub max_subscribers: u64,
     /// The server's pid.
     pub server_pid: u64,
     /// Seconds since the region was created.
@@ -121,6 +125,8 @@ where
             stripes: info.stripes,
             clients: region.clients().used().count() as u64,
             max_clients: info.max_clients,
+            subscribers: region.subscriptions().active_count() as u64,
+            max_subscribers: info.sub_count,
             server_pid: info.server_pid,
             uptime_secs: now.saturating_sub(info.created_unix_ns) as f64 / 1e9,
             ops: OpCounts {

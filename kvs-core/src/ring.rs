@@ -476,6 +476,76 @@ impl<'a, T: Copy> Ring<'a, T> {
             .is_ok()
     }
 
+    /// Repairs indices that no push or pop could have produced: `tail` more
+    /// than a lap ahead of `head`, or behind it (a forged "published" stamp
+    /// at the head of an empty ring lets `head` pass `tail`). Sets `tail` to
+    /// `head`, so the ring is empty again; whatever sat between them is
+    /// dropped (its clients time out). Returns whether it repaired.
+    ///
+    /// `head` is read twice around `tail`, so the pair is one moment's
+    /// (positions only grow): a consistent ring never has `tail - head`
+    /// outside `0..=cap` at any moment. No producer can legitimately claim
+    /// at such a `tail` unless a scribbled stamp happens to match it, and
+    /// the CAS fails if one did.
+    pub fn repair_indices(&self) -> bool {
+        let cap = self.cells.len() as u64;
+        let head = self.header.head.load(Ordering::SeqCst);
+        let tail = self.header.tail.load(Ordering::SeqCst);
+        if self.header.head.load(Ordering::SeqCst) != head || tail.wrapping_sub(head) <= cap {
+            return false;
+        }
+        self.header
+            .tail
+            .compare_exchange(tail, head, Ordering::SeqCst, Ordering::Relaxed)
+            .is_ok()
+    }
+
+    /// Repairs garbage stamps in every cell that no producer can claim yet
+    /// (positions `tail..head + cap`), not only at the tail; returns how
+    /// many were repaired.
+    ///
+    /// A cell at such a position `p` holds `p` (free for its producer), or,
+    /// transiently, `p - cap` or `p - cap + 1` (its previous lap being
+    /// skipped or consumed); anything else is garbage. A garbage stamp cannot
+    /// change under us except by another scribble: no producer can claim
+    /// `p` while its stamp is not `p`, and no consumer reaches `p` before a
+    /// producer did. The stamp is judged against a `head`/`tail` pair that
+    /// was still current after the stamp was read, so a cell that a producer
+    /// claimed meanwhile is never mistaken for garbage. Returns 0 when the
+    /// indices themselves are garbage (`tail - head > cap`).
+    pub fn repair_free_cells(&self) -> usize {
+        let cap = self.cells.len() as u64;
+        let head = self.header.head.load(Ordering::SeqCst);
+        let tail = self.header.tail.load(Ordering::SeqCst);
+        if tail.wrapping_sub(head) > cap {
+            return 0;
+        }
+        let mut repaired = 0;
+        let mut p = tail;
+        while p != head.wrapping_add(cap) {
+            let cell = self.cell(p);
+            let stamp = cell.stamp.load(Ordering::Acquire);
+            let prev = p.wrapping_sub(cap);
+            if stamp != p && stamp != prev && stamp != prev.wrapping_add(1) {
+                // SeqCst re-reads, ordered after the stamp load: if `tail`
+                // moved, a producer may own this cell now; stop.
+                if self.header.tail.load(Ordering::SeqCst) != tail {
+                    break;
+                }
+                // Release: like the consumer freeing the cell for this lap.
+                if cell
+                    .stamp
+                    .compare_exchange(stamp, p, Ordering::Release, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    repaired += 1;
+                }
+            }
+            p = p.wrapping_add(1);
+        }
+        repaired
+    }
+
     /// Values currently in the ring (a racy snapshot).
     pub fn len(&self) -> usize {
         let cap = self.cells.len() as u64;
@@ -658,6 +728,61 @@ mod tests {
         assert!(ring.repair_tail());
         ring.push(1).unwrap();
         assert_eq!(ring.pop(), Ok(1));
+    }
+
+    #[test]
+    fn garbage_stamps_in_free_cells_are_all_repaired() {
+        let buf = RingBuffer::<u64>::new(8);
+        let ring = buf.ring();
+        // Some laps in, two values queued.
+        for i in 0..13 {
+            ring.push(i).unwrap();
+            assert_eq!(ring.pop(), Ok(i));
+        }
+        ring.push(100).unwrap();
+        ring.push(101).unwrap();
+        for (i, cell) in buf.cells.iter().enumerate() {
+            // Scribble every cell except the two queued values (13 & 7, 14 & 7).
+            if i != 5 && i != 6 {
+                cell.stamp.store(0xdead_0000 + i as u64, Ordering::SeqCst);
+            }
+        }
+        assert_eq!(ring.repair_free_cells(), 6);
+        assert_eq!(ring.repair_free_cells(), 0);
+        assert_eq!(ring.pop(), Ok(100));
+        assert_eq!(ring.pop(), Ok(101));
+        for i in 0..20 {
+            ring.push(i).unwrap();
+            assert_eq!(ring.pop(), Ok(i));
+        }
+        // Garbage indices: nothing is touched.
+        buf.header.tail.store(u64::MAX / 2, Ordering::SeqCst);
+        assert_eq!(ring.repair_free_cells(), 0);
+    }
+
+    #[test]
+    fn forged_publish_at_an_empty_head_is_repaired() {
+        let buf = RingBuffer::<u64>::new(4);
+        let ring = buf.ring();
+        ring.push(1).unwrap();
+        assert_eq!(ring.pop(), Ok(1));
+        assert!(!ring.repair_indices());
+        // A hostile process marks the empty head cell "published".
+        buf.cells[1].stamp.store(2, Ordering::SeqCst);
+        assert!(ring.pop().is_ok()); // head passes tail
+        assert!(matches!(ring.push(9), Err(PushError::Stalled(9))));
+        assert!(ring.repair_indices());
+        ring.repair_free_cells();
+        for i in 0..10 {
+            ring.push(i).unwrap();
+            assert_eq!(ring.pop(), Ok(i));
+        }
+        // A garbage tail far ahead.
+        buf.header.tail.store(1 << 40, Ordering::SeqCst);
+        assert!(ring.repair_indices());
+        ring.repair_free_cells();
+        ring.push(3).unwrap();
+        assert_eq!(ring.pop(), Ok(3));
     }
 
     #[test]

@@ -147,15 +147,21 @@ pub struct SpinPolicy {
 }
 
 impl SpinPolicy {
-    /// The client's default while waiting for a response.
+    /// The client's default while waiting for a response: about 20 us of
+    /// spinning (a `pause` is ~25 ns on the benchmark machine), 10 yields,
+    /// then the futex. Longer spins (2000/50, ~200 us) cut the throughput of
+    /// 4 synchronous clients on 2 cores by 1.5-4x: a spinning client holds
+    /// the core its worker needs (`BENCHMARKS.md`, "Tuning the wait").
     pub const CLIENT: SpinPolicy = SpinPolicy {
-        spins: 2_000,
-        yields: 50,
+        spins: 256,
+        yields: 10,
     };
-    /// A server worker's default while the ring is empty.
+    /// A server worker's default while the ring is empty: as for the
+    /// client. With 4000/100 (~430 us per idle round) an idle server used
+    /// 1.1% of a core; with this, 0.2%.
     pub const WORKER: SpinPolicy = SpinPolicy {
-        spins: 4_000,
-        yields: 100,
+        spins: 256,
+        yields: 10,
     };
 }
 

@@ -50,6 +50,13 @@ pub struct Args {
     /// Entry limit: SET or POST of a new key beyond it fails with "store full".
     #[arg(long)]
     pub max_entries: Option<u64>,
+    /// Subscribers that can watch keys at once.
+    #[arg(long, default_value_t = 8)]
+    pub subscribers: usize,
+    /// Change events each subscriber's queue holds before it overflows
+    /// (the subscriber is then told to resync); a power of two.
+    #[arg(long, default_value_t = 256)]
+    pub subscriber_queue: usize,
     /// Load this snapshot at start-up (refuse to start if it is missing,
     /// corrupt, truncated or of other types).
     #[arg(long, value_name = "PATH")]
@@ -122,6 +129,7 @@ where
         .max_clients(args.max_clients)
         .mode(args.mode)
         .max_entries(args.max_entries)
+        .subscribers(args.subscribers, args.subscriber_queue)
         .build()
         .map_err(|e| e.to_string())?;
     if let Some(path) = &args.load {

@@ -115,6 +115,22 @@ where
         self
     }
 
+    /// Subscription entries and the events each one's queue holds (a power
+    /// of two).
+    pub fn subscribers(mut self, subscribers: usize, queue: usize) -> Self {
+        self.config.subscribers = subscribers;
+        self.config.sub_queue = queue;
+        self
+    }
+
+    /// Bulk buffers (listings and backups in flight at once) and the data
+    /// bytes of each (bounds one listing page).
+    pub fn bulk_buffers(mut self, count: usize, bytes: usize) -> Self {
+        self.config.bulk_buffers = count;
+        self.config.bulk_size = bytes;
+        self
+    }
+
     /// Entry limit; SET or POST of a new key beyond it fails with "store full".
     pub fn max_entries(mut self, limit: Option<u64>) -> Self {
         self.config.max_entries = limit.unwrap_or(0);

@@ -1,0 +1,315 @@
+//! Live changes: one blocking thread per gateway (the pump) owns a
+//! subscription to every key and fans its events out to the `/events`
+//! streams through a `tokio::sync::broadcast` channel.
+//!
+//! The pump subscribes only while someone listens, reconnects with the
+//! [`Connector`] when the server goes away, and tells the pages to reload
+//! the table (`resync`) whenever changes may have been lost: the
+//! subscription's queue overflowed, a slow stream lagged behind the channel,
+//! or the server was restarted.
+//!
+//! ```no_run
+//! use kvs_http::events::Pump;
+//! use kvs_http::store::Connector;
+//! use std::sync::Arc;
+//!
+//! let (tx, mut rx) = tokio::sync::broadcast::channel(1024);
+//! let pump = Pump::spawn(Arc::new(Connector::new("kvs")), tx);
+//! let state = pump.state(); // Idle, Subscribed or Unavailable
+//! // ... rx.recv().await in a stream ...
+//! pump.stop();
+//! ```
+
+use crate::store::{Change, Connector, Feed, Store};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use serde::Serialize;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+use tokio::sync::{broadcast, watch};
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::{Stream, StreamExt};
+
+/// One event for the `/events` streams.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum GatewayEvent {
+    /// A key was set or inserted.
+    Change {
+        /// The key.
+        key: String,
+        /// The new value.
+        value: String,
+        /// The entry's version.
+        version: u64,
+        /// When the gateway saw the change, unix milliseconds (the events
+        /// carry no timestamp; this is within a poll of the change).
+        modified_ms: u64,
+    },
+    /// A key was deleted.
+    Delete {
+        /// The key.
+        key: String,
+        /// The store's version at the deletion.
+        version: u64,
+    },
+    /// Changes may have been lost: reload everything from `/status`.
+    Resync {
+        /// Why, for a person.
+        reason: String,
+    },
+    /// The store is not reachable (until the next `resync`).
+    Unavailable {
+        /// Why.
+        error: String,
+    },
+    /// The gateway is shutting down: streams end (not sent to clients).
+    Shutdown,
+}
+
+impl GatewayEvent {
+    fn name(&self) -> &'static str {
+        match self {
+            GatewayEvent::Change { .. } => "change",
+            GatewayEvent::Delete { .. } => "delete",
+            GatewayEvent::Resync { .. } => "resync",
+            GatewayEvent::Unavailable { .. } => "unavailable",
+            GatewayEvent::Shutdown => "shutdown",
+        }
+    }
+
+    fn to_sse(&self) -> Event {
+        Event::default()
+            .event(self.name())
+            .data(serde_json::to_string(self).unwrap_or_else(|_| "{}".into()))
+    }
+}
+
+/// What the pump is doing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PumpState {
+    /// Nobody listens, so it holds no subscription (or it is starting one).
+    Idle,
+    /// Subscribed: every change from now on reaches the streams.
+    Subscribed,
+    /// It cannot subscribe; why.
+    Unavailable(String),
+}
+
+/// How long a new stream waits for the pump to subscribe before it reports
+/// what it has.
+const READY_WAIT: Duration = Duration::from_secs(3);
+
+/// The `/events` stream of one receiver. It starts, once the pump has
+/// subscribed, with `ready` (every change after it is delivered), or with
+/// `unavailable` when the pump cannot subscribe (a `resync` follows when it
+/// can); then every event until the gateway shuts down. A receiver that
+/// lags behind the channel gets a `resync` instead of the events it missed.
+///
+/// Take `rx` before calling, so that nothing between the subscription and
+/// the first event is lost.
+pub async fn sse(
+    rx: broadcast::Receiver<GatewayEvent>,
+    mut pump: watch::Receiver<PumpState>,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let state = tokio::time::timeout(READY_WAIT, pump.wait_for(|s| *s != PumpState::Idle))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .map(|s| s.clone());
+    let first = match state {
+        Some(PumpState::Subscribed) => Event::default().event("ready").data("{}"),
+        Some(PumpState::Unavailable(error)) => GatewayEvent::Unavailable { error }.to_sse(),
+        Some(PumpState::Idle) | None => GatewayEvent::Unavailable {
+            error: "live updates are not running yet".into(),
+        }
+        .to_sse(),
+    };
+    let ready = tokio_stream::once(Ok(first));
+    let events = BroadcastStream::new(rx)
+        .map(|item| match item {
+            Ok(event) => event,
+            Err(BroadcastStreamRecvError::Lagged(n)) => GatewayEvent::Resync {
+                reason: format!("this stream fell {n} events behind"),
+            },
+        })
+        .take_while(|event| *event != GatewayEvent::Shutdown)
+        .map(|event| Ok(event.to_sse()));
+    Sse::new(ready.chain(events)).keep_alive(KeepAlive::default())
+}
+
+/// How long the pump waits for one event before it checks for listeners
+/// and for a stop.
+const POLL: Duration = Duration::from_millis(200);
+/// Longest pause between reconnection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// The pump thread; stops (and ends every stream) on [`stop`](Self::stop)
+/// or drop.
+#[derive(Debug)]
+pub struct Pump {
+    stop: Arc<AtomicBool>,
+    tx: broadcast::Sender<GatewayEvent>,
+    state: watch::Receiver<PumpState>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Pump {
+    /// Starts the pump for `connector`, sending to `tx`.
+    ///
+    /// # Panics
+    ///
+    /// If the thread cannot be spawned.
+    pub fn spawn(connector: Arc<Connector>, tx: broadcast::Sender<GatewayEvent>) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (state_tx, state) = watch::channel(PumpState::Idle);
+        let thread = std::thread::Builder::new()
+            .name("kvs-http-events".into())
+            .spawn({
+                let (stop, tx) = (Arc::clone(&stop), tx.clone());
+                move || run(&connector, &tx, &state_tx, &stop)
+            })
+            .expect("spawning the events thread");
+        Self {
+            stop,
+            tx,
+            state,
+            thread: Some(thread),
+        }
+    }
+
+    /// What the pump is doing, for the streams to wait on.
+    pub fn state(&self) -> watch::Receiver<PumpState> {
+        self.state.clone()
+    }
+
+    /// Stops the thread, waits for it, and ends every `/events` stream.
+    pub fn stop(mut self) {
+        self.shut_down();
+    }
+
+    fn shut_down(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let _ = self.tx.send(GatewayEvent::Shutdown);
+    }
+}
+
+impl Drop for Pump {
+    fn drop(&mut self) {
+        self.shut_down();
+    }
+}
+
+fn sleep_unless_stopped(stop: &AtomicBool, total: Duration) {
+    let step = Duration::from_millis(50);
+    let mut slept = Duration::ZERO;
+    while slept < total && !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(step);
+        slept += step;
+    }
+}
+
+fn run(
+    connector: &Connector,
+    tx: &broadcast::Sender<GatewayEvent>,
+    state: &watch::Sender<PumpState>,
+    stop: &AtomicBool,
+) {
+    let mut feed: Option<(Arc<dyn Store>, Box<dyn Feed>)> = None;
+    // The error last reported as `unavailable`, so it is sent once.
+    let mut reported: Option<String> = None;
+    let mut backoff = POLL;
+    // Whether a subscription existed before: a new one after that means
+    // changes may have been missed.
+    let mut subscribed_before = false;
+    while !stop.load(Ordering::Relaxed) {
+        if tx.receiver_count() == 0 {
+            // Nobody listens: hold no subscription on the server.
+            feed = None;
+            subscribed_before = false;
+            reported = None;
+            state.send_replace(PumpState::Idle);
+            std::thread::sleep(POLL);
+            continue;
+        }
+        let Some((store, sub)) = feed.as_mut() else {
+            match connector
+                .store()
+                .and_then(|s| Ok((Arc::clone(&s), s.subscribe()?)))
+            {
+                Ok(f) => {
+                    tracing::debug!("subscribed to every key");
+                    feed = Some(f);
+                    backoff = POLL;
+                    state.send_replace(PumpState::Subscribed);
+                    if subscribed_before || reported.take().is_some() {
+                        let _ = tx.send(GatewayEvent::Resync {
+                            reason: "the store is back".into(),
+                        });
+                    }
+                    subscribed_before = true;
+                }
+                Err(e) => {
+                    let error = e.to_string();
+                    if reported.as_ref() != Some(&error) {
+                        tracing::warn!("live events unavailable: {error}");
+                        let _ = tx.send(GatewayEvent::Unavailable {
+                            error: error.clone(),
+                        });
+                        reported = Some(error.clone());
+                    }
+                    state.send_replace(PumpState::Unavailable(error));
+                    sleep_unless_stopped(stop, backoff);
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+            continue;
+        };
+        match sub.next_timeout(POLL) {
+            Ok(Some(change)) => {
+                let event = match change {
+                    Change::Changed {
+                        key,
+                        value,
+                        version,
+                    } => GatewayEvent::Change {
+                        key,
+                        value,
+                        version,
+                        modified_ms: kvs_core::unix_now_ns() / 1_000_000,
+                    },
+                    Change::Deleted { key, version } => GatewayEvent::Delete { key, version },
+                    Change::Missed => GatewayEvent::Resync {
+                        reason: "the subscription missed changes".into(),
+                    },
+                };
+                let _ = tx.send(event);
+            }
+            Ok(None) => {
+                // Quiet: check that the server is still the one subscribed
+                // to (a restarted server does not know our subscription).
+                let current = connector.store().ok();
+                if !current.is_some_and(|c| Arc::ptr_eq(&c, store)) {
+                    feed = None;
+                }
+            }
+            Err(e) => {
+                tracing::warn!("the subscription ended: {e}");
+                connector.forget(store);
+                feed = None;
+                let error = format!("the store is not reachable: {e}");
+                let _ = tx.send(GatewayEvent::Unavailable {
+                    error: error.clone(),
+                });
+                state.send_replace(PumpState::Unavailable(error.clone()));
+                reported = Some(error);
+            }
+        }
+    }
+}

@@ -1,0 +1,41 @@
+//! `kvs_http`: a REST gateway and a live web page in front of a kvs server.
+//!
+//! The gateway is an ordinary [`kvs_client::KVSClient`] of the region,
+//! behind an [`axum`] application:
+//!
+//! * [`store`]: the connection, with the value class erased and reconnection
+//!   when the server restarts;
+//! * [`api`]: the JSON endpoints, the error mapping and the OpenAPI
+//!   document (served at `/openapi.json`, with Swagger UI at `/docs`);
+//! * [`events`]: the thread that turns one subscription into the `/events`
+//!   server-sent-events streams;
+//! * [`auth`]: the optional bearer token;
+//! * [`app`]: the routes, and the page (`/`, plain HTML, CSS and a small
+//!   script embedded in the binary);
+//! * [`cli`]: the `kvs_http` command line.
+//!
+//! ```no_run
+//! use kvs_http::api::AppState;
+//! use kvs_http::events::Pump;
+//! use kvs_http::store::Connector;
+//! use std::sync::Arc;
+//!
+//! # async fn demo() -> std::io::Result<()> {
+//! let connector = Arc::new(Connector::new("kvs"));
+//! let (events, _) = tokio::sync::broadcast::channel(1024);
+//! let pump = Pump::spawn(Arc::clone(&connector), events.clone());
+//! let state = AppState { connector, events, pump: pump.state() };
+//! let app = kvs_http::app::router(state, None);
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8000").await?;
+//! axum::serve(listener, app).await
+//! # }
+//! ```
+
+#![warn(missing_docs)]
+
+pub mod api;
+pub mod app;
+pub mod auth;
+pub mod cli;
+pub mod events;
+pub mod store;

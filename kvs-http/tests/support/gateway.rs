@@ -1,0 +1,241 @@
+//! Test support for the gateway, shared by the top-level `tests/http.rs` and
+//! `tests/browser.rs` (included with `#[path]`, as it needs the root
+//! package's `CARGO_BIN_EXE_kvs_http`): a `kvs_http` child on a free port,
+//! killed on drop, and a small blocking HTTP client.
+#![allow(dead_code, unreachable_pub)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// Path of the `kvs_http` binary under test.
+pub fn http_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_kvs_http")
+}
+
+/// A running `kvs_http`; killed on drop.
+pub struct Gateway {
+    /// `http://127.0.0.1:PORT` (no trailing slash).
+    pub base: String,
+    child: Option<Child>,
+}
+
+impl Gateway {
+    /// Starts `kvs_http --name NAME --listen 127.0.0.1:0 ARGS...` and waits
+    /// (10 s at most) for its "listening" line.
+    pub fn start(name: &str, args: &[&str]) -> Self {
+        let mut child = Command::new(http_bin())
+            .args(["--name", name, "--listen", "127.0.0.1:0"])
+            .args(args)
+            .env_remove("KVS_NAME")
+            .env_remove("KVS_HTTP_TOKEN")
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn kvs_http");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
+            for _ in lines {}
+        });
+        let mut gateway = Gateway {
+            base: String::new(),
+            child: Some(child),
+        };
+        let line = match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(line) if line.contains("listening on http://") => line,
+            other => panic!("kvs_http did not start listening: {other:?}"),
+        };
+        let url = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .unwrap();
+        gateway.base = url.trim_end_matches('/').to_string();
+        gateway
+    }
+
+    /// The URL of `path` (which starts with `/`).
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Sends SIGTERM and waits (10 s at most) for a clean exit.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if start.elapsed() > Duration::from_secs(10) {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("kvs_http did not stop on SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// An answer: status, body, and the headers we look at.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub body: String,
+    pub content_type: String,
+    pub www_authenticate: Option<String>,
+}
+
+impl Answer {
+    /// The body as JSON (panics with the body if it is not).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+
+    /// The `error` message of an error body.
+    pub fn error(&self) -> String {
+        self.json()["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error message in {:?}", self.body))
+            .to_string()
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(20))
+        .redirects(0)
+        .build()
+}
+
+/// Sends `method url` with optional JSON `body` and extra headers.
+pub fn request(method: &str, url: &str, body: Option<&str>, headers: &[(&str, &str)]) -> Answer {
+    let mut req = agent().request(method, url);
+    for (k, v) in headers {
+        req = req.set(k, v);
+    }
+    let result = match body {
+        Some(b) => req.set("Content-Type", "application/json").send_string(b),
+        None => req.call(),
+    };
+    let response = match result {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("{method} {url}: {e}"),
+    };
+    Answer {
+        status: response.status(),
+        content_type: response.content_type().to_string(),
+        www_authenticate: response.header("WWW-Authenticate").map(str::to_string),
+        body: response.into_string().unwrap(),
+    }
+}
+
+/// `GET url`.
+pub fn get(url: &str) -> Answer {
+    request("GET", url, None, &[])
+}
+
+/// `POST url` with a JSON body.
+pub fn post_json(url: &str, body: &serde_json::Value) -> Answer {
+    request("POST", url, Some(&body.to_string()), &[])
+}
+
+/// `DELETE url`.
+pub fn delete(url: &str) -> Answer {
+    request("DELETE", url, None, &[])
+}
+
+/// Percent-encodes a path segment.
+pub fn encode(segment: &str) -> String {
+    let mut out = String::new();
+    for b in segment.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// An open `/events` stream, read one SSE block at a time.
+pub struct EventStream {
+    lines: std::io::Lines<BufReader<Box<dyn std::io::Read + Send + Sync>>>,
+}
+
+impl EventStream {
+    /// Opens `GET /events` (reads time out after 10 s).
+    pub fn open(url: &str, headers: &[(&str, &str)]) -> Self {
+        let mut req = ureq::AgentBuilder::new()
+            .timeout_read(Duration::from_secs(10))
+            .build()
+            .get(url);
+        for (k, v) in headers {
+            req = req.set(k, v);
+        }
+        let response = req.call().unwrap_or_else(|e| panic!("GET {url}: {e}"));
+        assert_eq!(response.status(), 200);
+        assert!(response.content_type().starts_with("text/event-stream"));
+        EventStream {
+            lines: BufReader::new(response.into_reader()).lines(),
+        }
+    }
+
+    /// The next event: its name and its data parsed as JSON (keep-alive
+    /// comments are skipped).
+    pub fn next(&mut self) -> (String, serde_json::Value) {
+        let (mut name, mut data) = (String::from("message"), String::new());
+        loop {
+            let line = self
+                .lines
+                .next()
+                .expect("the event stream ended")
+                .expect("reading the event stream");
+            if line.is_empty() {
+                if !data.is_empty() {
+                    return (name, serde_json::from_str(&data).unwrap());
+                }
+                continue;
+            }
+            if let Some(v) = line.strip_prefix("event:") {
+                name = v.trim().to_string();
+            } else if let Some(v) = line.strip_prefix("data:") {
+                data.push_str(v.trim_start());
+            }
+        }
+    }
+
+    /// Reads events until one named `name` comes, returning its data; panics
+    /// on the 50th other event.
+    pub fn next_named(&mut self, name: &str) -> serde_json::Value {
+        for _ in 0..50 {
+            let (n, data) = self.next();
+            if n == name {
+                return data;
+            }
+        }
+        panic!("no {name} event among the next 50");
+    }
+}

@@ -1,0 +1,617 @@
+//! Hostile and malformed input: a process that scribbles over the shared
+//! region while normal clients run, forged requests, bad command lines, and
+//! clients built for other types or another layout version.
+//!
+//! The scribbler maps `/dev/shm/NAME` itself (read-write, as any process
+//! with the region's permissions can) and writes through raw pointers, so it
+//! is exactly as unconstrained as a buggy or hostile peer.
+
+mod common;
+
+use common::*;
+use kvs::core::fixed_str::{Value1K, Value256};
+use kvs::core::protocol::{Request, StatusCode};
+use kvs::core::region::{Layout, Region, LAYOUT_VERSION};
+use kvs::core::response_table::WaitOutcome;
+use kvs::core::text::TextKey;
+use kvs::core::wait::{FutexParker, SpinPolicy};
+use kvs::{ClientError, ClientOptions, KVSClient};
+use rand::Rng;
+use std::collections::BTreeMap;
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+fn key(s: &str) -> TextKey {
+    TextKey::new(s).unwrap()
+}
+
+fn val(s: &str) -> Value256 {
+    Value256::new(s).unwrap()
+}
+
+/// A raw read-write mapping of `/dev/shm/NAME`, as a hostile process has it.
+struct RawMap {
+    ptr: *mut u8,
+    len: usize,
+}
+
+// SAFETY: the mapping is only written through atomics and volatile writes.
+unsafe impl Sync for RawMap {}
+// SAFETY: as above.
+unsafe impl Send for RawMap {}
+
+impl RawMap {
+    fn open(name: &str) -> Self {
+        use std::os::fd::AsRawFd;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(shm_path(name))
+            .unwrap();
+        let len = file.metadata().unwrap().len() as usize;
+        // SAFETY: a fresh shared read-write mapping of the whole object; the
+        // fd may be closed afterwards, the mapping stays.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        assert_ne!(ptr, libc::MAP_FAILED);
+        Self {
+            ptr: ptr.cast(),
+            len,
+        }
+    }
+
+    fn u64_at(&self, offset: usize) -> &AtomicU64 {
+        assert!(offset % 8 == 0 && offset + 8 <= self.len);
+        // SAFETY: in bounds and aligned (checked); the mapping lives as long
+        // as `self`; other processes access the word atomically or not at
+        // all, and any bit pattern is a valid u64.
+        unsafe { AtomicU64::from_ptr(self.ptr.add(offset).cast()) }
+    }
+
+    fn u32_at(&self, offset: usize) -> &AtomicU32 {
+        assert!(offset % 4 == 0 && offset + 4 <= self.len);
+        // SAFETY: as for `u64_at`.
+        unsafe { AtomicU32::from_ptr(self.ptr.add(offset).cast()) }
+    }
+
+    fn scribble(&self, offset: usize, bytes: &[u8]) {
+        assert!(offset + bytes.len() <= self.len);
+        for (i, b) in bytes.iter().enumerate() {
+            // SAFETY: in bounds (checked above); a racy byte write into a
+            // shared mapping is what this test is about, and every reader
+            // copies payloads out before validating them.
+            unsafe { self.ptr.add(offset + i).write_volatile(*b) };
+        }
+    }
+}
+
+impl Drop for RawMap {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `open`, unmapped once.
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
+}
+
+/// Where the interesting bytes live, for `TextKey -> Value256` regions.
+#[derive(Debug, Clone, Copy)]
+struct Spots {
+    ring_cells: usize,
+    cell_size: usize,
+    cells: usize,
+    slots: usize,
+    slot_size: usize,
+    slot_count: usize,
+}
+
+/// Inside a ring cell: the stamp, then the request (op, slot, generation,
+/// arg, key, value).
+const STAMP: usize = 0;
+const REQ: usize = 8;
+const OP: usize = REQ;
+const SLOT: usize = REQ + 4;
+const GENERATION: usize = REQ + 8;
+/// Inside a response slot: the control word, then sleepers and owner pid,
+/// then the response.
+const WORD: usize = 0;
+const RESPONSE: usize = 16;
+
+impl Spots {
+    fn of(layout: &Layout, cells: usize, slot_count: usize) -> Self {
+        // The request follows the 8-byte stamp with no padding.
+        assert_eq!(
+            layout.ring_cell_size,
+            REQ + std::mem::size_of::<Request<TextKey, Value256>>()
+        );
+        Self {
+            ring_cells: layout.ring_cells_offset,
+            cell_size: layout.ring_cell_size,
+            cells,
+            slots: layout.slots_offset,
+            slot_size: layout.slot_size,
+            slot_count,
+        }
+    }
+
+    fn cell(&self, i: usize) -> usize {
+        self.ring_cells + (i % self.cells) * self.cell_size
+    }
+
+    fn slot(&self, i: usize) -> usize {
+        self.slots + (i % self.slot_count) * self.slot_size
+    }
+}
+
+/// What the normal clients saw.
+#[derive(Debug, Default)]
+struct Seen {
+    correct: u64,
+    wrong: Vec<String>,
+    errors: BTreeMap<String, u64>,
+    slowest: Duration,
+}
+
+fn error_kind(e: &ClientError) -> String {
+    let s = format!("{e:?}");
+    s.split(['(', ' ', '{']).next().unwrap_or("?").to_string()
+}
+
+/// A normal client: set and read back its own keys until `stop`.
+fn normal_client(name: &str, id: usize, stop: &AtomicBool, seen: &Mutex<Seen>) {
+    let client = KVSClient::<TextKey, Value256>::connect_with(
+        name,
+        ClientOptions {
+            timeout: Duration::from_millis(300),
+            ..ClientOptions::default()
+        },
+    )
+    .unwrap();
+    let mut i = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let k = key(&format!("n{id}-k{}", i % 32));
+        let v = format!("n{id}-v{i}");
+        let start = Instant::now();
+        let r = client.set(&k, &val(&v)).and_then(|()| client.get(&k));
+        let took = start.elapsed();
+        let mut seen = seen.lock().unwrap();
+        seen.slowest = seen.slowest.max(took);
+        match r {
+            Ok(Some(got)) if got.to_str() == Ok(v.as_str()) => seen.correct += 1,
+            Ok(other) => seen.wrong.push(format!("{k:?}: {other:?}, expected {v}")),
+            Err(e) => *seen.errors.entry(error_kind(&e)).or_default() += 1,
+        }
+        i += 1;
+    }
+}
+
+/// Which parts of the region the scribbler may hit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Targets {
+    /// Ring stamps, request op codes, slot indices and generations, slot
+    /// control words: everything the protocol validates.
+    ControlFields,
+    /// All of that plus keys, values and responses: arbitrary bytes.
+    Everything,
+}
+
+/// Writes garbage until `stop`; returns how many writes it made.
+fn scribbler(map: &RawMap, spots: Spots, targets: Targets, stop: &AtomicBool) -> u64 {
+    let mut rng = rand::rng();
+    let mut writes = 0u64;
+    let choices = if targets == Targets::Everything { 9 } else { 7 };
+    while !stop.load(Ordering::Relaxed) {
+        let cell = spots.cell(rng.random_range(0..spots.cells));
+        let slot = spots.slot(rng.random_range(0..spots.slot_count));
+        match rng.random_range(0..choices) {
+            0 => map
+                .u64_at(cell + STAMP)
+                .store(rng.random(), Ordering::SeqCst),
+            1 => map.u32_at(cell + OP).store(rng.random(), Ordering::SeqCst),
+            2 => map
+                .u32_at(cell + SLOT)
+                .store(rng.random(), Ordering::SeqCst),
+            3 => map.u32_at(cell + SLOT).store(
+                rng.random_range(0..spots.slot_count as u32),
+                Ordering::SeqCst,
+            ),
+            4 => map
+                .u32_at(cell + GENERATION)
+                .store(rng.random(), Ordering::SeqCst),
+            5 => map
+                .u64_at(slot + WORD)
+                .store(rng.random(), Ordering::SeqCst),
+            6 => {
+                // A plausible word: a known state, any generation and owner.
+                let word = (u64::from(rng.random::<u32>()) << 32)
+                    | (u64::from(rng.random_range(0..1u32 << 24)) << 8)
+                    | rng.random_range(0..5u64);
+                map.u64_at(slot + WORD).store(word, Ordering::SeqCst)
+            }
+            7 => {
+                let bytes: Vec<u8> = (0..spots.cell_size - REQ).map(|_| rng.random()).collect();
+                map.scribble(cell + REQ, &bytes)
+            }
+            _ => {
+                let bytes: Vec<u8> = (0..64).map(|_| rng.random()).collect();
+                map.scribble(slot + RESPONSE, &bytes)
+            }
+        }
+        writes += 1;
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    writes
+}
+
+fn status_json(name: &str) -> serde_json::Value {
+    let out = kvs_client(name, &["status", "--json"]);
+    assert!(out.status.success(), "status failed: {out:?}");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Waits (bounded) until every slot is free and the ring is empty.
+fn wait_all_free(region: &Region<TextKey, Value256>, limit: Duration) -> Duration {
+    let start = Instant::now();
+    let slots = region.slots();
+    while slots.free_count() != slots.len() || !region.ring().is_empty() {
+        assert!(
+            start.elapsed() < limit,
+            "not every slot came back: {:?}, ring len {}",
+            slots.state_counts(),
+            region.ring().len()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    start.elapsed()
+}
+
+/// One scribbling phase against a live server with two normal clients.
+fn hostile_phase(name: &str, targets: Targets, run_for: Duration) -> (Seen, u64) {
+    let region = Region::<TextKey, Value256>::open(name, Duration::from_secs(1)).unwrap();
+    let spots = Spots::of(
+        region.layout(),
+        region.info().ring_capacity as usize,
+        region.info().slot_count as usize,
+    );
+    let map = RawMap::open(name);
+    let stop = AtomicBool::new(false);
+    let seen = Mutex::new(Seen::default());
+    let writes = std::thread::scope(|s| {
+        for id in 0..2 {
+            let (stop, seen) = (&stop, &seen);
+            s.spawn(move || normal_client(name, id, stop, seen));
+        }
+        let scribbling = s.spawn(|| scribbler(&map, spots, targets, &stop));
+        std::thread::sleep(run_for);
+        stop.store(true, Ordering::Relaxed);
+        scribbling.join().unwrap()
+    });
+    (seen.into_inner().unwrap(), writes)
+}
+
+/// Garbage in every control field while clients run: the server never
+/// crashes, no caller hangs, no client ever gets a wrong value (only
+/// errors), and once the scribbling stops every slot comes back and new
+/// clients are served. Then arbitrary bytes everywhere (keys, values and
+/// responses too): the server still survives and recovers.
+#[test]
+fn scribbled_region_never_crashes_or_hangs_the_server() {
+    let name = unique_name("scribble");
+    let mut server = ServerGuard::start(&name, &["--workers", "2"]);
+    let region = Region::<TextKey, Value256>::open(&name, Duration::from_secs(1)).unwrap();
+
+    for (targets, run_for) in [
+        (Targets::ControlFields, Duration::from_secs(2)),
+        (Targets::Everything, Duration::from_secs(1)),
+    ] {
+        let (seen, writes) = hostile_phase(&name, targets, run_for);
+        eprintln!(
+            "{targets:?}: {writes} hostile writes; clients: {} correct, {} wrong, errors {:?}, slowest call {:?}",
+            seen.correct,
+            seen.wrong.len(),
+            seen.errors,
+            seen.slowest
+        );
+        assert!(
+            server.child.as_mut().unwrap().try_wait().unwrap().is_none(),
+            "the server died"
+        );
+        // 300 ms timeout, plus at most 200 ms looking for a slot and 100 ms
+        // retrying a stalled ring: a generous bound that still means "no hang".
+        assert!(
+            seen.slowest < Duration::from_secs(3),
+            "a call took {:?}",
+            seen.slowest
+        );
+        if targets == Targets::ControlFields {
+            assert!(
+                seen.wrong.is_empty(),
+                "a client got a wrong value: {:?}",
+                seen.wrong
+            );
+        }
+        let took = wait_all_free(&region, Duration::from_secs(10));
+        eprintln!("{targets:?}: every slot free and the ring empty {took:?} after the scribbling");
+
+        // Full service again: two laps of the ring, every call answered.
+        let client = KVSClient::<TextKey, Value256>::connect(&name).unwrap();
+        let start = Instant::now();
+        let laps = 2 * region.info().ring_capacity as usize;
+        for i in 0..laps {
+            let k = key(&format!("after-{}", i % 50));
+            let v = val(&format!("v{i}"));
+            client.set(&k, &v).unwrap();
+            assert_eq!(client.get(&k).unwrap(), Some(v));
+        }
+        eprintln!(
+            "{targets:?}: {laps} set+get pairs after the scribbling took {:?}",
+            start.elapsed()
+        );
+        drop(client);
+
+        // A fresh client process is served.
+        let out = kvs_client(&name, &["set", "fresh", "ok"]);
+        assert!(out.status.success(), "{out:?}");
+        let out = kvs_client(&name, &["get", "fresh"]);
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok", "{out:?}");
+    }
+    let status = status_json(&name);
+    eprintln!(
+        "status after: malformed {}, dropped {}, reclaimed {}, cells skipped {}",
+        status["malformed"],
+        status["ops"]["dropped"],
+        status["slots_reclaimed"],
+        status["cells_skipped"]
+    );
+    assert!(status["ops"]["dropped"].as_u64().unwrap() > 0);
+    let code = server.signal_and_wait(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(code.code(), Some(0), "{code}");
+}
+
+/// Forged requests, pushed through the real ring: an unknown op code is
+/// answered `Malformed` (and counted), an out-of-range slot or a wrong
+/// generation is dropped (and counted), and well-formed requests are still
+/// served.
+#[test]
+fn malformed_requests_get_an_error_status() {
+    let name = unique_name("malformed");
+    let _server = ServerGuard::start(&name, &[]);
+    let region = Region::<TextKey, Value256>::open(&name, Duration::from_secs(1)).unwrap();
+    let me = region.clients().register(region.lock()).unwrap().unwrap();
+    let slots = region.slots();
+    let ring = region.ring();
+    let before = status_json(&name);
+
+    // An unknown op code in a request for a slot we own.
+    for op in [0u32, 8, 99, u32::MAX] {
+        let claim = slots.claim(me).unwrap();
+        slots.mark_pending(&claim);
+        let mut req = Request::new(
+            kvs::core::protocol::OpCode::Get,
+            claim.index,
+            claim.generation,
+            0,
+            key("k"),
+            val("v"),
+        );
+        req.op = op;
+        ring.push(req).unwrap();
+        region.wake_a_worker();
+        let outcome = slots.wait(
+            &claim,
+            SpinPolicy::CLIENT,
+            &FutexParker,
+            Some(Instant::now() + Duration::from_secs(5)),
+            || region.server_alive(),
+        );
+        match outcome {
+            WaitOutcome::Ready(r) => {
+                assert_eq!(r.status_code(), Ok(StatusCode::Malformed), "op {op}")
+            }
+            other => panic!("op {op}: {other:?}"),
+        }
+    }
+    // Requests naming a slot that does not exist, or the wrong generation.
+    let dropped_before = region.op_totals().dropped;
+    let claim = slots.claim(me).unwrap();
+    for (slot, generation) in [
+        (slots.len() as u32, 1),
+        (u32::MAX, 1),
+        (claim.index, claim.generation.wrapping_add(7)),
+    ] {
+        let req = Request::new(
+            kvs::core::protocol::OpCode::Set,
+            slot,
+            generation,
+            0,
+            key("forged"),
+            val("forged"),
+        );
+        ring.push(req).unwrap();
+        region.wake_a_worker();
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while region.op_totals().dropped < dropped_before + 3 {
+        assert!(
+            Instant::now() < deadline,
+            "forged requests were not dropped"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(slots.release(&claim));
+    region.clients().unregister(me, region.lock());
+
+    let after = status_json(&name);
+    assert_eq!(
+        after["malformed"].as_u64().unwrap(),
+        before["malformed"].as_u64().unwrap() + 4
+    );
+    // Nothing forged was written: the store is as it was.
+    assert_eq!(after["version"], before["version"]);
+    assert_eq!(after["entries"], before["entries"]);
+    let out = kvs_client(&name, &["get", "forged"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    // The server still serves well-formed requests.
+    let out = kvs_client(&name, &["set", "k", "v"]);
+    assert!(out.status.success(), "{out:?}");
+}
+
+/// Runs `kvs_client --name NAME ARGS...` with raw (possibly non-UTF-8) args.
+fn kvs_client_os(name: &str, args: &[OsString]) -> Output {
+    let mut child = Command::new(client_bin())
+        .arg("--name")
+        .arg(name)
+        .args(args)
+        .env_remove("KVS_NAME")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_with_deadline(&mut child, Duration::from_secs(30)).expect("kvs_client hung");
+    child.wait_with_output().unwrap()
+}
+
+/// Too-long keys or values, non-UTF-8 text, unknown commands and bad
+/// numbers: one line on stderr, exit 2, nothing on stdout, nothing written.
+#[test]
+fn bad_command_lines_fail_with_one_line_and_write_nothing() {
+    let name = unique_name("badargs");
+    let _server = ServerGuard::start(&name, &[]);
+    let out = kvs_client(&name, &["set", "k", "v"]);
+    assert!(out.status.success(), "{out:?}");
+    let before = status_json(&name);
+
+    let os = |s: &str| OsString::from(s);
+    let raw = |b: &[u8]| OsStr::from_bytes(b).to_os_string();
+    let long_key = "k".repeat(64);
+    let long_value = "v".repeat(256);
+    let cases: Vec<(Vec<OsString>, &str)> = vec![
+        (
+            vec![os("set"), os(&long_key), os("v")],
+            "key is 64 bytes, the limit is 63",
+        ),
+        (
+            vec![os("post"), os(&long_key), os("v")],
+            "key is 64 bytes, the limit is 63",
+        ),
+        (
+            vec![os("get"), os(&long_key)],
+            "key is 64 bytes, the limit is 63",
+        ),
+        (
+            vec![os("del"), os(&long_key)],
+            "key is 64 bytes, the limit is 63",
+        ),
+        (
+            vec![os("set"), os("k"), os(&long_value)],
+            "value is 256 bytes, the limit is 255",
+        ),
+        (
+            vec![os("set"), raw(b"k\xff\xfe"), os("v")],
+            "key is not valid UTF-8",
+        ),
+        (
+            vec![os("set"), os("k"), raw(b"\xc3\x28")],
+            "value is not valid UTF-8",
+        ),
+        (vec![os("del"), raw(b"\x80")], "key is not valid UTF-8"),
+        (vec![os("frobnicate"), os("k")], "unrecognized subcommand"),
+        (
+            vec![os("--timeout-ms"), os("abc"), os("set"), os("k"), os("v")],
+            "invalid value 'abc'",
+        ),
+        (
+            vec![os("--timeout-ms"), os("-5"), os("set"), os("k"), os("v")],
+            "-5",
+        ),
+        (
+            vec![
+                os("--timeout-ms"),
+                os("99999999999999999999999"),
+                os("set"),
+                os("k"),
+                os("v"),
+            ],
+            "invalid value",
+        ),
+        (vec![os("set"), os("k")], "required"),
+        (
+            vec![os("set"), os("k"), os("v"), os("extra")],
+            "unexpected argument",
+        ),
+    ];
+    for (args, expected) in &cases {
+        let out = kvs_client_os(&name, args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: not one line: {err:?}");
+        assert!(err.starts_with("kvs_client: "), "{args:?}: {err}");
+        assert!(
+            err.contains(expected),
+            "{args:?}: {err:?} lacks {expected:?}"
+        );
+        assert!(out.stdout.is_empty(), "{args:?}: {out:?}");
+    }
+    let after = status_json(&name);
+    assert_eq!(after["version"], before["version"], "something was written");
+    assert_eq!(after["entries"], before["entries"]);
+    let out = kvs_client(&name, &["get", "k"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "v");
+}
+
+/// A client built for other key or value types, or speaking another layout
+/// version, is refused with an error naming both sides.
+#[test]
+fn other_types_or_layout_version_are_refused_naming_both_sides() {
+    let name = unique_name("mismatch");
+    let _server = ServerGuard::start(&name, &[]);
+
+    let err = KVSClient::<u64, u64>::connect(&name).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("FixedStr<64> -> kvs_core::fixed_str::FixedStr<256>")
+            && msg.contains("expects u64 -> u64"),
+        "{msg}"
+    );
+    eprintln!("types: {msg}");
+    let err = KVSClient::<TextKey, Value1K>::connect(&name).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("FixedStr<256>") && msg.contains("FixedStr<1024>"),
+        "{msg}"
+    );
+
+    // Another layout version: the version word sits at offset 12 of every
+    // region, whatever the version.
+    let map = RawMap::open(&name);
+    let version = map.u32_at(12);
+    assert_eq!(version.load(Ordering::SeqCst), LAYOUT_VERSION);
+    version.store(LAYOUT_VERSION + 98, Ordering::SeqCst);
+    let err = KVSClient::<TextKey, Value256>::connect(&name).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&format!("layout version {}", LAYOUT_VERSION + 98))
+            && msg.contains(&format!("speaks version {LAYOUT_VERSION}")),
+        "{msg}"
+    );
+    eprintln!("version: {msg}");
+    let out = kvs_client(&name, &["get", "k"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("layout version"), "{err}");
+    version.store(LAYOUT_VERSION, Ordering::SeqCst);
+    let client = KVSClient::<TextKey, Value256>::connect(&name).unwrap();
+    client.set(&key("k"), &val("v")).unwrap();
+}
