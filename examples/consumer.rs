@@ -1,9 +1,9 @@
 //! The seed's consumer: reads every pair the producer wrote, then prints
 //! each value as it changes.
 //!
-//! It watches the store's global version (one cheap status request) and
-//! re-reads the pairs only when it moved. Key subscriptions with pushed
-//! change events replace this loop once the subscriptions feature lands.
+//! It subscribes to the keys first and then reads them, so no change can
+//! fall between the read and the subscription; changes arrive as events
+//! pushed by the server (no polling).
 //!
 //! ```text
 //! cargo run --example consumer
@@ -11,8 +11,9 @@
 
 use kvs::core::fixed_str::Value256;
 use kvs::core::text::TextKey;
-use kvs::KVSClient;
+use kvs::{ChangeEvent, KVSClient};
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 const DEMO_REGION: &str = "/kvs-demo";
@@ -28,31 +29,42 @@ const KEYS: [&str; 8] = [
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let client = KVSClient::<TextKey, Value256>::connect(DEMO_REGION)?;
-    let mut seen: HashMap<&str, (String, u64)> = HashMap::new();
-    let mut last_version = u64::MAX;
+    let client = Arc::new(KVSClient::<TextKey, Value256>::connect(DEMO_REGION)?);
+    let keys = KEYS
+        .iter()
+        .map(|k| TextKey::new(k))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut changes = client.subscribe(&keys)?;
+
+    // Versions already shown, so an event older than the initial read is skipped.
+    let mut shown: HashMap<String, u64> = HashMap::new();
+    for k in &keys {
+        if let Some(e) = client.get_entry(k)? {
+            println!("{} = {}  (version {})", k, e.value, e.version);
+            shown.insert(k.to_string(), e.version);
+        }
+    }
     loop {
-        let version = match client.status() {
-            Ok(s) => s.version,
+        match changes.next_timeout(Duration::from_secs(1)) {
+            Ok(Some(ChangeEvent::Changed {
+                key,
+                value,
+                version,
+            })) => {
+                if shown.get(&key.to_string()).is_none_or(|v| version > *v) {
+                    println!("{key} = {value}  (version {version})");
+                    shown.insert(key.to_string(), version);
+                }
+            }
+            Ok(Some(ChangeEvent::Deleted { key, version })) => {
+                println!("{key} deleted  (version {version})")
+            }
+            Ok(Some(ChangeEvent::Missed)) => println!("(fell behind; some changes were not seen)"),
+            Ok(None) => {}
             Err(e) => {
                 println!("consumer: {e}; exiting");
                 return Ok(());
             }
-        };
-        if version != last_version {
-            last_version = version;
-            for k in KEYS {
-                let Some(entry) = client.get_entry(&TextKey::new(k)?)? else {
-                    continue;
-                };
-                let value = entry.value.to_string();
-                let changed = seen.get(k).is_none_or(|(_, v)| *v != entry.version);
-                if changed {
-                    println!("{k} = {value}  (version {})", entry.version);
-                    seen.insert(k, (value, entry.version));
-                }
-            }
         }
-        std::thread::sleep(Duration::from_millis(100));
     }
 }

@@ -615,3 +615,55 @@ fn other_types_or_layout_version_are_refused_naming_both_sides() {
     let client = KVSClient::<TextKey, Value256>::connect(&name).unwrap();
     client.set(&key("k"), &val("v")).unwrap();
 }
+
+/// A stamp forged to look like a worker caught mid-pop blocks every
+/// producer; the housekeeper frees it once every worker has passed a
+/// quiescent point, and the store serves again.
+#[test]
+fn forged_mid_pop_stamp_is_repaired() {
+    let name = unique_name("midpop");
+    let _server = ServerGuard::start(&name, &[]);
+    let client = KVSClient::<TextKey, Value256>::connect(&name).unwrap();
+    for i in 0..10 {
+        client.set(&key(&format!("k{i}")), &val("v")).unwrap();
+    }
+    let region = Region::<TextKey, Value256>::open(&name, Duration::from_secs(1)).unwrap();
+    let layout = *region.layout();
+    let cap = region.info().ring_capacity;
+    let spots = Spots::of(&layout, cap as usize, region.info().slot_count as usize);
+    let map = RawMap::open(&name);
+    // The tail is the second cache-padded word of the ring header.
+    let tail = map
+        .u64_at(layout.ring_header_offset + 128)
+        .load(Ordering::SeqCst);
+    for p in tail..tail + 4 {
+        let forged = p.wrapping_sub(cap).wrapping_add(1);
+        map.u64_at(spots.cell(p as usize) + STAMP)
+            .store(forged, Ordering::SeqCst);
+    }
+    let start = Instant::now();
+    let mut first_error = None;
+    loop {
+        match client.set_timeout(&key("after"), &val("ok"), Duration::from_millis(200)) {
+            Ok(()) => break,
+            Err(e) => {
+                first_error.get_or_insert_with(|| e.to_string());
+                assert!(
+                    start.elapsed() < Duration::from_secs(5),
+                    "never recovered: {e}"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+    println!(
+        "recovered in {:?} (first error: {first_error:?})",
+        start.elapsed()
+    );
+    for i in 0..2_000 {
+        let k = key(&format!("n{}", i % 50));
+        let v = val(&i.to_string());
+        client.set(&k, &v).unwrap();
+        assert_eq!(client.get(&k).unwrap(), Some(v));
+    }
+}

@@ -546,6 +546,45 @@ impl<'a, T: Copy> Ring<'a, T> {
         repaired
     }
 
+    /// Free cells whose stamp says "a consumer is releasing the previous
+    /// lap" (`p - cap + 1`) or "a consumer is skipping it" (`p - cap`): both
+    /// legal for the few instructions a consumer takes, forged if they last.
+    ///
+    /// Returns `(position, stamp)` pairs; see [`Ring::repair_cell`]. Only the
+    /// consumers' owner can tell the two apart (it knows whether a consumer
+    /// has passed a quiescent point since), so this only reports.
+    pub fn suspect_cells(&self) -> Vec<(u64, u64)> {
+        let cap = self.cells.len() as u64;
+        let head = self.header.head.load(Ordering::SeqCst);
+        let tail = self.header.tail.load(Ordering::SeqCst);
+        if tail.wrapping_sub(head) > cap {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        let mut p = tail;
+        while p != head.wrapping_add(cap) {
+            let prev = p.wrapping_sub(cap);
+            let stamp = self.cell(p).stamp.load(Ordering::Acquire);
+            if stamp == prev || stamp == prev.wrapping_add(1) {
+                out.push((p, stamp));
+            }
+            p = p.wrapping_add(1);
+        }
+        out
+    }
+
+    /// Frees the cell of position `pos` for its producer if its stamp is
+    /// still `stamp`. Call only when no consumer can be inside `pop` or
+    /// `skip_stalled` for the previous lap of that cell (its owner checked
+    /// that every consumer passed a quiescent point since the stamp was seen).
+    pub fn repair_cell(&self, pos: u64, stamp: u64) -> bool {
+        // Release: like the consumer freeing the cell for this lap.
+        self.cell(pos)
+            .stamp
+            .compare_exchange(stamp, pos, Ordering::Release, Ordering::Relaxed)
+            .is_ok()
+    }
+
     /// Values currently in the ring (a racy snapshot).
     pub fn len(&self) -> usize {
         let cap = self.cells.len() as u64;
@@ -783,6 +822,24 @@ mod tests {
         ring.repair_free_cells();
         ring.push(3).unwrap();
         assert_eq!(ring.pop(), Ok(3));
+    }
+
+    #[test]
+    fn forged_release_stamp_is_reported_and_repaired() {
+        let buf = RingBuffer::<u64>::new(4);
+        let ring = buf.ring();
+        ring.push(1).unwrap();
+        assert_eq!(ring.pop(), Ok(1));
+        // Position 1's cell, stamped as if the consumer of position -3 were
+        // still releasing it: producers cannot claim it.
+        let forged = 1u64.wrapping_sub(4).wrapping_add(1);
+        buf.cells[1].stamp.store(forged, Ordering::SeqCst);
+        assert!(matches!(ring.push(2), Err(PushError::Stalled(2))));
+        assert_eq!(ring.suspect_cells(), vec![(1, forged)]);
+        assert!(ring.repair_cell(1, forged));
+        assert!(ring.suspect_cells().is_empty());
+        ring.push(2).unwrap();
+        assert_eq!(ring.pop(), Ok(2));
     }
 
     #[test]

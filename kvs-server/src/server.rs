@@ -37,6 +37,11 @@ pub(crate) struct Shared<K, V> {
     /// Per worker: `slot index + 1` while it answers that slot, 0 otherwise.
     /// Read by the reclaimer (see `kvs_core::response_table::SlotTable::reclaim`).
     pub(crate) busy: Box<[CachePadded<AtomicU64>]>,
+    /// Per worker: bumped at the top of every loop round, a quiescent point
+    /// outside `pop` (see `reclaim::repair_forged_stamps`).
+    pub(crate) epochs: Box<[CachePadded<AtomicU64>]>,
+    /// Worker threads running now (ids `0..n`).
+    pub(crate) running_workers: std::sync::atomic::AtomicUsize,
 }
 
 impl<K, V> Shared<K, V> {
@@ -155,6 +160,10 @@ where
             busy: (0..kvs_core::region::MAX_WORKERS)
                 .map(|_| CachePadded::new(AtomicU64::new(0)))
                 .collect(),
+            epochs: (0..kvs_core::region::MAX_WORKERS)
+                .map(|_| CachePadded::new(AtomicU64::new(0)))
+                .collect(),
+            running_workers: std::sync::atomic::AtomicUsize::new(0),
         });
         let housekeeper = reclaim::spawn(Arc::clone(&shared)).map_err(ServerError::Spawn)?;
         Ok(KVSServer {
@@ -217,6 +226,9 @@ where
                 .map_err(ServerError::Spawn)?;
             self.workers.push(handle);
         }
+        self.shared
+            .running_workers
+            .store(workers, Ordering::Release);
         tracing::debug!(
             workers,
             region = self.shared.region.name(),
@@ -246,6 +258,7 @@ where
         for w in self.workers.drain(..) {
             let _ = w.join();
         }
+        self.shared.running_workers.store(0, Ordering::Release);
         tracing::debug!(region = self.shared.region.name(), "workers stopped");
     }
 

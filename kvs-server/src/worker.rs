@@ -36,7 +36,14 @@ where
     let ring = region.ring();
     let stats = &region.worker_stats()[id];
     let mut stall: Option<(u64, Instant)> = None;
+    let epoch = &shared.epochs[id];
     loop {
+        // Quiescent point: this worker is inside no `pop` or `skip_stalled`.
+        // Release: the stamps it stored happen before the new epoch is seen.
+        epoch.store(
+            epoch.load(Ordering::Relaxed).wrapping_add(1),
+            Ordering::Release,
+        );
         match ring.pop() {
             Ok(req) => {
                 stall = None;
