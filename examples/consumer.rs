@@ -50,6 +50,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 key,
                 value,
                 version,
+                ..
             })) => {
                 if shown.get(&key.to_string()).is_none_or(|v| version > *v) {
                     println!("{key} = {value}  (version {version})");

@@ -177,6 +177,7 @@ pub(crate) fn watch<V: TextValue>(args: &Args, keys: &[OsString]) -> Result<(), 
                 key,
                 value,
                 version,
+                ..
             }) => {
                 format!(
                     "set {} {} (version {version})",

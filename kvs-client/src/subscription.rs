@@ -26,6 +26,8 @@ pub enum ChangeEvent<K, V> {
         value: V,
         /// The version of the change.
         version: u64,
+        /// When the change was made, unix nanoseconds.
+        modified_ns: u64,
     },
     /// The key was deleted.
     Deleted {
@@ -109,6 +111,7 @@ where
                 key: e.key,
                 value: e.value,
                 version: e.version,
+                modified_ns: e.modified_ns,
             },
         }
     }

@@ -66,6 +66,8 @@ pub struct Event<K, V> {
     pub generation: u32,
     /// The version of the change.
     pub version: u64,
+    /// When the change was made, unix nanoseconds (deletes: 0).
+    pub modified_ns: u64,
     /// The key.
     pub key: K,
     /// The new value (changes only).
@@ -374,7 +376,15 @@ impl<K: Copy + Eq + Zeroable, V: Copy + Zeroable> SubTable<'_, K, V> {
 
     /// Server side: pushes a change of `key` to every matching subscriber.
     /// Never blocks. `wake(seq)` is called for sleeping subscribers.
-    pub fn publish(&self, kind: u32, key: &K, value: &V, version: u64, wake: impl Fn(&AtomicU32)) {
+    pub fn publish(
+        &self,
+        kind: u32,
+        key: &K,
+        value: &V,
+        version: u64,
+        modified_ns: u64,
+        wake: impl Fn(&AtomicU32),
+    ) {
         // Relaxed: a subscription activated concurrently may miss this event
         // either way; the count only saves the scan when nobody listens.
         if self.active.load(Ordering::Relaxed) == 0 {
@@ -400,6 +410,7 @@ impl<K: Copy + Eq + Zeroable, V: Copy + Zeroable> SubTable<'_, K, V> {
                 kind,
                 generation,
                 version,
+                modified_ns,
                 key: *key,
                 value: *value,
             };
@@ -455,9 +466,9 @@ mod tests {
         let t = table(&a, 2, 8);
         let one = t.subscribe(1, &[5]).unwrap();
         let all = t.subscribe(2, &[]).unwrap();
-        t.publish(EVENT_CHANGED, &5, &50, 1, |_| {});
-        t.publish(EVENT_CHANGED, &6, &60, 2, |_| {});
-        t.publish(EVENT_DELETED, &5, &0, 3, |_| {});
+        t.publish(EVENT_CHANGED, &5, &50, 1, 0, |_| {});
+        t.publish(EVENT_CHANGED, &6, &60, 2, 0, |_| {});
+        t.publish(EVENT_DELETED, &5, &0, 3, 0, |_| {});
         let versions = |c: &SubClaim| {
             let mut v = Vec::new();
             while let Some(Notice::Event(e)) = t.poll(c) {
@@ -475,13 +486,13 @@ mod tests {
         let t = table(&a, 1, 2);
         let c = t.subscribe(1, &[]).unwrap();
         for v in 1..=5 {
-            t.publish(EVENT_CHANGED, &1, &v, v, |_| {});
+            t.publish(EVENT_CHANGED, &1, &v, v, 0, |_| {});
         }
         assert!(matches!(t.poll(&c), Some(Notice::Event(e)) if e.version == 1));
         assert!(matches!(t.poll(&c), Some(Notice::Event(e)) if e.version == 2));
         assert!(matches!(t.poll(&c), Some(Notice::Missed)));
         assert!(t.poll(&c).is_none());
-        t.publish(EVENT_CHANGED, &1, &9, 9, |_| {});
+        t.publish(EVENT_CHANGED, &1, &9, 9, 0, |_| {});
         assert!(matches!(t.poll(&c), Some(Notice::Event(e)) if e.version == 9));
     }
 
@@ -490,7 +501,7 @@ mod tests {
         let a = area(1, 4);
         let t = table(&a, 1, 4);
         let c = t.subscribe(7, &[]).unwrap();
-        t.publish(EVENT_CHANGED, &1, &1, 1, |_| {});
+        t.publish(EVENT_CHANGED, &1, &1, 1, 0, |_| {});
         assert_eq!(t.reclaim(|o| o == 7), 1);
         assert_eq!(a.active.load(Ordering::SeqCst), 0);
         assert!(!t.is_active(&c));

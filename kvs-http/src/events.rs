@@ -45,8 +45,7 @@ pub enum GatewayEvent {
         value: String,
         /// The entry's version.
         version: u64,
-        /// When the gateway saw the change, unix milliseconds (the events
-        /// carry no timestamp; this is within a poll of the change).
+        /// When the change was made, unix milliseconds.
         modified_ms: u64,
     },
     /// A key was deleted.
@@ -278,11 +277,12 @@ fn run(
                         key,
                         value,
                         version,
+                        modified_ns,
                     } => GatewayEvent::Change {
                         key,
                         value,
                         version,
-                        modified_ms: kvs_core::unix_now_ns() / 1_000_000,
+                        modified_ms: modified_ns / 1_000_000,
                     },
                     Change::Deleted { key, version } => GatewayEvent::Delete { key, version },
                     Change::Missed => GatewayEvent::Resync {

@@ -70,6 +70,8 @@ pub enum Change {
         value: String,
         /// The entry's new version.
         version: u64,
+        /// When the change was made, unix nanoseconds.
+        modified_ns: u64,
     },
     /// A key was deleted.
     Deleted {
@@ -340,10 +342,12 @@ mod listing {
                     key,
                     value,
                     version,
+                    modified_ns,
                 } => Change::Changed {
                     key: key.to_string_lossy().into_owned(),
                     value: value.to_string_lossy().into_owned(),
                     version,
+                    modified_ns,
                 },
                 ChangeEvent::Deleted { key, version } => Change::Deleted {
                     key: key.to_string_lossy().into_owned(),

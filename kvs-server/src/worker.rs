@@ -145,12 +145,17 @@ where
     // subscriber sees one key's changes in version order. One load when
     // nobody subscribes.
     let changed = |k: &K, e: &Entry<V>| {
-        subs.publish(EVENT_CHANGED, k, &e.value, e.version, |seq| {
-            futex_wake(seq, 1)
-        });
+        subs.publish(
+            EVENT_CHANGED,
+            k,
+            &e.value,
+            e.version,
+            e.modified_ns,
+            |seq| futex_wake(seq, 1),
+        );
     };
     let deleted = |k: &K, version: u64| {
-        subs.publish(EVENT_DELETED, k, &V::zeroed(), version, |seq| {
+        subs.publish(EVENT_DELETED, k, &V::zeroed(), version, 0, |seq| {
             futex_wake(seq, 1)
         });
     };

@@ -25,7 +25,7 @@ use std::fmt;
 pub const MAGIC: u64 = u64::from_le_bytes(*b"\x89KVS\r\n\x1a\n");
 
 /// Bumped whenever anything in the region's layout or protocol changes.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Maximum bytes of a type name kept in the header.
 pub const TYPE_NAME_LEN: usize = 120;
