@@ -20,7 +20,6 @@ use rand::Rng;
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
-use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -466,22 +465,6 @@ fn malformed_requests_get_an_error_status() {
     assert!(out.status.success(), "{out:?}");
 }
 
-/// Runs `kvs_client --name NAME ARGS...` with raw (possibly non-UTF-8) args.
-fn kvs_client_os(name: &str, args: &[OsString]) -> Output {
-    let mut child = Command::new(client_bin())
-        .arg("--name")
-        .arg(name)
-        .args(args)
-        .env_remove("KVS_NAME")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_with_deadline(&mut child, Duration::from_secs(30)).expect("kvs_client hung");
-    child.wait_with_output().unwrap()
-}
-
 /// Too-long keys or values, non-UTF-8 text, unknown commands and bad
 /// numbers: one line on stderr, exit 2, nothing on stdout, nothing written.
 #[test]
@@ -552,7 +535,7 @@ fn bad_command_lines_fail_with_one_line_and_write_nothing() {
         ),
     ];
     for (args, expected) in &cases {
-        let out = kvs_client_os(&name, args);
+        let out = kvs_client(&name, args);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
         assert_eq!(err.lines().count(), 1, "{args:?}: not one line: {err:?}");

@@ -9,7 +9,6 @@ mod common;
 use common::*;
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Output, Stdio};
-use std::time::Duration;
 
 fn mode_of(path: &std::path::Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o777
@@ -22,26 +21,23 @@ fn kvs_client_as_nobody(name: &str, args: &[&str]) -> Option<Output> {
         eprintln!("skipped: the cross-user check needs root (to become nobody)");
         return None;
     }
-    let mut child = match Command::new("setpriv")
-        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
-        .arg(client_bin())
-        .arg("--name")
-        .arg(name)
-        .args(args)
-        .env_remove("KVS_NAME")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-    {
-        Ok(c) => c,
+    let cmd = kvs_client_command(
+        &[
+            "setpriv",
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+        ],
+        name,
+        args,
+    );
+    let out = match output_within(cmd) {
+        Ok(out) => out,
         Err(e) => {
             eprintln!("skipped: cannot run setpriv: {e}");
             return None;
         }
     };
-    wait_with_deadline(&mut child, Duration::from_secs(30)).expect("kvs_client hung");
-    let out = child.wait_with_output().unwrap();
     if matches!(out.status.code(), Some(126) | Some(127)) {
         eprintln!("skipped: nobody cannot run {}: {out:?}", client_bin());
         return None;

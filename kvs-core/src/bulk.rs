@@ -22,8 +22,8 @@
 //! Everything read from a buffer is copied out and validated (lengths are
 //! clamped, counts bounded by the data size).
 
-use crate::response_table::MAX_OWNER;
 use crate::sync::{AtomicU32, AtomicU64, Ordering, UnsafeCell};
+use crate::word::{pack, unpack};
 use bytemuck::{Pod, Zeroable};
 use std::fmt;
 use std::marker::PhantomData;
@@ -36,18 +36,6 @@ pub const PATH_MAX: usize = 4096;
 const FREE: u32 = 0;
 const OWNED: u32 = 1;
 const ABANDONED: u32 = 2;
-
-fn pack(generation: u32, owner: u32, state: u32) -> u64 {
-    ((generation as u64) << 32) | (((owner & MAX_OWNER) as u64) << 8) | state as u64
-}
-
-fn unpack(w: u64) -> (u32, u32, u32) {
-    (
-        (w >> 32) as u32,
-        ((w >> 8) as u32) & MAX_OWNER,
-        (w & 0xff) as u32,
-    )
-}
 
 /// What a client asks of a bulk request (written by the client before the
 /// request is pushed; copied out by the server).

@@ -42,6 +42,7 @@ mod sync;
 #[cfg(not(loom))]
 pub mod text;
 pub mod wait;
+pub mod word;
 
 #[cfg(not(loom))]
 pub use error::{RegionCreateError, RegionOpenError};

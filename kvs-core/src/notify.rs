@@ -24,9 +24,9 @@
 //! `seq`; a publisher bumps `seq` after each push and wakes only when
 //! `sleepers` is set.
 
-use crate::response_table::MAX_OWNER;
 use crate::ring::{PopError, Ring, RingCell, RingHeader};
 use crate::sync::{AtomicU32, AtomicU64, Ordering, UnsafeCell};
+use crate::word::{pack, unpack};
 use bytemuck::Zeroable;
 use std::fmt;
 use std::marker::PhantomData;
@@ -38,18 +38,6 @@ pub const MAX_SUB_KEYS: usize = 32;
 const FREE: u32 = 0;
 const CLAIMED: u32 = 1;
 const ACTIVE: u32 = 2;
-
-fn pack(generation: u32, owner: u32, state: u32) -> u64 {
-    ((generation as u64) << 32) | (((owner & MAX_OWNER) as u64) << 8) | state as u64
-}
-
-fn unpack(w: u64) -> (u32, u32, u32) {
-    (
-        (w >> 32) as u32,
-        ((w >> 8) as u32) & MAX_OWNER,
-        (w & 0xff) as u32,
-    )
-}
 
 /// Event kinds as stored in [`Event::kind`].
 pub const EVENT_CHANGED: u32 = 1;

@@ -115,12 +115,11 @@ impl TryFrom<u32> for SlotState {
     }
 }
 
-/// Largest registration index that fits the owner field.
-pub const MAX_OWNER: u32 = (1 << 24) - 1;
+pub use crate::word::MAX_OWNER;
 
 #[inline]
 const fn pack(generation: u32, owner: u32, state: SlotState) -> u64 {
-    ((generation as u64) << 32) | (((owner & MAX_OWNER) as u64) << 8) | state as u64
+    crate::word::pack(generation, owner, state as u32)
 }
 
 /// A control word split into its fields; `state` is raw (may be garbage).
@@ -137,10 +136,11 @@ pub struct SlotWord {
 impl SlotWord {
     #[inline]
     fn unpack(word: u64) -> Self {
+        let (generation, owner, state) = crate::word::unpack(word);
         Self {
-            generation: (word >> 32) as u32,
-            owner: ((word >> 8) as u32) & MAX_OWNER,
-            state: (word & 0xff) as u32,
+            generation,
+            owner,
+            state,
         }
     }
 }

@@ -7,7 +7,7 @@
 //! producer whose cell was skipped pushes again (see `kvs_core::ring`).
 
 use crate::server::Shared;
-use kvs_core::bulk::{BulkResult, ListRecord};
+use kvs_core::bulk::{BulkResult, BulkTable, ListRecord};
 use kvs_core::map::{Entry, MapError, SetOutcome};
 use kvs_core::notify::{EVENT_CHANGED, EVENT_DELETED};
 use kvs_core::protocol::{OpCode, Request, Response, StatusCode};
@@ -269,15 +269,7 @@ where
     };
     let path = std::path::PathBuf::from(std::ffi::OsStr::from_bytes(params.path()));
     if !path.is_absolute() {
-        let n = bulk.write_bytes(bulk_index, b"the snapshot path must be absolute");
-        bulk.set_result(
-            bulk_index,
-            &BulkResult {
-                count: n as u32,
-                ..BulkResult::default()
-            },
-        );
-        return Response::status(StatusCode::Failed);
+        return failed(&bulk, bulk_index, "the snapshot path must be absolute");
     }
     let (entries, version) = shared.map.snapshot();
     match crate::snapshot::write(&path, &entries, version) {
@@ -296,15 +288,20 @@ where
         }
         Err(e) => {
             tracing::warn!(error = %e, "snapshot failed");
-            let n = bulk.write_bytes(bulk_index, e.to_string().as_bytes());
-            bulk.set_result(
-                bulk_index,
-                &BulkResult {
-                    count: n as u32,
-                    ..BulkResult::default()
-                },
-            );
-            Response::status(StatusCode::Failed)
+            failed(&bulk, bulk_index, &e.to_string())
         }
     }
+}
+
+/// Answers `Failed`, with `message` in the client's bulk buffer.
+fn failed<V: bytemuck::Zeroable>(bulk: &BulkTable<'_>, index: u32, message: &str) -> Response<V> {
+    let n = bulk.write_bytes(index, message.as_bytes());
+    bulk.set_result(
+        index,
+        &BulkResult {
+            count: n as u32,
+            ..BulkResult::default()
+        },
+    );
+    Response::status(StatusCode::Failed)
 }

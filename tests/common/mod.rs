@@ -123,27 +123,42 @@ pub fn wait_with_deadline(child: &mut Child, limit: Duration) -> Option<std::pro
     }
 }
 
-/// Runs `kvs_client --name NAME ARGS...` to completion (30 s at most).
-pub fn kvs_client(name: &str, args: &[&str]) -> Output {
-    let mut child = Command::new(client_bin())
-        .arg("--name")
+/// `kvs_client --name NAME ARGS...` (after `prefix`, a wrapper such as
+/// `setpriv ...`), with `KVS_NAME` removed and output captured.
+pub fn kvs_client_command<S: AsRef<std::ffi::OsStr>>(
+    prefix: &[&str],
+    name: &str,
+    args: &[S],
+) -> Command {
+    let mut cmd = match prefix.split_first() {
+        Some((program, rest)) => {
+            let mut c = Command::new(program);
+            c.args(rest).arg(client_bin());
+            c
+        }
+        None => Command::new(client_bin()),
+    };
+    cmd.arg("--name")
         .arg(name)
         .args(args)
         .env_remove("KVS_NAME")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn kvs_client");
-    let start = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if start.elapsed() > Duration::from_secs(30) {
-            let _ = child.kill();
-            panic!("kvs_client {args:?} hung");
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    child.wait_with_output().unwrap()
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// Runs a command to completion (30 s at most, else it is killed and the
+/// test fails).
+pub fn output_within(mut cmd: Command) -> std::io::Result<Output> {
+    let mut child = cmd.spawn()?;
+    wait_with_deadline(&mut child, Duration::from_secs(30)).expect("command hung");
+    child.wait_with_output()
+}
+
+/// Runs `kvs_client --name NAME ARGS...` to completion (30 s at most).
+pub fn kvs_client<S: AsRef<std::ffi::OsStr>>(name: &str, args: &[S]) -> Output {
+    output_within(kvs_client_command(&[], name, args)).expect("spawn kvs_client")
 }
 
 /// Children spawned by [`spawn_self`]; killed on drop.
