@@ -83,6 +83,8 @@ pub enum Reply<V> {
 pub struct KVSClient<K, V> {
     region: Region<K, V>,
     registration: u32,
+    /// Our pid, recorded in claimed slots (cached: `getpid` is a syscall).
+    pid: u32,
     options: ClientOptions,
 }
 
@@ -196,6 +198,7 @@ where
         Ok(Self {
             region,
             registration,
+            pid: std::process::id(),
             options,
         })
     }
@@ -460,20 +463,24 @@ where
         let slots = self.region.slots();
         let claim = self.claim_slot(deadline)?;
         prepare(&claim);
-        let mut request = Request::new(op, claim.index, claim.generation, arg, key, value);
+        let request = Request::new(op, claim.index, claim.generation, arg, key, value);
+        let with_value = carries_value(op);
         slots.mark_pending(&claim);
         let ring = self.region.ring();
-        let give_up = deadline.min(Instant::now() + self.options.ring_full_backoff);
+        // Computed on the first failure only: the fast path reads no clock.
+        let mut give_up = None;
         let mut round = 0u32;
         loop {
-            match ring.push(request) {
+            match ring.push_with(|p| write_request(p, &request, with_value)) {
                 Ok(()) => {
                     self.region.wake_a_worker();
                     return Ok(claim);
                 }
                 Err(e) => {
-                    request = e.into_inner();
-                    let stalled = matches!(e, PushError::Stalled(_));
+                    let give_up = *give_up.get_or_insert_with(|| {
+                        deadline.min(Instant::now() + self.options.ring_full_backoff)
+                    });
+                    let stalled = matches!(e, PushError::Stalled(()));
                     // A stamp someone scribbled on blocks every producer at
                     // that cell: repair what is safe to repair and go again.
                     if stalled && ring.repair_free_cells() > 0 {
@@ -500,7 +507,7 @@ where
 
     fn claim_slot(&self, deadline: Instant) -> Result<Claim> {
         let slots = self.region.slots();
-        if let Some(c) = slots.claim(self.registration) {
+        if let Some(c) = slots.claim_as(self.registration, self.pid) {
             return Ok(c);
         }
         // Short of slots: ask the housekeeper to reclaim now, retry briefly.
@@ -510,7 +517,7 @@ where
         loop {
             backoff(round);
             round += 1;
-            if let Some(c) = slots.claim(self.registration) {
+            if let Some(c) = slots.claim_as(self.registration, self.pid) {
                 return Ok(c);
             }
             if Instant::now() >= give_up {
@@ -526,8 +533,9 @@ where
         deadline: Instant,
         timeout: Duration,
     ) -> Result<Response<V>> {
-        let outcome = self.region.slots().wait(
+        let outcome = self.region.slots().wait_parts(
             claim,
+            op == OpCode::Get,
             self.options.spin,
             &FutexParker,
             Some(deadline),
@@ -538,6 +546,28 @@ where
             WaitOutcome::TimedOut => Err(ClientError::timeout(op, timeout)),
             WaitOutcome::ServerGone => Err(ClientError::ServerGone),
             WaitOutcome::Lost => Err(ClientError::SlotLost),
+        }
+    }
+}
+
+/// Whether the server reads a request's value (SET and POST carry one).
+pub(crate) fn carries_value(op: OpCode) -> bool {
+    matches!(op, OpCode::Set | OpCode::Post)
+}
+
+/// Writes a request into a claimed ring cell; the value only if the server
+/// reads it, so a GET or DEL does not move the value's cache lines.
+fn write_request<K: Copy, V: Copy>(p: *mut Request<K, V>, r: &Request<K, V>, with_value: bool) {
+    // SAFETY: `p` is the ring cell `push_with` owns for us, valid for
+    // writes; field pointers stay inside it.
+    unsafe {
+        std::ptr::addr_of_mut!((*p).op).write(r.op);
+        std::ptr::addr_of_mut!((*p).slot).write(r.slot);
+        std::ptr::addr_of_mut!((*p).generation).write(r.generation);
+        std::ptr::addr_of_mut!((*p).arg).write(r.arg);
+        std::ptr::addr_of_mut!((*p).key).write(r.key);
+        if with_value {
+            std::ptr::addr_of_mut!((*p).value).write(r.value);
         }
     }
 }

@@ -79,7 +79,12 @@ where
     /// valid), `Some` once (after which the ticket is spent).
     pub fn try_take(&mut self) -> Option<Result<R>> {
         let claim = self.claim?;
-        match self.client.region().slots().poll(&claim) {
+        match self
+            .client
+            .region()
+            .slots()
+            .poll_parts(&claim, self.op == OpCode::Get)
+        {
             Poll::Pending => None,
             Poll::Ready(resp) => {
                 self.claim = None;

@@ -322,7 +322,7 @@ impl<V> fmt::Debug for SlotTable<'_, V> {
     }
 }
 
-impl<'a, V: Copy> SlotTable<'a, V> {
+impl<'a, V: Copy + bytemuck::Zeroable> SlotTable<'a, V> {
     /// Wraps an initialised header and slots.
     ///
     /// # Panics
@@ -393,6 +393,16 @@ impl<'a, V: Copy> SlotTable<'a, V> {
     ///
     /// If `owner > MAX_OWNER`.
     pub fn claim(&self, owner: u32) -> Option<Claim> {
+        self.claim_as(owner, std::process::id())
+    }
+
+    /// [`SlotTable::claim`] recording `pid` as the owner's pid (callers cache
+    /// it: `getpid` is a syscall).
+    ///
+    /// # Panics
+    ///
+    /// If `owner > MAX_OWNER`.
+    pub fn claim_as(&self, owner: u32, pid: u32) -> Option<Claim> {
         assert!(owner <= MAX_OWNER, "owner index out of range");
         let len = self.slots.len() as u64;
         // Relaxed: the cursor only spreads claimers; correctness comes from
@@ -420,7 +430,7 @@ impl<'a, V: Copy> SlotTable<'a, V> {
                 )
                 .is_ok()
             {
-                slot.owner_pid.store(std::process::id(), Ordering::Relaxed);
+                slot.owner_pid.store(pid, Ordering::Relaxed);
                 if probe > 0 {
                     // Start the next claimer past the busy run we just walked.
                     self.header
@@ -470,25 +480,47 @@ impl<'a, V: Copy> SlotTable<'a, V> {
 
     /// Takes the answer if it is ready.
     pub fn poll(&self, claim: &Claim) -> Poll<V> {
+        self.poll_parts(claim, true)
+    }
+
+    /// [`SlotTable::poll`], reading the value only if `with_value`.
+    pub fn poll_parts(&self, claim: &Claim, with_value: bool) -> Poll<V> {
         let slot = self.own_slot(claim.index);
         // Acquire pairs with the server's Release (SeqCst) CAS to Ready.
         let word = slot.word.load(Ordering::Acquire);
         if word == pack(claim.generation, claim.owner, SlotState::Pending) {
             Poll::Pending
         } else if word == pack(claim.generation, claim.owner, SlotState::Ready) {
-            Poll::Ready(self.take(slot, claim))
+            Poll::Ready(self.take(slot, claim, with_value))
         } else {
             Poll::Lost
         }
     }
 
     /// Copies the response out and frees the slot. The word is `Ready(g)`.
-    fn take(&self, slot: &Slot<V>, claim: &Claim) -> Response<V> {
+    /// Without `with_value` the value is not read (and comes back zeroed),
+    /// so its cache lines stay where they are.
+    fn take(&self, slot: &Slot<V>, claim: &Claim, with_value: bool) -> Response<V>
+    where
+        V: bytemuck::Zeroable,
+    {
         // SAFETY: the word is `Ready` for our generation, so the server has
         // finished writing (its Release CAS, our Acquire load) and nobody
         // writes the response until the slot is claimed again, which needs the
-        // `Free` we store below.
-        let response = slot.response.with(|p| unsafe { p.read() });
+        // `Free` we store below. Field pointers stay inside the response.
+        let response = slot.response.with(|p| unsafe {
+            Response {
+                status: std::ptr::addr_of!((*p).status).read(),
+                aux: std::ptr::addr_of!((*p).aux).read(),
+                version: std::ptr::addr_of!((*p).version).read(),
+                modified_ns: std::ptr::addr_of!((*p).modified_ns).read(),
+                value: if with_value {
+                    std::ptr::addr_of!((*p).value).read()
+                } else {
+                    V::zeroed()
+                },
+            }
+        });
         slot.sleepers.store(0, Ordering::Relaxed);
         // Release: our read of the response happens before the next claim.
         slot.word.store(
@@ -514,7 +546,7 @@ impl<'a, V: Copy> SlotTable<'a, V> {
                 None
             }
             Err(w) if w == pack(claim.generation, claim.owner, SlotState::Ready) => {
-                Some(self.take(slot, claim))
+                Some(self.take(slot, claim, true))
             }
             Err(_) => {
                 // A claim that was never submitted, or a slot reclaimed from us.
@@ -531,6 +563,19 @@ impl<'a, V: Copy> SlotTable<'a, V> {
     pub fn wait<P: Parker>(
         &self,
         claim: &Claim,
+        policy: SpinPolicy,
+        parker: &P,
+        deadline: Option<Instant>,
+        server_alive: impl FnMut() -> bool,
+    ) -> WaitOutcome<V> {
+        self.wait_parts(claim, true, policy, parker, deadline, server_alive)
+    }
+
+    /// [`SlotTable::wait`], reading the value only if `with_value`.
+    pub fn wait_parts<P: Parker>(
+        &self,
+        claim: &Claim,
+        with_value: bool,
         policy: SpinPolicy,
         parker: &P,
         deadline: Option<Instant>,
@@ -566,7 +611,7 @@ impl<'a, V: Copy> SlotTable<'a, V> {
                 }
             }
         }
-        match self.poll(claim) {
+        match self.poll_parts(claim, with_value) {
             Poll::Ready(r) => WaitOutcome::Ready(r),
             Poll::Lost => WaitOutcome::Lost,
             // Cannot happen after the word changed, but be total.
@@ -642,11 +687,32 @@ impl<'a, V: Copy> SlotTable<'a, V> {
         response: Response<V>,
         parker: &P,
     ) -> Completion {
+        self.complete_parts(begun, &response, true, parker)
+    }
+
+    /// [`SlotTable::complete`], writing the value only if `with_value` (the
+    /// owner of a request that returns no value does not read it).
+    pub fn complete_parts<P: Parker>(
+        &self,
+        begun: Begun,
+        response: &Response<V>,
+        with_value: bool,
+        parker: &P,
+    ) -> Completion {
         let slot = self.own_slot(begun.index);
         // SAFETY: `begin` saw `Pending` for this generation, and in `Pending`
         // only the server writes the response (see the module docs); the owner
-        // reads it only after our CAS to `Ready` below.
-        slot.response.with_mut(|p| unsafe { p.write(response) });
+        // reads it only after our CAS to `Ready` below. Field pointers stay
+        // inside the response.
+        slot.response.with_mut(|p| unsafe {
+            std::ptr::addr_of_mut!((*p).status).write(response.status);
+            std::ptr::addr_of_mut!((*p).aux).write(response.aux);
+            std::ptr::addr_of_mut!((*p).version).write(response.version);
+            std::ptr::addr_of_mut!((*p).modified_ns).write(response.modified_ns);
+            if with_value {
+                std::ptr::addr_of_mut!((*p).value).write(response.value);
+            }
+        });
         let w = SlotWord::unpack(begun.pending);
         let ready = pack(w.generation, w.owner, SlotState::Ready);
         // SeqCst: Release publishes the response (pairs with the client's

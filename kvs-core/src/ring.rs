@@ -257,13 +257,29 @@ impl<'a, T: Copy> Ring<'a, T> {
 
     /// Pushes `value`, or hands it back when the ring is full or stalled.
     pub fn push(&self, value: T) -> Result<(), PushError<T>> {
+        // SAFETY: `p` is the exclusively owned cell `push_with` hands us.
+        self.push_with(|p| unsafe { p.write(value) })
+            .map_err(|e| match e {
+                PushError::Full(()) => PushError::Full(value),
+                PushError::Stalled(()) => PushError::Stalled(value),
+            })
+    }
+
+    /// Pushes a value written in place by `write`, which gets the claimed
+    /// cell's value pointer and may be called more than once (again after a
+    /// skip). `write` may leave parts of the cell as they were, when the
+    /// consumer does not read them: fewer cache lines travel.
+    ///
+    /// `write` must only write through the pointer (it is valid and
+    /// exclusively ours for the duration of the call).
+    pub fn push_with(&self, write: impl Fn(*mut T)) -> Result<(), PushError<()>> {
         let cap = self.cells.len() as u64;
         let mut tail = self.header.tail.load(Ordering::Relaxed);
         let mut rounds = 0u32;
         loop {
             rounds += 1;
             if rounds > MAX_ROUNDS {
-                return Err(PushError::Stalled(value));
+                return Err(PushError::Stalled(()));
             }
             let cell = self.cell(tail);
             // Acquire pairs with the consumer's Release store of `tail`
@@ -279,10 +295,10 @@ impl<'a, T: Copy> Ring<'a, T> {
                     Ordering::Relaxed,
                 ) {
                     Ok(_) => {
-                        // SAFETY: winning the CAS on `tail` while the stamp
-                        // said "empty for position `tail`" makes us the only
+                        // Winning the CAS on `tail` while the stamp said
+                        // "empty for position `tail`" makes us the only
                         // writer of this cell until we publish.
-                        cell.value.with_mut(|p| unsafe { p.write(value) });
+                        cell.value.with_mut(&write);
                         // Release publishes the value; pairs with the Acquire
                         // stamp load in `pop`. A CAS, not a store, because
                         // `skip_stalled` may have given up on us. SeqCst
@@ -315,7 +331,7 @@ impl<'a, T: Copy> Ring<'a, T> {
                 fence(Ordering::SeqCst);
                 let head = self.header.head.load(Ordering::Relaxed);
                 if head.wrapping_add(cap) == tail {
-                    return Err(PushError::Full(value));
+                    return Err(PushError::Full(()));
                 }
                 spin_hint();
                 tail = self.header.tail.load(Ordering::Relaxed);
@@ -332,6 +348,16 @@ impl<'a, T: Copy> Ring<'a, T> {
     /// Never waits for a producer: a claimed but unpublished cell at the head
     /// is reported as [`PopError::Busy`].
     pub fn pop(&self) -> Result<T, PopError> {
+        // SAFETY: `p` is the published cell `pop_with` owns for us.
+        self.pop_with(|p| unsafe { p.read() })
+    }
+
+    /// Pops the oldest value, handing `read` the cell's value pointer while
+    /// this consumer owns it: `read` copies out what it needs (and only
+    /// that), the cell is released when it returns.
+    ///
+    /// `read` must only read through the pointer and must not keep it.
+    pub fn pop_with<R>(&self, read: impl FnOnce(*const T) -> R) -> Result<R, PopError> {
         let cap = self.cells.len() as u64;
         let mut head = self.header.head.load(Ordering::Relaxed);
         let mut rounds = 0u32;
@@ -348,10 +374,10 @@ impl<'a, T: Copy> Ring<'a, T> {
                     Ordering::Relaxed,
                 ) {
                     Ok(_) => {
-                        // SAFETY: winning the CAS on `head` while the stamp
-                        // said "published at `head`" makes us the only reader,
+                        // Winning the CAS on `head` while the stamp said
+                        // "published at `head`" makes us the only reader,
                         // and no producer writes until we move the stamp on.
-                        let value = cell.value.with(|p| unsafe { p.read() });
+                        let value = cell.value.with(read);
                         // Release: our read happens before the next lap's
                         // producer writes (its Acquire load of the stamp).
                         cell.stamp.store(head.wrapping_add(cap), Ordering::Release);

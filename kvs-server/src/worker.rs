@@ -44,7 +44,7 @@ where
             epoch.load(Ordering::Relaxed).wrapping_add(1),
             Ordering::Release,
         );
-        match ring.pop() {
+        match ring.pop_with(read_request) {
             Ok(req) => {
                 stall = None;
                 serve(shared, id, stats, req);
@@ -89,6 +89,30 @@ where
     }
 }
 
+/// Copies a request out of its ring cell: the header and key always, the
+/// value only for ops that carry one (SET, POST), so a GET or DEL does not
+/// pull the value's cache lines across cores.
+fn read_request<K: bytemuck::Pod, V: bytemuck::Pod>(p: *const Request<K, V>) -> Request<K, V> {
+    // SAFETY: `p` is the cell `pop_with` owns for us, valid for reads; field
+    // pointers stay inside it; every field is Pod, so any bytes are valid.
+    unsafe {
+        let op = std::ptr::addr_of!((*p).op).read();
+        let with_value = op == OpCode::Set as u32 || op == OpCode::Post as u32;
+        Request {
+            op,
+            slot: std::ptr::addr_of!((*p).slot).read(),
+            generation: std::ptr::addr_of!((*p).generation).read(),
+            arg: std::ptr::addr_of!((*p).arg).read(),
+            key: std::ptr::addr_of!((*p).key).read(),
+            value: if with_value {
+                std::ptr::addr_of!((*p).value).read()
+            } else {
+                V::zeroed()
+            },
+        }
+    }
+}
+
 fn serve<K, V>(
     shared: &Shared<K, V>,
     id: usize,
@@ -126,7 +150,8 @@ fn serve<K, V>(
             (Response::status(StatusCode::Malformed), None)
         }
     };
-    slots.complete(begun, response, &FutexParker);
+    // Only a GET's answer carries a value; the rest leave its lines alone.
+    slots.complete_parts(begun, &response, op == Some(OpCode::Get), &FutexParker);
     busy.store(0, Ordering::Release);
     match op {
         Some(op) => stats.count(op),

@@ -699,7 +699,7 @@ impl<K, V> Region<K, V> {
     /// The response table.
     pub fn slots(&self) -> SlotTable<'_, V>
     where
-        V: Copy,
+        V: Copy + bytemuck::Zeroable,
     {
         // SAFETY: as for `ring`: layout-derived, aligned, in bounds, and the
         // slot count was validated as non-zero.
