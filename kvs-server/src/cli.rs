@@ -189,6 +189,11 @@ fn cleanup(args: &Args) -> Result<(), String> {
     };
     let mut removed_any = false;
     for name in names {
+        if explicit && server_alive_at(&name) {
+            println!("left {name} alone: a live server owns it");
+            removed_any = true;
+            continue;
+        }
         let removed = kvs_core::Region::<u8, u8>::remove_stale(&name)
             .map_err(|e| format!("cleaning up {name}: {e}"))?;
         for path in &removed {
@@ -200,4 +205,14 @@ fn cleanup(args: &Args) -> Result<(), String> {
         println!("nothing to clean up");
     }
     Ok(())
+}
+
+/// Whether a live server holds the lock of region `name`.
+fn server_alive_at(name: &str) -> bool {
+    let Ok(name) = kvs_core::region::shm::normalize_name(name) else {
+        return false;
+    };
+    kvs_core::region::LockFile::open(kvs_core::region::shm::lock_path(&name))
+        .and_then(|l| l.is_locked_by_other(kvs_core::region::shm::SERVER_LOCK_BYTE))
+        .unwrap_or(false)
 }
