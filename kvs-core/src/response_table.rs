@@ -71,7 +71,7 @@
 //! ```
 
 use crate::protocol::Response;
-use crate::sync::{AtomicU32, AtomicU64, Ordering, UnsafeCell};
+use crate::sync::{loom_sc_fence, AtomicU32, AtomicU64, Ordering, UnsafeCell};
 use crate::wait::{spin_then_yield, Parker, SpinPolicy, SLEEP_SLICE};
 use crossbeam_utils::CachePadded;
 use std::fmt;
@@ -589,6 +589,7 @@ impl<'a, V: Copy + bytemuck::Zeroable> SlotTable<'a, V> {
                 // Announce the sleep, then re-check: the Dekker pair with
                 // `complete` (both SeqCst), see `crate::wait`.
                 slot.sleepers.store(1, Ordering::SeqCst);
+                loom_sc_fence();
                 if slot.word.load(Ordering::SeqCst) != pending {
                     break;
                 }
@@ -723,6 +724,7 @@ impl<'a, V: Copy + bytemuck::Zeroable> SlotTable<'a, V> {
             .compare_exchange(begun.pending, ready, Ordering::SeqCst, Ordering::Relaxed)
         {
             Ok(_) => {
+                loom_sc_fence();
                 if slot.sleepers.load(Ordering::SeqCst) != 0 {
                     slot.sleepers.store(0, Ordering::Relaxed);
                     parker.wake(&slot.sleepers, u32::MAX);
@@ -1111,6 +1113,56 @@ mod loom_tests {
             modified_ns: 0,
             value: v,
         }
+    }
+
+    /// A parker that really blocks: `wait` parks the thread (if the word
+    /// still holds `expected`), `wake` unparks it. A lost wake-up leaves the
+    /// waiter parked forever, which loom reports as a deadlock.
+    struct ParkParker {
+        waiter: loom::sync::Mutex<Option<thread::Thread>>,
+    }
+
+    impl Parker for ParkParker {
+        fn wait(&self, word: &AtomicU32, expected: u32, _timeout: Option<std::time::Duration>) {
+            if word.load(Ordering::SeqCst) == expected {
+                thread::park();
+            }
+        }
+
+        fn wake(&self, _word: &AtomicU32, _count: u32) {
+            if let Some(t) = self.waiter.lock().unwrap().as_ref() {
+                t.unpark();
+            }
+        }
+    }
+
+    /// The Dekker pair of `wait` (announce in `sleepers`, re-check, sleep)
+    /// and `complete` (CAS to Ready, check `sleepers`, wake): however they
+    /// interleave, the waiter is woken or sees the answer before sleeping.
+    #[test]
+    fn sleeping_waiter_is_never_left_asleep() {
+        loom::model(|| {
+            let buf = Arc::new(SlotTableBuffer::<u64>::new(1));
+            let parker = Arc::new(ParkParker {
+                waiter: loom::sync::Mutex::new(None),
+            });
+            let c = buf.table().claim(0).unwrap();
+            buf.table().mark_pending(&c);
+            *parker.waiter.lock().unwrap() = Some(thread::current());
+            let (b2, p2) = (Arc::clone(&buf), Arc::clone(&parker));
+            let server = thread::spawn(move || {
+                let t = b2.table();
+                let b = t.begin(c.index, c.generation).unwrap();
+                t.complete(b, resp(3), &*p2)
+            });
+            let no_spin = SpinPolicy {
+                spins: 0,
+                yields: 0,
+            };
+            let out = buf.table().wait(&c, no_spin, &*parker, None, || true);
+            assert!(matches!(out, WaitOutcome::Ready(r) if r.value == 3));
+            assert_eq!(server.join().unwrap(), Completion::Delivered);
+        });
     }
 
     /// The server completes while the client abandons: exactly one of

@@ -70,3 +70,16 @@ pub(crate) fn spin_hint() {
     #[cfg(not(loom))]
     std::hint::spin_loop();
 }
+
+/// Under loom, a `SeqCst` fence; otherwise nothing.
+///
+/// loom models `SeqCst` loads, stores and RMWs as `AcqRel` (a documented
+/// limitation), so it cannot see the single total order that makes a Dekker
+/// pair of `SeqCst` accesses correct and reports false lost wake-ups. Placed
+/// between the two accesses of each side, this fence gives loom that order;
+/// real builds already have it from the `SeqCst` accesses themselves.
+#[inline(always)]
+pub(crate) fn loom_sc_fence() {
+    #[cfg(loom)]
+    fence(Ordering::SeqCst);
+}
