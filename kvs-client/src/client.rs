@@ -245,7 +245,7 @@ where
     ///
     /// As [`KVSClient::get`].
     pub fn get_timeout(&self, key: &K, timeout: Duration) -> Result<Option<V>> {
-        decode_get(self.call(OpCode::Get, *key, V::zeroed(), timeout)?)
+        decode_get(self.call(OpCode::Get, key, None, timeout)?)
     }
 
     /// The entry of `key` with its version and modification time.
@@ -254,7 +254,7 @@ where
     ///
     /// As [`KVSClient::get`].
     pub fn get_entry(&self, key: &K) -> Result<Option<Versioned<V>>> {
-        decode_get_entry(self.call(OpCode::Get, *key, V::zeroed(), self.options.timeout)?)
+        decode_get_entry(self.call(OpCode::Get, key, None, self.options.timeout)?)
     }
 
     /// Inserts or replaces `key`.
@@ -273,7 +273,7 @@ where
     ///
     /// As [`KVSClient::set`].
     pub fn set_timeout(&self, key: &K, value: &V, timeout: Duration) -> Result<()> {
-        decode_set(self.call(OpCode::Set, *key, *value, timeout)?)
+        decode_set(self.call(OpCode::Set, key, Some(value), timeout)?)
     }
 
     /// Inserts `key` only if absent; `false` when it exists.
@@ -291,7 +291,7 @@ where
     ///
     /// As [`KVSClient::set`].
     pub fn post_timeout(&self, key: &K, value: &V, timeout: Duration) -> Result<bool> {
-        decode_post(self.call(OpCode::Post, *key, *value, timeout)?)
+        decode_post(self.call(OpCode::Post, key, Some(value), timeout)?)
     }
 
     /// Removes `key`; `false` when it was absent.
@@ -309,20 +309,20 @@ where
     ///
     /// As [`KVSClient::get`].
     pub fn del_timeout(&self, key: &K, timeout: Duration) -> Result<bool> {
-        decode_del(self.call(OpCode::Del, *key, V::zeroed(), timeout)?)
+        decode_del(self.call(OpCode::Del, key, None, timeout)?)
     }
 
     /// Sends one request and waits for its answer.
     pub(crate) fn call(
         &self,
         op: OpCode,
-        key: K,
-        value: V,
+        key: &K,
+        value: Option<&V>,
         timeout: Duration,
     ) -> Result<Response<V>> {
-        let deadline = Instant::now() + timeout;
-        let claim = self.submit(op, key, value, deadline)?;
-        self.wait_claim(op, &claim, deadline, timeout)
+        let deadline = Deadline::after(timeout);
+        let claim = self.submit(op, key, value, &deadline)?;
+        self.wait_claim(op, &claim, &deadline)
     }
 
     // ---- asynchronous ----
@@ -333,7 +333,7 @@ where
     ///
     /// Submission errors: ring full, no free slot, server gone.
     pub fn get_async(&self, key: &K) -> Result<Ticket<'_, K, V, Option<V>>> {
-        self.ticket(OpCode::Get, *key, V::zeroed(), decode_get)
+        self.ticket(OpCode::Get, key, None, decode_get)
     }
 
     /// Submits a SET; the ticket yields `()`.
@@ -342,7 +342,7 @@ where
     ///
     /// As [`KVSClient::get_async`].
     pub fn set_async(&self, key: &K, value: &V) -> Result<Ticket<'_, K, V, ()>> {
-        self.ticket(OpCode::Set, *key, *value, decode_set)
+        self.ticket(OpCode::Set, key, Some(value), decode_set)
     }
 
     /// Submits a POST; the ticket yields whether it inserted.
@@ -351,7 +351,7 @@ where
     ///
     /// As [`KVSClient::get_async`].
     pub fn post_async(&self, key: &K, value: &V) -> Result<Ticket<'_, K, V, bool>> {
-        self.ticket(OpCode::Post, *key, *value, decode_post)
+        self.ticket(OpCode::Post, key, Some(value), decode_post)
     }
 
     /// Submits a DEL; the ticket yields whether it removed.
@@ -360,18 +360,18 @@ where
     ///
     /// As [`KVSClient::get_async`].
     pub fn del_async(&self, key: &K) -> Result<Ticket<'_, K, V, bool>> {
-        self.ticket(OpCode::Del, *key, V::zeroed(), decode_del)
+        self.ticket(OpCode::Del, key, None, decode_del)
     }
 
     fn ticket<R>(
         &self,
         op: OpCode,
-        key: K,
-        value: V,
+        key: &K,
+        value: Option<&V>,
         decode: fn(Response<V>) -> Result<R>,
     ) -> Result<Ticket<'_, K, V, R>> {
-        let deadline = Instant::now() + self.options.ring_full_backoff;
-        let claim = self.submit(op, key, value, deadline)?;
+        let deadline = Deadline::after(self.options.ring_full_backoff);
+        let claim = self.submit(op, key, value, &deadline)?;
         Ok(Ticket::new(self, claim, op, decode))
     }
 
@@ -394,20 +394,20 @@ where
     /// answer, in order. Each op gets its own result.
     pub fn batch(&self, ops: &[Op<K, V>], timeout: Duration) -> Vec<Result<Reply<V>>> {
         let window = 256.min(self.region.info().slot_count as usize / 2).max(1);
-        let deadline = Instant::now() + timeout;
+        let deadline = Deadline::after(timeout);
         let mut results: Vec<Option<Result<Reply<V>>>> = (0..ops.len()).map(|_| None).collect();
         let mut in_flight: std::collections::VecDeque<(usize, OpCode, Claim)> =
             std::collections::VecDeque::new();
         let mut next = 0;
         while next < ops.len() || !in_flight.is_empty() {
             while next < ops.len() && in_flight.len() < window {
-                let (op, key, value) = match ops[next] {
-                    Op::Get(k) => (OpCode::Get, k, V::zeroed()),
-                    Op::Set(k, v) => (OpCode::Set, k, v),
-                    Op::Post(k, v) => (OpCode::Post, k, v),
-                    Op::Del(k) => (OpCode::Del, k, V::zeroed()),
+                let (op, key, value) = match &ops[next] {
+                    Op::Get(k) => (OpCode::Get, k, None),
+                    Op::Set(k, v) => (OpCode::Set, k, Some(v)),
+                    Op::Post(k, v) => (OpCode::Post, k, Some(v)),
+                    Op::Del(k) => (OpCode::Del, k, None),
                 };
-                match self.submit(op, key, value, deadline) {
+                match self.submit(op, key, value, &deadline) {
                     Ok(claim) => in_flight.push_back((next, op, claim)),
                     Err(ClientError::NoFreeSlot) if !in_flight.is_empty() => break,
                     Err(e) => results[next] = Some(Err(e)),
@@ -415,17 +415,14 @@ where
                 next += 1;
             }
             if let Some((i, op, claim)) = in_flight.pop_front() {
-                let left = deadline.saturating_duration_since(Instant::now());
-                let r = self
-                    .wait_claim(op, &claim, deadline, left.max(timeout))
-                    .and_then(|resp| {
-                        Ok(match op {
-                            OpCode::Get => Reply::Value(decode_get(resp)?),
-                            OpCode::Set => decode_set(resp).map(|()| Reply::Done)?,
-                            OpCode::Post => Reply::Inserted(decode_post(resp)?),
-                            _ => Reply::Deleted(decode_del(resp)?),
-                        })
-                    });
+                let r = self.wait_claim(op, &claim, &deadline).and_then(|resp| {
+                    Ok(match op {
+                        OpCode::Get => Reply::Value(decode_get(resp)?),
+                        OpCode::Set => decode_set(resp).map(|()| Reply::Done)?,
+                        OpCode::Post => Reply::Inserted(decode_post(resp)?),
+                        _ => Reply::Deleted(decode_del(resp)?),
+                    })
+                });
                 results[i] = Some(r);
             }
         }
@@ -442,7 +439,13 @@ where
     }
 
     /// Claims a slot, marks it pending, pushes the request, wakes a worker.
-    pub(crate) fn submit(&self, op: OpCode, key: K, value: V, deadline: Instant) -> Result<Claim> {
+    pub(crate) fn submit(
+        &self,
+        op: OpCode,
+        key: &K,
+        value: Option<&V>,
+        deadline: &Deadline,
+    ) -> Result<Claim> {
         self.submit_with(op, key, value, 0, deadline, |_| {})
     }
 
@@ -451,10 +454,10 @@ where
     pub(crate) fn submit_with(
         &self,
         op: OpCode,
-        key: K,
-        value: V,
+        key: &K,
+        value: Option<&V>,
         arg: u32,
-        deadline: Instant,
+        deadline: &Deadline,
         prepare: impl FnOnce(&Claim),
     ) -> Result<Claim> {
         if self.server_closed() {
@@ -463,22 +466,30 @@ where
         let slots = self.region.slots();
         let claim = self.claim_slot(deadline)?;
         prepare(&claim);
-        let request = Request::new(op, claim.index, claim.generation, arg, key, value);
-        let with_value = carries_value(op);
+        let header = RequestHeader {
+            op: op as u32,
+            slot: claim.index,
+            generation: claim.generation,
+            arg,
+        };
+        // Only ops the server reads a value of carry one.
+        let value = value.filter(|_| carries_value(op));
         slots.mark_pending(&claim);
         let ring = self.region.ring();
         // Computed on the first failure only: the fast path reads no clock.
         let mut give_up = None;
         let mut round = 0u32;
         loop {
-            match ring.push_with(|p| write_request(p, &request, with_value)) {
+            match ring.push_with(|p| write_request(p, &header, key, value)) {
                 Ok(()) => {
                     self.region.wake_a_worker();
                     return Ok(claim);
                 }
                 Err(e) => {
                     let give_up = *give_up.get_or_insert_with(|| {
-                        deadline.min(Instant::now() + self.options.ring_full_backoff)
+                        deadline
+                            .instant()
+                            .min(Instant::now() + self.options.ring_full_backoff)
                     });
                     let stalled = matches!(e, PushError::Stalled(()));
                     // A stamp someone scribbled on blocks every producer at
@@ -505,14 +516,16 @@ where
         }
     }
 
-    fn claim_slot(&self, deadline: Instant) -> Result<Claim> {
+    fn claim_slot(&self, deadline: &Deadline) -> Result<Claim> {
         let slots = self.region.slots();
         if let Some(c) = slots.claim_as(self.registration, self.pid) {
             return Ok(c);
         }
         // Short of slots: ask the housekeeper to reclaim now, retry briefly.
         self.region.poke_housekeeper();
-        let give_up = deadline.min(Instant::now() + Duration::from_millis(200));
+        let give_up = deadline
+            .instant()
+            .min(Instant::now() + Duration::from_millis(200));
         let mut round = 0;
         loop {
             backoff(round);
@@ -530,20 +543,19 @@ where
         &self,
         op: OpCode,
         claim: &Claim,
-        deadline: Instant,
-        timeout: Duration,
+        deadline: &Deadline,
     ) -> Result<Response<V>> {
         let outcome = self.region.slots().wait_parts(
             claim,
             op == OpCode::Get,
             self.options.spin,
             &FutexParker,
-            Some(deadline),
+            || Some(deadline.instant()),
             || self.region.server_alive(),
         );
         match outcome {
             WaitOutcome::Ready(r) => Ok(r),
-            WaitOutcome::TimedOut => Err(ClientError::timeout(op, timeout)),
+            WaitOutcome::TimedOut => Err(ClientError::timeout(op, deadline.timeout())),
             WaitOutcome::ServerGone => Err(ClientError::ServerGone),
             WaitOutcome::Lost => Err(ClientError::SlotLost),
         }
@@ -555,19 +567,66 @@ pub(crate) fn carries_value(op: OpCode) -> bool {
     matches!(op, OpCode::Set | OpCode::Post)
 }
 
-/// Writes a request into a claimed ring cell; the value only if the server
-/// reads it, so a GET or DEL does not move the value's cache lines.
-fn write_request<K: Copy, V: Copy>(p: *mut Request<K, V>, r: &Request<K, V>, with_value: bool) {
+/// The fixed fields of a request.
+struct RequestHeader {
+    op: u32,
+    slot: u32,
+    generation: u32,
+    arg: u32,
+}
+
+/// Writes a request straight into a claimed ring cell from references (no
+/// intermediate copy), with the value only if there is one: a GET or DEL
+/// does not move the value field's cache lines.
+fn write_request<K: Copy, V: Copy>(
+    p: *mut Request<K, V>,
+    h: &RequestHeader,
+    key: &K,
+    value: Option<&V>,
+) {
     // SAFETY: `p` is the ring cell `push_with` owns for us, valid for
     // writes; field pointers stay inside it.
     unsafe {
-        std::ptr::addr_of_mut!((*p).op).write(r.op);
-        std::ptr::addr_of_mut!((*p).slot).write(r.slot);
-        std::ptr::addr_of_mut!((*p).generation).write(r.generation);
-        std::ptr::addr_of_mut!((*p).arg).write(r.arg);
-        std::ptr::addr_of_mut!((*p).key).write(r.key);
-        if with_value {
-            std::ptr::addr_of_mut!((*p).value).write(r.value);
+        std::ptr::addr_of_mut!((*p).op).write(h.op);
+        std::ptr::addr_of_mut!((*p).slot).write(h.slot);
+        std::ptr::addr_of_mut!((*p).generation).write(h.generation);
+        std::ptr::addr_of_mut!((*p).arg).write(h.arg);
+        std::ptr::addr_of_mut!((*p).key).write(*key);
+        if let Some(v) = value {
+            std::ptr::addr_of_mut!((*p).value).write(*v);
+        }
+    }
+}
+
+/// A deadline computed on first use: a call answered on the fast path reads
+/// no clock. The timeout therefore counts from the first moment the call
+/// has to wait (a claim retry, a full ring, or the end of the spinning),
+/// at most some tens of microseconds after it started.
+pub(crate) struct Deadline {
+    timeout: Duration,
+    at: std::cell::Cell<Option<Instant>>,
+}
+
+impl Deadline {
+    pub(crate) fn after(timeout: Duration) -> Self {
+        Self {
+            timeout,
+            at: std::cell::Cell::new(None),
+        }
+    }
+
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    pub(crate) fn instant(&self) -> Instant {
+        match self.at.get() {
+            Some(at) => at,
+            None => {
+                let at = Instant::now() + self.timeout;
+                self.at.set(Some(at));
+                at
+            }
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Listing and snapshots: requests whose results travel through a bulk
 //! buffer in the region (see `kvs_core::bulk` for why).
 
-use crate::client::KVSClient;
+use crate::client::{Deadline, KVSClient};
 use crate::error::{ClientError, Result};
 use kvs_core::bulk::{BulkClaim, BulkParams, BulkTable, ListRecord, PATH_MAX, PREFIX_MAX};
 use kvs_core::protocol::{OpCode, Response, StatusCode};
@@ -191,25 +191,21 @@ where
         read: impl FnOnce(&BulkTable<'_>, &BulkClaim, Response<V>) -> Result<R>,
     ) -> Result<R> {
         let bulk = self.region().bulk();
-        let deadline = Instant::now() + timeout;
+        let deadline = Deadline::after(timeout);
+        let claim_until = Instant::now() + Duration::from_millis(200).min(timeout);
         let claim = loop {
             if let Some(c) = bulk.claim(self.registration()) {
                 break c;
             }
-            if Instant::now() >= deadline.min(Instant::now() + Duration::from_millis(200)) {
+            if Instant::now() >= claim_until {
                 return Err(ClientError::NoBulkBuffer);
             }
             self.region().poke_housekeeper();
             std::thread::sleep(Duration::from_millis(1));
         };
-        let submitted = self.submit_with(
-            op,
-            K::zeroed(),
-            V::zeroed(),
-            claim.index,
-            deadline,
-            |slot| bulk.prepare(&claim, params, slot.index, slot.generation),
-        );
+        let submitted = self.submit_with(op, &K::zeroed(), None, claim.index, &deadline, |slot| {
+            bulk.prepare(&claim, params, slot.index, slot.generation)
+        });
         let slot = match submitted {
             Ok(s) => s,
             Err(e) => {
@@ -217,7 +213,7 @@ where
                 return Err(e);
             }
         };
-        match self.wait_claim(op, &slot, deadline, timeout) {
+        match self.wait_claim(op, &slot, &deadline) {
             Ok(resp) => {
                 let out = read(&bulk, &claim, resp);
                 bulk.release(&claim);

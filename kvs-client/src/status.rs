@@ -93,12 +93,7 @@ where
     ///
     /// As any request: timeout, server gone.
     pub fn status(&self) -> Result<StoreStatus> {
-        let resp = self.call(
-            OpCode::Status,
-            K::zeroed(),
-            V::zeroed(),
-            self.options().timeout,
-        )?;
+        let resp = self.call(OpCode::Status, &K::zeroed(), None, self.options().timeout)?;
         if resp.status_code().ok() != Some(StatusCode::Ok) {
             return Err(ClientError::Protocol("the server refused status".into()));
         }

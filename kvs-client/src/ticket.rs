@@ -4,13 +4,13 @@
 //! it abandons the request, so the slot goes back to the table (the server
 //! frees it when it gets to the request) and nothing leaks.
 
-use crate::client::KVSClient;
+use crate::client::{Deadline, KVSClient};
 use crate::error::{ClientError, Result};
 use kvs_core::protocol::{OpCode, Response};
 use kvs_core::response_table::{Claim, Poll};
 use std::fmt;
 use std::hash::Hash;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A submitted request whose answer decodes to `R`.
 #[must_use = "dropping a ticket abandons its request"]
@@ -70,8 +70,8 @@ where
     /// the op's own errors.
     pub fn wait(mut self, timeout: Duration) -> Result<R> {
         let claim = self.claim.take().ok_or(ClientError::SlotLost)?;
-        let deadline = Instant::now() + timeout;
-        let resp = self.client.wait_claim(self.op, &claim, deadline, timeout)?;
+        let deadline = Deadline::after(timeout);
+        let resp = self.client.wait_claim(self.op, &claim, &deadline)?;
         (self.decode)(resp)
     }
 

@@ -568,23 +568,26 @@ impl<'a, V: Copy + bytemuck::Zeroable> SlotTable<'a, V> {
         deadline: Option<Instant>,
         server_alive: impl FnMut() -> bool,
     ) -> WaitOutcome<V> {
-        self.wait_parts(claim, true, policy, parker, deadline, server_alive)
+        self.wait_parts(claim, true, policy, parker, || deadline, server_alive)
     }
 
-    /// [`SlotTable::wait`], reading the value only if `with_value`.
+    /// [`SlotTable::wait`], reading the value only if `with_value`, and
+    /// asking for the deadline only once the spinning is over (so a call
+    /// answered while spinning reads no clock).
     pub fn wait_parts<P: Parker>(
         &self,
         claim: &Claim,
         with_value: bool,
         policy: SpinPolicy,
         parker: &P,
-        deadline: Option<Instant>,
+        deadline: impl FnOnce() -> Option<Instant>,
         mut server_alive: impl FnMut() -> bool,
     ) -> WaitOutcome<V> {
         let slot = self.own_slot(claim.index);
         let pending = pack(claim.generation, claim.owner, SlotState::Pending);
         let answered = || slot.word.load(Ordering::Acquire) != pending;
         if !spin_then_yield(policy, answered) {
+            let deadline = deadline();
             loop {
                 // Announce the sleep, then re-check: the Dekker pair with
                 // `complete` (both SeqCst), see `crate::wait`.
