@@ -232,6 +232,25 @@ fn help_is_complete_on_both_binaries() {
 }
 
 #[test]
+fn server_usage_errors_are_one_line_and_exit_2() {
+    for args in [
+        &["--workers", "0"][..],
+        &["--bogus"],
+        &["--mode", "999"],
+        &["--value-size", "5000"],
+    ] {
+        let o = std::process::Command::new(server_bin())
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        let err = stderr(&o);
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.starts_with("kvs_server: "), "{err}");
+    }
+}
+
+#[test]
 fn client_without_a_server_fails_with_one_clear_line() {
     let name = unique_name("noserver");
     let o = kvs_client(&name, &["get", "x"]);

@@ -89,7 +89,29 @@ pub fn init_logging() {
 
 /// Runs `kvs_server` with the process's arguments.
 pub fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        // --help and --version: print them, exit 0.
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        // Usage errors: one line, exit 2 (clap's own rendering spans
+        // several; the message is its first paragraph).
+        Err(e) => {
+            let rendered = e.render().to_string();
+            let message: Vec<&str> = rendered
+                .lines()
+                .map(str::trim)
+                .skip_while(|l| l.is_empty())
+                .take_while(|l| !l.is_empty() && !l.starts_with("Usage:"))
+                .collect();
+            let message = message.join(" ");
+            let message = message.strip_prefix("error: ").unwrap_or(&message);
+            eprintln!("kvs_server: {message} (see kvs_server --help)");
+            return ExitCode::from(2);
+        }
+    };
     init_logging();
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
