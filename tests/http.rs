@@ -451,3 +451,39 @@ fn events_survive_a_server_restart() {
     let data = events.next_named("change");
     assert_eq!(data["key"], "after");
 }
+
+/// Without a token, a gateway on loopback answers only requests that name a
+/// loopback host: a hostile page reaching it by DNS rebinding is refused.
+#[test]
+fn foreign_host_names_are_refused_without_a_token() {
+    let name = unique_name("http-host");
+    let _server = ServerGuard::start(&name, &[]);
+    let gw = Gateway::start(&name, &[]);
+    let evil = request(
+        "GET",
+        &gw.url("/status"),
+        None,
+        &[("Host", "evil.example:8000")],
+    );
+    assert_eq!(evil.status, 421, "{}", evil.body);
+    assert!(
+        evil.error().contains("not this machine's loopback"),
+        "{}",
+        evil.body
+    );
+    let evil_page = request(
+        "GET",
+        &gw.url("/"),
+        None,
+        &[("Host", "rebind.evil.example")],
+    );
+    assert_eq!(evil_page.status, 421);
+    let local = request(
+        "GET",
+        &gw.url("/status"),
+        None,
+        &[("Host", "localhost:8000")],
+    );
+    assert_eq!(local.status, 200, "{}", local.body);
+    assert_eq!(get(&gw.url("/status")).status, 200);
+}

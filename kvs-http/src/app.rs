@@ -38,8 +38,10 @@ fn asset(content_type: &'static str, body: &'static str) -> impl IntoResponse {
     )
 }
 
-/// Builds the application. With `token`, every API route needs it.
-pub fn router(state: AppState, token: Option<Arc<str>>) -> Router {
+/// Builds the application. With `token`, every API route needs it. With
+/// `loopback_only` (a gateway on loopback without a token), requests must
+/// name a loopback host (see `auth::require_loopback_host`).
+pub fn router(state: AppState, token: Option<Arc<str>>, loopback_only: bool) -> Router {
     let mut api = Router::new()
         .route("/get/{key}", get(api::get_key))
         .route("/set", post(api::set_key))
@@ -65,7 +67,7 @@ pub fn router(state: AppState, token: Option<Arc<str>>) -> Router {
             "/style.css",
             get(|| async { asset("text/css; charset=utf-8", STYLE_CSS) }),
         );
-    Router::new()
+    let app = Router::new()
         .merge(api)
         .merge(page)
         .merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
@@ -75,5 +77,10 @@ pub fn router(state: AppState, token: Option<Arc<str>>) -> Router {
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method not allowed on this endpoint",
             )
-        })
+        });
+    if loopback_only {
+        app.layer(middleware::from_fn(auth::require_loopback_host))
+    } else {
+        app
+    }
 }

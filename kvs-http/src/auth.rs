@@ -55,3 +55,68 @@ pub async fn require_token(
         .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     response
 }
+
+/// Whether a `Host` header names this machine's loopback: `localhost`,
+/// `127.x.y.z` or `[::1]`, with or without a port.
+pub fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        // "[::1]:8000" or "[::1]"
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Middleware for a gateway on loopback without a token: refuses requests
+/// whose `Host` is not a loopback name (421), so a web page elsewhere cannot
+/// reach the store through DNS rebinding (a hostile name that resolves to
+/// 127.0.0.1 is still sent as that name in `Host`).
+pub async fn require_loopback_host(request: Request, next: Next) -> Response {
+    let host = request
+        .headers()
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok());
+    match host {
+        Some(h) if !is_loopback_host(h) => ApiError::new(
+            StatusCode::MISDIRECTED_REQUEST,
+            format!(
+                "host {h:?} is not this machine's loopback; open the page as http://127.0.0.1:PORT/ (or start kvs_http with --token)"
+            ),
+        )
+        .into_response(),
+        _ => next.run(request).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_loopback_host;
+
+    #[test]
+    fn loopback_hosts_are_recognised() {
+        for h in [
+            "localhost",
+            "LOCALHOST:8000",
+            "127.0.0.1",
+            "127.0.0.1:8000",
+            "127.1.2.3:80",
+            "[::1]",
+            "[::1]:8000",
+        ] {
+            assert!(is_loopback_host(h), "{h}");
+        }
+        for h in [
+            "evil.example",
+            "evil.example:8000",
+            "10.0.0.1:8000",
+            "localhost.evil.example",
+            "[::2]:80",
+            "",
+        ] {
+            assert!(!is_loopback_host(h), "{h}");
+        }
+    }
+}

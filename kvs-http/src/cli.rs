@@ -124,7 +124,8 @@ pub async fn serve(args: Args) -> Result<(), String> {
         events: tx,
         pump: pump.state(),
     };
-    let app = crate::app::router(state, token.clone());
+    let loopback_only = token.is_none() && addr.ip().is_loopback();
+    let app = crate::app::router(state, token.clone(), loopback_only);
 
     {
         let connector = Arc::clone(&connector);

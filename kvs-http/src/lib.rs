@@ -25,7 +25,7 @@
 //! let (events, _) = tokio::sync::broadcast::channel(1024);
 //! let pump = Pump::spawn(Arc::clone(&connector), events.clone());
 //! let state = AppState { connector, events, pump: pump.state() };
-//! let app = kvs_http::app::router(state, None);
+//! let app = kvs_http::app::router(state, None, true);
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8000").await?;
 //! axum::serve(listener, app).await
 //! # }
