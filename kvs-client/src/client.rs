@@ -85,6 +85,10 @@ pub struct KVSClient<K, V> {
     registration: u32,
     /// Our pid, recorded in claimed slots (cached: `getpid` is a syscall).
     pid: u32,
+    /// Where our next slot claim starts probing: our own hint, so clients in
+    /// different processes do not all bump one shared cursor line. Relaxed:
+    /// a racy hint only changes where probing starts.
+    claim_hint: std::sync::atomic::AtomicU64,
     options: ClientOptions,
 }
 
@@ -199,6 +203,10 @@ where
             region,
             registration,
             pid: std::process::id(),
+            // Spread clients over the table by registration.
+            claim_hint: std::sync::atomic::AtomicU64::new(
+                u64::from(registration).wrapping_mul(0x9e37_79b9),
+            ),
             options,
         })
     }
@@ -516,9 +524,18 @@ where
         }
     }
 
+    fn try_claim(&self) -> Option<Claim> {
+        let start = self.claim_hint.load(Ordering::Relaxed);
+        let (claim, next) = self
+            .region
+            .slots()
+            .claim_from(self.registration, self.pid, start)?;
+        self.claim_hint.store(next, Ordering::Relaxed);
+        Some(claim)
+    }
+
     fn claim_slot(&self, deadline: &Deadline) -> Result<Claim> {
-        let slots = self.region.slots();
-        if let Some(c) = slots.claim_as(self.registration, self.pid) {
+        if let Some(c) = self.try_claim() {
             return Ok(c);
         }
         // Short of slots: ask the housekeeper to reclaim now, retry briefly.
@@ -530,7 +547,7 @@ where
         loop {
             backoff(round);
             round += 1;
-            if let Some(c) = slots.claim_as(self.registration, self.pid) {
+            if let Some(c) = self.try_claim() {
                 return Ok(c);
             }
             if Instant::now() >= give_up {

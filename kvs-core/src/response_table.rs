@@ -403,11 +403,27 @@ impl<'a, V: Copy + bytemuck::Zeroable> SlotTable<'a, V> {
     ///
     /// If `owner > MAX_OWNER`.
     pub fn claim_as(&self, owner: u32, pid: u32) -> Option<Claim> {
-        assert!(owner <= MAX_OWNER, "owner index out of range");
-        let len = self.slots.len() as u64;
         // Relaxed: the cursor only spreads claimers; correctness comes from
         // the CAS on each slot's word.
         let start = self.header.cursor.fetch_add(1, Ordering::Relaxed);
+        let (claim, next) = self.claim_from(owner, pid, start)?;
+        if next != start.wrapping_add(1) {
+            // Start the next claimer past the busy run we just walked.
+            self.header.cursor.store(next, Ordering::Relaxed);
+        }
+        Some(claim)
+    }
+
+    /// Claims a free slot probing from `start` (a caller's own hint, so
+    /// claimers in different processes do not all bump one shared cursor
+    /// line); returns the claim and where the next probe should start.
+    ///
+    /// # Panics
+    ///
+    /// If `owner > MAX_OWNER`.
+    pub fn claim_from(&self, owner: u32, pid: u32, start: u64) -> Option<(Claim, u64)> {
+        assert!(owner <= MAX_OWNER, "owner index out of range");
+        let len = self.slots.len() as u64;
         for probe in 0..len {
             let index = ((start.wrapping_add(probe)) % len) as u32;
             let slot = self.own_slot(index);
@@ -431,17 +447,12 @@ impl<'a, V: Copy + bytemuck::Zeroable> SlotTable<'a, V> {
                 .is_ok()
             {
                 slot.owner_pid.store(pid, Ordering::Relaxed);
-                if probe > 0 {
-                    // Start the next claimer past the busy run we just walked.
-                    self.header
-                        .cursor
-                        .store(start.wrapping_add(probe + 1), Ordering::Relaxed);
-                }
-                return Some(Claim {
+                let claim = Claim {
                     index,
                     generation,
                     owner,
-                });
+                };
+                return Some((claim, start.wrapping_add(probe + 1)));
             }
         }
         None
