@@ -8,12 +8,10 @@
 //! It saves a screenshot of the page to `target/browser-screenshot.png`.
 
 mod common;
-#[path = "../kvs-http/tests/support/gateway.rs"]
-mod gateway;
 
+use common::gateway::*;
 use common::*;
 use fantoccini::{Client, ClientBuilder, Locator};
-use gateway::*;
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};

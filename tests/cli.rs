@@ -13,22 +13,6 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::time::{Duration, Instant};
 
-fn key(s: &str) -> TextKey {
-    TextKey::new(s).unwrap()
-}
-
-fn val(s: &str) -> Value256 {
-    Value256::new(s).unwrap()
-}
-
-fn stdout(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
 /// Entry point of the child processes of these tests (see `spawn_self`);
 /// does nothing when run as an ordinary test.
 #[test]

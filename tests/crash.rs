@@ -23,14 +23,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-fn key(s: &str) -> TextKey {
-    TextKey::new(s).unwrap()
-}
-
-fn val(s: &str) -> Value256 {
-    Value256::new(s).unwrap()
-}
-
 /// Removes a region's files on drop (for regions no `ServerGuard` owns).
 struct RegionFiles(String);
 

@@ -15,24 +15,6 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-fn key(s: &str) -> TextKey {
-    TextKey::new(s).unwrap()
-}
-
-fn out(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn err(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn status_json(name: &str) -> serde_json::Value {
-    let o = kvs_client(name, &["status", "--json"]);
-    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
-    serde_json::from_str(&out(&o)).unwrap()
-}
-
 /// A scratch directory removed on drop.
 struct TempDir(PathBuf);
 
@@ -126,10 +108,10 @@ fn entry_limit_refuses_new_keys_with_store_full() {
     );
     let o = kvs_client(&name, &["set", "c", "1"]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(err(&o).contains("store full"), "{}", err(&o));
+    assert!(stderr(&o).contains("store full"), "{}", stderr(&o));
     let o = kvs_client(&name, &["post", "c", "1"]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(err(&o).contains("store full"));
+    assert!(stderr(&o).contains("store full"));
     // Replacing is not a new entry.
     assert_eq!(kvs_client(&name, &["set", "a", "2"]).status.code(), Some(0));
     let client = KVSClient::<TextKey, Value256>::connect(&name).unwrap();
@@ -182,8 +164,8 @@ fn listing_pages_through_everything_and_filters_by_prefix() {
 
     // The CLI, as JSON lines and as a table.
     let o = kvs_client(&name, &["list", "--prefix", "user:", "--json"]);
-    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
-    let lines: Vec<serde_json::Value> = out(&o)
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let lines: Vec<serde_json::Value> = stdout(&o)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
@@ -193,8 +175,8 @@ fn listing_pages_through_everything_and_filters_by_prefix() {
     let v = first["value"].as_str().unwrap();
     assert_eq!(format!("v{}", &k["user:".len()..]), v);
     let o = kvs_client(&name, &["list"]);
-    assert_eq!(out(&o).lines().count(), 300);
-    assert!(err(&o).contains("300 entries"));
+    assert_eq!(stdout(&o).lines().count(), 300);
+    assert!(stderr(&o).contains("300 entries"));
 }
 
 /// 100,000 entries list in well under a second (bound generously here; the
@@ -235,8 +217,8 @@ fn backup_and_load_restore_the_store() {
     }
     kvs_client(&name, &["del", "k0"]);
     let o = kvs_client(&name, &["backup", snap.to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
-    assert!(out(&o).contains("49 entries"), "{}", out(&o));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stdout(&o).contains("49 entries"), "{}", stdout(&o));
     let version = status_json(&name)["version"].as_u64().unwrap();
     assert_eq!(server.signal_and_wait(Signal::SIGTERM).code(), Some(0));
 
@@ -245,7 +227,7 @@ fn backup_and_load_restore_the_store() {
     let s = status_json(&name2);
     assert_eq!(s["entries"], 49);
     assert_eq!(s["version"].as_u64().unwrap(), version);
-    assert_eq!(out(&kvs_client(&name2, &["get", "k7"])), "v7\n");
+    assert_eq!(stdout(&kvs_client(&name2, &["get", "k7"])), "v7\n");
     assert_eq!(kvs_client(&name2, &["get", "k0"]).status.code(), Some(1));
     // Versions continue after the snapshot's.
     kvs_client(&name2, &["set", "new", "x"]);
@@ -260,12 +242,12 @@ fn backup_and_load_restore_the_store() {
         .args(["--name", &name2, "backup", "relative.snap"])
         .output()
         .unwrap();
-    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(dir.0.join("relative.snap").exists());
     // A directory that does not exist: the server's reason, exit 2.
     let o = kvs_client(&name2, &["backup", "/nonexistent-dir/x.snap"]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(err(&o).contains("No such file"), "{}", err(&o));
+    assert!(stderr(&o).contains("No such file"), "{}", stderr(&o));
 }
 
 #[test]
@@ -307,8 +289,8 @@ fn save_on_exit_and_bad_snapshots_are_refused() {
             .output()
             .unwrap();
         assert_eq!(o.status.code(), Some(2), "{tag}");
-        assert!(err(&o).contains(want), "{tag}: {}", err(&o));
-        assert_eq!(err(&o).lines().count(), 1, "{tag}: {}", err(&o));
+        assert!(stderr(&o).contains(want), "{tag}: {}", stderr(&o));
+        assert_eq!(stderr(&o).lines().count(), 1, "{tag}: {}", stderr(&o));
         assert!(
             !shm_path(&bad_name).exists(),
             "a server started from a bad snapshot"
@@ -328,14 +310,14 @@ fn save_on_exit_and_bad_snapshots_are_refused() {
         .unwrap();
     assert_eq!(o.status.code(), Some(2));
     assert!(
-        err(&o).contains("FixedStr<256>") && err(&o).contains("FixedStr<1024>"),
+        stderr(&o).contains("FixedStr<256>") && stderr(&o).contains("FixedStr<1024>"),
         "{}",
-        err(&o)
+        stderr(&o)
     );
 
     let name2 = unique_name("snapexit2");
     let _s2 = ServerGuard::start(&name2, &["--load", snap.to_str().unwrap()]);
-    assert_eq!(out(&kvs_client(&name2, &["get", "kept"])), "yes\n");
+    assert_eq!(stdout(&kvs_client(&name2, &["get", "kept"])), "yes\n");
 }
 
 /// SIGKILL during a backup leaves the previous snapshot intact and loadable.
@@ -393,7 +375,7 @@ fn sigkill_during_backup_keeps_the_previous_snapshot() {
         &["--value-size", "4095", "--load", snap.to_str().unwrap()],
     );
     let o = kvs_client(&name3, &["get", "first"]);
-    assert_eq!(out(&o), "generation one\n");
+    assert_eq!(stdout(&o), "generation one\n");
 }
 
 fn examples_jobs() -> PathBuf {
@@ -415,7 +397,7 @@ fn example_job_files_produce_their_expected_output() {
         let name = unique_name("jobs");
         let _server = ServerGuard::start(&name, &[]);
         let o = kvs_client(&name, &["run", copy.to_str().unwrap()]);
-        assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
         let got = std::fs::read_to_string(copy.with_extension("out")).unwrap();
         let want = std::fs::read_to_string(job.with_extension("out")).unwrap();
         assert_eq!(got, want, "{}", job.display());
@@ -424,7 +406,7 @@ fn example_job_files_produce_their_expected_output() {
             assert!(dir.0.join("backup-2.bck").exists());
         }
         if job.file_stem().unwrap() == "errors" {
-            assert!(err(&o).contains("errors.job:3:"), "{}", err(&o));
+            assert!(stderr(&o).contains("errors.job:3:"), "{}", stderr(&o));
         }
         checked += 1;
     }
@@ -445,7 +427,7 @@ fn job_directories_run_in_parallel() {
     let name = unique_name("jobdir");
     let _server = ServerGuard::start(&name, &[]);
     let o = kvs_client(&name, &["run", "--jobs", "3", dir.0.to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     for i in 0..6 {
         let got = std::fs::read_to_string(dir.0.join(format!("j{i}.out"))).unwrap();
         assert_eq!(got, format!("[(job{i},{i})]\n"));

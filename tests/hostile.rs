@@ -24,14 +24,6 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-fn key(s: &str) -> TextKey {
-    TextKey::new(s).unwrap()
-}
-
-fn val(s: &str) -> Value256 {
-    Value256::new(s).unwrap()
-}
-
 /// A raw read-write mapping of `/dev/shm/NAME`, as a hostile process has it.
 struct RawMap {
     ptr: *mut u8,
@@ -250,12 +242,6 @@ fn scribbler(map: &RawMap, spots: Spots, targets: Targets, stop: &AtomicBool) ->
         std::thread::sleep(Duration::from_micros(200));
     }
     writes
-}
-
-fn status_json(name: &str) -> serde_json::Value {
-    let out = kvs_client(name, &["status", "--json"]);
-    assert!(out.status.success(), "status failed: {out:?}");
-    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 /// Waits (bounded) until every slot is free and the ring is empty.

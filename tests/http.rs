@@ -3,11 +3,9 @@
 //! every error code, including the server going away and coming back.
 
 mod common;
-#[path = "../kvs-http/tests/support/gateway.rs"]
-mod gateway;
 
+use common::gateway::*;
 use common::*;
-use gateway::*;
 use nix::sys::signal::Signal;
 use serde_json::json;
 

@@ -23,7 +23,7 @@
 //! clamped, counts bounded by the data size).
 
 use crate::sync::{AtomicU32, AtomicU64, Ordering, UnsafeCell};
-use crate::word::{pack, unpack};
+use crate::word::{pack, try_claim, unpack};
 use bytemuck::{Pod, Zeroable};
 use std::fmt;
 use std::marker::PhantomData;
@@ -210,32 +210,14 @@ impl<'a> BulkTable<'a> {
 
     /// Claims a free buffer for `owner`.
     pub fn claim(&self, owner: u32) -> Option<BulkClaim> {
-        for index in 0..self.count as u32 {
-            let h = self.header(index)?;
-            let w = h.word.load(Ordering::Relaxed);
-            let (generation, _, state) = unpack(w);
-            if state != FREE {
-                continue;
-            }
-            let generation = generation.wrapping_add(1);
-            // Acquire pairs with the Release that freed it.
-            if h.word
-                .compare_exchange(
-                    w,
-                    pack(generation, owner, OWNED),
-                    Ordering::Acquire,
-                    Ordering::Relaxed,
-                )
-                .is_ok()
-            {
-                return Some(BulkClaim {
-                    index,
-                    generation,
-                    owner,
-                });
-            }
-        }
-        None
+        (0..self.count as u32).find_map(|index| {
+            let generation = try_claim(&self.header(index)?.word, FREE, owner, OWNED)?;
+            Some(BulkClaim {
+                index,
+                generation,
+                owner,
+            })
+        })
     }
 
     /// Writes the request parameters and the slot that will carry it.

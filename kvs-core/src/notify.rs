@@ -26,7 +26,7 @@
 
 use crate::ring::{PopError, Ring, RingCell, RingHeader};
 use crate::sync::{AtomicU32, AtomicU64, Ordering, UnsafeCell};
-use crate::word::{pack, unpack};
+use crate::word::{pack, try_claim, unpack};
 use bytemuck::Zeroable;
 use std::fmt;
 use std::marker::PhantomData;
@@ -309,23 +309,9 @@ impl<K: Copy + Eq + Zeroable, V: Copy + Zeroable> SubTable<'_, K, V> {
         }
         for index in 0..self.count as u32 {
             let h = self.header(index)?;
-            let w = h.word.load(Ordering::Relaxed);
-            let (generation, _, state) = unpack(w);
-            if state != FREE {
+            let Some(generation) = try_claim(&h.word, FREE, owner, CLAIMED) else {
                 continue;
-            }
-            let generation = generation.wrapping_add(1);
-            if h.word
-                .compare_exchange(
-                    w,
-                    pack(generation, owner, CLAIMED),
-                    Ordering::Acquire,
-                    Ordering::Relaxed,
-                )
-                .is_err()
-            {
-                continue;
-            }
+            };
             // Drain what a previous subscriber left, then set the filter.
             let ring = self.ring(index)?;
             loop {

@@ -427,24 +427,9 @@ impl<'a, V: Copy + bytemuck::Zeroable> SlotTable<'a, V> {
         for probe in 0..len {
             let index = ((start.wrapping_add(probe)) % len) as u32;
             let slot = self.own_slot(index);
-            let word = slot.word.load(Ordering::Relaxed);
-            let w = SlotWord::unpack(word);
-            if w.state != SlotState::Free as u32 {
-                continue;
-            }
-            let generation = w.generation.wrapping_add(1);
-            // Acquire pairs with the Release that freed the slot (take,
-            // release, or the server dropping an abandoned answer): the last
-            // user is done with the response before we reuse it.
-            if slot
-                .word
-                .compare_exchange(
-                    word,
-                    pack(generation, owner, SlotState::Claimed),
-                    Ordering::Acquire,
-                    Ordering::Relaxed,
-                )
-                .is_ok()
+            let free = SlotState::Free as u32;
+            if let Some(generation) =
+                crate::word::try_claim(&slot.word, free, owner, SlotState::Claimed as u32)
             {
                 slot.owner_pid.store(pid, Ordering::Relaxed);
                 let claim = Claim {

@@ -13,6 +13,8 @@
 //! assert_eq!(unpack(w), (7, 3, 2));
 //! ```
 
+use crate::sync::{AtomicU64, Ordering};
+
 /// Largest owner (client registration index) that fits the word.
 pub const MAX_OWNER: u32 = (1 << 24) - 1;
 
@@ -30,4 +32,29 @@ pub const fn unpack(word: u64) -> (u32, u32, u32) {
         ((word >> 8) as u32) & MAX_OWNER,
         (word & 0xff) as u32,
     )
+}
+
+/// Claims a resource whose word is free (`state == free`) for `owner`,
+/// moving it to `(generation + 1, owner, to)` in one CAS; returns the new
+/// generation, or `None` if it is not free or another claimer won.
+///
+/// Acquire on success pairs with the Release that freed it: the previous
+/// user is done with the resource before we use it. Relaxed on failure:
+/// nothing was acquired.
+#[inline]
+pub fn try_claim(word: &AtomicU64, free: u32, owner: u32, to: u32) -> Option<u32> {
+    let w = word.load(Ordering::Relaxed);
+    let (generation, _, state) = unpack(w);
+    if state != free {
+        return None;
+    }
+    let generation = generation.wrapping_add(1);
+    word.compare_exchange(
+        w,
+        pack(generation, owner, to),
+        Ordering::Acquire,
+        Ordering::Relaxed,
+    )
+    .ok()
+    .map(|_| generation)
 }

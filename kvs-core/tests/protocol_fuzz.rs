@@ -334,9 +334,11 @@ fn ring_op(scribble: bool) -> impl Strategy<Value = RingOp> {
             // head) chosen to imitate a consumer caught mid-pop, `p - cap`
             // or `p - cap + 1` on a free cell at position `p`; the repair
             // must leave those alone (a real consumer may be reading the
-            // cell), so the producer of `p` stays stalled. FAILURE_MODEL.md
-            // lists this; the forged "published" stamp is covered by the
-            // ring's unit tests.
+            // cell); the server repairs them once every worker has passed a
+            // quiescent point (`tests/hostile.rs`,
+            // `forged_mid_pop_stamp_is_repaired`), which this heap-only
+            // model has no workers for. The forged "published" stamp is
+            // covered by the ring's unit tests.
             2 => (any::<usize>(), any::<u64>()).prop_map(|(i, s)| RingOp::Stamp(i, s)),
             1 => any::<u64>().prop_map(RingOp::Head),
             1 => prop_oneof![0..64u64, any::<u64>()].prop_map(RingOp::Tail),

@@ -3,7 +3,7 @@
 //!
 //! The page's static files and the API docs carry no data and stay open, so
 //! a browser can load the page and then send the token with each call (the
-//! page takes it from `?token=` on the first visit, see `docs/HTTP.md`).
+//! page takes it from `?token=` on the first visit, see the README's gateway section).
 //!
 //! ```
 //! use kvs_http::auth::bearer_matches;

@@ -3,6 +3,10 @@
 //! `kvs_client` runner, and re-running this test binary as a child process.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod gateway;
+
+use kvs::core::fixed_str::Value256;
+use kvs::core::text::TextKey;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
@@ -61,23 +65,14 @@ impl ServerGuard {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn kvs_server");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(line)) = lines.next() {
-                let _ = tx.send(line);
-            }
-            // Keep draining so the server never blocks on a full pipe.
-            for _ in lines {}
-        });
+        let line = first_line(&mut child, Duration::from_secs(10));
         let mut guard = ServerGuard {
             name: name.to_string(),
             child: Some(child),
             ready_line: String::new(),
         };
-        match rx.recv_timeout(Duration::from_secs(10)) {
-            Ok(line) if line.contains("ready") => guard.ready_line = line,
+        match line {
+            Some(line) if line.contains("ready") => guard.ready_line = line,
             other => panic!("kvs_server did not become ready: {other:?}"),
         }
         guard
@@ -105,6 +100,49 @@ impl Drop for ServerGuard {
         let _ = std::fs::remove_file(shm_path(&self.name));
         let _ = std::fs::remove_file(lock_path(&self.name));
     }
+}
+
+/// The first line a child prints on its (piped) stdout, waiting at most
+/// `limit`; the rest of its output is drained in the background so the child
+/// never blocks on a full pipe.
+pub fn first_line(child: &mut Child, limit: Duration) -> Option<String> {
+    let stdout = child.stdout.take().expect("stdout must be piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        if let Some(Ok(line)) = lines.next() {
+            let _ = tx.send(line);
+        }
+        for _ in lines {}
+    });
+    rx.recv_timeout(limit).ok()
+}
+
+/// A text key (panics if too long: test input).
+pub fn key(s: &str) -> TextKey {
+    TextKey::new(s).unwrap()
+}
+
+/// A text value of the default class (panics if too long: test input).
+pub fn val(s: &str) -> Value256 {
+    Value256::new(s).unwrap()
+}
+
+/// A finished command's stdout, lossy.
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A finished command's stderr, lossy.
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// `kvs_client status --json`, parsed; fails the test if it fails.
+pub fn status_json(name: &str) -> serde_json::Value {
+    let o = kvs_client(name, &["status", "--json"]);
+    assert_eq!(o.status.code(), Some(0), "status failed: {}", stderr(&o));
+    serde_json::from_str(&stdout(&o)).unwrap()
 }
 
 /// Waits for a child with a deadline; kills it if the deadline passes.

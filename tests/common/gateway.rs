@@ -1,8 +1,6 @@
-//! Test support for the gateway, shared by the top-level `tests/http.rs` and
-//! `tests/browser.rs` (included with `#[path]`, as it needs the root
-//! package's `CARGO_BIN_EXE_kvs_http`): a `kvs_http` child on a free port,
-//! killed on drop, and a small blocking HTTP client.
-#![allow(dead_code, unreachable_pub)]
+//! Test support for the gateway (`tests/http.rs`, `tests/browser.rs`): a
+//! `kvs_http` child on a free port, killed on drop, and a small blocking
+//! HTTP client.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -35,27 +33,19 @@ impl Gateway {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn kvs_http");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(line)) = lines.next() {
-                let _ = tx.send(line);
-            }
-            for _ in lines {}
-        });
+        let line = super::first_line(&mut child, Duration::from_secs(10));
+        // Owned by the guard before anything can panic, so it is killed.
         let mut gateway = Gateway {
             base: String::new(),
             child: Some(child),
         };
-        let line = match rx.recv_timeout(Duration::from_secs(10)) {
-            Ok(line) if line.contains("listening on http://") => line,
+        let url = match &line {
+            Some(l) if l.contains("listening on http://") => l
+                .split_whitespace()
+                .find(|w| w.starts_with("http://"))
+                .unwrap(),
             other => panic!("kvs_http did not start listening: {other:?}"),
         };
-        let url = line
-            .split_whitespace()
-            .find(|w| w.starts_with("http://"))
-            .unwrap();
         gateway.base = url.trim_end_matches('/').to_string();
         gateway
     }
