@@ -4,12 +4,17 @@
 
 use crate::api::{self, ApiDoc, ApiError, AppState};
 use crate::auth;
-use axum::extract::DefaultBodyLimit;
-use axum::http::header::{CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE};
-use axum::http::StatusCode;
-use axum::response::IntoResponse;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::header::{
+    CACHE_CONTROL, CONNECTION, CONTENT_LENGTH, CONTENT_SECURITY_POLICY, CONTENT_TYPE,
+};
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{middleware, Router};
+use futures_util::StreamExt;
 use std::sync::Arc;
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
@@ -26,6 +31,82 @@ const PAGE_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self';
 
 /// Largest request body: a key and a 4 KiB value in JSON, with room.
 const BODY_LIMIT: usize = 64 * 1024;
+
+/// A body over [`BODY_LIMIT`] is still read (and dropped) up to this many
+/// bytes before the 413 goes out: a server that answers and closes while
+/// the client is still sending makes the kernel reset the connection, and
+/// the client sees a broken pipe instead of the answer. Bodies declared
+/// larger than this are answered at once, and the connection closed.
+const DRAIN_LIMIT: u64 = 16 * 1024 * 1024;
+
+fn body_too_large() -> Response {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("the request body is over {} KiB", BODY_LIMIT / 1024),
+    )
+    .into_response()
+}
+
+/// Middleware: buffers a request body of at most [`BODY_LIMIT`] bytes for
+/// the handler; a longer one is drained and answered 413 (see
+/// [`DRAIN_LIMIT`]). The time a body may take is bounded by the body
+/// timeout of [`crate::serve`].
+async fn limit_body(request: Request, next: Next) -> Response {
+    let (parts, body) = request.into_parts();
+    let declared = parts
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > DRAIN_LIMIT) {
+        let mut response = body_too_large();
+        response
+            .headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+        return response;
+    }
+    let mut body = body.into_data_stream();
+    let mut kept = Vec::new();
+    let mut total: u64 = 0;
+    while let Some(chunk) = body.next().await {
+        let chunk = match chunk {
+            Ok(c) => c,
+            Err(e) => {
+                let timed_out = std::error::Error::source(&e)
+                    .is_some_and(|s| s.is::<tower_http::timeout::TimeoutError>())
+                    || e.to_string().contains("timed out");
+                return if timed_out {
+                    ApiError::new(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "the request body did not arrive in time",
+                    )
+                    .into_response()
+                } else {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        format!("reading the request body: {e}"),
+                    )
+                    .into_response()
+                };
+            }
+        };
+        total += chunk.len() as u64;
+        if total > DRAIN_LIMIT {
+            let mut response = body_too_large();
+            response
+                .headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+            return response;
+        }
+        if total <= BODY_LIMIT as u64 {
+            kept.extend_from_slice(&chunk);
+        }
+    }
+    if total > BODY_LIMIT as u64 {
+        return body_too_large();
+    }
+    next.run(Request::from_parts(parts, Body::from(kept))).await
+}
 
 fn asset(content_type: &'static str, body: &'static str) -> impl IntoResponse {
     (
@@ -50,6 +131,7 @@ pub fn router(state: AppState, token: Option<Arc<str>>, loopback_only: bool) -> 
         .route("/status", get(api::status))
         .route("/events", get(api::events))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(middleware::from_fn(limit_body))
         .with_state(state);
     if let Some(token) = token {
         api = api.route_layer(middleware::from_fn_with_state(token, auth::require_token));

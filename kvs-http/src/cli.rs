@@ -4,12 +4,14 @@
 
 use crate::api::AppState;
 use crate::events::Pump;
+use crate::serve::Limits;
 use crate::store::Connector;
 use clap::Parser;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// The region name used when neither `--name` nor `KVS_NAME` is given.
 pub const DEFAULT_NAME: &str = "kvs";
@@ -39,6 +41,14 @@ pub struct Args {
     /// Require `Authorization: Bearer TOKEN` on every API request.
     #[arg(long, env = "KVS_HTTP_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Connections served at once (event streams included); further ones
+    /// wait until one closes. Lowered to fit the process's file limit.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_connections: u32,
+    /// Seconds a connection may take to send a request head, and may stay
+    /// idle between requests, before it is closed.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=3600))]
+    pub idle_timeout: u32,
 }
 
 /// Initialises logging to stderr (RUST_LOG, default "info").
@@ -103,6 +113,22 @@ pub async fn serve(args: Args) -> Result<(), String> {
         Some("") => return Err("--token must not be empty".into()),
         t => t.map(Arc::from),
     };
+    let mut limits = Limits {
+        max_connections: args.max_connections as usize,
+        header_timeout: Duration::from_secs(u64::from(args.idle_timeout)),
+        body_timeout: Duration::from_secs(u64::from(args.idle_timeout)),
+    };
+    match crate::serve::raise_file_limit() {
+        Ok(nofile) => {
+            if let Some(n) = limits.fit_file_limit(nofile) {
+                tracing::warn!(
+                    nofile,
+                    "the file limit allows only {n} connections; raise it (ulimit -n) for more"
+                );
+            }
+        }
+        Err(e) => tracing::warn!("reading the file limit: {e}"),
+    }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
@@ -155,10 +181,9 @@ pub async fn serve(args: Args) -> Result<(), String> {
     }
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+    let server = tokio::spawn(crate::serve::run(listener, app, limits, async move {
         let _ = stop_rx.await;
-    });
-    let server = tokio::spawn(async move { server.await });
+    }));
     shutdown_signal().await;
     tracing::info!("stopping");
     // End the event streams first, or the graceful shutdown waits for them.

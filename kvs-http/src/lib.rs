@@ -12,6 +12,8 @@
 //! * [`auth`]: the optional bearer token;
 //! * [`app`]: the routes, and the page (`/`, plain HTML, CSS and a small
 //!   script embedded in the binary);
+//! * [`serve`]: the accept loop, with a connection limit and timeouts for
+//!   request heads, idle keep-alive connections and request bodies;
 //! * [`cli`]: the `kvs_http` command line.
 //!
 //! ```no_run
@@ -38,4 +40,5 @@ pub mod app;
 pub mod auth;
 pub mod cli;
 pub mod events;
+pub mod serve;
 pub mod store;

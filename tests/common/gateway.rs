@@ -22,17 +22,23 @@ impl Gateway {
     /// Starts `kvs_http --name NAME --listen 127.0.0.1:0 ARGS...` and waits
     /// (10 s at most) for its "listening" line.
     pub fn start(name: &str, args: &[&str]) -> Self {
-        let mut child = Command::new(http_bin())
-            .args(["--name", name, "--listen", "127.0.0.1:0"])
+        Self::start_with(name, args, |_| {})
+    }
+
+    /// [`Gateway::start`], with `configure` applied to the command first
+    /// (to set a resource limit, say).
+    pub fn start_with(name: &str, args: &[&str], configure: impl FnOnce(&mut Command)) -> Self {
+        let mut cmd = Command::new(http_bin());
+        cmd.args(["--name", name, "--listen", "127.0.0.1:0"])
             .args(args)
             .env_remove("KVS_NAME")
             .env_remove("KVS_HTTP_TOKEN")
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn kvs_http");
+            .stderr(Stdio::inherit());
+        configure(&mut cmd);
+        let mut child = cmd.spawn().expect("spawn kvs_http");
         let line = super::first_line(&mut child, Duration::from_secs(10));
         // Owned by the guard before anything can panic, so it is killed.
         let mut gateway = Gateway {
@@ -48,6 +54,11 @@ impl Gateway {
         };
         gateway.base = url.trim_end_matches('/').to_string();
         gateway
+    }
+
+    /// `127.0.0.1:PORT`, for raw connections.
+    pub fn addr(&self) -> String {
+        self.base.trim_start_matches("http://").to_string()
     }
 
     /// The URL of `path` (which starts with `/`).
