@@ -28,4 +28,5 @@ pub use kvs_client::{
 };
 pub use kvs_core as core;
 pub use kvs_core::{FixedStr, FixedStrError};
+pub use kvs_server as server;
 pub use kvs_server::{KVSServer, KVSServerBuilder, ServerError, SnapshotError, SnapshotInfo};

@@ -211,14 +211,19 @@ fn backup_and_load_restore_the_store() {
     let dir = TempDir::new("snap");
     let snap = dir.0.join("store.snap");
     let name = unique_name("snap");
-    let mut server = ServerGuard::start(&name, &[]);
+    let mut server = ServerGuard::start(&name, &["--backup-dir", dir.0.to_str().unwrap()]);
     for i in 0..50 {
         kvs_client(&name, &["set", &format!("k{i}"), &format!("v{i}")]);
     }
     kvs_client(&name, &["del", "k0"]);
-    let o = kvs_client(&name, &["backup", snap.to_str().unwrap()]);
+    let o = kvs_client(&name, &["backup", "store.snap"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(stdout(&o).contains("49 entries"), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains(snap.to_str().unwrap()),
+        "{}",
+        stdout(&o)
+    );
     let version = status_json(&name)["version"].as_u64().unwrap();
     assert_eq!(server.signal_and_wait(Signal::SIGTERM).code(), Some(0));
 
@@ -236,18 +241,14 @@ fn backup_and_load_restore_the_store() {
         version + 1
     );
 
-    // A relative path is the client's, not the server's.
-    let o = Command::new(client_bin())
-        .current_dir(&dir.0)
-        .args(["--name", &name2, "backup", "relative.snap"])
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    assert!(dir.0.join("relative.snap").exists());
-    // A directory that does not exist: the server's reason, exit 2.
-    let o = kvs_client(&name2, &["backup", "/nonexistent-dir/x.snap"]);
+    // A server without --backup-dir refuses backups with its reason.
+    let o = kvs_client(&name2, &["backup", "x.snap"]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("No such file"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--backup-dir"), "{}", stderr(&o));
+    // A path is refused by the client before anything is sent.
+    let o = kvs_client(&name2, &["backup", "/tmp/x.snap"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("plain file name"), "{}", stderr(&o));
 }
 
 #[test]
@@ -326,12 +327,20 @@ fn sigkill_during_backup_keeps_the_previous_snapshot() {
     let dir = TempDir::new("snapkill");
     let snap = dir.0.join("big.snap");
     let name = unique_name("snapkill");
-    let mut server = ServerGuard::start(&name, &["--value-size", "4095"]);
+    let mut server = ServerGuard::start(
+        &name,
+        &[
+            "--value-size",
+            "4095",
+            "--backup-dir",
+            dir.0.to_str().unwrap(),
+        ],
+    );
     let client = KVSClient::<TextKey, Value4K>::connect(&name).unwrap();
     client
         .set(&key("first"), &Value4K::new("generation one").unwrap())
         .unwrap();
-    client.backup(&snap).unwrap();
+    client.backup("big.snap").unwrap();
     let before = std::fs::read(&snap).unwrap();
     // A store large enough that writing it takes a while.
     let big = "x".repeat(4000);
@@ -346,11 +355,10 @@ fn sigkill_during_backup_keeps_the_previous_snapshot() {
         }
     }
     // Start a backup over the same file, then kill the server mid-way.
-    let path = snap.clone();
     let name2 = name.clone();
     let backup = std::thread::spawn(move || {
         Command::new(client_bin())
-            .args(["--name", &name2, "backup", path.to_str().unwrap()])
+            .args(["--name", &name2, "backup", "big.snap"])
             .output()
             .unwrap()
     });
@@ -395,7 +403,7 @@ fn example_job_files_produce_their_expected_output() {
         let copy = dir.0.join(job.file_name().unwrap());
         std::fs::copy(&job, &copy).unwrap();
         let name = unique_name("jobs");
-        let _server = ServerGuard::start(&name, &[]);
+        let _server = ServerGuard::start(&name, &["--backup-dir", dir.0.to_str().unwrap()]);
         let o = kvs_client(&name, &["run", copy.to_str().unwrap()]);
         assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
         let got = std::fs::read_to_string(copy.with_extension("out")).unwrap();

@@ -14,37 +14,6 @@ fn mode_of(path: &std::path::Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o777
 }
 
-/// Runs `kvs_client --name NAME ARGS` as user `nobody`; `None` when this
-/// cannot be done here (not root, or no `setpriv`).
-fn kvs_client_as_nobody(name: &str, args: &[&str]) -> Option<Output> {
-    if !nix::unistd::Uid::effective().is_root() {
-        eprintln!("skipped: the cross-user check needs root (to become nobody)");
-        return None;
-    }
-    let cmd = kvs_client_command(
-        &[
-            "setpriv",
-            "--reuid=nobody",
-            "--regid=nogroup",
-            "--clear-groups",
-        ],
-        name,
-        args,
-    );
-    let out = match output_within(cmd) {
-        Ok(out) => out,
-        Err(e) => {
-            eprintln!("skipped: cannot run setpriv: {e}");
-            return None;
-        }
-    };
-    if matches!(out.status.code(), Some(126) | Some(127)) {
-        eprintln!("skipped: nobody cannot run {}: {out:?}", client_bin());
-        return None;
-    }
-    Some(out)
-}
-
 fn assert_refused(out: &Output) {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");

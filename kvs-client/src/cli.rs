@@ -84,11 +84,12 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Write a point-in-time snapshot of the store (atomically) to PATH
-    /// (default: kvs-NAME-UNIXTIME.snap in the current directory).
+    /// Ask the server to write a point-in-time snapshot of the store
+    /// (atomically) as FILE in its backup directory (kvs_server
+    /// --backup-dir; default file name: NAME-UNIXTIME.snap).
     Backup {
-        /// Where to write it.
-        path: Option<std::path::PathBuf>,
+        /// A plain file name (no '/'); the server picks the directory.
+        file: Option<String>,
     },
     /// Run job files (or directories of *.job), writing NAME.out beside each.
     Run {
@@ -268,7 +269,7 @@ fn run_typed<V: TextValue>(args: &Args) -> Result<(), Failure> {
         Command::List { prefix, json } => {
             return crate::cli_tools::list::<V>(args, prefix, *json);
         }
-        Command::Backup { path } => return crate::cli_tools::backup::<V>(args, path.as_deref()),
+        Command::Backup { file } => return crate::cli_tools::backup::<V>(args, file.as_deref()),
         Command::Run { paths, jobs } => {
             return crate::cli_tools::run_jobs::<V>(args, paths, *jobs as usize)
         }

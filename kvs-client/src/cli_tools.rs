@@ -7,7 +7,7 @@ use crate::{ChangeEvent, KVSClient};
 use kvs_core::text::TextKey;
 use std::ffi::OsString;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -84,16 +84,14 @@ pub(crate) fn format_time(ns: u64) -> String {
 }
 
 /// `kvs_client backup`.
-pub(crate) fn backup<V: TextValue>(args: &Args, path: Option<&Path>) -> Result<(), Failure> {
-    let client = connect::<V>(args)?;
-    let path = path.map(Path::to_path_buf).unwrap_or_else(|| {
+pub(crate) fn backup<V: TextValue>(args: &Args, file: Option<&str>) -> Result<(), Failure> {
+    let file = file.map(str::to_string).unwrap_or_else(|| {
         let secs = kvs_core::unix_now_ns() / 1_000_000_000;
-        PathBuf::from(format!(
-            "kvs-{}-{secs}.snap",
-            args.name.trim_start_matches('/')
-        ))
+        format!("{}-{secs}.snap", args.name.trim_start_matches('/'))
     });
-    let info = client.backup(&path)?;
+    kvs_core::secure_fs::check_file_name(&file).map_err(Failure::error)?;
+    let client = connect::<V>(args)?;
+    let info = client.backup(&file)?;
     println!(
         "wrote {} ({} entries, version {}, {} bytes)",
         info.path.display(),

@@ -10,7 +10,7 @@
 //! DELETE [k1,k3]            print [(k3,KVSMISSING)]       (only keys that were absent; nothing if none)
 //! SHOW                      print every entry as "(key, value)", one per line
 //! WAIT 250                  pause 250 ms
-//! BACKUP                    snapshot the store to NAME-1.bck beside the job (then -2, -3 ...)
+//! BACKUP                    snapshot the store as NAME-1.bck (then -2, -3 ...) in the server's --backup-dir
 //! ```
 //!
 //! Keys and values are text without `(`, `)`, `,`, `[`, `]`. READ, DELETE
@@ -193,7 +193,7 @@ pub fn run_job<V: TextValue>(
         let lineno = n + 1;
         let result = parse_line(line).and_then(|cmd| match cmd {
             None => Ok(()),
-            Some(cmd) => execute(client, cmd, &mut out, path, &stem, &mut backups),
+            Some(cmd) => execute(client, cmd, &mut out, &stem, &mut backups),
         });
         if let Err(msg) = result {
             errors += 1;
@@ -213,7 +213,6 @@ fn execute<V: TextValue>(
     client: &KVSClient<TextKey, V>,
     cmd: JobCommand,
     out: &mut String,
-    path: &Path,
     stem: &str,
     backups: &mut u32,
 ) -> Result<(), String> {
@@ -273,7 +272,7 @@ fn execute<V: TextValue>(
         JobCommand::Wait(ms) => std::thread::sleep(Duration::from_millis(ms)),
         JobCommand::Backup => {
             *backups += 1;
-            let target = path.with_file_name(format!("{stem}-{backups}.bck"));
+            let target = format!("{stem}-{backups}.bck");
             client
                 .backup(&target)
                 .map_err(|e| format!("BACKUP failed: {e}"))?;

@@ -3,11 +3,12 @@
 
 use crate::client::{Deadline, KVSClient};
 use crate::error::{ClientError, Result};
-use kvs_core::bulk::{BulkClaim, BulkParams, BulkTable, ListRecord, PATH_MAX, PREFIX_MAX};
+use kvs_core::bulk::{BulkClaim, BulkParams, BulkTable, ListRecord, PREFIX_MAX};
 use kvs_core::protocol::{OpCode, Response, StatusCode};
 use std::fmt;
 use std::hash::Hash;
-use std::path::{Path, PathBuf};
+use std::os::unix::ffi::OsStringExt;
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
@@ -58,7 +59,7 @@ pub struct ListPage<K, V> {
 /// What a snapshot wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackupInfo {
-    /// The file written.
+    /// The file written, as the server names it (in its backup directory).
     pub path: PathBuf,
     /// Entries in it.
     pub entries: u64,
@@ -140,16 +141,20 @@ where
         }
     }
 
-    /// Asks the server to write a point-in-time snapshot to `path`
-    /// (relative paths are taken from this process's working directory).
-    /// The file is written atomically: a crash leaves the previous file.
+    /// Asks the server to write a point-in-time snapshot named `name` into
+    /// its backup directory (`kvs_server --backup-dir`). `name` is a plain
+    /// file name (no `/`, no leading `.`): the server never writes where a
+    /// client says, only into the directory its operator chose. The file
+    /// is written atomically (a crash leaves the previous one) with the
+    /// region's mode.
     ///
     /// # Errors
     ///
-    /// [`ClientError::ServerFailed`] with the server's reason (a directory
-    /// that does not exist, say), and the errors of any request.
-    pub fn backup(&self, path: &Path) -> Result<BackupInfo> {
-        self.backup_timeout(path, BACKUP_TIMEOUT)
+    /// [`ClientError::InvalidArgument`] for a name that is not a plain file
+    /// name; [`ClientError::ServerFailed`] with the server's reason (no
+    /// backup directory, say), and the errors of any request.
+    pub fn backup(&self, name: &str) -> Result<BackupInfo> {
+        self.backup_timeout(name, BACKUP_TIMEOUT)
     }
 
     /// [`KVSClient::backup`] with an explicit timeout.
@@ -157,23 +162,18 @@ where
     /// # Errors
     ///
     /// As [`KVSClient::backup`].
-    pub fn backup_timeout(&self, path: &Path, timeout: Duration) -> Result<BackupInfo> {
-        let path = std::path::absolute(path)
-            .map_err(|e| ClientError::InvalidArgument(format!("{}: {e}", path.display())))?;
-        let bytes = std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str());
-        if bytes.len() > PATH_MAX {
-            return Err(ClientError::InvalidArgument(format!(
-                "a snapshot path is at most {PATH_MAX} bytes"
-            )));
-        }
+    pub fn backup_timeout(&self, name: &str, timeout: Duration) -> Result<BackupInfo> {
+        kvs_core::secure_fs::check_file_name(name).map_err(ClientError::InvalidArgument)?;
+        let bytes = name.as_bytes();
         let mut params: BulkParams = bytemuck::Zeroable::zeroed();
         params.path[..bytes.len()].copy_from_slice(bytes);
         params.path_len = bytes.len() as u32;
         self.bulk_request(OpCode::Backup, &params, timeout, |bulk, claim, resp| {
             check_ok(OpCode::Backup, &resp, bulk, claim)?;
             let r = bulk.result(claim);
+            let written = bulk.read_bytes(claim, r.count as usize);
             Ok(BackupInfo {
-                path: path.clone(),
+                path: PathBuf::from(std::ffi::OsString::from_vec(written)),
                 entries: r.entries,
                 version: r.version,
                 bytes: r.bytes,

@@ -15,7 +15,9 @@
 //! * [`notify`]: per-subscriber change-event queues;
 //! * [`protocol`]: op codes, status codes, request and response records;
 //! * [`fixed_str`]: fixed-capacity `Pod` strings for text keys and values;
-//! * [`text`]: the key type and value size classes the binaries use.
+//! * [`text`]: the key type and value size classes the binaries use;
+//! * [`secure_fs`]: files created or read on someone's behalf, opened so
+//!   that a planted name cannot redirect them.
 //!
 //! Everything read from the region is treated as untrusted: indices are
 //! bounds-checked, codes and states validated, and garbage becomes an error
@@ -38,6 +40,8 @@ pub mod protocol;
 pub mod region;
 pub mod response_table;
 pub mod ring;
+#[cfg(not(loom))]
+pub mod secure_fs;
 mod sync;
 #[cfg(not(loom))]
 pub mod text;

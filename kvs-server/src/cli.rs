@@ -61,9 +61,15 @@ pub struct Args {
     /// corrupt, truncated or of other types).
     #[arg(long, value_name = "PATH")]
     pub load: Option<std::path::PathBuf>,
-    /// Save a snapshot here on a clean stop (SIGINT or SIGTERM).
+    /// Save a snapshot here on a clean stop (SIGINT or SIGTERM). Its
+    /// directory is opened at start, so a bad one is refused then.
     #[arg(long, value_name = "PATH")]
     pub save_on_exit: Option<std::path::PathBuf>,
+    /// Write clients' backups (kvs_client backup FILE) into this directory,
+    /// which must not be writable by other users. Without it, backup
+    /// requests are refused.
+    #[arg(long, value_name = "DIR")]
+    pub backup_dir: Option<std::path::PathBuf>,
     /// Remove regions and lock files whose server is dead (all of them, or
     /// only NAME if --name is given), print what was removed, and exit.
     #[arg(long)]
@@ -143,6 +149,14 @@ fn serve<V>(args: &Args, class: ValueClass, signals: &SigSet) -> Result<(), Stri
 where
     V: bytemuck::Pod + Send + Sync,
 {
+    // Open the save-on-exit directory now: a bad one must fail at start,
+    // not lose the data at the stop.
+    let save_on_exit = match &args.save_on_exit {
+        Some(path) => {
+            Some(crate::snapshot::open_parent(path).map_err(|e| format!("--save-on-exit: {e}"))?)
+        }
+        None => None,
+    };
     let mut server: KVSServer<TextKey, V> = KVSServer::<TextKey, V>::builder(&args.name)
         .workers(args.workers as usize)
         .stripes(args.stripes)
@@ -152,6 +166,7 @@ where
         .mode(args.mode)
         .max_entries(args.max_entries)
         .subscribers(args.subscribers, args.subscriber_queue)
+        .backup_dir(args.backup_dir.clone())
         .build()
         .map_err(|e| e.to_string())?;
     if let Some(path) = &args.load {
@@ -188,11 +203,11 @@ where
         .map_err(|e| format!("waiting for a signal: {e}"))?;
     tracing::info!(signal = ?sig, "stopping");
     server.stop();
-    let saved = match &args.save_on_exit {
-        Some(path) => server
-            .save_snapshot(path)
+    let saved = match &save_on_exit {
+        Some((dir, name)) => server
+            .save_snapshot_into(dir, name)
             .map(|info| {
-                tracing::info!(path = %path.display(), entries = info.entries, "snapshot saved on exit");
+                tracing::info!(path = %dir.path().join(name).display(), entries = info.entries, "snapshot saved on exit");
             })
             .map_err(|e| e.to_string()),
         None => Ok(()),

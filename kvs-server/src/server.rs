@@ -4,6 +4,7 @@ use crate::{reclaim, worker};
 use crossbeam_utils::CachePadded;
 use kvs_core::map::StripedMap;
 use kvs_core::region::{Region, RegionConfig, Takeover};
+use kvs_core::secure_fs::Dir;
 use kvs_core::RegionCreateError;
 use std::hash::Hash;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -24,6 +25,9 @@ pub enum ServerError {
     /// A thread could not be spawned.
     #[error("spawning a server thread: {0}")]
     Spawn(std::io::Error),
+    /// The backup directory cannot be used.
+    #[error("{0}")]
+    BackupDir(String),
 }
 
 /// State shared by the handle, the workers and the housekeeper.
@@ -42,6 +46,11 @@ pub(crate) struct Shared<K, V> {
     pub(crate) epochs: Box<[CachePadded<AtomicU64>]>,
     /// Worker threads running now (ids `0..n`).
     pub(crate) running_workers: std::sync::atomic::AtomicUsize,
+    /// Where client-requested backups go (`--backup-dir`); `None` refuses
+    /// them.
+    pub(crate) backup_dir: Option<Dir>,
+    /// Permission bits of snapshot files (see `snapshot::file_mode`).
+    pub(crate) snapshot_mode: u32,
 }
 
 impl<K, V> Shared<K, V> {
@@ -58,6 +67,7 @@ impl<K, V> Shared<K, V> {
 pub struct KVSServerBuilder<K, V> {
     name: String,
     config: RegionConfig,
+    backup_dir: Option<std::path::PathBuf>,
     _types: std::marker::PhantomData<fn() -> (K, V)>,
 }
 
@@ -80,6 +90,7 @@ where
         Self {
             name: name.to_string(),
             config: RegionConfig::default(),
+            backup_dir: None,
             _types: std::marker::PhantomData,
         }
     }
@@ -142,12 +153,33 @@ where
         self
     }
 
+    /// The directory client backups are written into (by file name; see
+    /// `KVSClient::backup`). It must not be writable by other users.
+    /// Without one, clients' backup requests are refused.
+    pub fn backup_dir(mut self, dir: Option<std::path::PathBuf>) -> Self {
+        self.backup_dir = dir;
+        self
+    }
+
     /// Creates the region and the (stopped) server.
     ///
     /// # Errors
     ///
-    /// [`ServerError::Create`], for example when a live server owns the name.
+    /// [`ServerError::Create`], for example when a live server owns the name;
+    /// [`ServerError::BackupDir`] for a backup directory that cannot be
+    /// opened or that other users may write into.
     pub fn build(self) -> Result<KVSServer<K, V>, ServerError> {
+        let backup_dir = match &self.backup_dir {
+            Some(path) => {
+                let dir = Dir::open(path).map_err(|e| {
+                    ServerError::BackupDir(format!("backup directory {}: {e}", path.display()))
+                })?;
+                dir.check_private("backup directory")
+                    .map_err(ServerError::BackupDir)?;
+                Some(dir)
+            }
+            None => None,
+        };
         let (region, takeover) = Region::<K, V>::create_reporting(&self.name, &self.config)?;
         let limit = (self.config.max_entries > 0).then_some(self.config.max_entries as usize);
         let map = StripedMap::with_capacity_and_stripe_amount(0, self.config.stripes)
@@ -164,6 +196,8 @@ where
                 .map(|_| CachePadded::new(AtomicU64::new(0)))
                 .collect(),
             running_workers: std::sync::atomic::AtomicUsize::new(0),
+            backup_dir,
+            snapshot_mode: crate::snapshot::file_mode(self.config.mode),
         });
         let housekeeper = reclaim::spawn(Arc::clone(&shared)).map_err(ServerError::Spawn)?;
         Ok(KVSServer {
@@ -292,7 +326,8 @@ where
         self.takeover
     }
 
-    /// Writes a point-in-time snapshot of the store to `path` (atomically).
+    /// Writes a point-in-time snapshot of the store to `path` (atomically,
+    /// with the region's mode; see `snapshot::write_into`).
     ///
     /// # Errors
     ///
@@ -302,8 +337,24 @@ where
         &self,
         path: &std::path::Path,
     ) -> Result<crate::SnapshotInfo, crate::SnapshotError> {
+        let (dir, name) = crate::snapshot::open_parent(path)?;
+        self.save_snapshot_into(&dir, &name)
+    }
+
+    /// Writes a point-in-time snapshot as the file `name` of `dir` (opened
+    /// beforehand, so that a directory checked at start is the one
+    /// written).
+    ///
+    /// # Errors
+    ///
+    /// As [`KVSServer::save_snapshot`].
+    pub fn save_snapshot_into(
+        &self,
+        dir: &Dir,
+        name: &str,
+    ) -> Result<crate::SnapshotInfo, crate::SnapshotError> {
         let (entries, version) = self.shared.map.snapshot();
-        crate::snapshot::write(path, &entries, version)
+        crate::snapshot::write_into(dir, name, &entries, version, self.shared.snapshot_mode)
     }
 
     /// Loads a snapshot into the store, keeping each entry's version and

@@ -17,21 +17,33 @@
 //!      .     4  "END!"
 //! ```
 //!
-//! Written atomically: into a temporary file beside the target, flushed and
-//! `fsync`ed, renamed over the target, then the directory is `fsync`ed. A
-//! crash at any moment leaves either the old file or the new one, never a
-//! mix. Loading checks magic, version, types, length and checksum and refuses
-//! anything else with an error that says which.
+//! Written atomically: into a fresh temporary file beside the target,
+//! created exclusively under an unpredictable name with the snapshot's mode
+//! ([`file_mode`]: the region's, so a private store gives private files),
+//! flushed and `fsync`ed, renamed over the target, then the directory is
+//! `fsync`ed. A crash at any moment leaves either the old file or the new
+//! one, never a mix; two writers of one name each rename a complete file.
+//! See `kvs_core::secure_fs` for why no planted name can redirect a write.
+//!
+//! Loading opens only a regular file (never blocking on a FIFO or reading a
+//! device), reads the head, and reads the rest only if the file's real size
+//! is exactly what the head implies; then it checks magic, version, types,
+//! length and checksum and refuses anything else with an error that says
+//! which.
 
 use kvs_core::map::Entry;
 use kvs_core::region::TypeInfo;
-use std::fs::File;
+use kvs_core::secure_fs::Dir;
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 const MAGIC: [u8; 8] = *b"\x89KVSNAP\n";
 const FORMAT_VERSION: u32 = 1;
 const TRAILER: [u8; 4] = *b"END!";
+
+/// Bytes of a snapshot's head at most: 80 fixed, and two type names of up
+/// to 64 KiB each.
+const HEAD_MAX: u64 = 80 + 2 * (2 + u16::MAX as u64);
 
 /// What a snapshot holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,7 +148,15 @@ fn record_size<K, V>() -> usize {
     std::mem::size_of::<K>() + std::mem::size_of::<V>() + 16
 }
 
-/// Writes `entries` (taken at global `version`) to `path` atomically.
+/// Permission bits of snapshot files for a region of `region_mode`: the
+/// region's read bits, write for the owner only, so that nobody but the
+/// server's user can alter a file the operator may later `--load`.
+pub fn file_mode(region_mode: u32) -> u32 {
+    (region_mode & 0o644) | 0o600
+}
+
+/// Writes `entries` (taken at global `version`) to `path` atomically (see
+/// [`write_into`]); for the operator's own paths (`--save-on-exit`).
 ///
 /// # Errors
 ///
@@ -145,82 +165,110 @@ pub fn write<K: bytemuck::Pod, V: bytemuck::Pod>(
     path: &Path,
     entries: &[(K, Entry<V>)],
     version: u64,
+    mode: u32,
 ) -> Result<SnapshotInfo, SnapshotError> {
+    let (dir, name) = open_parent(path)?;
+    write_into(&dir, &name, entries, version, mode)
+}
+
+/// Opens the directory `path` is in, and returns it with the file name.
+///
+/// # Errors
+///
+/// [`SnapshotError::Io`] when the directory cannot be opened or `path`
+/// names no file (or one that is not UTF-8).
+pub fn open_parent(path: &Path) -> Result<(Dir, String), SnapshotError> {
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let file_name = path
+    let name = path
         .file_name()
+        .and_then(|n| n.to_str())
         .ok_or_else(|| SnapshotError::Io {
             path: path.to_path_buf(),
-            source: io::Error::new(io::ErrorKind::InvalidInput, "the path names no file"),
+            source: io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the path names no file (or not in UTF-8)",
+            ),
         })?
-        .to_string_lossy()
-        .into_owned();
-    let tmp = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
-    let result = (|| -> io::Result<u64> {
-        let file = File::create(&tmp)?;
-        let mut w = Crc {
-            inner: BufWriter::with_capacity(1 << 20, file),
-            hasher: crc32fast::Hasher::new(),
-            bytes: 0,
-        };
-        let (k, v) = (TypeInfo::of::<K>(), TypeInfo::of::<V>());
-        w.write_all(&MAGIC)?;
-        w.write_all(&FORMAT_VERSION.to_le_bytes())?;
-        w.write_all(&0u32.to_le_bytes())?;
-        for n in [
-            k.size,
-            k.name_hash,
-            v.size,
-            v.name_hash,
-            entries.len() as u64,
-            version,
-            kvs_core::unix_now_ns(),
-            record_size::<K, V>() as u64,
-        ] {
-            w.write_all(&n.to_le_bytes())?;
-        }
-        for name in [k.name(), v.name()] {
-            let bytes = &name.as_bytes()[..name.len().min(u16::MAX as usize)];
-            w.write_all(&(bytes.len() as u16).to_le_bytes())?;
-            w.write_all(bytes)?;
-        }
-        for (key, e) in entries {
-            w.write_all(bytemuck::bytes_of(key))?;
-            w.write_all(bytemuck::bytes_of(&e.value))?;
-            w.write_all(&e.version.to_le_bytes())?;
-            w.write_all(&e.modified_ns.to_le_bytes())?;
-        }
-        let crc = w.hasher.clone().finalize();
-        let mut inner = w.inner;
-        inner.write_all(&crc.to_le_bytes())?;
-        inner.write_all(&TRAILER)?;
-        let file = inner.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
-        Ok(w.bytes + 8)
-    })();
-    let bytes = match result {
-        Ok(b) => b,
-        Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(io_err(path)(e));
-        }
-    };
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        io_err(path)(e)
-    })?;
-    // Make the rename itself durable.
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
+        .to_string();
+    let dir = Dir::open(dir).map_err(io_err(path))?;
+    Ok((dir, name))
+}
+
+/// Writes `entries` (taken at global `version`) as the file `name` of
+/// `dir`: into a fresh, exclusively created temporary file with `mode`,
+/// `fsync`ed and renamed over `name` (see [`Dir::write_atomically`]).
+/// Concurrent writers of one name each rename their own complete file, and
+/// a crash at any moment leaves the previous file.
+///
+/// # Errors
+///
+/// [`SnapshotError::Io`]; the previous file, if any, is untouched.
+pub fn write_into<K: bytemuck::Pod, V: bytemuck::Pod>(
+    dir: &Dir,
+    name: &str,
+    entries: &[(K, Entry<V>)],
+    version: u64,
+    mode: u32,
+) -> Result<SnapshotInfo, SnapshotError> {
+    let path = dir.path().join(name);
+    let bytes = dir
+        .write_atomically(name, mode, |file| {
+            let mut w = Crc {
+                inner: BufWriter::with_capacity(1 << 20, file),
+                hasher: crc32fast::Hasher::new(),
+                bytes: 0,
+            };
+            let (k, v) = (TypeInfo::of::<K>(), TypeInfo::of::<V>());
+            w.write_all(&MAGIC)?;
+            w.write_all(&FORMAT_VERSION.to_le_bytes())?;
+            w.write_all(&0u32.to_le_bytes())?;
+            for n in [
+                k.size,
+                k.name_hash,
+                v.size,
+                v.name_hash,
+                entries.len() as u64,
+                version,
+                kvs_core::unix_now_ns(),
+                record_size::<K, V>() as u64,
+            ] {
+                w.write_all(&n.to_le_bytes())?;
+            }
+            for name in [k.name(), v.name()] {
+                let bytes = &name.as_bytes()[..name.len().min(u16::MAX as usize)];
+                w.write_all(&(bytes.len() as u16).to_le_bytes())?;
+                w.write_all(bytes)?;
+            }
+            for (key, e) in entries {
+                w.write_all(bytemuck::bytes_of(key))?;
+                w.write_all(bytemuck::bytes_of(&e.value))?;
+                w.write_all(&e.version.to_le_bytes())?;
+                w.write_all(&e.modified_ns.to_le_bytes())?;
+            }
+            let crc = w.hasher.clone().finalize();
+            let mut inner = w.inner;
+            inner.write_all(&crc.to_le_bytes())?;
+            inner.write_all(&TRAILER)?;
+            inner.flush()?;
+            Ok(w.bytes + 8)
+        })
+        .map_err(io_err(&path))?;
     Ok(SnapshotInfo {
         entries: entries.len() as u64,
         version,
         bytes,
     })
+}
+
+fn le_u32(data: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(data[at..at + 4].try_into().unwrap_or_default())
+}
+
+fn le_u64(data: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(data[at..at + 8].try_into().unwrap_or_default())
 }
 
 /// A loaded snapshot.
@@ -235,34 +283,43 @@ pub type Loaded<K, V> = (Vec<(K, Entry<V>)>, SnapshotInfo);
 pub fn load<K: bytemuck::Pod, V: bytemuck::Pod>(
     path: &Path,
 ) -> Result<Loaded<K, V>, SnapshotError> {
-    let mut data = Vec::new();
-    File::open(path)
-        .and_then(|mut f| f.read_to_end(&mut data))
-        .map_err(io_err(path))?;
+    let (file, st) = kvs_core::secure_fs::open_regular(path).map_err(io_err(path))?;
+    let size = u64::try_from(st.st_size).unwrap_or(0);
+    let mut file = io::BufReader::new(file);
     let p = || path.to_path_buf();
+    // The head (magic, fixed fields, the two type names) first, then only
+    // as many bytes as the head says the file holds, and only if the file
+    // really is that long: nothing is read, or allocated, on a claim alone.
+    let mut data = Vec::new();
+    (&mut file)
+        .take(HEAD_MAX)
+        .read_to_end(&mut data)
+        .map_err(io_err(path))?;
     if data.len() < 8 || data[..8] != MAGIC {
         return Err(SnapshotError::NotASnapshot { path: p() });
     }
     let too_short = |expected: u64| SnapshotError::Length {
         path: p(),
         expected,
-        found: data.len() as u64,
+        found: size,
     };
     if data.len() < 84 {
         return Err(too_short(84));
     }
-    let u32_at = |o: usize| u32::from_le_bytes(data[o..o + 4].try_into().unwrap());
-    let u64_at = |o: usize| u64::from_le_bytes(data[o..o + 8].try_into().unwrap());
-    let version = u32_at(8);
+    let version = le_u32(&data, 8);
     if version != FORMAT_VERSION {
         return Err(SnapshotError::Version {
             path: p(),
             found: version,
         });
     }
-    let (key_size, key_hash, value_size, value_hash) =
-        (u64_at(16), u64_at(24), u64_at(32), u64_at(40));
-    let (count, global_version, rec) = (u64_at(48), u64_at(56), u64_at(72));
+    let (key_size, key_hash, value_size, value_hash) = (
+        le_u64(&data, 16),
+        le_u64(&data, 24),
+        le_u64(&data, 32),
+        le_u64(&data, 40),
+    );
+    let (count, global_version, rec) = (le_u64(&data, 48), le_u64(&data, 56), le_u64(&data, 72));
     let mut at = 80usize;
     let mut names = Vec::new();
     for _ in 0..2 {
@@ -296,11 +353,24 @@ pub fn load<K: bytemuck::Pod, V: bytemuck::Pod>(
         .checked_mul(rec)
         .and_then(|b| b.checked_add(at as u64 + 8))
         .unwrap_or(u64::MAX);
+    if size != expected {
+        return Err(SnapshotError::Length {
+            path: p(),
+            expected,
+            found: size,
+        });
+    }
+    // `expected` is the file's real size, so this reads what is there.
+    file.read_to_end(&mut data).map_err(io_err(path))?;
     if data.len() as u64 != expected {
-        return Err(too_short(expected));
+        return Err(SnapshotError::Length {
+            path: p(),
+            expected,
+            found: data.len() as u64,
+        });
     }
     let body_end = data.len() - 8;
-    let crc = u32_at(body_end);
+    let crc = le_u32(&data, body_end);
     if crc32fast::hash(&data[..body_end]) != crc || data[body_end + 4..] != TRAILER {
         return Err(SnapshotError::Checksum { path: p() });
     }
@@ -352,7 +422,7 @@ mod tests {
     fn round_trip() {
         let path = tmp("rt");
         let entries: Vec<_> = (0..1000u64).map(|k| (k, entry(k * 2))).collect();
-        let info = write(&path, &entries, 77).unwrap();
+        let info = write(&path, &entries, 77, 0o600).unwrap();
         assert_eq!(info.entries, 1000);
         let (back, linfo) = load::<u64, u64>(&path).unwrap();
         assert_eq!(back, entries);
@@ -365,7 +435,7 @@ mod tests {
     fn every_kind_of_damage_is_refused() {
         let path = tmp("bad");
         let entries: Vec<_> = (0..10u64).map(|k| (k, entry(k))).collect();
-        write(&path, &entries, 1).unwrap();
+        write(&path, &entries, 1, 0o600).unwrap();
         let good = std::fs::read(&path).unwrap();
         let check = |bytes: &[u8], want: &str| {
             std::fs::write(&path, bytes).unwrap();

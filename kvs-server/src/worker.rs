@@ -292,17 +292,31 @@ where
     let Some(params) = bulk.params_if_owned_by(bulk_index, owner) else {
         return Response::status(StatusCode::Malformed);
     };
-    let path = std::path::PathBuf::from(std::ffi::OsStr::from_bytes(params.path()));
-    if !path.is_absolute() {
-        return failed(&bulk, bulk_index, "the snapshot path must be absolute");
+    let Some(dir) = &shared.backup_dir else {
+        return failed(
+            &bulk,
+            bulk_index,
+            "backups are disabled on this server: start kvs_server with --backup-dir DIR",
+        );
+    };
+    let Ok(name) = std::str::from_utf8(params.path()) else {
+        return failed(&bulk, bulk_index, "the backup file name is not UTF-8");
+    };
+    if let Err(why) = kvs_core::secure_fs::check_file_name(name) {
+        return failed(&bulk, bulk_index, &why);
     }
     let (entries, version) = shared.map.snapshot();
-    match crate::snapshot::write(&path, &entries, version) {
+    match crate::snapshot::write_into(dir, name, &entries, version, shared.snapshot_mode) {
         Ok(info) => {
+            let path = dir.path().join(name);
             tracing::info!(path = %path.display(), entries = info.entries, bytes = info.bytes, "snapshot written");
+            // The data area carries the full path written, for the client
+            // to show.
+            let written = bulk.write_bytes(bulk_index, path.as_os_str().as_bytes());
             bulk.set_result(
                 bulk_index,
                 &BulkResult {
+                    count: written as u32,
                     version: info.version,
                     entries: info.entries,
                     bytes: info.bytes,

@@ -161,6 +161,44 @@ pub fn wait_with_deadline(child: &mut Child, limit: Duration) -> Option<std::pro
     }
 }
 
+/// The command prefix that runs a program as user `nobody` (`setpriv`
+/// with its uid and gid, no supplementary groups), or `None`, with a
+/// message saying why, where that cannot be done here (not root, no
+/// `nobody` user, no `setpriv`).
+pub fn as_nobody() -> Option<Vec<String>> {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("skipped: acting as another user needs root (to become nobody)");
+        return None;
+    }
+    let Ok(Some(user)) = nix::unistd::User::from_name("nobody") else {
+        eprintln!("skipped: there is no user nobody here");
+        return None;
+    };
+    if Command::new("setpriv").arg("--version").output().is_err() {
+        eprintln!("skipped: setpriv is not installed");
+        return None;
+    }
+    Some(vec![
+        "setpriv".into(),
+        format!("--reuid={}", user.uid),
+        format!("--regid={}", user.gid),
+        "--clear-groups".into(),
+    ])
+}
+
+/// Runs `kvs_client --name NAME ARGS` as user `nobody`; `None` when this
+/// cannot be done here (see [`as_nobody`]).
+pub fn kvs_client_as_nobody(name: &str, args: &[&str]) -> Option<Output> {
+    let prefix = as_nobody()?;
+    let prefix: Vec<&str> = prefix.iter().map(String::as_str).collect();
+    let out = output_within(kvs_client_command(&prefix, name, args)).expect("spawn setpriv");
+    if matches!(out.status.code(), Some(126) | Some(127)) {
+        eprintln!("skipped: nobody cannot run {}: {out:?}", client_bin());
+        return None;
+    }
+    Some(out)
+}
+
 /// `kvs_client --name NAME ARGS...` (after `prefix`, a wrapper such as
 /// `setpriv ...`), with `KVS_NAME` removed and output captured.
 pub fn kvs_client_command<S: AsRef<std::ffi::OsStr>>(
