@@ -117,8 +117,9 @@ impl Drop for ServerProcess {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_file(format!("/dev/shm/{}", self.name));
-        let _ = std::fs::remove_file(format!("/dev/shm/{}.lock", self.name));
+        let dir = kvs::core::region::endpoint::server_dir(None);
+        let _ = std::fs::remove_file(dir.join(format!("{}.sock", self.name)));
+        let _ = std::fs::remove_file(dir.join(format!("{}.lock", self.name)));
     }
 }
 

@@ -1,10 +1,10 @@
-//! Stale resources: `kvs_server --cleanup [--name NAME]` removes the region
+//! Stale resources: `kvs_server --cleanup [--name NAME]` removes the socket
 //! and lock file of servers that died, leaves live servers alone, and says
 //! what it removed.
 //!
-//! One test function on purpose: the cleanup without `--name` scans all of
-//! `/dev/shm`, so it must not run beside other tests of this binary that are
-//! creating regions.
+//! One test function on purpose: the cleanup without `--name` scans the
+//! whole socket directory, so it must not run beside other tests of this
+//! binary that are starting servers.
 
 mod common;
 
@@ -31,7 +31,7 @@ fn dead_server(tag: &str) -> String {
     let mut child = guard.child.take().unwrap();
     child.kill().unwrap();
     child.wait().unwrap();
-    assert!(shm_path(&name).exists() && lock_path(&name).exists());
+    assert!(socket_path(&name).exists() && lock_path(&name).exists());
     std::mem::forget(guard); // keep the files: they are what we clean up
     name
 }
@@ -49,14 +49,14 @@ fn cleanup_removes_dead_regions_and_keeps_live_ones() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{out:?}");
     assert!(
-        text.contains(&format!("removed {}", shm_path(&dead).display())),
+        text.contains(&format!("removed {}", socket_path(&dead).display())),
         "{text}"
     );
     assert!(
         text.contains(&format!("removed {}", lock_path(&dead).display())),
         "{text}"
     );
-    assert!(!shm_path(&dead).exists() && !lock_path(&dead).exists());
+    assert!(!socket_path(&dead).exists() && !lock_path(&dead).exists());
     // Again: nothing left to do.
     let out = cleanup(Some(&dead));
     assert!(out.status.success(), "{out:?}");
@@ -69,7 +69,7 @@ fn cleanup_removes_dead_regions_and_keeps_live_ones() {
         String::from_utf8_lossy(&out.stdout).contains("a live server owns it"),
         "{out:?}"
     );
-    assert!(shm_path(&live_name).exists() && lock_path(&live_name).exists());
+    assert!(socket_path(&live_name).exists() && lock_path(&live_name).exists());
     let out = kvs_client(&live_name, &["get", "k"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "v");
 
@@ -81,11 +81,11 @@ fn cleanup_removes_dead_regions_and_keeps_live_ones() {
     assert!(out.status.success(), "{out:?}");
     for d in [&dead_a, &dead_b] {
         assert!(
-            text.contains(&format!("removed {}", shm_path(d).display())),
+            text.contains(&format!("removed {}", socket_path(d).display())),
             "{text}"
         );
         assert!(
-            !shm_path(d).exists() && !lock_path(d).exists(),
+            !socket_path(d).exists() && !lock_path(d).exists(),
             "{d} left behind"
         );
     }
@@ -93,7 +93,7 @@ fn cleanup_removes_dead_regions_and_keeps_live_ones() {
         !text.contains(&live_name),
         "the live region was touched: {text}"
     );
-    assert!(shm_path(&live_name).exists() && lock_path(&live_name).exists());
+    assert!(socket_path(&live_name).exists() && lock_path(&live_name).exists());
     let out = kvs_client(&live_name, &["get", "k"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "v");
     drop(live);

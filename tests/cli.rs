@@ -249,12 +249,12 @@ fn server_stops_cleanly_on_sigterm_and_sigint() {
     for sig in [Signal::SIGTERM, Signal::SIGINT] {
         let name = unique_name("signal");
         let mut server = ServerGuard::start(&name, &[]);
-        assert!(shm_path(&name).exists());
+        assert!(socket_path(&name).exists());
         assert_eq!(kvs_client(&name, &["set", "a", "b"]).status.code(), Some(0));
         let status = server.signal_and_wait(sig);
         assert_eq!(status.code(), Some(0), "{sig:?}");
         assert!(
-            !shm_path(&name).exists(),
+            !socket_path(&name).exists(),
             "region left behind after {sig:?}"
         );
         assert!(

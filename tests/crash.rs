@@ -11,7 +11,7 @@ mod common;
 
 use common::*;
 use kvs::core::fixed_str::Value256;
-use kvs::core::region::{InitState, Region};
+
 use kvs::core::response_table::SlotState;
 use kvs::core::text::TextKey;
 use kvs::{ClientError, ClientOptions, KVSClient, KVSServer};
@@ -28,7 +28,7 @@ struct RegionFiles(String);
 
 impl Drop for RegionFiles {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(shm_path(&self.0));
+        let _ = std::fs::remove_file(socket_path(&self.0));
         let _ = std::fs::remove_file(lock_path(&self.0));
     }
 }
@@ -85,9 +85,10 @@ fn hammer(name: &str, id: usize) {
 
 /// An in-process server whose workers never start: requests stay pending.
 fn paused_server(name: &str) {
-    let _server = KVSServer::<TextKey, Value256>::builder(name)
+    let server = KVSServer::<TextKey, Value256>::builder(name)
         .build()
         .unwrap();
+    server.admit_clients();
     println!("PAUSED-SERVER READY");
     let _ = std::io::stdout().flush();
     // Killed by the test long before this.
@@ -224,7 +225,7 @@ fn killed_clients_leave_no_slot_behind() {
         assert_eq!(killed, WAVES * PER_WAVE);
         // While the survivors run on: the dead clients' registrations and
         // slots come back (the housekeeper looks every 100 ms).
-        let region = Region::<TextKey, Value256>::open(&name, Duration::from_secs(1)).unwrap();
+        let region = probe::<TextKey, Value256>(&name);
         let slots = region.slots();
         let reclaimed = poll_until(Duration::from_secs(5), || {
             region.clients().used().count() == 2 && slots.free_count() + 2 >= slots.len()
@@ -257,7 +258,7 @@ fn killed_clients_leave_no_slot_behind() {
     }
 
     // Every slot and every registration comes back (housekeeper: 100 ms).
-    let region = Region::<TextKey, Value256>::open(&name, Duration::from_secs(1)).unwrap();
+    let region = probe::<TextKey, Value256>(&name);
     let slots = region.slots();
     let reclaim = poll_until(Duration::from_secs(5), || {
         slots.free_count() == slots.len() && region.clients().used().count() == 0
@@ -409,7 +410,7 @@ fn server_takes_over_a_dead_servers_region() {
     let mut child = first.child.take().unwrap();
     child.kill().unwrap();
     child.wait().unwrap();
-    assert!(shm_path(&name).exists() && lock_path(&name).exists());
+    assert!(socket_path(&name).exists() && lock_path(&name).exists());
 
     let (mut second, stderr) = start_server_capturing(&name, &[], "info");
     let out = kvs_client(&name, &["get", "k"]);
@@ -432,7 +433,7 @@ fn server_takes_over_a_dead_servers_region() {
         "the takeover line names the dead server: {takeover:?}"
     );
     eprintln!("takeover line: {}", takeover[0]);
-    assert!(!shm_path(&name).exists() && !lock_path(&name).exists());
+    assert!(!socket_path(&name).exists() && !lock_path(&name).exists());
     drop(first);
 }
 
@@ -470,18 +471,15 @@ fn second_server_on_a_live_name_is_refused() {
     assert!(out.status.success(), "{out:?}");
 }
 
-/// A client connecting while the region is still `Creating` waits for
-/// `Ready` instead of reading a half-written header, and gives up with a
-/// clear error after its bound.
+/// A client connecting to a server that does not admit clients yet (it is
+/// still loading its snapshot) waits for it instead of seeing a half-loaded
+/// store, and gives up with a clear error after its bound.
 #[test]
-fn client_waits_for_a_region_being_initialised() {
-    let name = unique_name("creating");
+fn client_waits_for_a_server_that_is_still_starting() {
+    let name = unique_name("starting");
     let mut server = KVSServer::<u64, u64>::builder(&name).build().unwrap();
-    server.start(1).unwrap();
-    let state = &server.region().header().state;
-    state.store(InitState::Creating as u32, Ordering::SeqCst);
 
-    // Bounded: still Creating after the wait is an error, not a hang.
+    // Bounded: still starting after the wait is an error, not a hang.
     let start = Instant::now();
     let err = KVSClient::<u64, u64>::connect_with(
         &name,
@@ -511,42 +509,11 @@ fn client_waits_for_a_region_being_initialised() {
         assert_eq!(
             done.load(Ordering::SeqCst),
             0,
-            "connected to a Creating region"
+            "connected to a server that was not admitting clients"
         );
-        state.store(InitState::Ready as u32, Ordering::SeqCst);
-        let client = connecting.join().unwrap().expect("connects once Ready");
+        server.start(1).unwrap();
+        let client = connecting.join().unwrap().expect("connects once started");
         client.set(&1, &2).unwrap();
         assert_eq!(client.get(&1).unwrap(), Some(2));
-    });
-}
-
-/// The same with the real binary: the name exists but is still empty (a
-/// server that created the object and has not sized it); a client waits,
-/// and connects once a `kvs_server` has (re)created the region.
-#[test]
-fn client_waits_for_an_empty_object_to_become_a_region() {
-    let name = unique_name("emptyobj");
-    let _files = RegionFiles(name.clone());
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(shm_path(&name))
-        .unwrap();
-    std::thread::scope(|s| {
-        let connecting = s.spawn(|| {
-            KVSClient::<TextKey, Value256>::connect_with(
-                &name,
-                ClientOptions {
-                    connect_wait: Duration::from_secs(20),
-                    ..ClientOptions::default()
-                },
-            )
-        });
-        std::thread::sleep(Duration::from_millis(300));
-        assert!(!connecting.is_finished(), "connected to an empty object");
-        let _server = ServerGuard::start(&name, &[]);
-        let client = connecting.join().unwrap().expect("connects once ready");
-        client.set(&key("k"), &val("v")).unwrap();
-        assert_eq!(client.get(&key("k")).unwrap(), Some(val("v")));
     });
 }

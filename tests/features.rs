@@ -293,7 +293,7 @@ fn save_on_exit_and_bad_snapshots_are_refused() {
         assert!(stderr(&o).contains(want), "{tag}: {}", stderr(&o));
         assert_eq!(stderr(&o).lines().count(), 1, "{tag}: {}", stderr(&o));
         assert!(
-            !shm_path(&bad_name).exists(),
+            !socket_path(&bad_name).exists(),
             "a server started from a bad snapshot"
         );
     }

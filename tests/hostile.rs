@@ -2,9 +2,9 @@
 //! region while normal clients run, forged requests, bad command lines, and
 //! clients built for other types or another layout version.
 //!
-//! The scribbler maps `/dev/shm/NAME` itself (read-write, as any process
-//! with the region's permissions can) and writes through raw pointers, so it
-//! is exactly as unconstrained as a buggy or hostile peer.
+//! The scribbler connects as any admitted process can, maps the region's
+//! memfd itself (read-write) and writes through raw pointers, so it is
+//! exactly as unconstrained as a buggy or hostile peer.
 
 mod common;
 
@@ -24,10 +24,12 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// A raw read-write mapping of `/dev/shm/NAME`, as a hostile process has it.
+/// A raw read-write mapping of a region, as a hostile process has it.
 struct RawMap {
     ptr: *mut u8,
     len: usize,
+    /// Keeps the probe's connection open while the mapping is used.
+    _session: kvs::core::region::Session,
 }
 
 // SAFETY: the mapping is only written through atomics and volatile writes.
@@ -38,11 +40,13 @@ unsafe impl Send for RawMap {}
 impl RawMap {
     fn open(name: &str) -> Self {
         use std::os::fd::AsRawFd;
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(shm_path(name))
-            .unwrap();
+        let session = kvs::core::region::Session::connect(
+            name,
+            kvs::core::region::handshake::Kind::Probe,
+            &kvs::core::region::ConnectOptions::default(),
+        )
+        .unwrap();
+        let file = std::fs::File::from(session.memfd().try_clone_to_owned().unwrap());
         let len = file.metadata().unwrap().len() as usize;
         // SAFETY: a fresh shared read-write mapping of the whole object; the
         // fd may be closed afterwards, the mapping stays.
@@ -60,6 +64,7 @@ impl RawMap {
         Self {
             ptr: ptr.cast(),
             len,
+            _session: session,
         }
     }
 
@@ -372,7 +377,7 @@ fn malformed_requests_get_an_error_status() {
     let name = unique_name("malformed");
     let _server = ServerGuard::start(&name, &[]);
     let region = Region::<TextKey, Value256>::open(&name, Duration::from_secs(1)).unwrap();
-    let me = region.clients().register(region.lock()).unwrap().unwrap();
+    let (me, _) = region.registration().unwrap();
     let slots = region.slots();
     let ring = region.ring();
     let before = status_json(&name);
@@ -434,7 +439,7 @@ fn malformed_requests_get_an_error_status() {
         std::thread::sleep(Duration::from_millis(5));
     }
     assert!(slots.release(&claim));
-    region.clients().unregister(me, region.lock());
+    drop(region);
 
     let after = status_json(&name);
     assert_eq!(

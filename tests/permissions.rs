@@ -22,13 +22,13 @@ fn assert_refused(out: &Output) {
     assert!(out.stdout.is_empty(), "{out:?}");
 }
 
-/// By default the region and its lock file are 0600, and `nobody` is
+/// By default the socket and the lock file are 0600, and `nobody` is
 /// refused with "permission denied" and exit 2.
 #[test]
 fn region_is_private_by_default_and_other_users_are_refused() {
     let name = unique_name("perm600");
     let _server = ServerGuard::start(&name, &[]);
-    assert_eq!(mode_of(&shm_path(&name)), 0o600);
+    assert_eq!(mode_of(&socket_path(&name)), 0o600);
     assert_eq!(mode_of(&lock_path(&name)), 0o600);
     let Some(out) = kvs_client_as_nobody(&name, &["set", "k", "v"]) else {
         return;
@@ -40,23 +40,34 @@ fn region_is_private_by_default_and_other_users_are_refused() {
     assert_eq!(out.status.code(), Some(1), "{out:?}");
 }
 
-/// `--mode 660` widens both files to the group only: `nobody` (not in the
-/// group) is still refused; `--mode 666` lets every user in.
+/// `--mode 660` widens the socket to the group only: `nobody` is refused,
+/// `nobody` with the server's group as a supplementary group is admitted;
+/// `--mode 666` lets every user in. The lock file stays private.
 #[test]
 fn mode_flag_widens_the_region_on_purpose() {
     let name = unique_name("perm660");
     let server = ServerGuard::start(&name, &["--mode", "660"]);
-    assert_eq!(mode_of(&shm_path(&name)), 0o660);
-    assert_eq!(mode_of(&lock_path(&name)), 0o660);
+    assert_eq!(mode_of(&socket_path(&name)), 0o660);
+    assert_eq!(mode_of(&lock_path(&name)), 0o600);
     if let Some(out) = kvs_client_as_nobody(&name, &["get", "k"]) {
         assert_refused(&out);
+        // The same user in the server's group is admitted.
+        let egid = nix::unistd::getegid().as_raw().to_string();
+        let prefix = as_nobody().unwrap();
+        let mut prefix: Vec<&str> = prefix.iter().map(String::as_str).collect();
+        prefix.retain(|a| *a != "--clear-groups");
+        let groups = format!("--groups={egid}");
+        prefix.push(&groups);
+        let out = output_within(kvs_client_command(&prefix, &name, &["set", "k", "grp"])).unwrap();
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(stdout(&kvs_client(&name, &["get", "k"])).trim(), "grp");
     }
     drop(server);
 
     let name = unique_name("perm666");
     let _server = ServerGuard::start(&name, &["--mode", "666"]);
-    assert_eq!(mode_of(&shm_path(&name)), 0o666);
-    assert_eq!(mode_of(&lock_path(&name)), 0o666);
+    assert_eq!(mode_of(&socket_path(&name)), 0o666);
+    assert_eq!(mode_of(&lock_path(&name)), 0o600);
     if let Some(out) = kvs_client_as_nobody(&name, &["set", "k", "from-nobody"]) {
         assert!(out.status.success(), "{out:?}");
         let out = kvs_client(&name, &["get", "k"]);
@@ -64,11 +75,11 @@ fn mode_flag_widens_the_region_on_purpose() {
     }
 }
 
-/// A mode without owner read/write, or with other bits, is refused by the
-/// server at start (exit 2, one line), and nothing is left behind.
+/// A mode other than 600, 660 or 666 is refused by the server at start
+/// (exit 2, one line), and nothing is left behind.
 #[test]
 fn bad_modes_are_refused() {
-    for mode in ["400", "700", "4600", "abc"] {
+    for mode in ["400", "700", "4600", "644", "640", "606", "abc"] {
         let name = unique_name("badmode");
         let out = Command::new(server_bin())
             .args(["--name", &name, "--mode", mode])
@@ -78,7 +89,8 @@ fn bad_modes_are_refused() {
             .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "--mode {mode}: {err}");
-        assert!(!shm_path(&name).exists(), "--mode {mode} left a region");
-        let _ = std::fs::remove_file(lock_path(&name));
+        assert_eq!(err.lines().count(), 1, "--mode {mode}: {err}");
+        assert!(!socket_path(&name).exists(), "--mode {mode} left a socket");
+        assert!(!lock_path(&name).exists(), "--mode {mode} left a lock file");
     }
 }

@@ -275,3 +275,273 @@ fn load_refuses_what_is_not_a_regular_file() {
     let _server = ServerGuard::start(&name, &[]);
     assert_eq!(stdout(&kvs_client(&name, &["set", "k", "v"])), "");
 }
+
+/// The lock-file attack of the `/dev/shm` design: a link planted at
+/// `/dev/shm/NAME.lock` (to a root-owned file, and a dangling one) before a
+/// root `kvs_server --mode 666` starts. The server no longer uses any name
+/// there, so the victim keeps its bytes and mode and no file appears at the
+/// dangling target; a link planted in the server's own socket directory
+/// (only its user could do that) makes it refuse to start, with one line.
+#[test]
+fn planted_lock_file_links_are_never_followed() {
+    let outside = private_dir();
+    let victim = outside.path().join("victim");
+    std::fs::write(&victim, b"precious").unwrap();
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let nowhere = outside.path().join("created-by-the-server");
+
+    let name = unique_name("sec-lockln");
+    let shm_link = Path::new("/dev/shm").join(format!("{name}.lock"));
+    let planted = std::os::unix::fs::symlink(&victim, &shm_link).is_ok();
+    let name2 = unique_name("sec-lockln-dangling");
+    let shm_dangling = Path::new("/dev/shm").join(format!("{name2}.lock"));
+    let planted2 = std::os::unix::fs::symlink(&nowhere, &shm_dangling).is_ok();
+    {
+        let _a = ServerGuard::start(&name, &["--mode", "666"]);
+        let _b = ServerGuard::start(&name2, &["--mode", "666"]);
+        assert_eq!(stdout(&kvs_client(&name, &["set", "k", "v"])), "");
+        assert_eq!(stdout(&kvs_client(&name2, &["set", "k", "v"])), "");
+    }
+    if planted {
+        let _ = std::fs::remove_file(&shm_link);
+    }
+    if planted2 {
+        let _ = std::fs::remove_file(&shm_dangling);
+    }
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+    assert_eq!(mode_of(&victim), 0o600);
+    assert!(!nowhere.exists());
+
+    // In the socket directory itself: refused, nothing followed.
+    let name = unique_name("sec-lockln-dir");
+    let link = lock_path(&name);
+    std::fs::create_dir_all(socket_dir()).unwrap();
+    std::os::unix::fs::symlink(&victim, &link).unwrap();
+    let out = Command::new(server_bin())
+        .args(["--name", &name, "--mode", "666"])
+        .env_remove("KVS_NAME")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&link);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+    assert_eq!(mode_of(&victim), 0o600);
+}
+
+/// Another user cannot squat a name: it cannot create anything in the
+/// server's socket directory, files it leaves in `/dev/shm` (the old lock
+/// file, mode 0666, locked) change nothing, and a server it runs under the
+/// same name lives in its own directory, where root's clients never look.
+#[test]
+fn another_user_cannot_squat_a_name() {
+    let Some(nobody) = as_nobody() else {
+        return;
+    };
+    let name = unique_name("sec-squat");
+    // The old squat: a 0666 lock file in /dev/shm, its client bytes held
+    // with record locks (which the old design's OFD locks conflicted with).
+    let shm_lock = Path::new("/dev/shm").join(format!("{name}.lock"));
+    let script = format!(
+        "import fcntl, os, time\n\
+         os.umask(0)\n\
+         f = open({path:?}, 'a+')\n\
+         fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB, 256, 1, 0)\n\
+         print('held', flush=True)\n\
+         time.sleep(30)\n",
+        path = shm_lock.to_str().unwrap()
+    );
+    let mut holder = Children(Vec::new());
+    if let Ok(mut h) = Command::new(&nobody[0])
+        .args(&nobody[1..])
+        .args(["python3", "-c", &script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+    {
+        let _ = first_line(&mut h, Duration::from_secs(5));
+        holder.0.push(h);
+    }
+    // Nobody cannot plant anything in the socket directory.
+    std::fs::create_dir_all(socket_dir()).unwrap();
+    let out = Command::new(&nobody[0])
+        .args(&nobody[1..])
+        .args(["touch", lock_path(&name).to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "nobody created a file in the socket directory"
+    );
+    // A server of nobody under the same name: its own directory.
+    let mut squatter = Command::new(&nobody[0])
+        .args(&nobody[1..])
+        .arg(server_bin())
+        .args(["--name", &name])
+        .env_remove("KVS_NAME")
+        .env_remove("KVS_SOCKET_DIR")
+        .env_remove("XDG_RUNTIME_DIR")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let squatter_line = first_line(&mut squatter, Duration::from_secs(10));
+    holder.0.push(squatter);
+    assert!(
+        squatter_line
+            .as_deref()
+            .is_some_and(|l| l.contains("ready")),
+        "{squatter_line:?}"
+    );
+    // Root's clients do not find it: no server of root has the name yet.
+    let out = kvs_client(&name, &["get", "k"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(stderr(&out).contains("no kvs server"), "{}", stderr(&out));
+    // Root's server starts, and root's clients use it.
+    let _server = ServerGuard::start(&name, &[]);
+    for i in 0..20 {
+        let out = kvs_client(&name, &["set", &format!("k{i}"), "v"]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    }
+    assert_eq!(stdout(&kvs_client(&name, &["get", "k7"])), "v\n");
+    for c in &mut holder.0 {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    let _ = std::fs::remove_file(&shm_lock);
+    let _ = std::fs::remove_dir_all(format!("/tmp/kvs-{}", nobody_uid()));
+}
+
+fn nobody_uid() -> u32 {
+    nix::unistd::User::from_name("nobody")
+        .ok()
+        .flatten()
+        .map_or(65534, |u| u.uid.as_raw())
+}
+
+/// A socket whose listening process runs as another user than its
+/// directory's owner is refused by the client, which never sends it
+/// anything it would trust: a squatter cannot impersonate the server even
+/// where it managed to bind a socket.
+#[test]
+fn a_client_refuses_a_server_of_the_wrong_user() {
+    if as_nobody().is_none() {
+        return;
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("kvs-sec-imp-")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let name = "impostor";
+    let path = dir.path().join(format!("{name}.sock"));
+    let uid = nobody_uid();
+    // Bound by root (so the file and its directory look right), listening
+    // as nobody (which is what SO_PEERCRED reports).
+    let script = format!(
+        "import socket, os, sys, time\n\
+         s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)\n\
+         s.bind({path:?})\n\
+         os.chmod({path:?}, 0o666)\n\
+         os.setgid({uid}); os.setuid({uid})\n\
+         s.listen()\n\
+         print('listening', flush=True)\n\
+         c, _ = s.accept()\n\
+         time.sleep(5)\n",
+        path = path.to_str().unwrap(),
+    );
+    let Ok(mut impostor) = Command::new("python3")
+        .args(["-c", &script])
+        .stdout(Stdio::piped())
+        .spawn()
+    else {
+        eprintln!("skipped: no python3 to play the impostor");
+        return;
+    };
+    let line = first_line(&mut impostor, Duration::from_secs(10));
+    let _impostor = Children(vec![impostor]);
+    assert_eq!(line.as_deref(), Some("listening"));
+    let out = output_within({
+        let mut c = kvs_client_command::<&str>(&[], name, &["get", "k"]);
+        c.env("KVS_SOCKET_DIR", dir.path());
+        c
+    })
+    .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("refusing") && err.contains(&format!("uid {uid}")),
+        "{err}"
+    );
+
+    // A directory others may write into is refused outright.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = output_within({
+        let mut c = kvs_client_command::<&str>(&[], name, &["get", "k"]);
+        c.env("KVS_SOCKET_DIR", dir.path());
+        c
+    })
+    .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        stderr(&out).contains("writable by other users"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// Truncating the region, the attack that killed the `/dev/shm` design
+/// with SIGBUS, fails: the memfd every client receives is sealed against
+/// shrinking and growing. Another user cannot reach the server's
+/// descriptors through `/proc` either. The server keeps serving.
+#[test]
+fn the_region_cannot_be_truncated_and_the_server_survives_trying() {
+    let name = unique_name("sec-trunc");
+    let server = ServerGuard::start(&name, &["--mode", "666"]);
+    kvs_client(&name, &["set", "k", "before"]);
+    // The old way in, should a region still be there.
+    if let Ok(f) = std::fs::OpenOptions::new()
+        .write(true)
+        .open(Path::new("/dev/shm").join(&name))
+    {
+        let _ = f.set_len(0);
+    }
+    // Through the descriptor the server hands out.
+    let session = kvs::core::region::Session::connect(
+        &name,
+        kvs::core::region::handshake::Kind::Probe,
+        &kvs::core::region::ConnectOptions::default(),
+    )
+    .unwrap();
+    let file = std::fs::File::from(session.memfd().try_clone_to_owned().unwrap());
+    let size = file.metadata().unwrap().len();
+    assert!(file.set_len(0).is_err(), "the region could be shrunk");
+    assert!(file.set_len(size * 2).is_err(), "the region could be grown");
+    assert!(
+        nix::fcntl::fcntl(
+            &file,
+            nix::fcntl::FcntlArg::F_ADD_SEALS(nix::fcntl::SealFlag::empty())
+        )
+        .is_err(),
+        "the seals could still be changed"
+    );
+    assert_eq!(file.metadata().unwrap().len(), size);
+    // Another user cannot open the server's descriptors through /proc.
+    if let Some(nobody) = as_nobody() {
+        let out = Command::new(&nobody[0])
+            .args(&nobody[1..])
+            .args(["sh", "-c", &format!("ls /proc/{}/fd/", server.pid())])
+            .output()
+            .unwrap();
+        assert!(
+            !out.status.success(),
+            "nobody listed the server's descriptors"
+        );
+    }
+    // Still serving, with the data intact.
+    assert_eq!(stdout(&kvs_client(&name, &["get", "k"])), "before\n");
+    assert_eq!(stdout(&kvs_client(&name, &["set", "k", "after"])), "");
+    assert_eq!(stdout(&kvs_client(&name, &["get", "k"])), "after\n");
+}

@@ -128,7 +128,7 @@ fn hundred_thousand_timeouts_leak_nothing_and_deliver_nothing_stale() {
         ..ClientOptions::default()
     };
     let clients: Vec<_> = (0..THREADS)
-        .map(|_| KVSClient::<u64, u64>::connect_with(&name, options).unwrap())
+        .map(|_| KVSClient::<u64, u64>::connect_with(&name, options.clone()).unwrap())
         .collect();
     let start = Instant::now();
     let mut tallies: Vec<Tally> = (0..THREADS).map(|_| Tally::default()).collect();

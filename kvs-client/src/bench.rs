@@ -767,7 +767,7 @@ struct Worker<V: BenchValue> {
 
 impl<V: BenchValue> Worker<V> {
     fn connect(plan: &Plan, global: u64) -> Result<Self, ClientError> {
-        let client = KVSClient::<TextKey, V>::connect_with(&plan.name, plan.options)?;
+        let client = KVSClient::<TextKey, V>::connect_with(&plan.name, plan.options.clone())?;
         let n = plan.keys_per_thread;
         let keys = (0..n)
             .map(|i| TextKey::new(&format!("bench:{global}:{i}")).expect("a short ASCII key fits"))

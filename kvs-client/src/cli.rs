@@ -28,9 +28,12 @@ pub const DEFAULT_NAME: &str = "kvs";
 #[derive(Debug, Parser)]
 #[command(name = "kvs_client", version, about, long_about)]
 pub struct Args {
-    /// Region name of the server (a file under /dev/shm).
+    /// Region name of the server (as its --name).
     #[arg(long, env = "KVS_NAME", default_value = DEFAULT_NAME, global = true)]
     pub name: String,
+    /// Directory of the server's socket, if it was started with one.
+    #[arg(long, env = "KVS_SOCKET_DIR", value_name = "DIR", global = true)]
+    pub socket_dir: Option<std::path::PathBuf>,
     /// Give up on a request after this many milliseconds.
     #[arg(long, default_value_t = 5000, global = true)]
     pub timeout_ms: u64,
@@ -208,12 +211,14 @@ pub fn fixed_arg<const N: usize>(what: &str, arg: &OsString) -> Result<FixedStr<
 pub fn options(args: &Args) -> ClientOptions {
     ClientOptions {
         timeout: Duration::from_millis(args.timeout_ms),
+        socket_dir: args.socket_dir.clone(),
         ..ClientOptions::default()
     }
 }
 
 fn run(args: &Args) -> Result<(), Failure> {
-    let info = peek_info(&args.name, options(args).connect_wait)
+    // A probe (no registration) tells the value type, and answers status.
+    let (info, session) = peek_info(&args.name, &options(args).connect_options())
         .map_err(|e| Failure::error(e.to_string()))?;
     let class = ValueClass::from_type_size(info.value.size).ok_or_else(|| {
         Failure::error(format!(
@@ -225,7 +230,24 @@ fn run(args: &Args) -> Result<(), Failure> {
     if let Command::Bench(bench) = &args.command {
         return with_value_class!(class, V => crate::bench::run::<V>(&args.name, options(args), bench, &info));
     }
+    if let Command::Status { json } = &args.command {
+        return with_value_class!(class, V => status::<V>(session, *json));
+    }
     with_value_class!(class, V => run_typed::<V>(args))
+}
+
+/// `kvs_client status`: from a probe, so it works even when every client
+/// registration is taken.
+fn status<V: TextValue>(session: kvs_core::region::Session, json: bool) -> Result<(), Failure> {
+    let s = crate::status::probe_status::<TextKey, V>(session)?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        let _ = writeln!(out, "{}", serde_json::to_string(&s).unwrap_or_default());
+    } else {
+        print_status(&mut out, &s);
+    }
+    let _ = out.flush();
+    Ok(())
 }
 
 /// What the typed commands need of a text value type.
@@ -257,15 +279,17 @@ fn run_typed<V: TextValue>(args: &Args) -> Result<(), Failure> {
         Set(TextKey, V),
         Post(TextKey, V),
         Del(TextKey),
-        Status(bool),
     }
     let parsed = match &args.command {
         Command::Get { key } => Parsed::Get(fixed_arg("key", key)?),
         Command::Set { key, value } => Parsed::Set(fixed_arg("key", key)?, V::from_arg(value)?),
         Command::Post { key, value } => Parsed::Post(fixed_arg("key", key)?, V::from_arg(value)?),
         Command::Del { key } => Parsed::Del(fixed_arg("key", key)?),
-        Command::Status { json } => Parsed::Status(*json),
-        Command::Bench(_) => return Err(Failure::error("bench is dispatched before this point")),
+        Command::Status { .. } | Command::Bench(_) => {
+            return Err(Failure::error(
+                "status and bench are dispatched before this point",
+            ))
+        }
         Command::List { prefix, json } => {
             return crate::cli_tools::list::<V>(args, prefix, *json);
         }
@@ -304,14 +328,6 @@ fn run_typed<V: TextValue>(args: &Args) -> Result<(), Failure> {
                     "key {:?} not found",
                     k.to_string_lossy()
                 )));
-            }
-        }
-        Parsed::Status(json) => {
-            let s = client.status()?;
-            if json {
-                let _ = writeln!(out, "{}", serde_json::to_string(&s).unwrap_or_default());
-            } else {
-                print_status(&mut out, &s);
             }
         }
     }

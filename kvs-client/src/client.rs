@@ -9,7 +9,7 @@
 use crate::error::{ClientError, Result};
 use crate::ticket::Ticket;
 use kvs_core::protocol::{OpCode, Request, Response, StatusCode};
-use kvs_core::region::{InitState, Region};
+use kvs_core::region::{ConnectOptions, InitState, Region};
 use kvs_core::response_table::{Claim, WaitOutcome};
 use kvs_core::ring::PushError;
 use kvs_core::wait::{FutexParker, SpinPolicy};
@@ -18,8 +18,8 @@ use std::hash::Hash;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-/// How a client waits and for how long.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How a client connects, waits and for how long.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientOptions {
     /// Timeout of the calls without a `_timeout` suffix.
     pub timeout: Duration,
@@ -29,6 +29,19 @@ pub struct ClientOptions {
     pub spin: SpinPolicy,
     /// How long a push retries a full ring before `RingFull`.
     pub ring_full_backoff: Duration,
+    /// The directory of the server's socket (`None`: the default
+    /// directories, see `kvs_core::region::endpoint`).
+    pub socket_dir: Option<std::path::PathBuf>,
+}
+
+impl ClientOptions {
+    /// How the region layer should connect with these options.
+    pub fn connect_options(&self) -> ConnectOptions {
+        ConnectOptions {
+            wait: self.connect_wait,
+            socket_dir: self.socket_dir.clone(),
+        }
+    }
 }
 
 impl Default for ClientOptions {
@@ -38,6 +51,7 @@ impl Default for ClientOptions {
             connect_wait: Duration::from_secs(2),
             spin: SpinPolicy::CLIENT,
             ring_full_backoff: Duration::from_millis(100),
+            socket_dir: None,
         }
     }
 }
@@ -181,24 +195,12 @@ where
     ///
     /// As [`KVSClient::connect`].
     pub fn connect_with(name: &str, options: ClientOptions) -> Result<Self> {
-        let region = Region::<K, V>::open(name, options.connect_wait)?;
-        let registration = region
-            .clients()
-            .register(region.lock())
-            .map_err(|source| kvs_core::RegionOpenError::Io {
-                name: region.name().to_string(),
-                context: "registering as a client",
-                source,
-            })?
-            .ok_or_else(|| kvs_core::RegionOpenError::TooManyClients {
-                name: region.name().to_string(),
-                max: region.info().max_clients,
-            })?;
-        region
-            .header()
-            .live
-            .clients_registered
-            .fetch_add(1, Ordering::Relaxed);
+        let region = Region::<K, V>::open_with(name, &options.connect_options())?;
+        let Some((registration, _)) = region.registration() else {
+            return Err(ClientError::Protocol(
+                "the server answered without a registration".into(),
+            ));
+        };
         Ok(Self {
             region,
             registration,
@@ -658,13 +660,5 @@ fn backoff(round: u32) {
         std::thread::yield_now();
     } else {
         std::thread::sleep(Duration::from_micros(50 << (round - 16).min(5)));
-    }
-}
-
-impl<K, V> Drop for KVSClient<K, V> {
-    fn drop(&mut self) {
-        self.region
-            .clients()
-            .unregister(self.registration, self.region.lock());
     }
 }

@@ -5,6 +5,7 @@
 use crate::client::KVSClient;
 use crate::error::{ClientError, Result};
 use kvs_core::protocol::{OpCode, StatusCode};
+use kvs_core::region::{Region, Session};
 use kvs_core::response_table::SlotState;
 use serde::Serialize;
 use std::hash::Hash;
@@ -97,47 +98,74 @@ where
         if resp.status_code().ok() != Some(StatusCode::Ok) {
             return Err(ClientError::Protocol("the server refused status".into()));
         }
-        let region = self.region();
-        let info = region.info();
-        let live = &region.header().live;
-        let counts = region.slots().state_counts();
-        let totals = region.op_totals();
-        let now = kvs_core::unix_now_ns();
-        Ok(StoreStatus {
-            region: region.name().to_string(),
-            version: resp.version,
-            entries: resp.modified_ns,
-            max_entries: (info.max_entries > 0).then_some(info.max_entries),
-            key_type: info.key.name(),
-            value_type: info.value.name(),
-            value_size: info.value.size,
-            queue_capacity: info.ring_capacity,
-            queued: region.ring().len() as u64,
-            slots: info.slot_count,
-            free_slots: counts.get(SlotState::Free) as u64,
-            in_flight: (info.slot_count as usize - counts.get(SlotState::Free)) as u64,
-            workers: info.workers,
-            stripes: info.stripes,
-            clients: region.clients().used().count() as u64,
-            max_clients: info.max_clients,
-            subscribers: region.subscriptions().active_count() as u64,
-            max_subscribers: info.sub_count,
-            server_pid: info.server_pid,
-            uptime_secs: now.saturating_sub(info.created_unix_ns) as f64 / 1e9,
-            ops: OpCounts {
-                get: totals.get(OpCode::Get),
-                set: totals.get(OpCode::Set),
-                post: totals.get(OpCode::Post),
-                del: totals.get(OpCode::Del),
-                other: totals.get(OpCode::Status)
-                    + totals.get(OpCode::ListPage)
-                    + totals.get(OpCode::Backup),
-                dropped: totals.dropped,
-            },
-            malformed: u64::from(live.malformed.load(Ordering::Relaxed)),
-            slots_reclaimed: live.slots_reclaimed.load(Ordering::Relaxed),
-            cells_skipped: live.cells_skipped.load(Ordering::Relaxed),
-            region_bytes: info.total_size,
-        })
+        Ok(status_of(self.region(), resp.version, resp.modified_ns))
+    }
+}
+
+/// The status of the server behind a probe session (see
+/// `kvs_core::region::handshake::Kind::Probe`): no registration is used, so
+/// it works when every one is taken.
+///
+/// # Errors
+///
+/// [`ClientError::Connect`] when the region holds other types or its
+/// header does not add up.
+pub fn probe_status<K, V>(session: Session) -> Result<StoreStatus>
+where
+    K: bytemuck::Pod,
+    V: bytemuck::Pod,
+{
+    let (version, entries) = (session.welcome().store_version, session.welcome().entries);
+    let region = Region::<K, V>::attach(session)?;
+    Ok(status_of(&region, version, entries))
+}
+
+/// A status from the region's counters and the server's version and entry
+/// count.
+fn status_of<K, V>(region: &Region<K, V>, version: u64, entries: u64) -> StoreStatus
+where
+    K: bytemuck::Pod,
+    V: bytemuck::Pod,
+{
+    let info = region.info();
+    let live = &region.header().live;
+    let counts = region.slots().state_counts();
+    let totals = region.op_totals();
+    let now = kvs_core::unix_now_ns();
+    StoreStatus {
+        region: region.name().to_string(),
+        version,
+        entries,
+        max_entries: (info.max_entries > 0).then_some(info.max_entries),
+        key_type: info.key.name(),
+        value_type: info.value.name(),
+        value_size: info.value.size,
+        queue_capacity: info.ring_capacity,
+        queued: region.ring().len() as u64,
+        slots: info.slot_count,
+        free_slots: counts.get(SlotState::Free) as u64,
+        in_flight: (info.slot_count as usize - counts.get(SlotState::Free)) as u64,
+        workers: info.workers,
+        stripes: info.stripes,
+        clients: region.clients().used().count() as u64,
+        max_clients: info.max_clients,
+        subscribers: region.subscriptions().active_count() as u64,
+        max_subscribers: info.sub_count,
+        server_pid: info.server_pid,
+        uptime_secs: now.saturating_sub(info.created_unix_ns) as f64 / 1e9,
+        ops: OpCounts {
+            get: totals.get(OpCode::Get),
+            set: totals.get(OpCode::Set),
+            post: totals.get(OpCode::Post),
+            del: totals.get(OpCode::Del),
+            other: totals.get(OpCode::Status)
+                + totals.get(OpCode::ListPage)
+                + totals.get(OpCode::Backup),
+            dropped: totals.dropped,
+        },
+        malformed: u64::from(live.malformed.load(Ordering::Relaxed)),
+        slots_reclaimed: live.slots_reclaimed.load(Ordering::Relaxed),
+        cells_skipped: live.cells_skipped.load(Ordering::Relaxed),
+        region_bytes: info.total_size,
     }
 }

@@ -5,6 +5,15 @@
 
 use std::io;
 
+/// Who a region's mode admits, in words.
+fn who_may(mode: u32) -> &'static str {
+    match mode & 0o066 {
+        0o066 => "every user",
+        m if m & 0o060 == 0o060 => "its user and group",
+        _ => "its own user",
+    }
+}
+
 /// Why a server could not create a region.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -15,6 +24,9 @@ pub enum RegionCreateError {
     /// A capacity or mode is out of range.
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
+    /// The socket directory cannot be used (not ours, writable by others).
+    #[error("{0}")]
+    SocketDir(String),
     /// Another live server owns the name.
     #[error("region {name} is served by a live server (pid {pid}); stop it first or pick another --name")]
     OwnerAlive {
@@ -33,8 +45,8 @@ pub enum RegionCreateError {
         /// The OS error.
         source: io::Error,
     },
-    /// `/dev/shm` has no room for the region.
-    #[error("not enough space in /dev/shm for region {name} ({size} bytes): {source}")]
+    /// No memory for the region.
+    #[error("not enough memory for region {name} ({size} bytes): {source}")]
     NoSpace {
         /// The region name.
         name: String,
@@ -62,21 +74,45 @@ pub enum RegionOpenError {
     /// The name is not a valid region name.
     #[error("invalid region name: {0}")]
     InvalidName(String),
-    /// No region of that name exists.
-    #[error("no kvs server at {name}: the region does not exist (is kvs_server running with this --name?)")]
+    /// No server serves that name.
+    #[error("no kvs server for region {name}: {detail} (is kvs_server running with this --name, and --socket-dir if it has one?)")]
     NoServer {
         /// The region name.
         name: String,
+        /// Where it was looked for, or what was found instead.
+        detail: String,
     },
-    /// Not allowed to open the region.
-    #[error("permission denied opening region {name} (owned by uid {owner_uid}, mode {mode:o}); run as that user or start the server with a wider --mode")]
+    /// The kernel refused the connection: the socket's mode does not admit
+    /// this user.
+    #[error("permission denied: region {name} is served by a live server of uid {owner_uid} that admits only {} (socket {}, mode {mode:o}); run as that user, or ask its operator for --mode 660 or 666", who_may(*mode), path.display())]
     Permission {
         /// The region name.
         name: String,
-        /// The owner's uid.
+        /// The socket.
+        path: std::path::PathBuf,
+        /// The socket's owner.
         owner_uid: u32,
-        /// The permission bits.
+        /// The socket's permission bits.
         mode: u32,
+    },
+    /// The server refused this user after checking its credentials.
+    #[error("permission denied: the server of region {name} (uid {server_uid}) does not admit this user; ask its operator for --mode 660 or 666")]
+    Denied {
+        /// The region name.
+        name: String,
+        /// The server's uid.
+        server_uid: u32,
+    },
+    /// The socket, its directory or the process behind it is not who it
+    /// must be: someone else may be impersonating the server.
+    #[error("refusing region {name} at {}: {reason}", path.display())]
+    Untrusted {
+        /// The region name.
+        name: String,
+        /// The socket.
+        path: std::path::PathBuf,
+        /// What did not hold.
+        reason: String,
     },
     /// The object is not a kvs region.
     #[error("{name} is not a kvs region (bad magic {found:#018x})")]
@@ -133,7 +169,7 @@ pub enum RegionOpenError {
         detail: String,
     },
     /// Every client registration is taken.
-    #[error("region {name} has no free client registration (all {max} in use)")]
+    #[error("region {name} has no free client registration (all {max} in use; kvs_server --max-clients raises the limit)")]
     TooManyClients {
         /// The region name.
         name: String,

@@ -56,7 +56,7 @@ pub use fixed_str::{FixedStr, FixedStrError};
 pub use map::StripedMap;
 pub use protocol::{OpCode, Request, Response, StatusCode};
 #[cfg(not(loom))]
-pub use region::{Region, RegionConfig};
+pub use region::{Region, RegionConfig, Session};
 pub use response_table::{SlotState, SlotTable};
 pub use ring::Ring;
 

@@ -173,7 +173,7 @@ impl Dir {
         Ok(())
     }
 
-    /// Creates `name` exclusively for writing, with exactly `mode`, and
+    /// Creates `name` exclusively for reading and writing, with exactly `mode`, and
     /// checks what was created (a regular file, ours, that mode).
     ///
     /// # Errors
@@ -185,7 +185,7 @@ impl Dir {
         let fd = openat(
             &self.fd,
             name,
-            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
             Mode::from_bits_truncate(mode & 0o777),
         )
         .map_err(errno_io)?;

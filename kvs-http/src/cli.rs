@@ -32,9 +32,12 @@ const EVENT_BUFFER: usize = 4096;
 #[derive(Debug, Parser)]
 #[command(name = "kvs_http", version, about, long_about)]
 pub struct Args {
-    /// Region name of the server (a file under /dev/shm).
+    /// Region name of the server (as its --name).
     #[arg(long, env = "KVS_NAME", default_value = DEFAULT_NAME)]
     pub name: String,
+    /// Directory of the server's socket, if it was started with one.
+    #[arg(long, env = "KVS_SOCKET_DIR", value_name = "DIR")]
+    pub socket_dir: Option<std::path::PathBuf>,
     /// Address to listen on (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:8000")]
     pub listen: SocketAddr,
@@ -142,7 +145,13 @@ pub async fn serve(args: Args) -> Result<(), String> {
         );
     }
 
-    let connector = Arc::new(Connector::new(&args.name));
+    let connector = Arc::new(Connector::with_options(
+        &args.name,
+        kvs_client::ClientOptions {
+            socket_dir: args.socket_dir.clone(),
+            ..Connector::default_options()
+        },
+    ));
     let (tx, _) = tokio::sync::broadcast::channel(EVENT_BUFFER);
     let pump = Pump::spawn(Arc::clone(&connector), tx.clone());
     let state = AppState {

@@ -232,8 +232,12 @@ impl<const N: usize> Store for TextStore<N> {
 
     fn same_server(&self) -> bool {
         let ours = self.client.region().info();
-        match peek_info(&self.name, Duration::ZERO) {
-            Ok(now) => {
+        let options = kvs_core::region::ConnectOptions {
+            wait: Duration::ZERO,
+            socket_dir: self.client.options().socket_dir.clone(),
+        };
+        match peek_info(&self.name, &options) {
+            Ok((now, _)) => {
                 now.server_pid == ours.server_pid && now.created_unix_ns == ours.created_unix_ns
             }
             Err(_) => false,
@@ -373,7 +377,7 @@ mod listing {
 /// server (or it cannot be opened), [`StoreError::NotText`] when the region
 /// is not a text region.
 pub fn connect(name: &str, options: ClientOptions) -> Result<Arc<dyn Store>, StoreError> {
-    let info = peek_info(name, options.connect_wait).map_err(ClientError::Connect)?;
+    let (info, _) = peek_info(name, &options.connect_options()).map_err(ClientError::Connect)?;
     let class = ValueClass::from_type_size(info.value.size).ok_or_else(|| StoreError::NotText {
         name: name.to_string(),
         value_type: info.value.name(),
@@ -407,14 +411,17 @@ impl Connector {
     /// A connector for region `name` with the gateway's client options:
     /// 2 s per request, 500 ms to wait for a region being initialised.
     pub fn new(name: &str) -> Self {
-        Self::with_options(
-            name,
-            ClientOptions {
-                timeout: Duration::from_secs(2),
-                connect_wait: Duration::from_millis(500),
-                ..ClientOptions::default()
-            },
-        )
+        Self::with_options(name, Self::default_options())
+    }
+
+    /// The gateway's client options: 2 s per request, 500 ms to wait for a
+    /// server that is still starting.
+    pub fn default_options() -> ClientOptions {
+        ClientOptions {
+            timeout: Duration::from_secs(2),
+            connect_wait: Duration::from_millis(500),
+            ..ClientOptions::default()
+        }
     }
 
     /// A connector with explicit client options.
@@ -452,7 +459,7 @@ impl Connector {
             tracing::warn!(region = %self.name, "the server is gone; reconnecting");
             current.store = None;
         }
-        let store = connect(&self.name, self.options)?;
+        let store = connect(&self.name, self.options.clone())?;
         tracing::info!(region = %self.name, limits = ?store.limits(), "connected to the store");
         current.store = Some(Arc::clone(&store));
         current.checked = Some(Instant::now());

@@ -15,7 +15,8 @@ pub const DEFAULT_NAME: &str = "kvs";
 
 /// Serve a kvs key-value store over POSIX shared memory.
 ///
-/// Creates the shared region NAME (under /dev/shm), prints one line when it
+/// Creates the shared region NAME (clients find it through the socket
+/// DIR/NAME.sock, see --socket-dir), prints one line when it
 /// is ready, and serves text keys (up to 63 bytes) and values until SIGINT or
 /// SIGTERM; then drains in-flight requests, removes the region and exits 0.
 /// Exits 2 with one line on stderr if it cannot start (for example when a live
@@ -23,7 +24,7 @@ pub const DEFAULT_NAME: &str = "kvs";
 #[derive(Debug, Parser)]
 #[command(name = "kvs_server", version, about, long_about)]
 pub struct Args {
-    /// Region name (a file under /dev/shm); clients use the same name.
+    /// Region name (letters, digits, '.', '_', '-'); clients use the same name.
     #[arg(long, env = "KVS_NAME", default_value = DEFAULT_NAME)]
     pub name: String,
     /// Worker threads serving requests.
@@ -70,10 +71,16 @@ pub struct Args {
     /// requests are refused.
     #[arg(long, value_name = "DIR")]
     pub backup_dir: Option<std::path::PathBuf>,
-    /// Remove regions and lock files whose server is dead (all of them, or
-    /// only NAME if --name is given), print what was removed, and exit.
+    /// Remove the sockets and lock files of servers that died (all of them
+    /// in the socket directory, or only NAME if --name or KVS_NAME is
+    /// given), print what was removed, and exit.
     #[arg(long)]
     pub cleanup: bool,
+    /// Directory of the server's socket (default: /run/kvs for root,
+    /// $XDG_RUNTIME_DIR/kvs or /tmp/kvs-UID for other users); clients need
+    /// the same. It must belong to this user and be writable by no one else.
+    #[arg(long, env = "KVS_SOCKET_DIR", value_name = "DIR")]
+    pub socket_dir: Option<std::path::PathBuf>,
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {
@@ -134,6 +141,11 @@ fn run(args: Args) -> Result<(), String> {
     }
     let class = ValueClass::for_len(args.value_size as usize)
         .ok_or_else(|| format!("--value-size {} is above 4095", args.value_size))?;
+    // Other processes of this user may not read our memory or open our
+    // descriptors (the region's memfd) through /proc or ptrace. This also
+    // disables core dumps.
+    // SAFETY: prctl(PR_SET_DUMPABLE, 0) changes only this process's flag.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
     // Block the stop signals before any thread starts, so every thread
     // inherits the mask and only `sigwait` below receives them.
     let mut signals = SigSet::empty();
@@ -167,6 +179,7 @@ where
         .max_entries(args.max_entries)
         .subscribers(args.subscribers, args.subscriber_queue)
         .backup_dir(args.backup_dir.clone())
+        .socket_dir(args.socket_dir.clone())
         .build()
         .map_err(|e| e.to_string())?;
     if let Some(path) = &args.load {
@@ -187,9 +200,9 @@ where
         let mut out = std::io::stdout().lock();
         let _ = writeln!(
             out,
-            "kvs_server ready: region {} (/dev/shm/{}), values up to {} bytes, {} workers, {} slots, mode {:o}, pid {}",
+            "kvs_server ready: region {} (socket {}), values up to {} bytes, {} workers, {} slots, mode {:o}, pid {}",
             server.name(),
-            server.name().trim_start_matches('/'),
+            server.socket_path().display(),
             class.capacity(),
             args.workers,
             args.slots,
@@ -217,39 +230,32 @@ where
 }
 
 fn cleanup(args: &Args) -> Result<(), String> {
+    use kvs_core::region::{remove_stale, stale_names, Cleanup};
     let explicit = std::env::args().any(|a| a == "--name" || a.starts_with("--name="))
         || std::env::var_os("KVS_NAME").is_some();
+    let dir = args.socket_dir.as_deref();
     let names = if explicit {
         vec![args.name.clone()]
     } else {
-        kvs_core::Region::<u8, u8>::stale_names()
+        stale_names(dir)
     };
-    let mut removed_any = false;
+    let mut said_anything = false;
     for name in names {
-        if explicit && server_alive_at(&name) {
-            println!("left {name} alone: a live server owns it");
-            removed_any = true;
-            continue;
-        }
-        let removed = kvs_core::Region::<u8, u8>::remove_stale(&name)
-            .map_err(|e| format!("cleaning up {name}: {e}"))?;
-        for path in &removed {
-            println!("removed {path}");
-            removed_any = true;
+        match remove_stale(&name, dir).map_err(|e| format!("cleaning up {name}: {e}"))? {
+            Cleanup::Alive => {
+                println!("left {name} alone: a live server owns it");
+                said_anything = true;
+            }
+            Cleanup::Removed(paths) => {
+                for path in &paths {
+                    println!("removed {}", path.display());
+                    said_anything = true;
+                }
+            }
         }
     }
-    if !removed_any {
+    if !said_anything {
         println!("nothing to clean up");
     }
     Ok(())
-}
-
-/// Whether a live server holds the lock of region `name`.
-fn server_alive_at(name: &str) -> bool {
-    let Ok(name) = kvs_core::region::shm::normalize_name(name) else {
-        return false;
-    };
-    kvs_core::region::LockFile::open(kvs_core::region::shm::lock_path(&name))
-        .and_then(|l| l.is_locked_by_other(kvs_core::region::shm::SERVER_LOCK_BYTE))
-        .unwrap_or(false)
 }

@@ -19,6 +19,7 @@
 
 #![warn(missing_docs, unsafe_op_in_unsafe_fn)]
 
+mod acceptor;
 pub mod cli;
 mod reclaim;
 mod server;

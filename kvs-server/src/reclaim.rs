@@ -4,8 +4,8 @@
 //!
 //! It wakes every [`TICK`], or at once when a client that found no free slot
 //! pokes it, so slots are reclaimed "at the latest when free slots run short".
-//! A dead client is one whose lock byte the kernel released (see
-//! `kvs_core::region::shm`), never a bare pid check.
+//! A dead client is one whose connection ended or whose process exited (the
+//! acceptor marks it dead in the server's registry), never a bare pid check.
 
 use crate::server::Shared;
 use kvs_core::response_table::SlotState;
@@ -98,36 +98,14 @@ where
     V: bytemuck::Pod,
 {
     let region = &shared.region;
-    let clients = region.clients();
-    let lock = region.lock();
-    let dead = clients.dead(lock);
-    let capacity = clients.capacity();
-    // A snapshot is enough for the fast path: an entry seen `Used` and not
-    // dead is treated as alive (at worst a slot waits for the next sweep);
-    // an entry not seen `Used` is checked live, below.
-    let mut used = vec![false; capacity];
-    for c in clients.used() {
-        used[c.index as usize] = true;
-    }
     let slots = region.slots();
-    // An owner is dead when its registration is dead, or when nobody holds
-    // its lock byte (a slot word naming an unregistered or out-of-range
-    // owner: scribbled by a hostile process, or left by a client that
-    // dropped a leaked ticket). Clients take their lock byte before they
-    // register and claim, so a live owner is never seen unlocked.
-    let owner_dead = |owner: u32| {
-        if dead.iter().any(|d| d.index == owner) {
-            return true;
-        }
-        match used.get(owner as usize) {
-            None => true,
-            Some(true) => false,
-            Some(false) => matches!(
-                lock.is_locked_by_other(kvs_core::region::shm::client_lock_byte(owner)),
-                Ok(false)
-            ),
-        }
-    };
+    // An owner is dead unless the registry (the server's own table, which
+    // no client can write) says a connected client holds it: a dead
+    // client's, a free index (a slot left by a dropped, leaked ticket), or
+    // an index out of range (scribbled by a hostile process). A dead
+    // registration keeps its index until nothing names it, so a slot that
+    // names a live index is that client's.
+    let owner_dead = |owner: u32| !shared.registry.is_live(owner);
     let freed = slots.reclaim(owner_dead, |slot| shared.is_busy(slot));
     // Bulk buffers: a dead owner's, or an abandoned one once its request's
     // slot has moved on (a worker only writes a buffer between `begin` and
@@ -147,7 +125,7 @@ where
             "reclaimed bulk buffers and subscriptions"
         );
     }
-    for d in &dead {
+    for d in shared.registry.dead() {
         // Keep the registration while a slot still names it (a worker
         // answered it between our load and our CAS, or is answering it now):
         // freeing it would let a new client inherit the index, and the slot
@@ -161,12 +139,14 @@ where
             tracing::debug!(index = d.index, "dead client still holds slots; next sweep");
             continue;
         }
-        clients.free(d.index);
-        tracing::info!(
-            pid = d.pid,
-            index = d.index,
-            "reclaimed a dead client's registration"
-        );
+        if shared.registry.release(d.index, d.generation) {
+            region.clients().clear(d.index);
+            tracing::debug!(
+                pid = d.pid,
+                index = d.index,
+                "reclaimed a dead client's registration"
+            );
+        }
     }
     if freed > 0 {
         region

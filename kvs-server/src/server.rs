@@ -1,5 +1,6 @@
 //! The server handle: builder, start, stop.
 
+use crate::acceptor::{self, Acceptor, Registry};
 use crate::{reclaim, worker};
 use crossbeam_utils::CachePadded;
 use kvs_core::map::StripedMap;
@@ -46,6 +47,10 @@ pub(crate) struct Shared<K, V> {
     pub(crate) epochs: Box<[CachePadded<AtomicU64>]>,
     /// Worker threads running now (ids `0..n`).
     pub(crate) running_workers: std::sync::atomic::AtomicUsize,
+    /// Who is registered (the authority; see `acceptor`).
+    pub(crate) registry: Registry,
+    /// Set by the first `start`: the acceptor admits clients from then on.
+    pub(crate) accepting: AtomicBool,
     /// Where client-requested backups go (`--backup-dir`); `None` refuses
     /// them.
     pub(crate) backup_dir: Option<Dir>,
@@ -147,6 +152,13 @@ where
         self
     }
 
+    /// The directory of the server's socket (`None`: the default; see
+    /// `kvs_core::region::endpoint`).
+    pub fn socket_dir(mut self, dir: Option<std::path::PathBuf>) -> Self {
+        self.config.socket_dir = dir;
+        self
+    }
+
     /// Entry limit; SET or POST of a new key beyond it fails with "store full".
     pub fn max_entries(mut self, limit: Option<u64>) -> Self {
         self.config.max_entries = limit.unwrap_or(0);
@@ -180,7 +192,8 @@ where
             }
             None => None,
         };
-        let (region, takeover) = Region::<K, V>::create_reporting(&self.name, &self.config)?;
+        let (region, listener, takeover) =
+            Region::<K, V>::create_reporting(&self.name, &self.config)?;
         let limit = (self.config.max_entries > 0).then_some(self.config.max_entries as usize);
         let map = StripedMap::with_capacity_and_stripe_amount(0, self.config.stripes)
             .with_max_entries(limit);
@@ -196,14 +209,19 @@ where
                 .map(|_| CachePadded::new(AtomicU64::new(0)))
                 .collect(),
             running_workers: std::sync::atomic::AtomicUsize::new(0),
+            registry: Registry::new(self.config.max_clients),
+            accepting: AtomicBool::new(false),
             backup_dir,
             snapshot_mode: crate::snapshot::file_mode(self.config.mode),
         });
         let housekeeper = reclaim::spawn(Arc::clone(&shared)).map_err(ServerError::Spawn)?;
+        let acceptor =
+            acceptor::spawn(Arc::clone(&shared), listener).map_err(ServerError::Spawn)?;
         Ok(KVSServer {
             shared,
             workers: Vec::new(),
             housekeeper: Some(housekeeper),
+            acceptor: Some(acceptor),
             default_workers: self.config.workers,
             takeover,
             started: Instant::now(),
@@ -217,6 +235,7 @@ pub struct KVSServer<K, V> {
     shared: Arc<Shared<K, V>>,
     workers: Vec<JoinHandle<()>>,
     housekeeper: Option<JoinHandle<()>>,
+    acceptor: Option<Acceptor>,
     default_workers: usize,
     takeover: Takeover,
     started: Instant,
@@ -263,12 +282,26 @@ where
         self.shared
             .running_workers
             .store(workers, Ordering::Release);
+        // Clients are admitted from the first start on (not while a
+        // snapshot is still loading).
+        self.admit_clients();
         tracing::debug!(
             workers,
             region = self.shared.region.name(),
             "workers started"
         );
         Ok(())
+    }
+
+    /// Lets clients connect from now on ([`KVSServer::start`] does this
+    /// too). Until then they wait, up to their `connect_wait`, so that none
+    /// sees a store that is still being loaded.
+    pub fn admit_clients(&self) {
+        if !self.shared.accepting.swap(true, Ordering::AcqRel) {
+            if let Some(a) = &self.acceptor {
+                a.nudge();
+            }
+        }
     }
 
     /// Starts the number of workers the builder was given.
@@ -314,6 +347,11 @@ where
     /// The region's name.
     pub fn name(&self) -> &str {
         self.shared.region.name()
+    }
+
+    /// The socket clients connect to.
+    pub fn socket_path(&self) -> std::path::PathBuf {
+        self.shared.region.socket_path().unwrap_or_default()
     }
 
     /// The region (for status views and tests).
@@ -387,6 +425,10 @@ impl<K, V> Drop for KVSServer<K, V> {
         self.shared.region.mark_closed();
         self.shared.stop_workers.store(true, Ordering::SeqCst);
         self.shared.shutdown.store(true, Ordering::SeqCst);
+        // Ends every client's connection: they see the server gone at once.
+        if let Some(mut a) = self.acceptor.take() {
+            a.stop();
+        }
         self.shared.region.wake_all_workers();
         self.shared.region.poke_housekeeper();
         for w in self.workers.drain(..) {

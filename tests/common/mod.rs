@@ -23,14 +23,19 @@ pub fn unique_name(tag: &str) -> String {
     )
 }
 
-/// `/dev/shm/NAME`.
-pub fn shm_path(name: &str) -> PathBuf {
-    PathBuf::from("/dev/shm").join(name.trim_start_matches('/'))
+/// The socket directory servers of this user use by default.
+pub fn socket_dir() -> PathBuf {
+    kvs::core::region::endpoint::server_dir(None)
 }
 
-/// `/dev/shm/NAME.lock`.
+/// `DIR/NAME.sock`: the socket of region NAME.
+pub fn socket_path(name: &str) -> PathBuf {
+    socket_dir().join(format!("{}.sock", name.trim_start_matches('/')))
+}
+
+/// `DIR/NAME.lock`: the lock file of region NAME.
 pub fn lock_path(name: &str) -> PathBuf {
-    PathBuf::from("/dev/shm").join(format!("{}.lock", name.trim_start_matches('/')))
+    socket_dir().join(format!("{}.lock", name.trim_start_matches('/')))
 }
 
 /// Path of the `kvs_server` binary under test.
@@ -97,7 +102,7 @@ impl Drop for ServerGuard {
             let _ = child.kill();
             let _ = child.wait();
         }
-        let _ = std::fs::remove_file(shm_path(&self.name));
+        let _ = std::fs::remove_file(socket_path(&self.name));
         let _ = std::fs::remove_file(lock_path(&self.name));
     }
 }
@@ -126,6 +131,18 @@ pub fn key(s: &str) -> TextKey {
 /// A text value of the default class (panics if too long: test input).
 pub fn val(s: &str) -> Value256 {
     Value256::new(s).unwrap()
+}
+
+/// The region of `name` mapped through a probe (no registration taken),
+/// for tests that look at its counters.
+pub fn probe<K: bytemuck::Pod, V: bytemuck::Pod>(name: &str) -> kvs::core::Region<K, V> {
+    let session = kvs::core::region::Session::connect(
+        name,
+        kvs::core::region::handshake::Kind::Probe,
+        &kvs::core::region::ConnectOptions::default(),
+    )
+    .unwrap();
+    kvs::core::Region::attach(session).unwrap()
 }
 
 /// A finished command's stdout, lossy.

@@ -1,35 +1,51 @@
-//! Client registrations: who may own response slots, and whether they live.
+//! Client registrations as the region shows them.
 //!
-//! A client registers at an index `i` by first taking the write lock on byte
-//! `1 + i` of the lock file (see [`super::shm`]) and only then claiming the
-//! entry with a CAS `Free -> Used`. The server treats a `Used` entry whose
-//! byte is unlocked as dead: the kernel dropped the lock when the process
-//! died. Because the lock comes first, a live client is never seen unlocked;
-//! a newcomer that locks a dead client's byte before the server cleaned up
-//! fails the CAS (the entry is still `Used`) and moves on.
+//! The server decides who is registered: it hands out an index (and a new
+//! generation for it) to each client it admits over its socket, learns that
+//! the client died when that connection ends, and frees the index only once
+//! nothing in the region names it any more. Its own copy of that table is
+//! the authority (it lives in the server's memory, where no client can
+//! scribble on it); this mirror in the region only lets `status` and other
+//! tools see the registrations. Clients never write it, and the server
+//! never reads it back to decide anything.
 
-use super::shm::{client_lock_byte, process_start_ticks, LockFile};
 use crate::sync::{AtomicU32, AtomicU64, Ordering};
-use std::io;
 
-const FREE: u32 = 0;
-const USED: u32 = 1;
+/// The state of a registration, as stored in [`ClientEntry`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum RegistrationState {
+    /// Not handed out.
+    Free = 0,
+    /// A connected client holds it.
+    Live = 1,
+    /// Its client has gone; the server is still freeing what it held.
+    Dead = 2,
+}
 
-/// One registration.
+impl TryFrom<u32> for RegistrationState {
+    type Error = u32;
+
+    fn try_from(v: u32) -> Result<Self, u32> {
+        match v {
+            0 => Ok(RegistrationState::Free),
+            1 => Ok(RegistrationState::Live),
+            2 => Ok(RegistrationState::Dead),
+            other => Err(other),
+        }
+    }
+}
+
+/// One registration's mirror.
 #[repr(C)]
 #[derive(Debug, Default)]
 pub struct ClientEntry {
     state: AtomicU32,
     pid: AtomicU32,
-    start_ticks: AtomicU64,
+    generation: AtomicU32,
+    uid: AtomicU32,
     registered_unix_ns: AtomicU64,
     _reserved: AtomicU64,
-}
-
-/// A view of the registrations in a region.
-#[derive(Debug, Clone, Copy)]
-pub struct ClientTable<'a> {
-    entries: &'a [ClientEntry],
 }
 
 /// What is known of a registered client.
@@ -37,10 +53,20 @@ pub struct ClientTable<'a> {
 pub struct ClientInfo {
     /// Registration index.
     pub index: u32,
-    /// The pid it registered with (informational).
+    /// Its state.
+    pub state: RegistrationState,
+    /// The pid it connected from.
     pub pid: u32,
-    /// Its start time in clock ticks since boot.
-    pub start_ticks: u64,
+    /// Its uid.
+    pub uid: u32,
+    /// The generation of this use of the index.
+    pub generation: u32,
+}
+
+/// A view of the registrations in a region.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientTable<'a> {
+    entries: &'a [ClientEntry],
 }
 
 impl<'a> ClientTable<'a> {
@@ -54,83 +80,57 @@ impl<'a> ClientTable<'a> {
         self.entries.len()
     }
 
-    /// Registers this process at a free index, holding `lock`'s byte for it.
-    ///
-    /// Returns `Ok(None)` when every entry is in use.
-    pub fn register(&self, lock: &LockFile) -> io::Result<Option<u32>> {
-        let pid = std::process::id();
-        let ticks = process_start_ticks(pid).unwrap_or(0);
-        for (i, entry) in self.entries.iter().enumerate() {
-            let i = i as u32;
-            if entry.state.load(Ordering::Relaxed) != FREE {
-                continue;
-            }
-            if !lock.try_lock(client_lock_byte(i))? {
-                continue;
-            }
-            // AcqRel: Acquire pairs with the Release that freed the entry.
-            if entry
-                .state
-                .compare_exchange(FREE, USED, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
-            {
-                entry.pid.store(pid, Ordering::Relaxed);
-                entry.start_ticks.store(ticks, Ordering::Relaxed);
-                entry
-                    .registered_unix_ns
-                    .store(crate::unix_now_ns(), Ordering::Relaxed);
-                return Ok(Some(i));
-            }
-            lock.unlock(client_lock_byte(i))?;
+    /// Server: shows registration `index` as live.
+    pub fn record(&self, index: u32, generation: u32, pid: u32, uid: u32) {
+        if let Some(e) = self.entries.get(index as usize) {
+            e.pid.store(pid, Ordering::Relaxed);
+            e.uid.store(uid, Ordering::Relaxed);
+            e.generation.store(generation, Ordering::Relaxed);
+            e.registered_unix_ns
+                .store(crate::unix_now_ns(), Ordering::Relaxed);
+            // Release: a reader that sees Live sees the fields above.
+            e.state
+                .store(RegistrationState::Live as u32, Ordering::Release);
         }
-        Ok(None)
     }
 
-    /// Gives up registration `index`, which this process holds through `lock`.
-    pub fn unregister(&self, index: u32, lock: &LockFile) {
-        if let Some(entry) = self.entries.get(index as usize) {
-            // Release: everything we did as this client happens before reuse.
-            entry.state.store(FREE, Ordering::Release);
+    /// Server: shows registration `index` as dead (being cleaned up).
+    pub fn mark_dead(&self, index: u32) {
+        if let Some(e) = self.entries.get(index as usize) {
+            e.state
+                .store(RegistrationState::Dead as u32, Ordering::Release);
         }
-        let _ = lock.unlock(client_lock_byte(index));
     }
 
-    /// Registrations whose owner has died (their lock byte is free).
-    pub fn dead(&self, lock: &LockFile) -> Vec<ClientInfo> {
-        self.used()
-            .filter(|c| {
-                matches!(
-                    lock.is_locked_by_other(client_lock_byte(c.index)),
-                    Ok(false)
-                )
-            })
-            .collect()
+    /// Server: shows registration `index` as free.
+    pub fn clear(&self, index: u32) {
+        if let Some(e) = self.entries.get(index as usize) {
+            e.state
+                .store(RegistrationState::Free as u32, Ordering::Release);
+        }
     }
 
-    /// Every entry in use (alive or not yet found dead).
+    /// Every entry not free (a scribbled state counts as not free).
     pub fn used(&self) -> impl Iterator<Item = ClientInfo> + 'a {
         self.entries.iter().enumerate().filter_map(|(i, e)| {
-            (e.state.load(Ordering::Acquire) == USED).then_some(ClientInfo {
+            // Acquire pairs with the Release in `record`.
+            let state = e.state.load(Ordering::Acquire);
+            let state = RegistrationState::try_from(state).unwrap_or(RegistrationState::Dead);
+            (state != RegistrationState::Free).then(|| ClientInfo {
                 index: i as u32,
+                state,
                 pid: e.pid.load(Ordering::Relaxed),
-                start_ticks: e.start_ticks.load(Ordering::Relaxed),
+                uid: e.uid.load(Ordering::Relaxed),
+                generation: e.generation.load(Ordering::Relaxed),
             })
         })
-    }
-
-    /// Frees a dead client's entry (after its slots were reclaimed).
-    pub fn free(&self, index: u32) {
-        if let Some(entry) = self.entries.get(index as usize) {
-            let _ = entry
-                .state
-                .compare_exchange(USED, FREE, Ordering::Release, Ordering::Relaxed);
-        }
     }
 
     /// Resets every entry (a new region).
     pub fn init(&self) {
         for e in self.entries {
-            e.state.store(FREE, Ordering::Relaxed);
+            e.state
+                .store(RegistrationState::Free as u32, Ordering::Relaxed);
         }
     }
 }

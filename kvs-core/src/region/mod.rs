@@ -1,6 +1,7 @@
-//! The shared region: one named POSIX shared-memory object holding the header,
-//! the request ring, the response table, the client registrations and the
-//! per-worker statistics, all `#[repr(C)]` at offsets from the start.
+//! The shared region: one sealed `memfd` holding the header, the request
+//! ring, the response table, the client registrations and the per-worker
+//! statistics, all `#[repr(C)]` at offsets from the start. The server hands
+//! it to each client over its socket ([`endpoint`], [`handshake`]).
 //!
 //! ```text
 //! ┌────────────┬───────────┬──────────────────┬───────────┬──────────────────┬─────────┬───────┐
@@ -15,20 +16,24 @@
 //! * the mapping is a [`memmap2::MmapRaw`], and Rust only ever sees atomics and
 //!   `UnsafeCell`s in it: a `&[u8]` or `&mut [u8]` into memory that another
 //!   process mutates would be unsound;
-//! * the object is created with `O_EXCL` and its pages reserved with
-//!   `posix_fallocate` after `ftruncate`, so a full `/dev/shm` is an error at
-//!   creation, not a SIGBUS at first touch;
-//! * it is created with mode 0600 and widened (if asked) only once ready;
-//! * an opener waits for `Ready`, checks magic, version and the type
-//!   fingerprint, recomputes the layout with its own types and compares it,
-//!   and compares the header's size with `fstat` before trusting an offset.
+//! * the memory is a `memfd` with its pages reserved and sealed against
+//!   shrinking and growing ([`memfd`]): no holder can `ftruncate` it under
+//!   the server (named POSIX shared memory cannot be sealed, and a
+//!   truncated mapping kills with `SIGBUS`);
+//! * it has no name anyone could open: clients receive the descriptor from
+//!   the server, after both checked the other's credentials ([`endpoint`]);
+//! * an opener checks the seals and the size, waits for `Ready`, checks
+//!   magic, version and the type fingerprint, recomputes the layout with its
+//!   own types and compares it before trusting an offset.
 //!
 //! ```no_run
 //! use kvs_core::region::{Region, RegionConfig};
 //! use std::time::Duration;
 //!
-//! let server = Region::<u64, u64>::create("/example", &RegionConfig::default())?;
-//! let client = Region::<u64, u64>::open("/example", Duration::from_secs(1))?;
+//! let (server, listener, _) =
+//!     Region::<u64, u64>::create_reporting("example", &RegionConfig::default())?;
+//! // ... the server's acceptor answers clients on `listener`; then:
+//! let client = Region::<u64, u64>::open("example", Duration::from_secs(1))?;
 //! assert_eq!(client.info().slot_count, 1024);
 //! drop(client);
 //! server.remove();
@@ -36,29 +41,35 @@
 //! ```
 
 pub mod clients;
+pub mod endpoint;
+pub mod handshake;
 pub mod header;
 pub mod layout;
-pub mod shm;
+pub mod memfd;
 pub mod stats;
 
 pub use clients::{ClientEntry, ClientInfo, ClientTable};
+pub use endpoint::{normalize_name, Peer};
 pub use header::{InitState, RegionHeader, RegionInfo, TypeInfo, LAYOUT_VERSION, MAGIC};
 pub use layout::Layout;
-pub use shm::LockFile;
 pub use stats::{OpTotals, WorkerStats, MAX_WORKERS};
 
 use crate::error::{RegionCreateError, RegionOpenError};
 use crate::protocol::Request;
 use crate::response_table::{Slot, SlotTable, SlotTableHeader};
 use crate::ring::{Ring, RingCell, RingHeader};
+use crate::secure_fs::Dir;
 use crate::sync::Ordering;
 use crossbeam_utils::CachePadded;
+use endpoint::{ConnectError, LockError, NameLock};
+use handshake::{Kind, RecvError, Welcome};
 use memmap2::{MmapOptions, MmapRaw};
 use std::fmt;
 use std::fs::File;
 use std::io;
 use std::marker::PhantomData;
-use std::os::unix::fs::MetadataExt;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// Capacities and permissions of a region, chosen by the server.
@@ -76,8 +87,12 @@ pub struct RegionConfig {
     pub workers: usize,
     /// Entry limit, 0 for none (recorded for `status`).
     pub max_entries: u64,
-    /// Permission bits of the region and its lock file.
+    /// Who may connect: 0600 (this user), 0660 (and the group), 0666
+    /// (everyone); the socket's permission bits.
     pub mode: u32,
+    /// The directory of the server's socket (`None`: the default, see
+    /// [`endpoint`]).
+    pub socket_dir: Option<PathBuf>,
     /// Bulk buffers (listing pages and snapshot requests in flight at once).
     pub bulk_buffers: usize,
     /// Data bytes of each bulk buffer (bounds one listing page).
@@ -99,6 +114,7 @@ impl Default for RegionConfig {
             workers: 2,
             max_entries: 0,
             mode: 0o600,
+            socket_dir: None,
             bulk_buffers: 4,
             bulk_size: 1 << 20,
             subscribers: 8,
@@ -159,9 +175,9 @@ impl RegionConfig {
                 self.subscribers, self.sub_queue
             ));
         }
-        if self.mode & !0o666 != 0 || self.mode & 0o600 != 0o600 {
+        if ![0o600, 0o660, 0o666].contains(&self.mode) {
             return Err(format!(
-                "mode {:o} must include owner read/write (0600) and have no execute or special bits",
+                "mode {:o} is not one of 600 (this user only), 660 (and its group) or 666 (every user)",
                 self.mode
             ));
         }
@@ -171,18 +187,33 @@ impl RegionConfig {
 
 /// A mapped region, typed by its keys and values.
 ///
-/// The server holds the one created by [`Region::create`]; clients hold ones
-/// from [`Region::open`]. Both see the same memory.
+/// The server holds the one created by [`Region::create_reporting`];
+/// clients hold ones from [`Region::open`] or [`Region::attach`]. Both see
+/// the same memory.
 pub struct Region<K, V> {
     name: String,
     map: MmapRaw,
-    _file: File,
-    lock: LockFile,
+    file: File,
     info: RegionInfo,
     layout: Layout,
-    owner: bool,
+    role: Role,
     /// `fn() -> (K, V)`: the region stores K and V but owns none.
     _types: PhantomData<fn() -> (K, V)>,
+}
+
+/// Which side of the region a handle is.
+enum Role {
+    /// The server: its socket directory and the claim on the name.
+    Server { dir: Dir, lock: NameLock },
+    /// A client: the connection (its end says the server died) and what
+    /// the server answered.
+    Client {
+        conn: OwnedFd,
+        welcome: Welcome,
+        server: Peer,
+    },
+    /// A server handle let go of without cleaning up (see `abandon`).
+    Abandoned,
 }
 
 impl<K, V> fmt::Debug for Region<K, V> {
@@ -190,17 +221,17 @@ impl<K, V> fmt::Debug for Region<K, V> {
         f.debug_struct("Region")
             .field("name", &self.name)
             .field("size", &self.layout.total_size)
-            .field("owner", &self.owner)
+            .field("owner", &self.is_owner())
             .finish()
     }
 }
 
-/// What [`Region::create`] found at the name before creating.
+/// What [`Region::create_reporting`] found at the name before creating.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Takeover {
     /// Nothing was there.
     Fresh,
-    /// A region of a dead server was there and was replaced.
+    /// The files of a dead server were there and were replaced.
     Stale {
         /// The dead server's pid, 0 if unreadable.
         pid: u64,
@@ -219,28 +250,265 @@ fn pod_check<K: bytemuck::Pod, V: bytemuck::Pod>() -> Result<(), String> {
     Ok(())
 }
 
-impl<K: bytemuck::Pod, V: bytemuck::Pod> Region<K, V> {
-    /// Creates the region `name` for a server, taking over a stale one whose
-    /// server died. See [`Region::create_reporting`] to learn which happened.
+/// How a client connects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectOptions {
+    /// How long to wait for the server's answer (it may still be starting).
+    pub wait: Duration,
+    /// Where the server's socket is (`None`: the default directories).
+    pub socket_dir: Option<PathBuf>,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        Self {
+            wait: Duration::from_secs(2),
+            socket_dir: None,
+        }
+    }
+}
+
+/// A connection the server answered: the descriptor of its region and what
+/// it said, not yet mapped with types (see [`Region::attach`]).
+#[derive(Debug)]
+pub struct Session {
+    name: String,
+    conn: OwnedFd,
+    file: File,
+    welcome: Welcome,
+    server: Peer,
+}
+
+impl Session {
+    /// Connects to the server of `name` and asks for `kind` (see
+    /// [`handshake`]).
     ///
     /// # Errors
     ///
-    /// [`RegionCreateError`]; notably `OwnerAlive` when a live server owns the
-    /// name.
-    pub fn create(name: &str, config: &RegionConfig) -> Result<Self, RegionCreateError> {
-        Self::create_reporting(name, config).map(|(r, _)| r)
+    /// [`RegionOpenError`]: no server, permission, an untrusted socket, no
+    /// answer in time, every registration taken, a malformed answer.
+    pub fn connect(
+        name: &str,
+        kind: Kind,
+        options: &ConnectOptions,
+    ) -> Result<Self, RegionOpenError> {
+        let name = normalize_name(name).map_err(RegionOpenError::InvalidName)?;
+        let (conn, server) =
+            endpoint::connect(&name, options.socket_dir.as_deref()).map_err(|e| match e {
+                ConnectError::NotFound { searched } => RegionOpenError::NoServer {
+                    name: name.clone(),
+                    detail: format!(
+                        "no socket {} in {}",
+                        endpoint::socket_file(&name),
+                        searched
+                            .iter()
+                            .map(|p| p.display().to_string())
+                            .collect::<Vec<_>>()
+                            .join(" or ")
+                    ),
+                },
+                ConnectError::Refused { path } => RegionOpenError::NoServer {
+                    name: name.clone(),
+                    detail: format!(
+                        "{} is left from a server that is no longer running (kvs_server --cleanup removes it)",
+                        path.display()
+                    ),
+                },
+                ConnectError::Permission {
+                    path,
+                    owner_uid,
+                    mode,
+                } => RegionOpenError::Permission {
+                    name: name.clone(),
+                    path,
+                    owner_uid,
+                    mode,
+                },
+                ConnectError::Untrusted { path, reason } => RegionOpenError::Untrusted {
+                    name: name.clone(),
+                    path,
+                    reason,
+                },
+                ConnectError::Io { path, source } => RegionOpenError::Io {
+                    name: format!("{name} ({})", path.display()),
+                    context: "connecting to the server",
+                    source,
+                },
+            })?;
+        let io_err = |context: &'static str, name: &str| {
+            let name = name.to_string();
+            move |source: io::Error| RegionOpenError::Io {
+                name: name.clone(),
+                context,
+                source,
+            }
+        };
+        let start = Instant::now();
+        handshake::send_hello(conn.as_fd(), kind).map_err(io_err("greeting the server", &name))?;
+        let (welcome, fd) = match handshake::recv_welcome(conn.as_fd(), options.wait) {
+            Ok(w) => w,
+            Err(RecvError::TimedOut) => {
+                return Err(RegionOpenError::NotReady {
+                    name,
+                    waited_ms: start.elapsed().as_millis() as u64,
+                })
+            }
+            Err(RecvError::Closed) => {
+                return Err(RegionOpenError::Closed { name });
+            }
+            Err(RecvError::Malformed(detail)) => {
+                return Err(RegionOpenError::Corrupt { name, detail })
+            }
+            Err(RecvError::Io(e)) => return Err(io_err("reading the server's answer", &name)(e)),
+        };
+        let corrupt = |detail: String| RegionOpenError::Corrupt {
+            name: name.clone(),
+            detail,
+        };
+        match welcome.status().map_err(corrupt)? {
+            handshake::Status::Ok => {}
+            handshake::Status::TooManyClients => {
+                return Err(RegionOpenError::TooManyClients {
+                    name,
+                    max: u64::from(welcome.max_clients),
+                })
+            }
+            handshake::Status::Denied => {
+                return Err(RegionOpenError::Denied {
+                    name,
+                    server_uid: welcome.server_uid,
+                })
+            }
+            handshake::Status::Closing => return Err(RegionOpenError::Closed { name }),
+            handshake::Status::BadHello => {
+                return Err(corrupt("the server did not understand our hello".into()))
+            }
+        }
+        let file = File::from(fd.ok_or_else(|| corrupt("the server sent no region".into()))?);
+        memfd::check(&file, welcome.region_size).map_err(corrupt)?;
+        Ok(Self {
+            name,
+            conn,
+            file,
+            welcome,
+            server,
+        })
     }
 
-    /// Like [`Region::create`], and says whether a stale region was replaced.
+    /// The region name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// What the server answered.
+    pub fn welcome(&self) -> &Welcome {
+        &self.welcome
+    }
+
+    /// The server's credentials.
+    pub fn server(&self) -> Peer {
+        self.server
+    }
+
+    /// The region's descriptor (for tools that map it themselves).
+    pub fn memfd(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+
+    /// Reads and checks the region's header without knowing its types:
+    /// magic, version, readiness, and that its size is what it says.
     ///
     /// # Errors
     ///
-    /// [`RegionCreateError`].
+    /// As [`Region::attach`], except that types are not compared.
+    pub fn info(&self) -> Result<RegionInfo, RegionOpenError> {
+        let map = map_file(&self.file, &self.name, self.welcome.region_size)?;
+        read_header(&map, &self.name, self.welcome.region_size)
+    }
+}
+
+fn map_file(file: &File, name: &str, size: u64) -> Result<MmapRaw, RegionOpenError> {
+    let size = usize::try_from(size).unwrap_or(usize::MAX);
+    if size < std::mem::size_of::<RegionHeader>() {
+        return Err(RegionOpenError::Corrupt {
+            name: name.to_string(),
+            detail: format!("the region is only {size} bytes"),
+        });
+    }
+    MmapOptions::new()
+        .len(size)
+        .map_raw(file)
+        .map_err(|source| RegionOpenError::Io {
+            name: name.to_string(),
+            context: "mapping the region",
+            source,
+        })
+}
+
+/// Checks magic, state and version and copies the static description out.
+fn read_header(map: &MmapRaw, name: &str, size: u64) -> Result<RegionInfo, RegionOpenError> {
+    // SAFETY: the mapping is at least a header long (checked by `map_file`)
+    // and page-aligned; the header holds only atomics and an `UnsafeCell`.
+    let header = unsafe { &*(map.as_ptr() as *const RegionHeader) };
+    let name = name.to_string();
+    let magic = header.magic.load(Ordering::Relaxed);
+    if magic != MAGIC {
+        return Err(RegionOpenError::BadMagic { name, found: magic });
+    }
+    let version = header.layout_version.load(Ordering::Relaxed);
+    if version != LAYOUT_VERSION {
+        return Err(RegionOpenError::VersionMismatch {
+            name,
+            found: version,
+            expected: LAYOUT_VERSION,
+        });
+    }
+    // Acquire pairs with the creator's SeqCst store of Ready: everything it
+    // wrote before is visible.
+    let state = header.state.load(Ordering::Acquire);
+    match InitState::try_from(state) {
+        Ok(InitState::Ready) => {}
+        Ok(InitState::Closed) => return Err(RegionOpenError::Closed { name }),
+        Ok(InitState::Creating) => {
+            return Err(RegionOpenError::NotReady { name, waited_ms: 0 });
+        }
+        Err(_) => {
+            return Err(RegionOpenError::Corrupt {
+                name,
+                detail: format!("unknown state {state}"),
+            })
+        }
+    }
+    // Copy out, then validate the copy.
+    // SAFETY: in bounds and aligned (the mapping holds a whole header);
+    // RegionInfo is Pod, so whatever bytes are there form a valid value.
+    let info = header.info.with(|p| unsafe { p.read_volatile() });
+    if info.total_size != size {
+        return Err(RegionOpenError::Corrupt {
+            name,
+            detail: format!(
+                "the header says {} bytes, the region has {size}",
+                info.total_size
+            ),
+        });
+    }
+    Ok(info)
+}
+
+impl<K: bytemuck::Pod, V: bytemuck::Pod> Region<K, V> {
+    /// Creates the region `name` for a server, taking over the files of a
+    /// dead server. Returns the region, the listening socket (for the
+    /// server's acceptor; see [`handshake`]) and what was there before.
+    ///
+    /// # Errors
+    ///
+    /// [`RegionCreateError`]; notably `OwnerAlive` when a live server owns
+    /// the name.
     pub fn create_reporting(
         name: &str,
         config: &RegionConfig,
-    ) -> Result<(Self, Takeover), RegionCreateError> {
-        let name = shm::normalize_name(name).map_err(RegionCreateError::InvalidName)?;
+    ) -> Result<(Self, OwnedFd, Takeover), RegionCreateError> {
+        let name = normalize_name(name).map_err(RegionCreateError::InvalidName)?;
         config
             .validate()
             .and_then(|()| pod_check::<K, V>())
@@ -261,57 +529,50 @@ impl<K: bytemuck::Pod, V: bytemuck::Pod> Region<K, V> {
             }
         };
 
-        // 1. Own the name: the lock file's byte 0, on a file still linked.
-        let lock = loop {
-            let lock = LockFile::open_or_create(shm::lock_path(&name), 0o600)
-                .map_err(io_err("opening the lock file", &name))?;
-            if !lock
-                .try_lock(shm::SERVER_LOCK_BYTE)
-                .map_err(io_err("locking the lock file", &name))?
-            {
-                return Err(RegionCreateError::OwnerAlive {
-                    pid: peek_server_pid(&name).unwrap_or(0),
-                    name,
-                });
-            }
-            if lock.still_linked() {
-                break lock;
-            }
-            // Removed under us by a server that was shutting down: again.
+        // 1. The socket directory, and the claim on the name in it.
+        let dir_path = endpoint::server_dir(config.socket_dir.as_deref());
+        let dir = endpoint::prepare_server_dir(&dir_path).map_err(RegionCreateError::SocketDir)?;
+        let (lock, previous) = NameLock::acquire(&dir, &name).map_err(|e| match e {
+            LockError::Held { pid } => RegionCreateError::OwnerAlive {
+                name: name.clone(),
+                pid: u64::from(pid),
+            },
+            LockError::Io(source) => RegionCreateError::Io {
+                name: name.clone(),
+                context: "claiming the lock file",
+                source,
+            },
+        })?;
+        let takeover = match previous {
+            endpoint::Previous::Fresh => Takeover::Fresh,
+            endpoint::Previous::Dead { pid } => Takeover::Stale {
+                pid: u64::from(pid),
+            },
+        };
+        // From here on, a failure must not leave the lock file behind.
+        let fail = |e: RegionCreateError| {
+            lock.remove(&dir);
+            e
         };
 
-        // 2. Anything at the name now is stale: its server let go of the lock.
-        let takeover = match shm::open_object(&name) {
-            Ok(_) => {
-                let pid = peek_server_pid(&name).unwrap_or(0);
-                shm::unlink_object(&name)
-                    .map_err(|e| io_err("removing the stale region", &name)(e.into()))?;
-                Takeover::Stale { pid }
-            }
-            Err(_) => Takeover::Fresh,
-        };
-
-        // 3. Create exclusively, size and reserve, map.
+        // 2. The memory: a sealed memfd, mapped.
         let layout = Layout::compute::<K, V>(config);
-        let file = shm::create_object(&name)
-            .map_err(|e| io_err("creating the shared-memory object", &name)(e.into()))?;
-        if let Err(source) = shm::size_object(&file, layout.total_size) {
-            let _ = shm::unlink_object(&name);
-            return Err(match source.raw_os_error() {
+        let file = memfd::create(&name, layout.total_size).map_err(|source| {
+            fail(match source.raw_os_error() {
                 Some(libc::ENOSPC) | Some(libc::ENOMEM) | Some(libc::EFBIG) => {
                     RegionCreateError::NoSpace {
-                        name,
+                        name: name.clone(),
                         size: layout.total_size,
                         source,
                     }
                 }
-                _ => io_err("sizing the region", &name)(source),
-            });
-        }
+                _ => io_err("creating the region's memory", &name)(source),
+            })
+        })?;
         let map = MmapOptions::new()
             .len(layout.total_size)
             .map_raw(&file)
-            .map_err(io_err("mapping the region", &name))?;
+            .map_err(|e| fail(io_err("mapping the region", &name)(e)))?;
 
         let pid = std::process::id();
         let info = RegionInfo {
@@ -334,7 +595,7 @@ impl<K: bytemuck::Pod, V: bytemuck::Pod> Region<K, V> {
             clients_offset: layout.clients_offset as u64,
             stats_offset: layout.stats_offset as u64,
             server_pid: u64::from(pid),
-            server_start_ticks: shm::process_start_ticks(pid).unwrap_or(0),
+            server_start_ticks: 0,
             created_unix_ns: crate::unix_now_ns(),
             mode: u64::from(config.mode),
             bulk_offset: layout.bulk_offset as u64,
@@ -344,22 +605,21 @@ impl<K: bytemuck::Pod, V: bytemuck::Pod> Region<K, V> {
             sub_count: config.subscribers as u64,
             sub_queue: config.sub_queue as u64,
         };
+
+        // 3. Initialise, then publish "ready" (nobody else has the memory
+        //    yet; the store orders the writes for those who get it later).
         let region = Self {
             name,
             map,
-            _file: file,
-            lock,
+            file,
             info,
             layout,
-            owner: true,
+            role: Role::Server { dir, lock },
             _types: PhantomData,
         };
-
-        // 4. Initialise, then publish "ready".
         let header = region.header();
-        // SAFETY: the object was created exclusively a moment ago and is not
-        // yet marked Ready, so no other process relies on `info`; the pointer
-        // is in bounds and aligned (offset 16 of a page-aligned mapping).
+        // SAFETY: nobody else has the memory yet; the pointer is in bounds
+        // and aligned (offset 16 of a page-aligned mapping).
         header.info.with_mut(|p| unsafe { p.write_volatile(info) });
         region.ring().init();
         region.slots().init();
@@ -375,269 +635,247 @@ impl<K: bytemuck::Pod, V: bytemuck::Pod> Region<K, V> {
             .state
             .store(InitState::Ready as u32, Ordering::SeqCst);
 
-        // 5. Final permissions, once ready (iceoryx2's order).
-        if config.mode != 0o600 {
-            shm::set_mode(&region._file, config.mode)
-                .map_err(|e| io_err("setting the region's mode", &region.name)(e.into()))?;
-            region
-                .lock
-                .set_mode(config.mode)
-                .map_err(|e| io_err("setting the lock file's mode", &region.name)(e.into()))?;
-        }
-        Ok((region, takeover))
+        // 4. The socket clients connect to, with the region's mode. The
+        //    region's Drop removes it and the lock file on failure.
+        let Role::Server { dir, .. } = &region.role else {
+            unreachable!("created as the server")
+        };
+        let listener = endpoint::listen(dir, &region.name, config.mode)
+            .map_err(io_err("listening on the region's socket", &region.name))?;
+        Ok((region, listener, takeover))
     }
 
-    /// Opens the region `name`, waiting up to `wait` for a server that is
-    /// still initialising it.
+    /// Connects to the server of `name` as a registered client, waiting up
+    /// to `wait` for its answer, with the default socket directories.
+    ///
+    /// # Errors
+    ///
+    /// As [`Region::open_with`].
+    pub fn open(name: &str, wait: Duration) -> Result<Self, RegionOpenError> {
+        Self::open_with(
+            name,
+            &ConnectOptions {
+                wait,
+                socket_dir: None,
+            },
+        )
+    }
+
+    /// Connects to the server of `name` as a registered client.
     ///
     /// # Errors
     ///
     /// [`RegionOpenError`]: no server, permission, not ready in time, or a
     /// mismatch of magic, version, types or layout.
-    pub fn open(name: &str, wait: Duration) -> Result<Self, RegionOpenError> {
-        let name = shm::normalize_name(name).map_err(RegionOpenError::InvalidName)?;
-        let start = Instant::now();
-        let deadline = start + wait;
-        let not_ready = |name: &str| RegionOpenError::NotReady {
-            name: name.to_string(),
-            waited_ms: start.elapsed().as_millis() as u64,
-        };
-        let io_err = |context: &'static str, name: &str| {
-            let name = name.to_string();
-            move |source: io::Error| RegionOpenError::Io {
-                name: name.clone(),
-                context,
-                source,
-            }
-        };
-        loop {
-            let file = match shm::open_object(&name) {
-                Ok(f) => f,
-                Err(nix::errno::Errno::ENOENT) => {
-                    return Err(RegionOpenError::NoServer { name });
-                }
-                Err(nix::errno::Errno::EACCES) => {
-                    let meta = std::fs::metadata(shm::object_path(&name)).ok();
-                    return Err(RegionOpenError::Permission {
-                        owner_uid: meta.as_ref().map_or(0, |m| m.uid()),
-                        mode: meta.as_ref().map_or(0, |m| m.mode() & 0o777),
-                        name,
-                    });
-                }
-                Err(e) => return Err(io_err("opening the shared-memory object", &name)(e.into())),
-            };
-            let size = file
-                .metadata()
-                .map_err(io_err("reading the region's size", &name))?
-                .len() as usize;
-            if size < std::mem::size_of::<RegionHeader>() {
-                // Created but not yet sized.
-                if Instant::now() >= deadline {
-                    return Err(not_ready(&name));
-                }
-                std::thread::sleep(Duration::from_millis(2));
-                continue;
-            }
-            let map = MmapOptions::new()
-                .len(size)
-                .map_raw(&file)
-                .map_err(io_err("mapping the region", &name))?;
-            // SAFETY: the mapping is at least a header long and page-aligned;
-            // the header holds only atomics and an `UnsafeCell`.
-            let header = unsafe { &*(map.as_ptr() as *const RegionHeader) };
-            let state = header.state.load(Ordering::Acquire);
-            match InitState::try_from(state) {
-                Ok(InitState::Creating) => {
-                    if Instant::now() >= deadline {
-                        return Err(not_ready(&name));
-                    }
-                    std::thread::sleep(Duration::from_millis(2));
-                    continue;
-                }
-                Ok(InitState::Closed) => return Err(RegionOpenError::Closed { name }),
-                Ok(InitState::Ready) => {}
-                Err(_) => {
-                    let magic = header.magic.load(Ordering::Relaxed);
-                    if magic != MAGIC {
-                        return Err(RegionOpenError::BadMagic { name, found: magic });
-                    }
-                    return Err(RegionOpenError::Corrupt {
-                        name,
-                        detail: format!("unknown state {state}"),
-                    });
-                }
-            }
-            let magic = header.magic.load(Ordering::Relaxed);
-            if magic != MAGIC {
-                return Err(RegionOpenError::BadMagic { name, found: magic });
-            }
-            let version = header.layout_version.load(Ordering::Relaxed);
-            if version != LAYOUT_VERSION {
-                return Err(RegionOpenError::VersionMismatch {
-                    name,
-                    found: version,
-                    expected: LAYOUT_VERSION,
-                });
-            }
-            // Copy out, then validate the copy.
-            // SAFETY: in bounds and aligned (checked size above); RegionInfo is
-            // Pod, so whatever bytes are there form a valid value.
-            let info = header.info.with(|p| unsafe { p.read_volatile() });
-            let (want_k, want_v) = (TypeInfo::of::<K>(), TypeInfo::of::<V>());
-            if !info.key.same_as(&want_k) || !info.value.same_as(&want_v) {
-                return Err(RegionOpenError::TypeMismatch {
-                    name,
-                    found_key: info.key.name(),
-                    found_value: info.value.name(),
-                    expected_key: want_k.name(),
-                    expected_value: want_v.name(),
-                });
-            }
-            let corrupt = |detail: String| RegionOpenError::Corrupt {
-                name: name.clone(),
-                detail,
-            };
-            let config = RegionConfig {
-                ring_capacity: usize::try_from(info.ring_capacity).unwrap_or(0),
-                slots: usize::try_from(info.slot_count).unwrap_or(0),
-                max_clients: usize::try_from(info.max_clients).unwrap_or(0),
-                stripes: usize::try_from(info.stripes).unwrap_or(0),
-                workers: usize::try_from(info.workers).unwrap_or(0),
-                max_entries: info.max_entries,
-                mode: (info.mode as u32) | 0o600,
-                bulk_buffers: usize::try_from(info.bulk_count).unwrap_or(0),
-                bulk_size: usize::try_from(info.bulk_size).unwrap_or(0),
-                subscribers: usize::try_from(info.sub_count).unwrap_or(usize::MAX),
-                sub_queue: usize::try_from(info.sub_queue).unwrap_or(0),
-            };
-            config.validate().map_err(corrupt)?;
-            if info.cache_line != std::mem::size_of::<CachePadded<u8>>() as u64 {
-                return Err(corrupt(format!(
-                    "created with {}-byte cache lines, this build uses {}",
-                    info.cache_line,
-                    std::mem::size_of::<CachePadded<u8>>()
-                )));
-            }
-            let layout = Layout::compute::<K, V>(&config);
-            let stored = [
-                info.ring_header_offset,
-                info.ring_cells_offset,
-                info.ring_cell_size,
-                info.slot_header_offset,
-                info.slots_offset,
-                info.slot_size,
-                info.clients_offset,
-                info.stats_offset,
-                info.bulk_offset,
-                info.subs_offset,
-                info.total_size,
-            ];
-            let ours = [
-                layout.ring_header_offset,
-                layout.ring_cells_offset,
-                layout.ring_cell_size,
-                layout.slot_header_offset,
-                layout.slots_offset,
-                layout.slot_size,
-                layout.clients_offset,
-                layout.stats_offset,
-                layout.bulk_offset,
-                layout.subs_offset,
-                layout.total_size,
-            ]
-            .map(|v| v as u64);
-            if stored != ours {
-                return Err(corrupt(
-                    "the header's layout does not match its capacities".into(),
-                ));
-            }
-            if layout.total_size != size {
-                return Err(corrupt(format!(
-                    "the header says {} bytes, the object has {size}",
-                    layout.total_size
-                )));
-            }
-            let lock = LockFile::open(shm::lock_path(&name)).map_err(|e| match e.kind() {
-                io::ErrorKind::PermissionDenied => RegionOpenError::Permission {
-                    name: name.clone(),
-                    owner_uid: 0,
-                    mode: info.mode as u32,
-                },
-                io::ErrorKind::NotFound => RegionOpenError::NoServer { name: name.clone() },
-                _ => io_err("opening the lock file", &name)(e),
-            })?;
-            return Ok(Self {
+    pub fn open_with(name: &str, options: &ConnectOptions) -> Result<Self, RegionOpenError> {
+        Self::attach(Session::connect(name, Kind::Client, options)?)
+    }
+
+    /// Maps a session's region with types `K` and `V` after checking them
+    /// and the layout against the header.
+    ///
+    /// # Errors
+    ///
+    /// [`RegionOpenError`]: bad magic, another version, other types, or a
+    /// header whose layout does not add up.
+    pub fn attach(session: Session) -> Result<Self, RegionOpenError> {
+        let Session {
+            name,
+            conn,
+            file,
+            welcome,
+            server,
+        } = session;
+        let map = map_file(&file, &name, welcome.region_size)?;
+        let info = read_header(&map, &name, welcome.region_size)?;
+        let (want_k, want_v) = (TypeInfo::of::<K>(), TypeInfo::of::<V>());
+        if !info.key.same_as(&want_k) || !info.value.same_as(&want_v) {
+            return Err(RegionOpenError::TypeMismatch {
                 name,
-                map,
-                _file: file,
-                lock,
-                info,
-                layout,
-                owner: false,
-                _types: PhantomData,
+                found_key: info.key.name(),
+                found_value: info.value.name(),
+                expected_key: want_k.name(),
+                expected_value: want_v.name(),
             });
         }
+        let corrupt = |detail: String| RegionOpenError::Corrupt {
+            name: name.clone(),
+            detail,
+        };
+        let config = RegionConfig {
+            ring_capacity: usize::try_from(info.ring_capacity).unwrap_or(0),
+            slots: usize::try_from(info.slot_count).unwrap_or(0),
+            max_clients: usize::try_from(info.max_clients).unwrap_or(0),
+            stripes: usize::try_from(info.stripes).unwrap_or(0),
+            workers: usize::try_from(info.workers).unwrap_or(0),
+            max_entries: info.max_entries,
+            mode: u32::try_from(info.mode).unwrap_or(0),
+            socket_dir: None,
+            bulk_buffers: usize::try_from(info.bulk_count).unwrap_or(0),
+            bulk_size: usize::try_from(info.bulk_size).unwrap_or(0),
+            subscribers: usize::try_from(info.sub_count).unwrap_or(usize::MAX),
+            sub_queue: usize::try_from(info.sub_queue).unwrap_or(0),
+        };
+        config.validate().map_err(corrupt)?;
+        if info.cache_line != std::mem::size_of::<CachePadded<u8>>() as u64 {
+            return Err(corrupt(format!(
+                "created with {}-byte cache lines, this build uses {}",
+                info.cache_line,
+                std::mem::size_of::<CachePadded<u8>>()
+            )));
+        }
+        let layout = Layout::compute::<K, V>(&config);
+        let stored = [
+            info.ring_header_offset,
+            info.ring_cells_offset,
+            info.ring_cell_size,
+            info.slot_header_offset,
+            info.slots_offset,
+            info.slot_size,
+            info.clients_offset,
+            info.stats_offset,
+            info.bulk_offset,
+            info.subs_offset,
+            info.total_size,
+        ];
+        let ours = [
+            layout.ring_header_offset,
+            layout.ring_cells_offset,
+            layout.ring_cell_size,
+            layout.slot_header_offset,
+            layout.slots_offset,
+            layout.slot_size,
+            layout.clients_offset,
+            layout.stats_offset,
+            layout.bulk_offset,
+            layout.subs_offset,
+            layout.total_size,
+        ]
+        .map(|v| v as u64);
+        if stored != ours {
+            return Err(corrupt(
+                "the header's layout does not match its capacities".into(),
+            ));
+        }
+        if welcome
+            .registration()
+            .is_some_and(|(index, _)| u64::from(index) >= info.max_clients)
+        {
+            return Err(corrupt(format!(
+                "registration {} is beyond the {} the region holds",
+                welcome.registration, info.max_clients
+            )));
+        }
+        Ok(Self {
+            name,
+            map,
+            file,
+            info,
+            layout,
+            role: Role::Client {
+                conn,
+                welcome,
+                server,
+            },
+            _types: PhantomData,
+        })
     }
 }
 
-/// Reads a ready region's static description without knowing its types:
-/// tools use it to pick the key and value types before [`Region::open`].
+/// Reads a ready region's static description without knowing its types
+/// (tools use it to pick the key and value types before
+/// [`Region::attach`]), with the server's answer (version, entry count).
 ///
 /// # Errors
 ///
-/// As [`Region::open`], except that types are not compared.
-pub fn peek_info(name: &str, wait: Duration) -> Result<RegionInfo, RegionOpenError> {
-    // Open as raw bytes: any K, V whose fingerprint we then ignore. The
-    // typed open re-validates everything.
-    match Region::<u8, u8>::open(name, wait) {
-        Ok(r) => Ok(*r.info()),
-        Err(RegionOpenError::TypeMismatch { .. }) => {
-            let name = shm::normalize_name(name).map_err(RegionOpenError::InvalidName)?;
-            let file = shm::open_object(&name).map_err(|e| RegionOpenError::Io {
-                name: name.clone(),
-                context: "opening the shared-memory object",
-                source: e.into(),
-            })?;
-            let map = MmapOptions::new()
-                .len(std::mem::size_of::<RegionHeader>())
-                .map_raw(&file)
-                .map_err(|source| RegionOpenError::Io {
-                    name: name.clone(),
-                    context: "mapping the region",
-                    source,
-                })?;
-            // SAFETY: a header-sized, page-aligned mapping; the typed open
-            // above already checked magic, version and readiness.
-            let header = unsafe { &*(map.as_ptr() as *const RegionHeader) };
-            // SAFETY: in bounds and aligned; RegionInfo is Pod.
-            Ok(header.info.with(|p| unsafe { p.read_volatile() }))
-        }
-        Err(e) => Err(e),
-    }
+/// As [`Session::connect`] and [`Session::info`].
+pub fn peek_info(
+    name: &str,
+    options: &ConnectOptions,
+) -> Result<(RegionInfo, Session), RegionOpenError> {
+    let session = Session::connect(name, Kind::Probe, options)?;
+    let info = session.info()?;
+    Ok((info, session))
 }
 
-/// Reads the pid from a region's header without validating anything else.
-fn peek_server_pid(name: &str) -> Option<u64> {
-    let file = shm::open_object(name).ok()?;
-    let size = file.metadata().ok()?.len() as usize;
-    if size < std::mem::size_of::<RegionHeader>() {
-        return None;
+/// What [`remove_stale`] did with one name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cleanup {
+    /// A live server owns the name; nothing was touched.
+    Alive,
+    /// These files of a dead server were removed.
+    Removed(Vec<PathBuf>),
+}
+
+/// Removes the socket and lock file of `name` in the socket directory if
+/// their server is dead; leaves a live server's alone.
+///
+/// # Errors
+///
+/// An invalid name, an unusable socket directory, or an OS error.
+pub fn remove_stale(name: &str, socket_dir: Option<&Path>) -> Result<Cleanup, String> {
+    let name = normalize_name(name)?;
+    let path = endpoint::server_dir(socket_dir);
+    let dir = match Dir::open(&path) {
+        Ok(d) => d,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Cleanup::Removed(Vec::new())),
+        Err(e) => return Err(format!("socket directory {}: {e}", path.display())),
+    };
+    let exists = |file: String| {
+        nix::sys::stat::fstatat(
+            dir.as_fd(),
+            file.as_str(),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .is_ok()
+    };
+    if !exists(endpoint::socket_file(&name)) && !exists(endpoint::lock_file(&name)) {
+        return Ok(Cleanup::Removed(Vec::new()));
     }
-    let map = MmapOptions::new().len(size).map_raw(&file).ok()?;
-    // SAFETY: at least a header long, page-aligned; atomics and UnsafeCell only.
-    let header = unsafe { &*(map.as_ptr() as *const RegionHeader) };
-    if header.magic.load(Ordering::Relaxed) != MAGIC
-        || header.layout_version.load(Ordering::Relaxed) != LAYOUT_VERSION
-    {
-        return None;
+    // Claim the name ourselves, so no server starts meanwhile.
+    let (lock, previous) = match NameLock::acquire(&dir, &name) {
+        Ok(claimed) => claimed,
+        Err(LockError::Held { .. }) => return Ok(Cleanup::Alive),
+        Err(LockError::Io(e)) => return Err(format!("{}: {e}", path.display())),
+    };
+    let mut removed = Vec::new();
+    if dir.unlink(&endpoint::socket_file(&name)).is_ok() {
+        removed.push(path.join(endpoint::socket_file(&name)));
     }
-    // SAFETY: in bounds and aligned; RegionInfo is Pod.
-    let info = header.info.with(|p| unsafe { p.read_volatile() });
-    Some(info.server_pid)
+    lock.remove(&dir);
+    if previous != endpoint::Previous::Fresh {
+        removed.push(path.join(endpoint::lock_file(&name)));
+    }
+    Ok(Cleanup::Removed(removed))
+}
+
+/// Names in the socket directory whose server is dead (their lock is free).
+pub fn stale_names(socket_dir: Option<&Path>) -> Vec<String> {
+    let path = endpoint::server_dir(socket_dir);
+    let (Ok(entries), Ok(dir)) = (std::fs::read_dir(&path), Dir::open(&path)) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for entry in entries.flatten() {
+        let file_name = entry.file_name().to_string_lossy().into_owned();
+        let Some(base) = file_name
+            .strip_suffix(".lock")
+            .or_else(|| file_name.strip_suffix(".sock"))
+        else {
+            continue;
+        };
+        if normalize_name(base).is_err() || out.iter().any(|n| n == base) {
+            continue;
+        }
+        if endpoint::lock_is_held(&dir, base) != Some(true) {
+            out.push(base.to_string());
+        }
+    }
+    out
 }
 
 impl<K, V> Region<K, V> {
-    /// The normalised name (with the leading `/`).
+    /// The name (without a leading `/`).
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -652,14 +890,55 @@ impl<K, V> Region<K, V> {
         &self.layout
     }
 
-    /// The lock file (liveness of the server and the clients).
-    pub fn lock(&self) -> &LockFile {
-        &self.lock
-    }
-
     /// Whether this handle created the region.
     pub fn is_owner(&self) -> bool {
-        self.owner
+        matches!(self.role, Role::Server { .. })
+    }
+
+    /// The server's socket (`None` for a client's handle).
+    pub fn socket_path(&self) -> Option<PathBuf> {
+        match &self.role {
+            Role::Server { dir, .. } => Some(dir.path().join(endpoint::socket_file(&self.name))),
+            Role::Client { .. } | Role::Abandoned => None,
+        }
+    }
+
+    /// The region's memfd (the server hands it to clients).
+    pub fn memfd(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+
+    /// A client's registration index and its generation (`None` for the
+    /// server, and for a probe).
+    pub fn registration(&self) -> Option<(u32, u32)> {
+        match &self.role {
+            Role::Client { welcome, .. } => welcome.registration(),
+            Role::Server { .. } | Role::Abandoned => None,
+        }
+    }
+
+    /// What the server answered when this client connected.
+    pub fn welcome(&self) -> Option<&Welcome> {
+        match &self.role {
+            Role::Client { welcome, .. } => Some(welcome),
+            Role::Server { .. } | Role::Abandoned => None,
+        }
+    }
+
+    /// The server's credentials as the kernel reported them (a client's
+    /// view; `None` for the server).
+    pub fn server_peer(&self) -> Option<Peer> {
+        match &self.role {
+            Role::Client { server, .. } => Some(*server),
+            Role::Server { .. } | Role::Abandoned => None,
+        }
+    }
+
+    /// The mapping's base and length, for tests and tools that play a
+    /// hostile peer (every access must be atomic or volatile).
+    #[doc(hidden)]
+    pub fn raw_mapping(&self) -> (*mut u8, usize) {
+        (self.map.as_mut_ptr(), self.layout.total_size)
     }
 
     fn at<T>(&self, offset: usize) -> *const T {
@@ -776,17 +1055,19 @@ impl<K, V> Region<K, V> {
         totals
     }
 
-    /// Whether the server still serves this region: its lock is held and it
-    /// has not closed the region. One `fcntl`, no lock taken.
+    /// Whether the server still serves this region: it has not closed the
+    /// region, and (for a client) the connection to it is still open. One
+    /// `poll` with no wait; the kernel ends the connection however the
+    /// server dies.
     pub fn server_alive(&self) -> bool {
         if self.header().state.load(Ordering::Acquire) != InitState::Ready as u32 {
             return false;
         }
-        // An error reading the lock is treated as alive: the deadline still
-        // bounds the wait.
-        self.lock
-            .is_locked_by_other(shm::SERVER_LOCK_BYTE)
-            .unwrap_or(true)
+        match &self.role {
+            Role::Server { .. } => true,
+            Role::Client { conn, .. } => !endpoint::peer_gone(conn),
+            Role::Abandoned => false,
+        }
     }
 
     /// Producer side, after a push: wakes one sleeping worker, if any
@@ -852,78 +1133,32 @@ impl<K, V> Region<K, V> {
     pub fn remove(self) {
         drop(self);
     }
+}
 
-    /// Removes the region `name` and its lock file if their server is dead.
-    ///
-    /// Returns what was removed; leaves a live server's region alone.
-    ///
-    /// # Errors
-    ///
-    /// An invalid name, or an OS error other than "not found".
-    pub fn remove_stale(name: &str) -> io::Result<Vec<String>> {
-        let name = shm::normalize_name(name)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        let mut removed = Vec::new();
-        let lock_path = shm::lock_path(&name);
-        let lock = match LockFile::open(lock_path.clone()) {
-            Ok(l) => Some(l),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-            Err(e) => return Err(e),
-        };
-        if let Some(lock) = &lock {
-            // Take the server byte ourselves so no server starts meanwhile.
-            if !lock.try_lock(shm::SERVER_LOCK_BYTE)? {
-                return Ok(removed);
-            }
+impl<K, V> Region<K, V> {
+    /// Lets go of the region as a crash would: the socket and lock files
+    /// stay, the lock is released (for tests of takeover and cleanup).
+    #[doc(hidden)]
+    pub fn abandon(mut self) {
+        // A client role has nothing to clean; a server's files must stay.
+        if let Role::Server { .. } = self.role {
+            self.role = Role::Abandoned;
         }
-        if shm::unlink_object(&name).is_ok() {
-            removed.push(shm::object_path(&name).display().to_string());
-        }
-        if let Some(lock) = lock {
-            if lock.remove().is_ok() {
-                removed.push(lock_path.display().to_string());
-            }
-        }
-        Ok(removed)
-    }
-
-    /// Names of every region (or orphaned lock file) under `/dev/shm` whose
-    /// server is dead, checked by their lock file.
-    pub fn stale_names() -> Vec<String> {
-        let Ok(dir) = std::fs::read_dir(shm::SHM_DIR) else {
-            return Vec::new();
-        };
-        let mut out = Vec::new();
-        for entry in dir.flatten() {
-            let file_name = entry.file_name().to_string_lossy().into_owned();
-            let Some(base) = file_name.strip_suffix(".lock") else {
-                continue;
-            };
-            let Ok(lock) = LockFile::open(entry.path()) else {
-                continue;
-            };
-            if matches!(lock.is_locked_by_other(shm::SERVER_LOCK_BYTE), Ok(false)) {
-                out.push(format!("/{base}"));
-            }
-        }
-        out
     }
 }
 
 impl<K, V> Drop for Region<K, V> {
     fn drop(&mut self) {
-        if self.owner {
+        if let Role::Server { dir, lock } = &self.role {
             self.mark_closed();
-            let _ = shm::unlink_object(&self.name);
-            if self.lock.still_linked() {
-                let _ = self.lock.remove();
-            }
+            endpoint::remove_socket(dir, &self.name);
+            lock.remove(dir);
         }
     }
 }
 
 // SAFETY: the region is accessed only through atomics and the ring/slot
-// protocols; the handle itself holds a mapping, a file and a lock file, all of
+// protocols; the handle itself holds a mapping and descriptors, all of
 // which may move between and be shared by threads.
 unsafe impl<K, V> Send for Region<K, V> {}
 // SAFETY: as above.
@@ -935,20 +1170,92 @@ mod tests {
     use crate::protocol::OpCode;
     use crate::response_table::Poll;
 
-    fn unique(tag: &str) -> String {
-        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        format!(
-            "/kvs-core-test-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        )
+    /// A private socket directory for one test, removed on drop.
+    struct TestDir(PathBuf);
+
+    impl TestDir {
+        fn new(tag: &str) -> Self {
+            let p = std::env::temp_dir().join(format!(
+                "kvs-core-region-{tag}-{}-{}",
+                std::process::id(),
+                crate::secure_fs::random_u64()
+            ));
+            std::fs::create_dir(&p).unwrap();
+            TestDir(p)
+        }
+
+        fn config(&self) -> RegionConfig {
+            RegionConfig {
+                socket_dir: Some(self.0.clone()),
+                ..RegionConfig::default()
+            }
+        }
+
+        fn connect(&self) -> ConnectOptions {
+            ConnectOptions {
+                wait: Duration::from_secs(2),
+                socket_dir: Some(self.0.clone()),
+            }
+        }
+    }
+
+    impl Drop for TestDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// A minimal acceptor: answers one hello on `listener` with
+    /// registration 0 and the region's memfd, and returns the connection.
+    fn serve<K, V>(region: &Region<K, V>, listener: &OwnedFd) -> OwnedFd {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let conn = loop {
+            if let Some(c) = endpoint::accept(listener).unwrap() {
+                break c;
+            }
+            assert!(Instant::now() < deadline, "no client came");
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        let hello = loop {
+            if let Some(h) = handshake::recv_hello(conn.as_fd()).unwrap() {
+                break h;
+            }
+            assert!(Instant::now() < deadline, "no hello came");
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        let mut w = Welcome::new(handshake::Status::Ok);
+        w.region_size = region.info().total_size;
+        if hello.kind().unwrap() == Kind::Client {
+            w.registration = 0;
+            w.registration_generation = 1;
+        }
+        handshake::send_welcome(conn.as_fd(), &w, Some(region.memfd())).unwrap();
+        conn
+    }
+
+    /// Opens `name` as a client while this thread's helper answers.
+    fn open<K: bytemuck::Pod + Send + Sync, V: bytemuck::Pod + Send + Sync>(
+        server: &Region<K, V>,
+        listener: &OwnedFd,
+        dir: &TestDir,
+        name: &str,
+    ) -> (Result<Region<K, V>, RegionOpenError>, OwnedFd) {
+        std::thread::scope(|s| {
+            let serving = s.spawn(|| serve(server, listener));
+            let client = Region::<K, V>::open_with(name, &dir.connect());
+            (client, serving.join().unwrap())
+        })
     }
 
     #[test]
     fn create_open_and_talk() {
-        let name = unique("talk");
-        let server = Region::<u64, u64>::create(&name, &RegionConfig::default()).unwrap();
-        let client = Region::<u64, u64>::open(&name, Duration::from_secs(1)).unwrap();
+        let dir = TestDir::new("talk");
+        let (server, listener, takeover) =
+            Region::<u64, u64>::create_reporting("talk", &dir.config()).unwrap();
+        assert_eq!(takeover, Takeover::Fresh);
+        let (client, conn) = open(&server, &listener, &dir, "talk");
+        let client = client.unwrap();
+        assert_eq!(client.registration(), Some((0, 1)));
         assert!(client.server_alive());
         let slots = client.slots();
         let claim = slots.claim(0).unwrap();
@@ -973,48 +1280,72 @@ mod tests {
             &crate::wait::FutexParker,
         );
         assert!(matches!(slots.poll(&claim), Poll::Ready(_)));
-        drop(server);
+        // The server's end of the connection closing is the server dying.
+        drop(conn);
         assert!(!client.server_alive());
+        drop(server);
+        drop(listener);
         assert!(matches!(
-            Region::<u64, u64>::open(&name, Duration::ZERO),
+            Region::<u64, u64>::open_with("talk", &dir.connect()),
             Err(RegionOpenError::NoServer { .. })
         ));
     }
 
     #[test]
+    fn the_region_cannot_be_resized_by_a_client() {
+        let dir = TestDir::new("seal");
+        let (server, listener, _) =
+            Region::<u64, u64>::create_reporting("seal", &dir.config()).unwrap();
+        let (client, _conn) = open(&server, &listener, &dir, "seal");
+        let client = client.unwrap();
+        let fd = client.memfd().try_clone_to_owned().unwrap();
+        let file = File::from(fd);
+        assert!(file.set_len(0).is_err());
+        assert!(file.set_len(1 << 30).is_err());
+        assert_eq!(file.metadata().unwrap().len(), server.info().total_size);
+    }
+
+    #[test]
     fn second_server_on_a_live_name_is_refused() {
-        let name = unique("live");
-        let _server = Region::<u64, u64>::create(&name, &RegionConfig::default()).unwrap();
+        let dir = TestDir::new("live");
+        let _server = Region::<u64, u64>::create_reporting("live", &dir.config()).unwrap();
         assert!(matches!(
-            Region::<u64, u64>::create(&name, &RegionConfig::default()),
-            Err(RegionCreateError::OwnerAlive { .. })
+            Region::<u64, u64>::create_reporting("live", &dir.config()),
+            Err(RegionCreateError::OwnerAlive { pid, .. }) if pid == u64::from(std::process::id())
         ));
     }
 
     #[test]
     fn type_mismatch_names_both_sides() {
-        let name = unique("types");
-        let _server = Region::<u64, [u8; 256]>::create(&name, &RegionConfig::default()).unwrap();
-        let err = Region::<u32, u64>::open(&name, Duration::ZERO).unwrap_err();
-        let msg = err.to_string();
+        let dir = TestDir::new("types");
+        let (server, listener, _) =
+            Region::<u64, [u8; 256]>::create_reporting("types", &dir.config()).unwrap();
+        let opened = std::thread::scope(|s| {
+            let serving = s.spawn(|| serve(&server, &listener));
+            let r = Region::<u32, u64>::open_with("types", &dir.connect());
+            serving.join().unwrap();
+            r
+        });
+        let msg = opened.unwrap_err().to_string();
         assert!(msg.contains("u64 -> [u8; 256]"), "{msg}");
         assert!(msg.contains("expects u32 -> u64"), "{msg}");
     }
 
     #[test]
     fn corrupt_header_fields_are_refused() {
-        let name = unique("corrupt");
-        let server = Region::<u64, u64>::create(&name, &RegionConfig::default()).unwrap();
+        let dir = TestDir::new("corrupt");
+        let (server, listener, _) =
+            Region::<u64, u64>::create_reporting("corrupt", &dir.config()).unwrap();
         let h = server.header();
         h.layout_version.store(99, Ordering::SeqCst);
         assert!(matches!(
-            Region::<u64, u64>::open(&name, Duration::ZERO),
+            open(&server, &listener, &dir, "corrupt").0,
             Err(RegionOpenError::VersionMismatch { found: 99, .. })
         ));
         h.layout_version.store(LAYOUT_VERSION, Ordering::SeqCst);
         h.magic.store(u64::MAX, Ordering::SeqCst);
         assert!(matches!(
-            Region::<u64, u64>::open(&name, Duration::ZERO),
+            open(&server, &listener, &dir, "corrupt").0,
             Err(RegionOpenError::BadMagic { .. })
         ));
         h.magic.store(MAGIC, Ordering::SeqCst);
@@ -1024,30 +1355,72 @@ mod tests {
         // SAFETY: test-only scribble over our own header's Pod info.
         h.info.with_mut(|p| unsafe { p.write_volatile(info) });
         assert!(matches!(
-            Region::<u64, u64>::open(&name, Duration::ZERO),
+            open(&server, &listener, &dir, "corrupt").0,
             Err(RegionOpenError::Corrupt { .. })
         ));
         h.state.store(InitState::Creating as u32, Ordering::SeqCst);
         assert!(matches!(
-            Region::<u64, u64>::open(&name, Duration::from_millis(20)),
+            open(&server, &listener, &dir, "corrupt").0,
             Err(RegionOpenError::NotReady { .. })
         ));
     }
 
     #[test]
-    fn stale_region_is_taken_over() {
-        let name = unique("stale");
-        let first = Region::<u64, u64>::create(&name, &RegionConfig::default()).unwrap();
-        // Simulate a crash: keep the files, drop the lock.
-        let mut first = std::mem::ManuallyDrop::new(first);
-        first.owner = false;
-        // SAFETY: test-only; we drop the region exactly once here, with
-        // `owner` cleared so the files are left behind as after a crash.
-        unsafe { std::mem::ManuallyDrop::drop(&mut first) };
-        let (second, takeover) =
-            Region::<u64, u64>::create_reporting(&name, &RegionConfig::default()).unwrap();
-        assert!(matches!(takeover, Takeover::Stale { .. }));
+    fn a_client_that_gets_no_answer_is_not_ready() {
+        let dir = TestDir::new("noanswer");
+        let (_server, _listener, _) =
+            Region::<u64, u64>::create_reporting("noanswer", &dir.config()).unwrap();
+        let options = ConnectOptions {
+            wait: Duration::from_millis(50),
+            ..dir.connect()
+        };
+        assert!(matches!(
+            Region::<u64, u64>::open_with("noanswer", &options),
+            Err(RegionOpenError::NotReady { .. })
+        ));
+    }
+
+    #[test]
+    fn a_dead_servers_files_are_taken_over() {
+        let dir = TestDir::new("stale");
+        let (first, listener, _) =
+            Region::<u64, u64>::create_reporting("stale", &dir.config()).unwrap();
+        // A crash: the files stay, the lock goes with the process.
+        first.abandon();
+        drop(listener);
+        assert!(dir.0.join("stale.sock").exists());
+        assert!(matches!(
+            Region::<u64, u64>::open_with("stale", &dir.connect()),
+            Err(RegionOpenError::NoServer { detail, .. }) if detail.contains("no longer running")
+        ));
+        let (second, _listener, takeover) =
+            Region::<u64, u64>::create_reporting("stale", &dir.config()).unwrap();
+        assert_eq!(
+            takeover,
+            Takeover::Stale {
+                pid: u64::from(std::process::id())
+            }
+        );
         drop(second);
+        assert!(!dir.0.join("stale.sock").exists());
+        assert!(!dir.0.join("stale.lock").exists());
+    }
+
+    #[test]
+    fn cleanup_removes_only_dead_servers_files() {
+        let dir = TestDir::new("cleanup");
+        let (live, _l1, _) = Region::<u64, u64>::create_reporting("live", &dir.config()).unwrap();
+        let (dead, l2, _) = Region::<u64, u64>::create_reporting("dead", &dir.config()).unwrap();
+        dead.abandon();
+        drop(l2);
+        assert_eq!(stale_names(Some(&dir.0)), vec!["dead".to_string()]);
+        assert_eq!(remove_stale("live", Some(&dir.0)).unwrap(), Cleanup::Alive);
+        let Cleanup::Removed(paths) = remove_stale("dead", Some(&dir.0)).unwrap() else {
+            panic!("dead was not removed");
+        };
+        assert_eq!(paths.len(), 2);
+        assert!(stale_names(Some(&dir.0)).is_empty());
+        drop(live);
     }
 
     #[test]
@@ -1063,6 +1436,10 @@ mod tests {
             },
             RegionConfig {
                 mode: 0o400,
+                ..RegionConfig::default()
+            },
+            RegionConfig {
+                mode: 0o644,
                 ..RegionConfig::default()
             },
             RegionConfig {
