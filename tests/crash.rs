@@ -47,6 +47,7 @@ fn child_entry() {
             hammer(&name, id)
         }
         "paused-server" => paused_server(&name),
+        "stalled-writer" => stalled_writer(&name),
         other => panic!("unknown role {other}"),
     }
 }
@@ -80,6 +81,96 @@ fn hammer(name: &str, id: usize) {
         if started.elapsed() > Duration::from_secs(60) {
             std::process::exit(5);
         }
+    }
+}
+
+/// Sets one key while `KVS_TEST_STOP_BEFORE_PUBLISH=1` stops this process
+/// in the middle of its push; once resumed, checks the key and says `OK`.
+fn stalled_writer(name: &str) {
+    let client = KVSClient::<TextKey, Value256>::connect_with(
+        name,
+        ClientOptions {
+            timeout: Duration::from_secs(30),
+            ..ClientOptions::default()
+        },
+    )
+    .unwrap();
+    let k = key("stalled-key");
+    let v = val("the stalled writer's value");
+    client.set(&k, &v).unwrap();
+    let got = client.get(&k).unwrap();
+    let mut out = std::io::stdout();
+    if got == Some(v) {
+        let _ = writeln!(out, "OK");
+    } else {
+        let _ = writeln!(out, "WRONG {got:?}");
+    }
+    let _ = out.flush();
+}
+
+/// Whether process `pid` is stopped (state `T` in `/proc/PID/stat`).
+fn is_stopped(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit(')')
+                .next()
+                .map(|r| r.trim_start().starts_with('T'))
+        })
+        .unwrap_or(false)
+}
+
+/// The defect of the old ring: a producer that won its claim on a cell and
+/// then stalled past the workers' skip timeout wrote its key or value into
+/// the cell after another client's request had been published there, and
+/// the worker stored one client's key with the other's value. Here a real
+/// client process is stopped (SIGSTOP) in the middle of its push, while
+/// other requests go round a 4-cell ring hundreds of times; resumed, it
+/// publishes where it belongs, and every key holds exactly its own value.
+#[test]
+fn a_producer_stopped_mid_push_never_writes_into_a_reused_cell() {
+    let name = unique_name("stalledpush");
+    let _server = ServerGuard::start(&name, &["--queue-capacity", "4"]);
+    let mut child = spawn_self(
+        "child_entry",
+        &[
+            ("KVS_CHILD_ROLE", "stalled-writer".to_string()),
+            ("KVS_TEST_REGION", name.clone()),
+            ("KVS_TEST_STOP_BEFORE_PUBLISH", "1".to_string()),
+        ],
+    );
+    let rx = stdout_lines(&mut child);
+    let pid = child.id();
+    let mut children = Children(vec![child]);
+    assert!(
+        poll_until(Duration::from_secs(20), || is_stopped(pid)).is_some(),
+        "the writer never stopped mid-push"
+    );
+    // Laps of the ring while it is stopped, every answer checked.
+    let client = KVSClient::<TextKey, Value256>::connect(&name).unwrap();
+    for i in 0..400 {
+        let k = key(&format!("lap-{}", i % 7));
+        let v = val(&format!("lap value {i}"));
+        client.set(&k, &v).unwrap();
+        assert_eq!(client.get(&k).unwrap(), Some(v), "round {i}");
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGCONT,
+    )
+    .unwrap();
+    let said = expect_line(&rx, "OK", Duration::from_secs(20));
+    assert!(said.ends_with("OK"), "{said}");
+    let status = wait_with_deadline(&mut children.0[0], Duration::from_secs(10)).unwrap();
+    assert!(status.success(), "{status}");
+    assert_eq!(
+        client.get(&key("stalled-key")).unwrap(),
+        Some(val("the stalled writer's value"))
+    );
+    for j in 0..7 {
+        let got = client.get(&key(&format!("lap-{j}"))).unwrap().unwrap();
+        let last = (0..400).filter(|i| i % 7 == j).max().unwrap();
+        assert_eq!(got, val(&format!("lap value {last}")), "lap-{j}");
     }
 }
 

@@ -111,25 +111,19 @@ struct Spots {
     slot_count: usize,
 }
 
-/// Inside a ring cell: the stamp, then the request (op, slot, generation,
-/// arg, key, value).
-const STAMP: usize = 0;
-const REQ: usize = 8;
-const OP: usize = REQ;
-const SLOT: usize = REQ + 4;
-const GENERATION: usize = REQ + 8;
-/// Inside a response slot: the control word, then sleepers and owner pid,
-/// then the response.
+/// A ring cell is one word: stamp (44 bits) | slot index (20 bits).
+const STAMP_SHIFT: u32 = 20;
+/// Inside a response slot: the control word, sleepers and owner pid, then
+/// the request (op, generation, arg, reserved, key, value), then the answer.
 const WORD: usize = 0;
-const RESPONSE: usize = 16;
+const REQUEST: usize = 16;
+const OP: usize = REQUEST;
+const GENERATION: usize = REQUEST + 4;
+const RESPONSE: usize = REQUEST + std::mem::size_of::<Request<TextKey, Value256>>();
 
 impl Spots {
     fn of(layout: &Layout, cells: usize, slot_count: usize) -> Self {
-        // The request follows the 8-byte stamp with no padding.
-        assert_eq!(
-            layout.ring_cell_size,
-            REQ + std::mem::size_of::<Request<TextKey, Value256>>()
-        );
+        assert_eq!(layout.ring_cell_size, 8);
         Self {
             ring_cells: layout.ring_cells_offset,
             cell_size: layout.ring_cell_size,
@@ -194,8 +188,8 @@ fn normal_client(name: &str, id: usize, stop: &AtomicBool, seen: &Mutex<Seen>) {
 /// Which parts of the region the scribbler may hit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Targets {
-    /// Ring stamps, request op codes, slot indices and generations, slot
-    /// control words: everything the protocol validates.
+    /// Ring words, request op codes and generations, slot control words:
+    /// everything the protocol validates.
     ControlFields,
     /// All of that plus keys, values and responses: arbitrary bytes.
     Everything,
@@ -205,38 +199,37 @@ enum Targets {
 fn scribbler(map: &RawMap, spots: Spots, targets: Targets, stop: &AtomicBool) -> u64 {
     let mut rng = rand::rng();
     let mut writes = 0u64;
-    let choices = if targets == Targets::Everything { 9 } else { 7 };
+    let choices = if targets == Targets::Everything { 8 } else { 6 };
     while !stop.load(Ordering::Relaxed) {
         let cell = spots.cell(rng.random_range(0..spots.cells));
         let slot = spots.slot(rng.random_range(0..spots.slot_count));
         match rng.random_range(0..choices) {
-            0 => map
-                .u64_at(cell + STAMP)
-                .store(rng.random(), Ordering::SeqCst),
-            1 => map.u32_at(cell + OP).store(rng.random(), Ordering::SeqCst),
+            0 => map.u64_at(cell).store(rng.random(), Ordering::SeqCst),
+            1 => {
+                // A plausible word: a stamp near the ring's positions and a
+                // real slot index (which a worker may then pop and begin).
+                let stamp = rng.random_range(0..1u64 << 16);
+                let index = rng.random_range(0..spots.slot_count as u64);
+                map.u64_at(cell)
+                    .store((stamp << STAMP_SHIFT) | index, Ordering::SeqCst)
+            }
             2 => map
-                .u32_at(cell + SLOT)
-                .store(rng.random(), Ordering::SeqCst),
-            3 => map.u32_at(cell + SLOT).store(
-                rng.random_range(0..spots.slot_count as u32),
-                Ordering::SeqCst,
-            ),
-            4 => map
-                .u32_at(cell + GENERATION)
-                .store(rng.random(), Ordering::SeqCst),
-            5 => map
                 .u64_at(slot + WORD)
                 .store(rng.random(), Ordering::SeqCst),
-            6 => {
+            3 => {
                 // A plausible word: a known state, any generation and owner.
                 let word = (u64::from(rng.random::<u32>()) << 32)
                     | (u64::from(rng.random_range(0..1u32 << 24)) << 8)
-                    | rng.random_range(0..5u64);
+                    | rng.random_range(0..6u64);
                 map.u64_at(slot + WORD).store(word, Ordering::SeqCst)
             }
-            7 => {
-                let bytes: Vec<u8> = (0..spots.cell_size - REQ).map(|_| rng.random()).collect();
-                map.scribble(cell + REQ, &bytes)
+            4 => map.u32_at(slot + OP).store(rng.random(), Ordering::SeqCst),
+            5 => map
+                .u32_at(slot + GENERATION)
+                .store(rng.random(), Ordering::SeqCst),
+            6 => {
+                let bytes: Vec<u8> = (0..RESPONSE - OP - 16).map(|_| rng.random()).collect();
+                map.scribble(slot + OP + 16, &bytes)
             }
             _ => {
                 let bytes: Vec<u8> = (0..64).map(|_| rng.random()).collect();
@@ -357,21 +350,21 @@ fn scribbled_region_never_crashes_or_hangs_the_server() {
     }
     let status = status_json(&name);
     eprintln!(
-        "status after: malformed {}, dropped {}, reclaimed {}, cells skipped {}",
+        "status after: malformed {}, dropped {}, reclaimed {}, ring repairs {}",
         status["malformed"],
         status["ops"]["dropped"],
         status["slots_reclaimed"],
-        status["cells_skipped"]
+        status["ring_repairs"]
     );
     assert!(status["ops"]["dropped"].as_u64().unwrap() > 0);
     let code = server.signal_and_wait(nix::sys::signal::Signal::SIGTERM);
     assert_eq!(code.code(), Some(0), "{code}");
 }
 
-/// Forged requests, pushed through the real ring: an unknown op code is
-/// answered `Malformed` (and counted), an out-of-range slot or a wrong
-/// generation is dropped (and counted), and well-formed requests are still
-/// served.
+/// Forged requests, pushed through the real ring: an unknown op code, or a
+/// request whose generation is not its slot's, is answered `Malformed` (and
+/// counted); an index out of range, or of a slot with no pending request,
+/// is dropped (and counted); well-formed requests are still served.
 #[test]
 fn malformed_requests_get_an_error_status() {
     let name = unique_name("malformed");
@@ -381,61 +374,75 @@ fn malformed_requests_get_an_error_status() {
     let slots = region.slots();
     let ring = region.ring();
     let before = status_json(&name);
+    let wait = |claim: &kvs::core::response_table::Claim| {
+        slots.wait(
+            claim,
+            false,
+            SpinPolicy::CLIENT,
+            &FutexParker,
+            || Some(Instant::now() + Duration::from_secs(5)),
+            || region.server_alive(),
+        )
+    };
 
     // An unknown op code in a request for a slot we own.
     for op in [0u32, 8, 99, u32::MAX] {
         let claim = slots.claim(me).unwrap();
-        slots.mark_pending(&claim);
-        let mut req = Request::new(
-            kvs::core::protocol::OpCode::Get,
-            claim.index,
-            claim.generation,
-            0,
-            key("k"),
-            val("v"),
-        );
-        req.op = op;
-        ring.push(req).unwrap();
+        slots.write_request(&claim, op, 0, &key("k"), Some(&val("v")));
+        assert!(slots.mark_pending(&claim));
+        ring.push(claim.index).unwrap();
         region.wake_a_worker();
-        let outcome = slots.wait(
-            &claim,
-            SpinPolicy::CLIENT,
-            &FutexParker,
-            Some(Instant::now() + Duration::from_secs(5)),
-            || region.server_alive(),
-        );
-        match outcome {
+        match wait(&claim) {
             WaitOutcome::Ready(r) => {
                 assert_eq!(r.status_code(), Ok(StatusCode::Malformed), "op {op}")
             }
             other => panic!("op {op}: {other:?}"),
         }
     }
-    // Requests naming a slot that does not exist, or the wrong generation.
+    // A request whose generation is not its slot's (written for another
+    // use of the slot): refused as malformed.
+    {
+        use kvs::core::protocol::OpCode;
+        let claim = slots.claim(me).unwrap();
+        slots.write_request(
+            &claim,
+            OpCode::Set as u32,
+            0,
+            &key("forged"),
+            Some(&val("x")),
+        );
+        let map = RawMap::open(&name);
+        let spots = Spots::of(
+            region.layout(),
+            region.info().ring_capacity as usize,
+            region.info().slot_count as usize,
+        );
+        map.u32_at(spots.slot(claim.index as usize) + GENERATION)
+            .store(claim.generation.wrapping_add(7), Ordering::SeqCst);
+        assert!(slots.mark_pending(&claim));
+        ring.push(claim.index).unwrap();
+        region.wake_a_worker();
+        match wait(&claim) {
+            WaitOutcome::Ready(r) => assert_eq!(r.status_code(), Ok(StatusCode::Malformed)),
+            other => panic!("{other:?}"),
+        }
+    }
+    // Indices out of range, of a free slot, of a claimed but unsubmitted
+    // slot: dropped.
     let dropped_before = region.op_totals().dropped;
     let claim = slots.claim(me).unwrap();
-    for (slot, generation) in [
-        (slots.len() as u32, 1),
-        (u32::MAX, 1),
-        (claim.index, claim.generation.wrapping_add(7)),
+    for index in [
+        slots.len() as u32,
+        kvs::core::ring::MAX_VALUE,
+        claim.index,
+        (claim.index + 1) % slots.len() as u32,
     ] {
-        let req = Request::new(
-            kvs::core::protocol::OpCode::Set,
-            slot,
-            generation,
-            0,
-            key("forged"),
-            val("forged"),
-        );
-        ring.push(req).unwrap();
+        ring.push(index).unwrap();
         region.wake_a_worker();
     }
     let deadline = Instant::now() + Duration::from_secs(5);
-    while region.op_totals().dropped < dropped_before + 3 {
-        assert!(
-            Instant::now() < deadline,
-            "forged requests were not dropped"
-        );
+    while region.op_totals().dropped < dropped_before + 4 {
+        assert!(Instant::now() < deadline, "forged indices were not dropped");
         std::thread::sleep(Duration::from_millis(5));
     }
     assert!(slots.release(&claim));
@@ -444,7 +451,7 @@ fn malformed_requests_get_an_error_status() {
     let after = status_json(&name);
     assert_eq!(
         after["malformed"].as_u64().unwrap(),
-        before["malformed"].as_u64().unwrap() + 4
+        before["malformed"].as_u64().unwrap() + 5
     );
     // Nothing forged was written: the store is as it was.
     assert_eq!(after["version"], before["version"]);
@@ -590,18 +597,20 @@ fn other_types_or_layout_version_are_refused_naming_both_sides() {
     client.set(&key("k"), &val("v")).unwrap();
 }
 
-/// A stamp forged to look like a worker caught mid-pop blocks every
-/// producer; the housekeeper frees it once every worker has passed a
-/// quiescent point, and the store serves again.
+/// Ring words forged to look almost right (the stamp of the previous lap,
+/// "published" at a free cell, "consumed" ahead of the head) block every
+/// producer at those cells; a repair (by the client that stalls, a worker,
+/// or the housekeeper) judges each word against the indices and restores
+/// it, and the store serves again.
 #[test]
-fn forged_mid_pop_stamp_is_repaired() {
-    let name = unique_name("midpop");
+fn forged_ring_words_are_repaired() {
+    let name = unique_name("ringforge");
     let _server = ServerGuard::start(&name, &[]);
     let client = KVSClient::<TextKey, Value256>::connect(&name).unwrap();
     for i in 0..10 {
         client.set(&key(&format!("k{i}")), &val("v")).unwrap();
     }
-    let region = Region::<TextKey, Value256>::open(&name, Duration::from_secs(1)).unwrap();
+    let region = probe::<TextKey, Value256>(&name);
     let layout = *region.layout();
     let cap = region.info().ring_capacity;
     let spots = Spots::of(&layout, cap as usize, region.info().slot_count as usize);
@@ -610,10 +619,17 @@ fn forged_mid_pop_stamp_is_repaired() {
     let tail = map
         .u64_at(layout.ring_header_offset + 128)
         .load(Ordering::SeqCst);
-    for p in tail..tail + 4 {
-        let forged = p.wrapping_sub(cap).wrapping_add(1);
-        map.u64_at(spots.cell(p as usize) + STAMP)
-            .store(forged, Ordering::SeqCst);
+    for (k, p) in (tail..tail + 4).enumerate() {
+        let stamp = match k {
+            0 => p.wrapping_sub(cap).wrapping_add(1), // the previous lap, still full
+            1 => p.wrapping_sub(cap),                 // empty for the previous lap
+            2 => p.wrapping_add(cap),                 // consumed ahead of time
+            _ => p.wrapping_add(2),                   // published two ahead
+        };
+        map.u64_at(spots.cell(p as usize)).store(
+            ((stamp & ((1 << 44) - 1)) << STAMP_SHIFT) | 3,
+            Ordering::SeqCst,
+        );
     }
     let start = Instant::now();
     let mut first_error = None;

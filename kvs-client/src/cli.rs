@@ -376,7 +376,7 @@ fn print_status(out: &mut impl Write, s: &crate::StoreStatus) {
     );
     let _ = writeln!(
         out,
-        "recovery      {} malformed, {} slots reclaimed, {} cells skipped",
-        s.malformed, s.slots_reclaimed, s.cells_skipped
+        "recovery      {} malformed, {} slots reclaimed, {} ring repairs, {} panics",
+        s.malformed, s.slots_reclaimed, s.ring_repairs, s.panics
     );
 }

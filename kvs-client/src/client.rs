@@ -8,7 +8,7 @@
 
 use crate::error::{ClientError, Result};
 use crate::ticket::Ticket;
-use kvs_core::protocol::{OpCode, Request, Response, StatusCode};
+use kvs_core::protocol::{OpCode, Response, StatusCode};
 use kvs_core::region::{ConnectOptions, InitState, Region};
 use kvs_core::response_table::{Claim, WaitOutcome};
 use kvs_core::ring::PushError;
@@ -476,21 +476,19 @@ where
         let slots = self.region.slots();
         let claim = self.claim_slot(deadline)?;
         prepare(&claim);
-        let header = RequestHeader {
-            op: op as u32,
-            slot: claim.index,
-            generation: claim.generation,
-            arg,
-        };
         // Only ops the server reads a value of carry one.
-        let value = value.filter(|_| carries_value(op));
-        slots.mark_pending(&claim);
+        let value = value.filter(|_| op.carries_value());
+        slots.write_request(&claim, op as u32, arg, key, value);
+        if !slots.mark_pending(&claim) {
+            // Someone moved our claimed slot on (a scribbler): not ours now.
+            return Err(ClientError::SlotLost);
+        }
         let ring = self.region.ring();
         // Computed on the first failure only: the fast path reads no clock.
         let mut give_up = None;
         let mut round = 0u32;
         loop {
-            match ring.push_with(|p| write_request(p, &header, key, value)) {
+            match ring.push(claim.index) {
                 Ok(()) => {
                     self.region.wake_a_worker();
                     return Ok(claim);
@@ -501,10 +499,11 @@ where
                             .instant()
                             .min(Instant::now() + self.options.ring_full_backoff)
                     });
-                    let stalled = matches!(e, PushError::Stalled(()));
-                    // A stamp someone scribbled on blocks every producer at
-                    // that cell: repair what is safe to repair and go again.
-                    if stalled && ring.repair_free_cells() > 0 {
+                    let stalled = e == PushError::Stalled;
+                    // A word someone scribbled on blocks every producer at
+                    // that cell: repair what no push or pop could have left
+                    // (safe for anyone, see `Ring::repair`) and go again.
+                    if stalled && ring.repair() != Default::default() {
                         continue;
                     }
                     if Instant::now() >= give_up || self.server_closed() {
@@ -564,9 +563,9 @@ where
         claim: &Claim,
         deadline: &Deadline,
     ) -> Result<Response<V>> {
-        let outcome = self.region.slots().wait_parts(
+        let outcome = self.region.slots().wait(
             claim,
-            op == OpCode::Get,
+            op.answer_carries_value(),
             self.options.spin,
             &FutexParker,
             || Some(deadline.instant()),
@@ -577,42 +576,6 @@ where
             WaitOutcome::TimedOut => Err(ClientError::timeout(op, deadline.timeout())),
             WaitOutcome::ServerGone => Err(ClientError::ServerGone),
             WaitOutcome::Lost => Err(ClientError::SlotLost),
-        }
-    }
-}
-
-/// Whether the server reads a request's value (SET and POST carry one).
-pub(crate) fn carries_value(op: OpCode) -> bool {
-    matches!(op, OpCode::Set | OpCode::Post)
-}
-
-/// The fixed fields of a request.
-struct RequestHeader {
-    op: u32,
-    slot: u32,
-    generation: u32,
-    arg: u32,
-}
-
-/// Writes a request straight into a claimed ring cell from references (no
-/// intermediate copy), with the value only if there is one: a GET or DEL
-/// does not move the value field's cache lines.
-fn write_request<K: Copy, V: Copy>(
-    p: *mut Request<K, V>,
-    h: &RequestHeader,
-    key: &K,
-    value: Option<&V>,
-) {
-    // SAFETY: `p` is the ring cell `push_with` owns for us, valid for
-    // writes; field pointers stay inside it.
-    unsafe {
-        std::ptr::addr_of_mut!((*p).op).write(h.op);
-        std::ptr::addr_of_mut!((*p).slot).write(h.slot);
-        std::ptr::addr_of_mut!((*p).generation).write(h.generation);
-        std::ptr::addr_of_mut!((*p).arg).write(h.arg);
-        std::ptr::addr_of_mut!((*p).key).write(*key);
-        if let Some(v) = value {
-            std::ptr::addr_of_mut!((*p).value).write(*v);
         }
     }
 }

@@ -114,7 +114,8 @@ where
         self.bulk_request(OpCode::ListPage, &params, timeout, |bulk, claim, resp| {
             check_ok(OpCode::ListPage, &resp, bulk, claim)?;
             let result = bulk.result(claim);
-            let records: Vec<ListRecord<K, V>> = bulk.read_records(claim, result.count as usize);
+            let records: Vec<ListRecord<K, V>> =
+                bulk.read_list_records(claim, result.count as usize);
             Ok(ListPage {
                 entries: records
                     .into_iter()

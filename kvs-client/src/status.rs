@@ -77,8 +77,10 @@ pub struct StoreStatus {
     pub malformed: u64,
     /// Slots reclaimed from dead or abandoning clients.
     pub slots_reclaimed: u64,
-    /// Ring cells skipped because their producer never published.
-    pub cells_skipped: u64,
+    /// Ring cells and indices found corrupted and repaired.
+    pub ring_repairs: u64,
+    /// Requests whose execution panicked (answered `Failed`).
+    pub panics: u64,
     /// Bytes of the region.
     pub region_bytes: u64,
 }
@@ -165,7 +167,8 @@ where
         },
         malformed: u64::from(live.malformed.load(Ordering::Relaxed)),
         slots_reclaimed: live.slots_reclaimed.load(Ordering::Relaxed),
-        cells_skipped: live.cells_skipped.load(Ordering::Relaxed),
+        ring_repairs: live.ring_repairs.load(Ordering::Relaxed),
+        panics: u64::from(live.panics.load(Ordering::Relaxed)),
         region_bytes: info.total_size,
     }
 }

@@ -8,7 +8,7 @@
 
 use crate::client::KVSClient;
 use crate::error::{ClientError, Result};
-use kvs_core::notify::{Notice, SubClaim, EVENT_DELETED, MAX_SUB_KEYS};
+use kvs_core::notify::{EventKind, Notice, SubClaim, MAX_SUB_KEYS};
 use kvs_core::wait::{futex_wait, SLEEP_SLICE};
 use std::fmt;
 use std::hash::Hash;
@@ -103,7 +103,7 @@ where
     fn convert(n: Notice<K, V>) -> ChangeEvent<K, V> {
         match n {
             Notice::Missed => ChangeEvent::Missed,
-            Notice::Event(e) if e.kind == EVENT_DELETED => ChangeEvent::Deleted {
+            Notice::Event(e) if e.kind == EventKind::Deleted => ChangeEvent::Deleted {
                 key: e.key,
                 version: e.version,
             },

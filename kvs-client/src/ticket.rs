@@ -83,7 +83,7 @@ where
             .client
             .region()
             .slots()
-            .poll_parts(&claim, self.op == OpCode::Get)
+            .poll(&claim, self.op.answer_carries_value())
         {
             Poll::Pending => None,
             Poll::Ready(resp) => {

@@ -33,9 +33,34 @@ pub const PREFIX_MAX: usize = 64;
 /// Longest path a snapshot request may carry.
 pub const PATH_MAX: usize = 4096;
 
-const FREE: u32 = 0;
-const OWNED: u32 = 1;
-const ABANDONED: u32 = 2;
+/// The state of a bulk buffer, as stored in its word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum BufferState {
+    /// Not in use.
+    Free = 0,
+    /// A client uses it for a request.
+    Owned = 1,
+    /// Its client gave up; freed once the request's slot has settled.
+    Abandoned = 2,
+}
+
+impl TryFrom<u32> for BufferState {
+    type Error = u32;
+
+    fn try_from(v: u32) -> Result<Self, u32> {
+        match v {
+            0 => Ok(BufferState::Free),
+            1 => Ok(BufferState::Owned),
+            2 => Ok(BufferState::Abandoned),
+            other => Err(other),
+        }
+    }
+}
+
+const FREE: u32 = BufferState::Free as u32;
+const OWNED: u32 = BufferState::Owned as u32;
+const ABANDONED: u32 = BufferState::Abandoned as u32;
 
 /// What a client asks of a bulk request (written by the client before the
 /// request is pushed; copied out by the server).
@@ -112,9 +137,10 @@ pub struct BulkHeader {
     result: UnsafeCell<BulkResult>,
 }
 
-/// One listed entry as it travels in a bulk buffer.
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
+/// One listed entry. It travels in a bulk buffer as its four fields packed
+/// one after the other ([`BulkTable::write_list_records`]): never as a whole
+/// struct, whose padding bytes would otherwise be copied into shared memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ListRecord<K, V> {
     /// The key.
     pub key: K,
@@ -293,7 +319,11 @@ impl<'a> BulkTable<'a> {
 
     /// Server side: writes `items` as consecutive records; returns how many
     /// were written (at most [`BulkTable::capacity_for`]).
-    pub fn write_records<T: Copy>(&self, index: u32, items: impl IntoIterator<Item = T>) -> usize {
+    pub fn write_records<T: bytemuck::NoUninit>(
+        &self,
+        index: u32,
+        items: impl IntoIterator<Item = T>,
+    ) -> usize {
         if self.header(index).is_none() {
             return 0;
         }
@@ -301,12 +331,87 @@ impl<'a> BulkTable<'a> {
         let cap = self.capacity_for::<T>();
         let mut n = 0;
         for item in items.into_iter().take(cap) {
-            // SAFETY: `n < cap` keeps the record inside the data area;
-            // unaligned writes need no alignment.
-            unsafe { (base.add(n * std::mem::size_of::<T>()) as *mut T).write_unaligned(item) };
+            let bytes = bytemuck::bytes_of(&item);
+            // SAFETY: `n < cap` keeps the record inside the data area; `T`
+            // has no uninitialised (padding) bytes to copy into shared
+            // memory, so these are plain initialised bytes.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    bytes.as_ptr(),
+                    base.add(n * std::mem::size_of::<T>()),
+                    bytes.len(),
+                )
+            };
             n += 1;
         }
         n
+    }
+
+    /// Bytes of one listing record in a data area.
+    pub fn list_record_size<K, V>() -> usize {
+        std::mem::size_of::<K>() + std::mem::size_of::<V>() + 16
+    }
+
+    /// How many listing records fit in a data area.
+    pub fn list_capacity<K, V>(&self) -> usize {
+        self.data_size / Self::list_record_size::<K, V>().max(1)
+    }
+
+    /// Server side: writes listing records, each as its fields packed (key,
+    /// value, version, modified time); returns how many were written (at
+    /// most [`BulkTable::list_capacity`]).
+    pub fn write_list_records<K: Pod, V: Pod>(
+        &self,
+        index: u32,
+        items: impl IntoIterator<Item = ListRecord<K, V>>,
+    ) -> usize {
+        if self.header(index).is_none() {
+            return 0;
+        }
+        let size = Self::list_record_size::<K, V>();
+        let base = self.data(index);
+        let mut n = 0;
+        for r in items.into_iter().take(self.list_capacity::<K, V>()) {
+            let mut at = n * size;
+            for part in [
+                bytemuck::bytes_of(&r.key),
+                bytemuck::bytes_of(&r.value),
+                &r.version.to_ne_bytes(),
+                &r.modified_ns.to_ne_bytes(),
+            ] {
+                // SAFETY: `n < list_capacity` keeps the record inside the
+                // data area; the bytes are initialised (`Pod` fields).
+                unsafe { std::ptr::copy_nonoverlapping(part.as_ptr(), base.add(at), part.len()) };
+                at += part.len();
+            }
+            n += 1;
+        }
+        n
+    }
+
+    /// Client side: reads `count` listing records (clamped to the capacity).
+    pub fn read_list_records<K: Pod, V: Pod>(
+        &self,
+        claim: &BulkClaim,
+        count: usize,
+    ) -> Vec<ListRecord<K, V>> {
+        let size = Self::list_record_size::<K, V>();
+        let n = count.min(self.list_capacity::<K, V>());
+        let bytes = self.read_bytes(claim, n * size);
+        bytes
+            .chunks_exact(size)
+            .map(|r| {
+                let (ks, vs) = (std::mem::size_of::<K>(), std::mem::size_of::<V>());
+                let u64_at =
+                    |at: usize| u64::from_ne_bytes(r[at..at + 8].try_into().unwrap_or_default());
+                ListRecord {
+                    key: bytemuck::pod_read_unaligned(&r[..ks]),
+                    value: bytemuck::pod_read_unaligned(&r[ks..ks + vs]),
+                    version: u64_at(ks + vs),
+                    modified_ns: u64_at(ks + vs + 8),
+                }
+            })
+            .collect()
     }
 
     /// Server side: writes bytes (an error message) into the data area.
@@ -321,18 +426,16 @@ impl<'a> BulkTable<'a> {
         n
     }
 
-    /// Client side: reads `count` records (clamped to the capacity).
-    ///
-    /// `T` must be valid for any bit pattern (a `Pod` record).
-    pub fn read_records<T: Copy + Zeroable>(&self, claim: &BulkClaim, count: usize) -> Vec<T> {
+    /// Client side: reads `count` records (clamped to the capacity). `T` is
+    /// `Pod`: any bytes another process left form a valid record.
+    pub fn read_records<T: bytemuck::Pod>(&self, claim: &BulkClaim, count: usize) -> Vec<T> {
         if self.header(claim.index).is_none() {
             return Vec::new();
         }
         let base = self.data(claim.index);
         let n = count.min(self.capacity_for::<T>());
         (0..n)
-            // SAFETY: inside the data area; `T` is valid for any bits (the
-            // caller's record types are built from Pod fields).
+            // SAFETY: inside the data area; `T: Pod` is valid for any bits.
             .map(|i| unsafe {
                 (base.add(i * std::mem::size_of::<T>()) as *const T).read_unaligned()
             })
@@ -359,36 +462,25 @@ impl<'a> BulkTable<'a> {
         owner_dead: impl Fn(u32) -> bool,
         slot_settled: impl Fn(u32, u32) -> bool,
     ) -> usize {
-        let mut freed = 0;
-        for index in 0..self.count as u32 {
-            let Some(h) = self.header(index) else { break };
-            let w = h.word.load(Ordering::Acquire);
-            let (generation, owner, state) = unpack(w);
-            let settled = || {
+        let settled = |index: usize| {
+            self.header(index as u32).is_some_and(|h| {
                 slot_settled(
                     h.slot.load(Ordering::Relaxed),
                     h.slot_generation.load(Ordering::Relaxed),
                 )
-            };
-            let free = match state {
-                FREE => false,
-                OWNED | ABANDONED => (owner_dead(owner) || state == ABANDONED) && settled(),
-                _ => true, // garbage
-            };
-            if free
-                && h.word
-                    .compare_exchange(
-                        w,
-                        pack(generation, owner, FREE),
-                        Ordering::Release,
-                        Ordering::Relaxed,
-                    )
-                    .is_ok()
-            {
-                freed += 1;
-            }
-        }
-        freed
+            })
+        };
+        crate::word::reclaim_words(
+            (0..self.count as u32).filter_map(|i| self.header(i).map(|h| &h.word)),
+            BufferState::Free as u32,
+            |index, owner, state| match BufferState::try_from(state) {
+                Ok(BufferState::Free) => false,
+                Ok(BufferState::Owned) => owner_dead(owner) && settled(index),
+                Ok(BufferState::Abandoned) => settled(index),
+                Err(_) => true, // garbage
+            },
+            |_| {},
+        )
     }
 
     /// Buffers not free (diagnostics).
@@ -405,9 +497,6 @@ impl<'a> BulkTable<'a> {
 unsafe impl Send for BulkTable<'_> {}
 // SAFETY: as above.
 unsafe impl Sync for BulkTable<'_> {}
-
-// SAFETY: `#[repr(C)]` of Zeroable fields.
-unsafe impl<K: Zeroable, V: Zeroable> Zeroable for ListRecord<K, V> {}
 
 #[cfg(test)]
 mod tests {
@@ -446,6 +535,17 @@ mod tests {
         let back: Vec<u64> = t.read_records(&c, t.result(&c).count as usize + 10_000);
         assert_eq!(back.len(), n);
         assert_eq!(back[3], 6);
+        // Listing records of types with padding between them travel packed.
+        let records: Vec<ListRecord<u8, u64>> = (0..5u8)
+            .map(|i| ListRecord {
+                key: i,
+                value: u64::from(i) * 10,
+                version: 7,
+                modified_ns: 8,
+            })
+            .collect();
+        assert_eq!(t.write_list_records(c.index, records.clone()), 5);
+        assert_eq!(t.read_list_records::<u8, u64>(&c, 5), records);
         t.release(&c);
         assert_eq!(t.in_use(), 0);
     }

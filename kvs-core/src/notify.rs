@@ -7,12 +7,33 @@
 //! while the worker still holds the key's stripe lock, so the events of one
 //! key reach every queue in version order.
 //!
-//! Each queue is an MPMC [`Ring`] (several workers produce; the subscriber
-//! consumes). A slow or dead subscriber never blocks anyone: a push into a
-//! full queue fails, the entry is marked overflowed, and nothing more is
-//! pushed to it until the subscriber has drained the queue and seen the
-//! overflow, which it reports as a "missed events, resync" event. So the
-//! subscriber sees every event up to the loss, in order, then the loss.
+//! # The queue
+//!
+//! Each entry's queue has many producers (the workers, all in the server)
+//! and one consumer (the subscriber, another process). Nobody ever waits for
+//! anybody:
+//!
+//! * **push** (worker): read the consumer's `head` and the producers'
+//!   `tail`; if `tail - head` is the capacity (or is garbage), the queue is
+//!   full: mark the entry overflowed and push nothing more until the
+//!   subscriber has seen it. Otherwise reserve position `tail` with a CAS
+//!   (a few tries at most, against the other workers), write the event into
+//!   its cell field by field, and publish it by storing the cell's sequence
+//!   `tail + 1` (Release). A worker never spins under its stripe lock: a
+//!   lost race past the bound counts as an overflow.
+//! * **poll** (subscriber): read `head`; if the cell's sequence is
+//!   `head + 1` (Acquire, pairs with the push), copy the event out and store
+//!   `head + 1` (Release, pairs with the producers' load of `head`: the
+//!   cell is free only after it was copied). Anything else means "nothing
+//!   yet": poll returns at once, it never spins. A position reserved by a
+//!   worker that is still writing shows up on a later poll.
+//! * A subscriber killed between copying and moving `head` leaves a queue
+//!   that is merely not drained; the next subscriber of the entry starts at
+//!   the current `tail` and drops any event tagged with an older generation,
+//!   so nothing wedges.
+//!
+//! So the subscriber sees every event up to a loss, in order, then the loss
+//! ("missed events, resync"), then events again.
 //!
 //! Entries use the packed `generation | owner | state` word of the response
 //! slots; every event carries its entry's generation, so an event pushed for
@@ -23,35 +44,79 @@
 //! reads `seq`, announces itself in `sleepers`, re-checks, and sleeps on
 //! `seq`; a publisher bumps `seq` after each push and wakes only when
 //! `sleepers` is set.
+//!
+//! Everything here is read from memory other processes write: indices are
+//! reduced by the mask, counts clamped, and keys and values are `Pod`, so a
+//! scribbled queue yields wrong events, never a hang or undefined
+//! behaviour.
 
-use crate::ring::{PopError, Ring, RingCell, RingHeader};
 use crate::sync::{AtomicU32, AtomicU64, Ordering, UnsafeCell};
 use crate::word::{pack, try_claim, unpack};
-use bytemuck::Zeroable;
+use bytemuck::Pod;
 use std::fmt;
 use std::marker::PhantomData;
+
 use std::time::Duration;
 
 /// Most keys one subscription may name (more: subscribe to all keys).
 pub const MAX_SUB_KEYS: usize = 32;
 
-const FREE: u32 = 0;
-const CLAIMED: u32 = 1;
-const ACTIVE: u32 = 2;
+/// Tries a worker makes to reserve a queue position against other workers
+/// before it counts the event as lost.
+const RESERVE_TRIES: u32 = 64;
 
-/// Event kinds as stored in [`Event::kind`].
-pub const EVENT_CHANGED: u32 = 1;
-/// A key was deleted.
-pub const EVENT_DELETED: u32 = 2;
+/// The state of a subscription entry, as stored in its word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum EntryState {
+    /// Not in use.
+    Free = 0,
+    /// A subscriber is setting it up.
+    Claimed = 1,
+    /// Receiving events.
+    Active = 2,
+}
 
-/// One change event in a subscriber's queue.
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
+impl TryFrom<u32> for EntryState {
+    type Error = u32;
+
+    fn try_from(v: u32) -> Result<Self, u32> {
+        match v {
+            0 => Ok(EntryState::Free),
+            1 => Ok(EntryState::Claimed),
+            2 => Ok(EntryState::Active),
+            other => Err(other),
+        }
+    }
+}
+
+/// What a change event reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum EventKind {
+    /// A key was set or inserted.
+    Changed = 1,
+    /// A key was deleted.
+    Deleted = 2,
+}
+
+impl TryFrom<u32> for EventKind {
+    type Error = u32;
+
+    fn try_from(v: u32) -> Result<Self, u32> {
+        match v {
+            1 => Ok(EventKind::Changed),
+            2 => Ok(EventKind::Deleted),
+            other => Err(other),
+        }
+    }
+}
+
+/// One change event, as a subscriber receives it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Event<K, V> {
-    /// [`EVENT_CHANGED`] or [`EVENT_DELETED`].
-    pub kind: u32,
-    /// The subscription entry's generation when pushed.
-    pub generation: u32,
+    /// What happened.
+    pub kind: EventKind,
     /// The version of the change.
     pub version: u64,
     /// When the change was made, unix nanoseconds (deletes: 0).
@@ -62,8 +127,18 @@ pub struct Event<K, V> {
     pub value: V,
 }
 
-// SAFETY: `#[repr(C)]` of Zeroable fields.
-unsafe impl<K: Zeroable, V: Zeroable> Zeroable for Event<K, V> {}
+/// One queue cell in the region.
+#[repr(C)]
+struct Cell<K, V> {
+    /// `p + 1` once the event of position `p` is written.
+    seq: AtomicU64,
+    kind: UnsafeCell<u32>,
+    generation: UnsafeCell<u32>,
+    version: UnsafeCell<u64>,
+    modified_ns: UnsafeCell<u64>,
+    key: UnsafeCell<K>,
+    value: UnsafeCell<V>,
+}
 
 /// The fixed part of a subscription entry; its queue's cells follow.
 #[repr(C)]
@@ -79,8 +154,11 @@ pub struct SubHeader<K> {
     /// Bumped after every push; the subscriber sleeps on it.
     seq: AtomicU32,
     _reserved: AtomicU32,
+    /// Next position to poll (written by the subscriber).
+    head: AtomicU64,
+    /// Next position to reserve (written by the workers).
+    tail: AtomicU64,
     keys: UnsafeCell<[K; MAX_SUB_KEYS]>,
-    ring: RingHeader,
 }
 
 /// A claimed subscription.
@@ -110,8 +188,7 @@ pub fn cells_offset<K>() -> usize {
 
 /// Bytes of one entry with a queue of `capacity` cells.
 pub fn stride<K, V>(capacity: usize) -> usize {
-    (cells_offset::<K>() + capacity * std::mem::size_of::<RingCell<Event<K, V>>>())
-        .next_multiple_of(128)
+    (cells_offset::<K>() + capacity * std::mem::size_of::<Cell<K, V>>()).next_multiple_of(128)
 }
 
 /// A view of the subscription entries in a region.
@@ -132,7 +209,7 @@ impl<K, V> fmt::Debug for SubTable<'_, K, V> {
     }
 }
 
-impl<'a, K: Copy + Zeroable, V: Copy + Zeroable> SubTable<'a, K, V> {
+impl<'a, K: Pod, V: Pod> SubTable<'a, K, V> {
     /// Wraps `count` entries with queues of `capacity` cells at `base`;
     /// `active` counts active subscriptions (a word in the region header).
     ///
@@ -141,13 +218,15 @@ impl<'a, K: Copy + Zeroable, V: Copy + Zeroable> SubTable<'a, K, V> {
     /// `base` points to `count * stride::<K, V>(capacity)` bytes, 128-aligned,
     /// inside a mapping that outlives `'a`, laid out by this module and
     /// initialised with [`SubTable::init`] (or zero-filled and then `init`);
-    /// `capacity` is a power of two.
+    /// `capacity` is a power of two; `K` and `V` have alignments of at most
+    /// 64.
     pub unsafe fn from_raw(
         base: *const u8,
         count: usize,
         capacity: usize,
         active: &'a AtomicU32,
     ) -> Self {
+        debug_assert!(capacity.is_power_of_two());
         Self {
             base,
             count,
@@ -175,26 +254,31 @@ impl<'a, K: Copy + Zeroable, V: Copy + Zeroable> SubTable<'a, K, V> {
         })
     }
 
-    fn ring(&self, index: u32) -> Option<Ring<'_, Event<K, V>>> {
-        let h = self.header(index)?;
-        // SAFETY: the cells follow the header inside the entry's stride,
-        // aligned, initialised by `init`; `capacity` is a power of two.
-        Some(unsafe {
-            Ring::from_raw(
-                &h.ring,
-                self.base
-                    .add(index as usize * stride::<K, V>(self.capacity) + cells_offset::<K>())
-                    as *const RingCell<Event<K, V>>,
-                self.capacity,
-            )
-        })
+    fn cell(&self, index: u32, pos: u64) -> &Cell<K, V> {
+        let i = (pos as usize) & (self.capacity - 1);
+        // SAFETY: `index` was checked by `header` (every caller got a header
+        // first); the cell is inside the entry's stride (`i < capacity`),
+        // aligned (the cells start 128-aligned and `Cell` is `repr(C)` of
+        // fields of alignment at most 64); atomics and UnsafeCell only.
+        unsafe {
+            &*(self.base.add(
+                index as usize * stride::<K, V>(self.capacity)
+                    + cells_offset::<K>()
+                    + i * std::mem::size_of::<Cell<K, V>>(),
+            ) as *const Cell<K, V>)
+        }
     }
 
-    /// Initialises every entry's queue (the server, before "ready").
+    /// Initialises every entry (the server, before "ready").
     pub fn init(&self) {
         for i in 0..self.count as u32 {
-            if let Some(r) = self.ring(i) {
-                r.init();
+            if let Some(h) = self.header(i) {
+                h.word.store(0, Ordering::Relaxed);
+                h.head.store(0, Ordering::Relaxed);
+                h.tail.store(0, Ordering::Relaxed);
+                for p in 0..self.capacity as u64 {
+                    self.cell(i, p).seq.store(0, Ordering::Relaxed);
+                }
             }
         }
         self.active.store(0, Ordering::Relaxed);
@@ -205,8 +289,8 @@ impl<'a, K: Copy + Zeroable, V: Copy + Zeroable> SubTable<'a, K, V> {
         if let Some(h) = self.header(claim.index) {
             if h.word
                 .compare_exchange(
-                    pack(claim.generation, claim.owner, ACTIVE),
-                    pack(claim.generation, claim.owner, FREE),
+                    pack(claim.generation, claim.owner, EntryState::Active as u32),
+                    pack(claim.generation, claim.owner, EntryState::Free as u32),
                     Ordering::Release,
                     Ordering::Relaxed,
                 )
@@ -217,20 +301,51 @@ impl<'a, K: Copy + Zeroable, V: Copy + Zeroable> SubTable<'a, K, V> {
         }
     }
 
-    /// Subscriber side: the next notice, if any.
+    /// Subscriber side: the next notice, if any. Never waits.
     pub fn poll(&self, claim: &SubClaim) -> Option<Notice<K, V>> {
-        let ring = self.ring(claim.index)?;
         let h = self.header(claim.index)?;
-        loop {
-            match ring.pop() {
-                Ok(ev) if ev.generation == claim.generation => return Some(Notice::Event(ev)),
-                Ok(_) => continue, // meant for a previous subscriber
-                Err(PopError::Busy { .. }) => std::hint::spin_loop(),
-                Err(PopError::Empty) => {
-                    return (h.overflow.swap(0, Ordering::SeqCst) != 0).then_some(Notice::Missed);
-                }
+        // A bounded pass over events left for a previous subscriber.
+        for _ in 0..=self.capacity {
+            let head = h.head.load(Ordering::Relaxed);
+            let cell = self.cell(claim.index, head);
+            // Acquire pairs with the producer's Release store of `seq`.
+            if cell.seq.load(Ordering::Acquire) != head.wrapping_add(1) {
+                // Nothing (more) published. Report a loss only once the
+                // queue is really empty, after the events before it.
+                let empty = h.tail.load(Ordering::Acquire) == head;
+                return (empty && h.overflow.swap(0, Ordering::SeqCst) != 0)
+                    .then_some(Notice::Missed);
             }
+            // SAFETY: the cell is published for `head` and no producer
+            // reuses it before `head` moves past it (we store that below);
+            // every field is `Pod`, read on its own.
+            let (kind, generation, version, modified_ns, key, value) = unsafe {
+                (
+                    cell.kind.with(|p| p.read_volatile()),
+                    cell.generation.with(|p| p.read_volatile()),
+                    cell.version.with(|p| p.read_volatile()),
+                    cell.modified_ns.with(|p| p.read_volatile()),
+                    cell.key.with(|p| p.read_volatile()),
+                    cell.value.with(|p| p.read_volatile()),
+                )
+            };
+            // Release: our copy happens before a producer reuses the cell.
+            h.head.store(head.wrapping_add(1), Ordering::Release);
+            if generation != claim.generation {
+                continue; // meant for a previous subscriber
+            }
+            let Ok(kind) = EventKind::try_from(kind) else {
+                continue; // scribbled
+            };
+            return Some(Notice::Event(Event {
+                kind,
+                version,
+                modified_ns,
+                key,
+                value,
+            }));
         }
+        None
     }
 
     /// Subscriber side: sleeps until a push may have happened, or `timeout`.
@@ -240,12 +355,15 @@ impl<'a, K: Copy + Zeroable, V: Copy + Zeroable> SubTable<'a, K, V> {
         timeout: Duration,
         sleep_on: impl Fn(&AtomicU32, u32, Duration),
     ) {
-        let (Some(h), Some(ring)) = (self.header(claim.index), self.ring(claim.index)) else {
+        let Some(h) = self.header(claim.index) else {
             return;
         };
         let seen = h.seq.load(Ordering::SeqCst);
         h.sleepers.store(1, Ordering::SeqCst);
-        if !ring.has_pending() && h.overflow.load(Ordering::SeqCst) == 0 {
+        let head = h.head.load(Ordering::Relaxed);
+        let published =
+            self.cell(claim.index, head).seq.load(Ordering::SeqCst) == head.wrapping_add(1);
+        if !published && h.overflow.load(Ordering::SeqCst) == 0 {
             sleep_on(&h.seq, seen, timeout);
         }
         h.sleepers.store(0, Ordering::Relaxed);
@@ -254,51 +372,36 @@ impl<'a, K: Copy + Zeroable, V: Copy + Zeroable> SubTable<'a, K, V> {
     /// Whether the subscription is still ours and active.
     pub fn is_active(&self, claim: &SubClaim) -> bool {
         self.header(claim.index).is_some_and(|h| {
-            h.word.load(Ordering::Relaxed) == pack(claim.generation, claim.owner, ACTIVE)
+            h.word.load(Ordering::Relaxed)
+                == pack(claim.generation, claim.owner, EntryState::Active as u32)
         })
     }
 
     /// Housekeeper: frees the entries of dead owners (and garbage states).
     pub fn reclaim(&self, owner_dead: impl Fn(u32) -> bool) -> usize {
-        let mut freed = 0;
-        for index in 0..self.count as u32 {
-            let Some(h) = self.header(index) else { break };
-            let w = h.word.load(Ordering::Acquire);
-            let (generation, owner, state) = unpack(w);
-            let free = match state {
-                FREE => false,
-                CLAIMED | ACTIVE => owner_dead(owner),
-                _ => true,
-            };
-            if free
-                && h.word
-                    .compare_exchange(
-                        w,
-                        pack(generation, owner, FREE),
-                        Ordering::Release,
-                        Ordering::Relaxed,
-                    )
-                    .is_ok()
-            {
-                if state == ACTIVE {
+        crate::word::reclaim_words(
+            (0..self.count as u32).filter_map(|i| self.header(i).map(|h| &h.word)),
+            EntryState::Free as u32,
+            // An owned entry of a dead owner, or a garbage state.
+            |_, owner, state| EntryState::try_from(state).is_err() || owner_dead(owner),
+            |old_state| {
+                if old_state == EntryState::Active as u32 {
                     self.active.fetch_sub(1, Ordering::SeqCst);
                 }
-                freed += 1;
-            }
-        }
-        freed
+            },
+        )
     }
 
     /// Active subscriptions (diagnostics).
     pub fn active_count(&self) -> usize {
         (0..self.count as u32)
             .filter_map(|i| self.header(i))
-            .filter(|h| unpack(h.word.load(Ordering::Relaxed)).2 == ACTIVE)
+            .filter(|h| unpack(h.word.load(Ordering::Relaxed)).2 == EntryState::Active as u32)
             .count()
     }
 }
 
-impl<K: Copy + Eq + Zeroable, V: Copy + Zeroable> SubTable<'_, K, V> {
+impl<K: Pod + Eq, V: Pod> SubTable<'_, K, V> {
     /// Subscribes `owner` to `keys` (all keys when empty).
     ///
     /// Returns `None` when every entry is taken or there are more than
@@ -309,35 +412,34 @@ impl<K: Copy + Eq + Zeroable, V: Copy + Zeroable> SubTable<'_, K, V> {
         }
         for index in 0..self.count as u32 {
             let h = self.header(index)?;
-            let Some(generation) = try_claim(&h.word, FREE, owner, CLAIMED) else {
+            let Some(generation) = try_claim(
+                &h.word,
+                EntryState::Free as u32,
+                owner,
+                EntryState::Claimed as u32,
+            ) else {
                 continue;
             };
-            // Drain what a previous subscriber left, then set the filter.
-            let ring = self.ring(index)?;
-            loop {
-                match ring.pop() {
-                    Ok(_) => {}
-                    Err(PopError::Empty) => break,
-                    // A worker mid-push for the previous subscriber: skip it;
-                    // it pushes again and the generation check drops it.
-                    Err(PopError::Busy { pos }) => {
-                        let _ = ring.skip_stalled(pos);
-                    }
-                }
-            }
+            // Start at the producers' position: whatever a previous
+            // subscriber left (even mid-poll when it died) is behind us, and
+            // a late event for it carries its generation.
+            h.head
+                .store(h.tail.load(Ordering::Acquire), Ordering::Release);
             let mut arr = [K::zeroed(); MAX_SUB_KEYS];
             arr[..keys.len()].copy_from_slice(keys);
-            // SAFETY: we own the entry (CLAIMED); workers read the keys only
-            // after seeing ACTIVE (Release below).
+            // SAFETY: we own the entry (Claimed); workers read the keys only
+            // after seeing Active (Release below); `K` is `Pod`.
             h.keys.with_mut(|p| unsafe { p.write_volatile(arr) });
             h.key_count.store(keys.len() as u32, Ordering::Relaxed);
             h.all_keys
                 .store(u32::from(keys.is_empty()), Ordering::Relaxed);
             h.overflow.store(0, Ordering::Relaxed);
             h.sleepers.store(0, Ordering::Relaxed);
-            // Release: the filter is visible to a worker that sees ACTIVE.
-            h.word
-                .store(pack(generation, owner, ACTIVE), Ordering::Release);
+            // Release: the filter is visible to a worker that sees Active.
+            h.word.store(
+                pack(generation, owner, EntryState::Active as u32),
+                Ordering::Release,
+            );
             self.active.fetch_add(1, Ordering::SeqCst);
             return Some(SubClaim {
                 index,
@@ -349,10 +451,11 @@ impl<K: Copy + Eq + Zeroable, V: Copy + Zeroable> SubTable<'_, K, V> {
     }
 
     /// Server side: pushes a change of `key` to every matching subscriber.
-    /// Never blocks. `wake(seq)` is called for sleeping subscribers.
+    /// Never blocks or spins: a full or contended queue is marked
+    /// overflowed. `wake(seq)` is called for sleeping subscribers.
     pub fn publish(
         &self,
-        kind: u32,
+        kind: EventKind,
         key: &K,
         value: &V,
         version: u64,
@@ -367,28 +470,19 @@ impl<K: Copy + Eq + Zeroable, V: Copy + Zeroable> SubTable<'_, K, V> {
         for index in 0..self.count as u32 {
             let Some(h) = self.header(index) else { return };
             let (generation, _, state) = unpack(h.word.load(Ordering::Acquire));
-            if state != ACTIVE || h.overflow.load(Ordering::Relaxed) != 0 {
+            if state != EntryState::Active as u32 || h.overflow.load(Ordering::Relaxed) != 0 {
                 continue;
             }
             if h.all_keys.load(Ordering::Relaxed) == 0 {
                 let n = (h.key_count.load(Ordering::Relaxed) as usize).min(MAX_SUB_KEYS);
-                // SAFETY: in bounds; K is Pod-like (Zeroable + Copy from a Pod
-                // region type), so a copy of whatever bytes are there is valid.
+                // SAFETY: in bounds; `K` is `Pod`, so a copy of whatever
+                // bytes are there is valid.
                 let keys = h.keys.with(|p| unsafe { p.read_volatile() });
                 if !keys[..n].contains(key) {
                     continue;
                 }
             }
-            let Some(ring) = self.ring(index) else { return };
-            let event = Event {
-                kind,
-                generation,
-                version,
-                modified_ns,
-                key: *key,
-                value: *value,
-            };
-            if ring.push(event).is_err() {
+            if !self.push(index, h, generation, kind, key, value, version, modified_ns) {
                 h.overflow.store(1, Ordering::SeqCst);
             }
             // SeqCst: the publisher's half of the eventcount (see module docs).
@@ -398,13 +492,68 @@ impl<K: Copy + Eq + Zeroable, V: Copy + Zeroable> SubTable<'_, K, V> {
             }
         }
     }
+
+    /// One push (see the module docs); false when the queue is full, its
+    /// indices are garbage, or other workers won every try.
+    #[allow(clippy::too_many_arguments)]
+    fn push(
+        &self,
+        index: u32,
+        h: &SubHeader<K>,
+        generation: u32,
+        kind: EventKind,
+        key: &K,
+        value: &V,
+        version: u64,
+        modified_ns: u64,
+    ) -> bool {
+        let cap = self.capacity as u64;
+        for _ in 0..RESERVE_TRIES {
+            let tail = h.tail.load(Ordering::Relaxed);
+            // Acquire pairs with the subscriber's Release store of `head`:
+            // cells before it were copied out.
+            let head = h.head.load(Ordering::Acquire);
+            if tail.wrapping_sub(head) >= cap {
+                return false; // full, or a scribbled `head`
+            }
+            if h.tail
+                .compare_exchange_weak(
+                    tail,
+                    tail.wrapping_add(1),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_err()
+            {
+                continue;
+            }
+            let cell = self.cell(index, tail);
+            // SAFETY: we reserved position `tail`; the subscriber does not
+            // read the cell until we publish `seq` below, and no other
+            // producer reserves it again before `head` passes it. Every
+            // field is `Pod`, written on its own.
+            unsafe {
+                cell.kind.with_mut(|p| p.write_volatile(kind as u32));
+                cell.generation.with_mut(|p| p.write_volatile(generation));
+                cell.version.with_mut(|p| p.write_volatile(version));
+                cell.modified_ns.with_mut(|p| p.write_volatile(modified_ns));
+                cell.key.with_mut(|p| p.write_volatile(*key));
+                cell.value.with_mut(|p| p.write_volatile(*value));
+            }
+            // Release: the event happens before the subscriber's Acquire.
+            cell.seq.store(tail.wrapping_add(1), Ordering::Release);
+            return true;
+        }
+        false
+    }
 }
 
 // SAFETY: a view of shared memory accessed through atomics and the protocol
-// above; the raw pointer is a base address only.
-unsafe impl<K, V> Send for SubTable<'_, K, V> {}
+// above; the raw pointer is a base address only, and the data it reaches is
+// `Pod`.
+unsafe impl<K: Pod, V: Pod> Send for SubTable<'_, K, V> {}
 // SAFETY: as above.
-unsafe impl<K, V> Sync for SubTable<'_, K, V> {}
+unsafe impl<K: Pod, V: Pod> Sync for SubTable<'_, K, V> {}
 
 #[cfg(test)]
 mod tests {
@@ -434,24 +583,25 @@ mod tests {
         }
     }
 
+    fn versions(t: &SubTable<'_, u64, u64>, c: &SubClaim) -> Vec<u64> {
+        let mut v = Vec::new();
+        while let Some(Notice::Event(e)) = t.poll(c) {
+            v.push(e.version);
+        }
+        v
+    }
+
     #[test]
     fn events_reach_matching_subscribers_in_order() {
         let a = area(2, 8);
         let t = table(&a, 2, 8);
         let one = t.subscribe(1, &[5]).unwrap();
         let all = t.subscribe(2, &[]).unwrap();
-        t.publish(EVENT_CHANGED, &5, &50, 1, 0, |_| {});
-        t.publish(EVENT_CHANGED, &6, &60, 2, 0, |_| {});
-        t.publish(EVENT_DELETED, &5, &0, 3, 0, |_| {});
-        let versions = |c: &SubClaim| {
-            let mut v = Vec::new();
-            while let Some(Notice::Event(e)) = t.poll(c) {
-                v.push(e.version);
-            }
-            v
-        };
-        assert_eq!(versions(&one), vec![1, 3]);
-        assert_eq!(versions(&all), vec![1, 2, 3]);
+        t.publish(EventKind::Changed, &5, &50, 1, 0, |_| {});
+        t.publish(EventKind::Changed, &6, &60, 2, 0, |_| {});
+        t.publish(EventKind::Deleted, &5, &0, 3, 0, |_| {});
+        assert_eq!(versions(&t, &one), vec![1, 3]);
+        assert_eq!(versions(&t, &all), vec![1, 2, 3]);
     }
 
     #[test]
@@ -460,13 +610,13 @@ mod tests {
         let t = table(&a, 1, 2);
         let c = t.subscribe(1, &[]).unwrap();
         for v in 1..=5 {
-            t.publish(EVENT_CHANGED, &1, &v, v, 0, |_| {});
+            t.publish(EventKind::Changed, &1, &v, v, 0, |_| {});
         }
         assert!(matches!(t.poll(&c), Some(Notice::Event(e)) if e.version == 1));
         assert!(matches!(t.poll(&c), Some(Notice::Event(e)) if e.version == 2));
         assert!(matches!(t.poll(&c), Some(Notice::Missed)));
         assert!(t.poll(&c).is_none());
-        t.publish(EVENT_CHANGED, &1, &9, 9, 0, |_| {});
+        t.publish(EventKind::Changed, &1, &9, 9, 0, |_| {});
         assert!(matches!(t.poll(&c), Some(Notice::Event(e)) if e.version == 9));
     }
 
@@ -475,7 +625,7 @@ mod tests {
         let a = area(1, 4);
         let t = table(&a, 1, 4);
         let c = t.subscribe(7, &[]).unwrap();
-        t.publish(EVENT_CHANGED, &1, &1, 1, 0, |_| {});
+        t.publish(EventKind::Changed, &1, &1, 1, 0, |_| {});
         assert_eq!(t.reclaim(|o| o == 7), 1);
         assert_eq!(a.active.load(Ordering::SeqCst), 0);
         assert!(!t.is_active(&c));
@@ -485,5 +635,94 @@ mod tests {
             "a previous subscriber's event leaked"
         );
         assert!(t.subscribe(9, &[1; MAX_SUB_KEYS + 1]).is_none());
+    }
+
+    /// The defect of the old queue: a subscriber killed between taking a
+    /// cell and releasing it left the queue wedged for the next subscriber
+    /// of the entry, whose poll spun forever. Now a poll never waits, and
+    /// the next subscriber starts clean.
+    #[test]
+    fn a_subscriber_killed_mid_poll_wedges_nothing() {
+        let a = area(1, 4);
+        let t = table(&a, 1, 4);
+        let c = t.subscribe(1, &[]).unwrap();
+        for v in 1..=3 {
+            t.publish(EventKind::Changed, &1, &v, v, 0, |_| {});
+        }
+        // Killed mid-poll: it read the first cell, never moved `head`.
+        let h = t.header(0).unwrap();
+        assert_eq!(h.head.load(Ordering::SeqCst), 0);
+        t.reclaim(|_| true);
+        let c2 = t.subscribe(2, &[]).unwrap();
+        assert!(t.poll(&c2).is_none());
+        t.publish(EventKind::Changed, &1, &4, 4, 0, |_| {});
+        assert_eq!(versions(&t, &c2), vec![4]);
+        let _ = c;
+    }
+
+    /// A position reserved but not yet written (a worker preempted under
+    /// its stripe lock) makes poll return at once, not spin.
+    #[test]
+    fn an_unpublished_cell_is_nothing_yet() {
+        let a = area(1, 4);
+        let t = table(&a, 1, 4);
+        let c = t.subscribe(1, &[]).unwrap();
+        let h = t.header(0).unwrap();
+        h.tail.fetch_add(1, Ordering::SeqCst); // reserved, not published
+        assert!(t.poll(&c).is_none());
+        // Its worker finishes: the event shows up.
+        let cell = t.cell(0, 0);
+        // SAFETY: test-only; we play the worker that reserved position 0.
+        unsafe {
+            cell.kind.with_mut(|p| p.write(EventKind::Changed as u32));
+            cell.generation.with_mut(|p| p.write(c.generation));
+            cell.version.with_mut(|p| p.write(7));
+        }
+        cell.seq.store(1, Ordering::Release);
+        assert_eq!(versions(&t, &c), vec![7]);
+    }
+
+    #[test]
+    fn scribbled_indices_and_cells_never_hang() {
+        let a = area(1, 4);
+        let t = table(&a, 1, 4);
+        let c = t.subscribe(1, &[]).unwrap();
+        let h = t.header(0).unwrap();
+        h.head.store(u64::MAX - 2, Ordering::SeqCst);
+        t.publish(EventKind::Changed, &1, &1, 1, 0, |_| {}); // refused: overflow
+        for p in 0..4 {
+            t.cell(0, p).seq.store(0xdead_beef, Ordering::SeqCst);
+        }
+        let _ = t.poll(&c);
+        let _ = t.poll(&c);
+        // A resubscription starts clean.
+        t.reclaim(|_| true);
+        let c2 = t.subscribe(2, &[]).unwrap();
+        t.publish(EventKind::Changed, &1, &2, 2, 0, |_| {});
+        assert_eq!(versions(&t, &c2), vec![2]);
+    }
+
+    #[test]
+    fn concurrent_publishers_lose_nothing_that_fits() {
+        let a = area(1, 1024);
+        let t = table(&a, 1, 1024);
+        let c = t.subscribe(1, &[]).unwrap();
+        std::thread::scope(|s| {
+            for w in 0..4u64 {
+                let t = &t;
+                #[allow(clippy::unit_arg)]
+                s.spawn(move || {
+                    for i in 0..200u64 {
+                        t.publish(EventKind::Changed, &w, &i, w * 1000 + i, 0, |_| {});
+                    }
+                });
+            }
+        });
+        let got = versions(&t, &c);
+        assert_eq!(got.len(), 800);
+        for w in 0..4u64 {
+            let mine: Vec<u64> = got.iter().copied().filter(|v| v / 1000 == w).collect();
+            assert_eq!(mine, (0..200).map(|i| w * 1000 + i).collect::<Vec<_>>());
+        }
     }
 }

@@ -1,17 +1,21 @@
 //! Op codes, status codes, and the request and response records that cross
-//! the region.
+//! the region, with the rules of which op carries what.
 //!
 //! Both records are `#[repr(C)]` and made of `Pod` fields only, so whatever
-//! another process wrote into them is a valid value: the reader copies the
-//! record out of the region first and then validates the copy
-//! ([`Request::op`], [`StatusCode::try_from`]); it never validates in place and
-//! reads again.
+//! another process wrote into them is a valid value. They travel in a
+//! response slot (see [`crate::response_table`]), which copies them field
+//! by field (never a padding byte) and only the fields the op uses
+//! ([`OpCode::carries_value`], [`OpCode::answer_carries_value`]); the
+//! reader copies a record out of the region first and then validates the
+//! copy ([`Request::op`], [`StatusCode::try_from`]); it never validates in
+//! place and reads again.
 //!
 //! ```
 //! use kvs_core::protocol::{OpCode, Request};
 //!
-//! let req = Request::<u64, u64>::new(OpCode::Set, 3, 17, 0, 42, 7);
+//! let req = Request::<u64, u64>::new(OpCode::Set, 17, 0, 42, 7);
 //! assert_eq!(req.op(), Ok(OpCode::Set));
+//! assert!(OpCode::Set.carries_value() && !OpCode::Get.carries_value());
 //! let mut bad = req;
 //! bad.op = 99;
 //! assert!(bad.op().is_err());
@@ -50,6 +54,16 @@ impl OpCode {
         OpCode::ListPage,
         OpCode::Backup,
     ];
+
+    /// Whether a request of this op carries a value (SET and POST).
+    pub fn carries_value(self) -> bool {
+        matches!(self, OpCode::Set | OpCode::Post)
+    }
+
+    /// Whether an answer to this op carries a value (GET).
+    pub fn answer_carries_value(self) -> bool {
+        matches!(self, OpCode::Get)
+    }
 
     /// A lowercase name, as the CLI and the status view print it.
     pub fn name(self) -> &'static str {
@@ -135,21 +149,22 @@ impl TryFrom<u32> for StatusCode {
     }
 }
 
-/// One request in a ring cell.
+/// One request, as a client writes it into the response slot it claimed.
 ///
-/// `slot` and `generation` name the response slot the answer goes to; the
-/// server trusts neither (see the response table).
+/// `generation` repeats the slot's generation of this use, so a worker can
+/// tell a request written for another use of the slot (a scribble) from the
+/// one it was sent.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Request<K, V> {
     /// An [`OpCode`] as `u32`.
     pub op: u32,
-    /// Index of the response slot.
-    pub slot: u32,
     /// Generation of the response slot when the client claimed it.
     pub generation: u32,
-    /// Op-specific argument (page size for listing, for example).
+    /// Op-specific argument (a bulk buffer index, for example).
     pub arg: u32,
+    /// Reserved (0).
+    pub reserved: u32,
     /// The key (unused by some ops).
     pub key: K,
     /// The value (SET and POST).
@@ -157,13 +172,13 @@ pub struct Request<K, V> {
 }
 
 impl<K: bytemuck::Zeroable, V: bytemuck::Zeroable> Request<K, V> {
-    /// A request for `op` answered in slot `slot` of generation `generation`.
-    pub fn new(op: OpCode, slot: u32, generation: u32, arg: u32, key: K, value: V) -> Self {
+    /// A request for `op` in a slot of generation `generation`.
+    pub fn new(op: OpCode, generation: u32, arg: u32, key: K, value: V) -> Self {
         Self {
             op: op as u32,
-            slot,
             generation,
             arg,
+            reserved: 0,
             key,
             value,
         }
@@ -189,7 +204,6 @@ impl<K: fmt::Debug, V: fmt::Debug> fmt::Debug for Request<K, V> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Request")
             .field("op", &self.op)
-            .field("slot", &self.slot)
             .field("generation", &self.generation)
             .field("arg", &self.arg)
             .field("key", &self.key)
@@ -204,8 +218,13 @@ impl<K: fmt::Debug, V: fmt::Debug> fmt::Debug for Request<K, V> {
 pub struct Response<V> {
     /// A [`StatusCode`] as `u32`.
     pub status: u32,
+    /// The slot generation this answers (set by the slot table; the owner
+    /// refuses an answer for another generation).
+    pub generation: u32,
     /// Op-specific small result (entries in a listing page, for example).
     pub aux: u32,
+    /// Reserved (0).
+    pub reserved: u32,
     /// The entry's version (GET, SET, POST, DEL) or the op's result.
     pub version: u64,
     /// The entry's last-modified time, unix nanoseconds (GET).
@@ -219,7 +238,9 @@ impl<V: bytemuck::Zeroable> Response<V> {
     pub fn status(status: StatusCode) -> Self {
         Self {
             status: status as u32,
+            generation: 0,
             aux: 0,
+            reserved: 0,
             version: 0,
             modified_ns: 0,
             value: V::zeroed(),
@@ -245,6 +266,7 @@ impl<V: fmt::Debug> fmt::Debug for Response<V> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Response")
             .field("status", &self.status)
+            .field("generation", &self.generation)
             .field("aux", &self.aux)
             .field("version", &self.version)
             .field("modified_ns", &self.modified_ns)
@@ -280,16 +302,17 @@ mod tests {
         /// exactly the known op codes.
         #[test]
         fn decoding_arbitrary_requests_never_panics(bytes in proptest::collection::vec(any::<u8>(), 32)) {
-            let mut req = Request::<u64, u64>::new(OpCode::Get, 0, 0, 0, 0, 0);
+            let mut req = Request::<u64, u64>::new(OpCode::Get, 0, 0, 0, 0);
             // Fill the header fields from the bytes.
             let w = |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
             req.op = w(0);
-            req.slot = w(4);
             req.generation = w(8);
             req.arg = w(12);
             let decoded = req.op();
             prop_assert_eq!(decoded.is_ok(), (1..=7).contains(&req.op));
-            let resp = Response::<u64> { status: w(16), aux: w(20), version: 0, modified_ns: 0, value: 0 };
+            let mut resp = Response::<u64>::status(StatusCode::Ok);
+            resp.status = w(16);
+            resp.aux = w(20);
             prop_assert_eq!(resp.status_code().is_ok(), resp.status <= 6);
         }
     }

@@ -1,21 +1,22 @@
-//! The response table: slots that carry one answer each from the server back
-//! to the client that asked.
+//! The response table: slots that carry one request from a client to the
+//! server and its answer back.
 //!
 //! # The slot protocol
 //!
 //! Each slot has one 64-bit control word packing `generation` (high 32 bits),
 //! `owner` (the client's registration index, 24 bits) and `state` (8 bits).
 //! Packing them makes every transition a single CAS that checks all three, so
-//! a stale or forged request can never act on a slot that has moved on.
+//! a stale or forged reference can never act on a slot that has moved on.
 //!
 //! ```text
-//!            claim (client)        submit (client)        complete (server)
-//!   Free(g) ───────────────▶ Claimed(g+1) ──────▶ Pending(g+1) ──────▶ Ready(g+1)
-//!      ▲                         │ release             │ abandon             │ take
-//!      │                         ▼ (client)            ▼ (client, timeout)   │ (client)
-//!      └─────────────────────────┴──────────── Abandoned(g+1) ◀─┘            │
-//!      ▲             server drops the result and frees │                     │
-//!      └───────────────────────────────────────────────┴─────────────────────┘
+//!          claim           submit (CAS)        begin (CAS)            complete (CAS)
+//! Free(g) ──────▶ Claimed(g+1) ──────▶ Pending(g+1) ──────▶ Completing(g+1) ──────▶ Ready(g+1)
+//!   ▲   client     │ writes the        │                    │ worker: sole writer      │ take
+//!   │              │ request           │ abandon            │ of the answer            │ (client)
+//!   │              ▼ release           ▼ (client)           ▼ abandon (client)         │
+//!   ├──────────────┘            Abandoned(g+1) ◀────────────┘                          │
+//!   │  worker (or housekeeper) frees it │                                              │
+//!   └───────────────────────────────────┴──────────────────────────────────────────────┘
 //! ```
 //!
 //! * **claim**: CAS `Free(g) -> Claimed(g+1, owner)`. The new generation goes
@@ -24,25 +25,41 @@
 //!   with every client starting at 1, so clients overwrote each other's
 //!   answers; here two requests can only share a slot and generation after
 //!   2^32 reuses of that slot.
-//! * **submit**: store `Pending` (Release) before the request is pushed, so the
-//!   server, which pops it with Acquire, sees `Pending`.
-//! * **complete**: the server checks that the word is exactly `Pending(g)` for
-//!   the request's generation ([`SlotTable::begin`]), writes the response, and
-//!   CASes `Pending(g) -> Ready(g)`. The response is written only while the
-//!   word is `Pending(g)`, and the only other transition out of `Pending(g)` is
-//!   the client's abandon, after which the client never reads the response.
-//!   The Release half of the CAS pairs with the client's Acquire load of the
-//!   word, so a client that sees `Ready` sees the whole response.
-//! * **abandon**: a client that times out CASes `Pending(g) -> Abandoned(g)`. If
-//!   that fails because the word is already `Ready(g)`, the answer arrived just
-//!   in time and the client takes it. The server, finding `Abandoned(g)` when
-//!   it completes, drops the result and frees the slot.
-//! * **take**: the client copies the response out and stores `Free(g)` with
-//!   Release, which pairs with the next claimer's Acquire CAS.
+//! * **submit**: while the slot is `Claimed` its owner alone writes the
+//!   request into it, then CASes `Claimed(g) -> Pending(g)` with Release
+//!   ([`SlotTable::mark_pending`]) and pushes the slot's index into the ring.
+//!   The CAS, not a blind store, so a slot someone else moved on is never
+//!   marked pending.
+//! * **begin**: a worker that popped the index CASes `Pending(g) ->
+//!   Completing(g)` (Acquire: pairs with the submit's Release, so it sees
+//!   the whole request) and from then on is the only writer of the slot's
+//!   answer. Whatever index arrives from the ring (a stale one, a duplicate,
+//!   a forged one), only the slot's current `Pending` use can be begun, once.
+//! * **complete**: the worker writes the answer, tagged with the generation,
+//!   and CASes `Completing(g) -> Ready(g)` (Release: pairs with the owner's
+//!   Acquire load). If the owner abandoned meanwhile, the CAS fails on
+//!   `Abandoned(g)` and the worker frees the slot.
+//! * **abandon**: an owner that gives up CASes `Pending(g)` or
+//!   `Completing(g)` to `Abandoned(g)` and never reads the slot again; if
+//!   the word is already `Ready(g)`, the answer arrived just in time and it
+//!   takes it.
+//! * **take**: the owner copies the answer out, checks its generation tag,
+//!   and stores `Free(g)` with Release, which pairs with the next claimer's
+//!   Acquire CAS.
 //!
-//! Claiming is lock-free and O(1) amortised: a shared cursor spreads claimers
-//! over the table and each probes forward from it; after one pass over every
-//! slot a claim returns `None` instead of spinning.
+//! So at every moment exactly one party may write each part of a slot: the
+//! owner the request (while `Claimed`), one worker the answer (while
+//! `Completing`), and no answer is ever written into a slot a worker does
+//! not hold. A writer that forges the word (say `Completing -> Free`, so
+//! that an honest client claims the slot while a worker is still writing)
+//! can at most make the worker's late answer land in the new owner's slot
+//! before the new owner's own worker begins; the generation tag then makes
+//! the owner refuse it (`Lost`) rather than take it.
+//!
+//! Claiming is lock-free and O(1) amortised: each client probes from its
+//! own hint ([`SlotTable::claim_from`]), so claimers in different processes
+//! do not all bump one shared line; after one pass over every slot a claim
+//! returns `None` instead of spinning.
 //!
 //! Waking: see [`crate::wait`]. The client sets the slot's `sleepers` word
 //! before its last check and sleep; the server's `SeqCst` CAS to `Ready` and
@@ -50,31 +67,36 @@
 //! wake-up impossible.
 //!
 //! Every index that arrives from the ring is bounds-checked ([`SlotError`]),
-//! every state decoded with [`SlotState::try_from`], and a word that is not
-//! what the protocol expects is never written to by the server except by CAS
-//! from the exact expected value.
+//! every state decoded with [`SlotState::try_from`], every request and
+//! answer copied out of the slot field by field (never a padding byte)
+//! before it is looked at, and a word that is not what the protocol expects
+//! is never written to by the server except by CAS from the exact expected
+//! value.
 //!
 //! ```
-//! use kvs_core::protocol::{Response, StatusCode};
+//! use kvs_core::protocol::{OpCode, Response, StatusCode};
 //! use kvs_core::response_table::{Poll, SlotTableBuffer};
 //! use kvs_core::wait::SpinParker;
 //!
-//! let buf = SlotTableBuffer::<u64>::new(4);
+//! let buf = SlotTableBuffer::<u64, u64>::new(4);
 //! let table = buf.table();
 //! let claim = table.claim(1).unwrap();
-//! table.mark_pending(&claim);
-//! // ... the server pops the request and answers:
-//! let begun = table.begin(claim.index, claim.generation).unwrap();
-//! table.complete(begun, Response::status(StatusCode::Ok), &SpinParker);
-//! assert!(matches!(table.poll(&claim), Poll::Ready(_)));
+//! table.write_request(&claim, OpCode::Get as u32, 0, &7, None);
+//! assert!(table.mark_pending(&claim));
+//! // ... the server pops the index and answers:
+//! let begun = table.begin(claim.index).unwrap();
+//! assert_eq!(table.read_request(&begun).key, 7);
+//! table.complete(begun, &Response::status(StatusCode::Ok), false, &SpinParker);
+//! assert!(matches!(table.poll(&claim, false), Poll::Ready(_)));
 //! assert_eq!(table.free_count(), 4);
 //! ```
 
-use crate::protocol::Response;
+use crate::protocol::{OpCode, Request, Response};
 use crate::sync::{loom_sc_fence, AtomicU32, AtomicU64, Ordering, UnsafeCell};
 use crate::wait::{spin_then_yield, Parker, SpinPolicy, SLEEP_SLICE};
 use crossbeam_utils::CachePadded;
 use std::fmt;
+use std::ptr::{addr_of, addr_of_mut};
 use std::time::Instant;
 
 /// The state part of a slot's control word.
@@ -83,24 +105,27 @@ use std::time::Instant;
 pub enum SlotState {
     /// Nobody uses the slot.
     Free = 0,
-    /// A client owns the slot and is about to submit a request.
+    /// A client owns the slot and is writing its request.
     Claimed = 1,
-    /// The request is in the ring or being served.
+    /// The request is in the ring, waiting for a worker.
     Pending = 2,
-    /// The server wrote the response; the owner may take it.
+    /// The server wrote the answer; the owner may take it.
     Ready = 3,
     /// The owner gave up; the server frees the slot when it gets there.
     Abandoned = 4,
+    /// A worker holds the slot and is writing the answer.
+    Completing = 5,
 }
 
 impl SlotState {
     /// Every state, in wire order.
-    pub const ALL: [SlotState; 5] = [
+    pub const ALL: [SlotState; 6] = [
         SlotState::Free,
         SlotState::Claimed,
         SlotState::Pending,
         SlotState::Ready,
         SlotState::Abandoned,
+        SlotState::Completing,
     ];
 }
 
@@ -145,32 +170,37 @@ impl SlotWord {
     }
 }
 
-/// One response slot.
+/// One slot: the control word, the owner's futex word, and the request and
+/// answer it carries.
 #[repr(C)]
 #[derive(Debug)]
-pub struct Slot<V> {
+pub struct Slot<K, V> {
     /// Generation, owner and state; see the module docs.
     word: AtomicU64,
     /// 1 while the owner sleeps (or is about to) on this futex word.
     sleepers: AtomicU32,
     /// The owner's pid, for diagnostics only (never trusted).
     owner_pid: AtomicU32,
-    /// Written by the server in `Pending`, read by the owner in `Ready`.
+    /// Written by the owner while `Claimed`, read by the worker that began it.
+    request: UnsafeCell<Request<K, V>>,
+    /// Written by the worker while `Completing`, read by the owner in `Ready`.
     response: UnsafeCell<Response<V>>,
 }
 
-impl<V: bytemuck::Zeroable> Slot<V> {
+impl<K: bytemuck::Zeroable, V: bytemuck::Zeroable> Slot<K, V> {
     fn new() -> Self {
         Self {
             word: AtomicU64::new(0),
             sleepers: AtomicU32::new(0),
             owner_pid: AtomicU32::new(0),
+            request: UnsafeCell::new(bytemuck::Zeroable::zeroed()),
             response: UnsafeCell::new(bytemuck::Zeroable::zeroed()),
         }
     }
 }
 
-/// Table-wide state: the claim cursor, on its own cache line.
+/// Table-wide state (kept for layout stability; claims probe from each
+/// client's own hint).
 #[repr(C)]
 #[derive(Debug)]
 pub struct SlotTableHeader {
@@ -203,11 +233,13 @@ pub struct Claim {
     pub owner: u32,
 }
 
-/// A request the server may answer: returned by [`SlotTable::begin`].
+/// A request a worker holds (the slot is `Completing`): returned by
+/// [`SlotTable::begin`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Begun {
     index: u32,
-    pending: u64,
+    generation: u32,
+    owner: u32,
 }
 
 impl Begun {
@@ -216,19 +248,28 @@ impl Begun {
         self.index
     }
 
+    /// The generation of the use being answered.
+    pub fn generation(&self) -> u32 {
+        self.generation
+    }
+
     /// The owner's registration index.
     pub fn owner(&self) -> u32 {
-        SlotWord::unpack(self.pending).owner
+        self.owner
+    }
+
+    fn completing(&self) -> u64 {
+        pack(self.generation, self.owner, SlotState::Completing)
     }
 }
 
-/// Why the server will not answer a request.
+/// Why the server will not answer a slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum SlotError {
-    /// The request named a slot beyond the table.
+    /// The index is beyond the table.
     #[error("response slot {index} is out of range (the table has {len})")]
     OutOfRange {
-        /// The index found in the request.
+        /// The index found in the ring.
         index: u32,
         /// The table length.
         len: usize,
@@ -236,14 +277,12 @@ pub enum SlotError {
     /// The owner abandoned the request; the slot was freed.
     #[error("the request was abandoned by its client")]
     Abandoned,
-    /// The slot has moved on (another generation or state): a stale or
-    /// forged request.
-    #[error("stale request for slot {index}: generation {expected} is not {found:?}")]
-    Stale {
+    /// The slot holds no request waiting for a worker: a stale, duplicate
+    /// or forged index.
+    #[error("response slot {index} holds no pending request ({found:?})")]
+    NotPending {
         /// The slot index.
         index: u32,
-        /// The generation the request carried.
-        expected: u32,
         /// What the slot's word held.
         found: SlotWord,
     },
@@ -252,11 +291,11 @@ pub enum SlotError {
 /// How [`SlotTable::complete`] ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Completion {
-    /// The response is ready for its owner.
+    /// The answer is ready for its owner.
     Delivered,
     /// The owner had abandoned it; the slot was freed.
     Abandoned,
-    /// The slot had moved on; the response was dropped.
+    /// The slot had moved on (forged); the answer was dropped.
     Stale,
 }
 
@@ -267,7 +306,8 @@ pub enum Poll<V> {
     Ready(Response<V>),
     /// Not answered yet.
     Pending,
-    /// The slot is no longer ours (reclaimed as if we were dead).
+    /// The slot is no longer ours (reclaimed as if we were dead), or its
+    /// answer is for another use.
     Lost,
 }
 
@@ -288,7 +328,7 @@ pub enum WaitOutcome<V> {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StateCounts {
     /// Indexed by `SlotState as usize`.
-    pub by_state: [usize; 5],
+    pub by_state: [usize; 6],
     /// Words whose state field is not a known state.
     pub invalid: usize,
 }
@@ -301,20 +341,20 @@ impl StateCounts {
 }
 
 /// A view of a response table whose header and slots live elsewhere.
-pub struct SlotTable<'a, V> {
+pub struct SlotTable<'a, K, V> {
     header: &'a SlotTableHeader,
-    slots: &'a [CachePadded<Slot<V>>],
+    slots: &'a [CachePadded<Slot<K, V>>],
 }
 
-impl<V> Clone for SlotTable<'_, V> {
+impl<K, V> Clone for SlotTable<'_, K, V> {
     fn clone(&self) -> Self {
         *self
     }
 }
 
-impl<V> Copy for SlotTable<'_, V> {}
+impl<K, V> Copy for SlotTable<'_, K, V> {}
 
-impl<V> fmt::Debug for SlotTable<'_, V> {
+impl<K, V> fmt::Debug for SlotTable<'_, K, V> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SlotTable")
             .field("len", &self.slots.len())
@@ -322,13 +362,13 @@ impl<V> fmt::Debug for SlotTable<'_, V> {
     }
 }
 
-impl<'a, V: Copy + bytemuck::Zeroable> SlotTable<'a, V> {
+impl<'a, K: bytemuck::Pod, V: bytemuck::Pod> SlotTable<'a, K, V> {
     /// Wraps an initialised header and slots.
     ///
     /// # Panics
     ///
     /// If there are no slots, or more than `u32::MAX`.
-    pub fn new(header: &'a SlotTableHeader, slots: &'a [CachePadded<Slot<V>>]) -> Self {
+    pub fn new(header: &'a SlotTableHeader, slots: &'a [CachePadded<Slot<K, V>>]) -> Self {
         assert!(
             !slots.is_empty(),
             "a response table needs at least one slot"
@@ -342,15 +382,15 @@ impl<'a, V: Copy + bytemuck::Zeroable> SlotTable<'a, V> {
     /// # Safety
     ///
     /// * `header` points to a `SlotTableHeader` and `slots` to `len`
-    ///   consecutive `CachePadded<Slot<V>>`, properly aligned, inside a mapping
-    ///   that outlives `'a`;
+    ///   consecutive `CachePadded<Slot<K, V>>`, properly aligned, inside a
+    ///   mapping that outlives `'a`;
     /// * every byte is initialised (zero-filled is a valid empty table) and
     ///   only accessed through atomics or this protocol;
     /// * `len > 0`.
     #[cfg(not(loom))]
     pub unsafe fn from_raw(
         header: *const SlotTableHeader,
-        slots: *const CachePadded<Slot<V>>,
+        slots: *const CachePadded<Slot<K, V>>,
         len: usize,
     ) -> Self {
         // SAFETY: guaranteed by the caller; every field is an atomic or an
@@ -382,41 +422,26 @@ impl<'a, V: Copy + bytemuck::Zeroable> SlotTable<'a, V> {
     }
 
     /// The slot at an index we produced ourselves (from a claim).
-    fn own_slot(&self, index: u32) -> &Slot<V> {
+    fn own_slot(&self, index: u32) -> &Slot<K, V> {
         debug_assert!((index as usize) < self.slots.len());
         &self.slots[index as usize]
     }
 
-    /// Claims a free slot for `owner`; `None` when every slot is in use.
+    /// Claims a free slot for `owner`, probing from the start of the table;
+    /// `None` when every slot is in use.
     ///
     /// # Panics
     ///
     /// If `owner > MAX_OWNER`.
     pub fn claim(&self, owner: u32) -> Option<Claim> {
-        self.claim_as(owner, std::process::id())
-    }
-
-    /// [`SlotTable::claim`] recording `pid` as the owner's pid (callers cache
-    /// it: `getpid` is a syscall).
-    ///
-    /// # Panics
-    ///
-    /// If `owner > MAX_OWNER`.
-    pub fn claim_as(&self, owner: u32, pid: u32) -> Option<Claim> {
-        // Relaxed: the cursor only spreads claimers; correctness comes from
-        // the CAS on each slot's word.
-        let start = self.header.cursor.fetch_add(1, Ordering::Relaxed);
-        let (claim, next) = self.claim_from(owner, pid, start)?;
-        if next != start.wrapping_add(1) {
-            // Start the next claimer past the busy run we just walked.
-            self.header.cursor.store(next, Ordering::Relaxed);
-        }
-        Some(claim)
+        self.claim_from(owner, std::process::id(), 0)
+            .map(|(claim, _)| claim)
     }
 
     /// Claims a free slot probing from `start` (a caller's own hint, so
     /// claimers in different processes do not all bump one shared cursor
-    /// line); returns the claim and where the next probe should start.
+    /// line), recording `pid` as the owner's pid (callers cache it: `getpid`
+    /// is a syscall); returns the claim and where the next probe should start.
     ///
     /// # Panics
     ///
@@ -443,14 +468,43 @@ impl<'a, V: Copy + bytemuck::Zeroable> SlotTable<'a, V> {
         None
     }
 
-    /// Marks a claimed slot `Pending`; call before pushing its request.
-    pub fn mark_pending(&self, claim: &Claim) {
-        // Release: ordered before the ring push (itself SeqCst/Release), so the
-        // server that pops the request sees `Pending`.
-        self.own_slot(claim.index).word.store(
-            pack(claim.generation, claim.owner, SlotState::Pending),
-            Ordering::Release,
-        );
+    /// Writes a request into a claimed slot, straight from references (no
+    /// intermediate copy): `op` (an [`OpCode`] as `u32`), its argument, the
+    /// key, and the value if there is one (pass one only for ops that carry
+    /// it, see [`OpCode::carries_value`]: a GET or DEL leaves the value's
+    /// cache lines alone). Call before [`SlotTable::mark_pending`].
+    pub fn write_request(&self, claim: &Claim, op: u32, arg: u32, key: &K, value: Option<&V>) {
+        // SAFETY: the slot is `Claimed` by us (the caller's claim), so no
+        // worker reads the request until our Release CAS to `Pending`; field
+        // pointers stay inside the request; every field is `Pod`, written on
+        // its own (no padding byte is copied).
+        self.own_slot(claim.index).request.with_mut(|p| unsafe {
+            addr_of_mut!((*p).op).write_volatile(op);
+            addr_of_mut!((*p).generation).write_volatile(claim.generation);
+            addr_of_mut!((*p).arg).write_volatile(arg);
+            addr_of_mut!((*p).reserved).write_volatile(0);
+            addr_of_mut!((*p).key).write_volatile(*key);
+            if let Some(v) = value {
+                addr_of_mut!((*p).value).write_volatile(*v);
+            }
+        });
+    }
+
+    /// Marks a claimed slot `Pending` (CAS `Claimed(g) -> Pending(g)`); call
+    /// after writing the request and before pushing the index. False if the
+    /// slot is not ours any more.
+    pub fn mark_pending(&self, claim: &Claim) -> bool {
+        // Release: the request happens before the worker's Acquire CAS in
+        // `begin`. Relaxed on failure: nothing was published.
+        self.own_slot(claim.index)
+            .word
+            .compare_exchange(
+                pack(claim.generation, claim.owner, SlotState::Claimed),
+                pack(claim.generation, claim.owner, SlotState::Pending),
+                Ordering::Release,
+                Ordering::Relaxed,
+            )
+            .is_ok()
     }
 
     /// Gives a claimed slot back without a request (the push failed).
@@ -474,103 +528,106 @@ impl<'a, V: Copy + bytemuck::Zeroable> SlotTable<'a, V> {
             })
     }
 
-    /// Takes the answer if it is ready.
-    pub fn poll(&self, claim: &Claim) -> Poll<V> {
-        self.poll_parts(claim, true)
+    /// Whether the word says "not answered yet" for this claim.
+    fn unanswered(word: u64, claim: &Claim) -> bool {
+        word == pack(claim.generation, claim.owner, SlotState::Pending)
+            || word == pack(claim.generation, claim.owner, SlotState::Completing)
     }
 
-    /// [`SlotTable::poll`], reading the value only if `with_value`.
-    pub fn poll_parts(&self, claim: &Claim, with_value: bool) -> Poll<V> {
+    /// Takes the answer if it is ready, reading its value only if
+    /// `with_value` (an op whose answer has none leaves its lines alone).
+    pub fn poll(&self, claim: &Claim, with_value: bool) -> Poll<V> {
         let slot = self.own_slot(claim.index);
         // Acquire pairs with the server's Release (SeqCst) CAS to Ready.
         let word = slot.word.load(Ordering::Acquire);
-        if word == pack(claim.generation, claim.owner, SlotState::Pending) {
+        if Self::unanswered(word, claim) {
             Poll::Pending
         } else if word == pack(claim.generation, claim.owner, SlotState::Ready) {
-            Poll::Ready(self.take(slot, claim, with_value))
+            self.take(slot, claim, with_value)
         } else {
             Poll::Lost
         }
     }
 
-    /// Copies the response out and frees the slot. The word is `Ready(g)`.
-    /// Without `with_value` the value is not read (and comes back zeroed),
-    /// so its cache lines stay where they are.
-    fn take(&self, slot: &Slot<V>, claim: &Claim, with_value: bool) -> Response<V>
-    where
-        V: bytemuck::Zeroable,
-    {
+    /// Copies the answer out and frees the slot. The word is `Ready(g)`.
+    fn take(&self, slot: &Slot<K, V>, claim: &Claim, with_value: bool) -> Poll<V> {
         // SAFETY: the word is `Ready` for our generation, so the server has
         // finished writing (its Release CAS, our Acquire load) and nobody
-        // writes the response until the slot is claimed again, which needs the
-        // `Free` we store below. Field pointers stay inside the response.
+        // writes the answer until the slot is claimed again, which needs the
+        // `Free` we store below. Field pointers stay inside the answer;
+        // every field is `Pod`, read on its own.
         let response = slot.response.with(|p| unsafe {
             Response {
-                status: std::ptr::addr_of!((*p).status).read(),
-                aux: std::ptr::addr_of!((*p).aux).read(),
-                version: std::ptr::addr_of!((*p).version).read(),
-                modified_ns: std::ptr::addr_of!((*p).modified_ns).read(),
+                status: addr_of!((*p).status).read_volatile(),
+                generation: addr_of!((*p).generation).read_volatile(),
+                aux: addr_of!((*p).aux).read_volatile(),
+                reserved: 0,
+                version: addr_of!((*p).version).read_volatile(),
+                modified_ns: addr_of!((*p).modified_ns).read_volatile(),
                 value: if with_value {
-                    std::ptr::addr_of!((*p).value).read()
+                    addr_of!((*p).value).read_volatile()
                 } else {
                     V::zeroed()
                 },
             }
         });
         slot.sleepers.store(0, Ordering::Relaxed);
-        // Release: our read of the response happens before the next claim.
+        // Release: our read of the answer happens before the next claim.
         slot.word.store(
             pack(claim.generation, claim.owner, SlotState::Free),
             Ordering::Release,
         );
-        response
+        if response.generation == claim.generation {
+            Poll::Ready(response)
+        } else {
+            // Written for another use of the slot (a forged word let a late
+            // worker in): never hand it to this request.
+            Poll::Lost
+        }
     }
 
-    /// Gives up on a pending request. If the answer arrived meanwhile it is
-    /// taken and returned.
+    /// Gives up on a submitted request. If the answer arrived meanwhile it
+    /// is taken and returned.
     pub fn abandon(&self, claim: &Claim) -> Option<Response<V>> {
         let slot = self.own_slot(claim.index);
-        let pending = pack(claim.generation, claim.owner, SlotState::Pending);
         let abandoned = pack(claim.generation, claim.owner, SlotState::Abandoned);
-        // Acquire on failure: if the word is Ready we read the response next.
-        match slot
-            .word
-            .compare_exchange(pending, abandoned, Ordering::Relaxed, Ordering::Acquire)
-        {
-            Ok(_) => {
-                slot.sleepers.store(0, Ordering::Relaxed);
-                None
-            }
-            Err(w) if w == pack(claim.generation, claim.owner, SlotState::Ready) => {
-                Some(self.take(slot, claim, true))
-            }
-            Err(_) => {
+        let mut current = slot.word.load(Ordering::Acquire);
+        loop {
+            if Self::unanswered(current, claim) {
+                // Acquire on failure: if the word turned Ready we read the
+                // answer next.
+                match slot.word.compare_exchange(
+                    current,
+                    abandoned,
+                    Ordering::Relaxed,
+                    Ordering::Acquire,
+                ) {
+                    Ok(_) => {
+                        slot.sleepers.store(0, Ordering::Relaxed);
+                        return None;
+                    }
+                    Err(w) => current = w,
+                }
+            } else if current == pack(claim.generation, claim.owner, SlotState::Ready) {
+                return match self.take(slot, claim, true) {
+                    Poll::Ready(r) => Some(r),
+                    _ => None,
+                };
+            } else {
                 // A claim that was never submitted, or a slot reclaimed from us.
                 self.release(claim);
-                None
+                return None;
             }
         }
     }
 
     /// Waits for the answer: spins per `policy`, then sleeps on the slot's
     /// futex word in slices of [`SLEEP_SLICE`], checking `server_alive` and
-    /// the deadline between slices. On timeout or a dead server the request
-    /// is abandoned.
+    /// the deadline between slices; reads the answer's value only if
+    /// `with_value`. The deadline is asked for only once the spinning is
+    /// over (so a call answered while spinning reads no clock). On timeout
+    /// or a dead server the request is abandoned.
     pub fn wait<P: Parker>(
-        &self,
-        claim: &Claim,
-        policy: SpinPolicy,
-        parker: &P,
-        deadline: Option<Instant>,
-        server_alive: impl FnMut() -> bool,
-    ) -> WaitOutcome<V> {
-        self.wait_parts(claim, true, policy, parker, || deadline, server_alive)
-    }
-
-    /// [`SlotTable::wait`], reading the value only if `with_value`, and
-    /// asking for the deadline only once the spinning is over (so a call
-    /// answered while spinning reads no clock).
-    pub fn wait_parts<P: Parker>(
         &self,
         claim: &Claim,
         with_value: bool,
@@ -580,8 +637,7 @@ impl<'a, V: Copy + bytemuck::Zeroable> SlotTable<'a, V> {
         mut server_alive: impl FnMut() -> bool,
     ) -> WaitOutcome<V> {
         let slot = self.own_slot(claim.index);
-        let pending = pack(claim.generation, claim.owner, SlotState::Pending);
-        let answered = || slot.word.load(Ordering::Acquire) != pending;
+        let answered = || !Self::unanswered(slot.word.load(Ordering::Acquire), claim);
         if !spin_then_yield(policy, answered) {
             let deadline = deadline();
             loop {
@@ -589,7 +645,7 @@ impl<'a, V: Copy + bytemuck::Zeroable> SlotTable<'a, V> {
                 // `complete` (both SeqCst), see `crate::wait`.
                 slot.sleepers.store(1, Ordering::SeqCst);
                 loom_sc_fence();
-                if slot.word.load(Ordering::SeqCst) != pending {
+                if !Self::unanswered(slot.word.load(Ordering::SeqCst), claim) {
                     break;
                 }
                 let slice = match deadline {
@@ -611,7 +667,7 @@ impl<'a, V: Copy + bytemuck::Zeroable> SlotTable<'a, V> {
                 }
             }
         }
-        match self.poll_parts(claim, with_value) {
+        match self.poll(claim, with_value) {
             Poll::Ready(r) => WaitOutcome::Ready(r),
             Poll::Lost => WaitOutcome::Lost,
             // Cannot happen after the word changed, but be total.
@@ -626,15 +682,14 @@ impl<'a, V: Copy + bytemuck::Zeroable> SlotTable<'a, V> {
         }
     }
 
-    /// Server side: validates a request's slot index and generation.
-    ///
-    /// Both come from shared memory and are untrusted. An abandoned slot of
-    /// that generation is freed here.
+    /// Server side: takes the request in slot `index` (an untrusted index
+    /// popped from the ring): CAS `Pending(g) -> Completing(g)`, after which
+    /// this worker alone writes the answer. An abandoned slot is freed here.
     ///
     /// # Errors
     ///
-    /// [`SlotError`] when the request must not be answered.
-    pub fn begin(&self, index: u32, generation: u32) -> Result<Begun, SlotError> {
+    /// [`SlotError`] when there is nothing to answer.
+    pub fn begin(&self, index: u32) -> Result<Begun, SlotError> {
         let slot = self
             .slots
             .get(index as usize)
@@ -645,28 +700,72 @@ impl<'a, V: Copy + bytemuck::Zeroable> SlotTable<'a, V> {
         // SeqCst: the server's "busy" registry relies on this load being
         // ordered after its own SeqCst store of the slot it works on (the
         // reclaimer's side of that Dekker pair lives in kvs-server).
-        let word = slot.word.load(Ordering::SeqCst);
-        let w = SlotWord::unpack(word);
-        if w.generation == generation {
-            if w.state == SlotState::Pending as u32 {
-                return Ok(Begun {
-                    index,
-                    pending: word,
-                });
-            }
-            if w.state == SlotState::Abandoned as u32 {
-                self.free_abandoned(slot, word);
-                return Err(SlotError::Abandoned);
+        let mut word = slot.word.load(Ordering::SeqCst);
+        // At most twice round: a failed CAS means the owner abandoned (or a
+        // scribbler wrote) in between; judge the new word once more.
+        for _ in 0..2 {
+            let w = SlotWord::unpack(word);
+            match SlotState::try_from(w.state) {
+                Ok(SlotState::Pending) => {
+                    let completing = pack(w.generation, w.owner, SlotState::Completing);
+                    // Acquire (in SeqCst) pairs with the owner's Release in
+                    // `mark_pending`: we read the request next. SeqCst for
+                    // the busy registry, as above.
+                    match slot.word.compare_exchange(
+                        word,
+                        completing,
+                        Ordering::SeqCst,
+                        Ordering::SeqCst,
+                    ) {
+                        Ok(_) => {
+                            return Ok(Begun {
+                                index,
+                                generation: w.generation,
+                                owner: w.owner,
+                            })
+                        }
+                        Err(now) => word = now,
+                    }
+                }
+                Ok(SlotState::Abandoned) => {
+                    self.free_abandoned(slot, word);
+                    return Err(SlotError::Abandoned);
+                }
+                _ => return Err(SlotError::NotPending { index, found: w }),
             }
         }
-        Err(SlotError::Stale {
+        Err(SlotError::NotPending {
             index,
-            expected: generation,
-            found: w,
+            found: SlotWord::unpack(word),
         })
     }
 
-    fn free_abandoned(&self, slot: &Slot<V>, abandoned: u64) -> bool {
+    /// Server side: the request of a begun slot, copied out field by field
+    /// (the value only if its op carries one). Validate the copy: a hostile
+    /// process may have written anything.
+    pub fn read_request(&self, begun: &Begun) -> Request<K, V> {
+        // SAFETY: we hold the slot (`Completing`, after an Acquire that pairs
+        // with the owner's Release), so the owner's writes are visible;
+        // every field is `Pod`, so any bytes a scribbler left form a valid
+        // value; field pointers stay inside the request.
+        self.own_slot(begun.index).request.with(|p| unsafe {
+            let op = addr_of!((*p).op).read_volatile();
+            Request {
+                op,
+                generation: addr_of!((*p).generation).read_volatile(),
+                arg: addr_of!((*p).arg).read_volatile(),
+                reserved: 0,
+                key: addr_of!((*p).key).read_volatile(),
+                value: if OpCode::try_from(op).is_ok_and(OpCode::carries_value) {
+                    addr_of!((*p).value).read_volatile()
+                } else {
+                    V::zeroed()
+                },
+            }
+        })
+    }
+
+    fn free_abandoned(&self, slot: &Slot<K, V>, abandoned: u64) -> bool {
         let w = SlotWord::unpack(abandoned);
         // Release pairs with the next claimer's Acquire.
         slot.word
@@ -679,20 +778,10 @@ impl<'a, V: Copy + bytemuck::Zeroable> SlotTable<'a, V> {
             .is_ok()
     }
 
-    /// Server side: writes the response and hands it to the owner, waking it
-    /// if it sleeps.
+    /// Server side: writes the answer (its value only if `with_value`),
+    /// tagged with the generation, and hands it to the owner, waking it if
+    /// it sleeps.
     pub fn complete<P: Parker>(
-        &self,
-        begun: Begun,
-        response: Response<V>,
-        parker: &P,
-    ) -> Completion {
-        self.complete_parts(begun, &response, true, parker)
-    }
-
-    /// [`SlotTable::complete`], writing the value only if `with_value` (the
-    /// owner of a request that returns no value does not read it).
-    pub fn complete_parts<P: Parker>(
         &self,
         begun: Begun,
         response: &Response<V>,
@@ -700,28 +789,31 @@ impl<'a, V: Copy + bytemuck::Zeroable> SlotTable<'a, V> {
         parker: &P,
     ) -> Completion {
         let slot = self.own_slot(begun.index);
-        // SAFETY: `begin` saw `Pending` for this generation, and in `Pending`
-        // only the server writes the response (see the module docs); the owner
-        // reads it only after our CAS to `Ready` below. Field pointers stay
-        // inside the response.
+        // SAFETY: we hold the slot (`Completing` since `begin`): no one else
+        // writes the answer, and the owner reads it only after our CAS to
+        // `Ready` below. Field pointers stay inside the answer; every field
+        // is `Pod`, written on its own (no padding byte is copied).
         slot.response.with_mut(|p| unsafe {
-            std::ptr::addr_of_mut!((*p).status).write(response.status);
-            std::ptr::addr_of_mut!((*p).aux).write(response.aux);
-            std::ptr::addr_of_mut!((*p).version).write(response.version);
-            std::ptr::addr_of_mut!((*p).modified_ns).write(response.modified_ns);
+            addr_of_mut!((*p).status).write_volatile(response.status);
+            addr_of_mut!((*p).generation).write_volatile(begun.generation);
+            addr_of_mut!((*p).aux).write_volatile(response.aux);
+            addr_of_mut!((*p).reserved).write_volatile(0);
+            addr_of_mut!((*p).version).write_volatile(response.version);
+            addr_of_mut!((*p).modified_ns).write_volatile(response.modified_ns);
             if with_value {
-                std::ptr::addr_of_mut!((*p).value).write(response.value);
+                addr_of_mut!((*p).value).write_volatile(response.value);
             }
         });
-        let w = SlotWord::unpack(begun.pending);
-        let ready = pack(w.generation, w.owner, SlotState::Ready);
-        // SeqCst: Release publishes the response (pairs with the client's
+        let ready = pack(begun.generation, begun.owner, SlotState::Ready);
+        // SeqCst: Release publishes the answer (pairs with the owner's
         // Acquire in `poll`/`wait`), and SeqCst orders it before the load of
         // `sleepers` below (the Dekker pair with `wait`).
-        match slot
-            .word
-            .compare_exchange(begun.pending, ready, Ordering::SeqCst, Ordering::Relaxed)
-        {
+        match slot.word.compare_exchange(
+            begun.completing(),
+            ready,
+            Ordering::SeqCst,
+            Ordering::Relaxed,
+        ) {
             Ok(_) => {
                 loom_sc_fence();
                 if slot.sleepers.load(Ordering::SeqCst) != 0 {
@@ -731,7 +823,7 @@ impl<'a, V: Copy + bytemuck::Zeroable> SlotTable<'a, V> {
                 Completion::Delivered
             }
             Err(current) => {
-                let abandoned = pack(w.generation, w.owner, SlotState::Abandoned);
+                let abandoned = pack(begun.generation, begun.owner, SlotState::Abandoned);
                 if current == abandoned && self.free_abandoned(slot, abandoned) {
                     Completion::Abandoned
                 } else {
@@ -741,15 +833,17 @@ impl<'a, V: Copy + bytemuck::Zeroable> SlotTable<'a, V> {
         }
     }
 
-    /// Server side: frees what a dead owner left behind, and abandoned slots
-    /// no worker is answering. Returns how many slots were freed.
+    /// Server side: frees what a dead owner left behind, abandoned slots no
+    /// worker is answering, and garbage states. Returns how many slots were
+    /// freed.
     ///
     /// * `owner_dead(owner)` says whether a registration index belongs to a
-    ///   dead client;
-    /// * `busy(index)` says whether a worker is between `begin` and
-    ///   `complete` on that slot (checked after the SeqCst CAS that marks a
-    ///   slot abandoned; workers publish the slot before their SeqCst load in
-    ///   `begin`, so one side always sees the other).
+    ///   dead client (or to no client at all);
+    /// * `busy(index)` says whether a worker holds that slot (between the
+    ///   busy mark it sets before `begin` and the one it clears after
+    ///   `complete`). Checked after the SeqCst load (or CAS) of the word;
+    ///   workers mark before their SeqCst `begin`, so one side always sees
+    ///   the other.
     pub fn reclaim(&self, owner_dead: impl Fn(u32) -> bool, busy: impl Fn(u32) -> bool) -> usize {
         let mut freed = 0;
         for (index, slot) in self.slots.iter().enumerate() {
@@ -757,15 +851,15 @@ impl<'a, V: Copy + bytemuck::Zeroable> SlotTable<'a, V> {
             let word = slot.word.load(Ordering::SeqCst);
             let w = SlotWord::unpack(word);
             let free = pack(w.generation, w.owner, SlotState::Free);
-            let state = SlotState::try_from(w.state);
             let dead = || owner_dead(w.owner);
-            let target = match state {
+            let target = match SlotState::try_from(w.state) {
                 Ok(SlotState::Free) => continue,
                 // Claimed: the request was never pushed. Ready: nobody will take it.
                 Ok(SlotState::Claimed | SlotState::Ready) if dead() => free,
-                Ok(SlotState::Pending) if dead() => {
+                Ok(SlotState::Pending | SlotState::Completing) if dead() => {
                     let abandoned = pack(w.generation, w.owner, SlotState::Abandoned);
-                    // SeqCst: half of the Dekker pair with the worker's busy mark.
+                    // SeqCst: half of the Dekker pair with the worker's busy
+                    // mark. A worker that holds it frees it when it completes.
                     if slot
                         .word
                         .compare_exchange(word, abandoned, Ordering::SeqCst, Ordering::Relaxed)
@@ -789,7 +883,7 @@ impl<'a, V: Copy + bytemuck::Zeroable> SlotTable<'a, V> {
                     continue;
                 }
                 // A garbage state: nobody can own it; reset it (bump the
-                // generation so no request for it can match).
+                // generation so no use of it can match).
                 Err(_) if !busy(index) => pack(w.generation.wrapping_add(1), 0, SlotState::Free),
                 _ => continue,
             };
@@ -831,12 +925,12 @@ impl<'a, V: Copy + bytemuck::Zeroable> SlotTable<'a, V> {
 }
 
 /// A heap-backed response table: for tests and loom models.
-pub struct SlotTableBuffer<V> {
+pub struct SlotTableBuffer<K, V> {
     header: SlotTableHeader,
-    slots: Box<[CachePadded<Slot<V>>]>,
+    slots: Box<[CachePadded<Slot<K, V>>]>,
 }
 
-impl<V> fmt::Debug for SlotTableBuffer<V> {
+impl<K, V> fmt::Debug for SlotTableBuffer<K, V> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SlotTableBuffer")
             .field("len", &self.slots.len())
@@ -844,7 +938,7 @@ impl<V> fmt::Debug for SlotTableBuffer<V> {
     }
 }
 
-impl<V: Copy + bytemuck::Zeroable> SlotTableBuffer<V> {
+impl<K: bytemuck::Pod, V: bytemuck::Pod> SlotTableBuffer<K, V> {
     /// A table of `len` free slots.
     ///
     /// # Panics
@@ -859,25 +953,27 @@ impl<V: Copy + bytemuck::Zeroable> SlotTableBuffer<V> {
     }
 
     /// The table over this buffer.
-    pub fn table(&self) -> SlotTable<'_, V> {
+    pub fn table(&self) -> SlotTable<'_, K, V> {
         SlotTable::new(&self.header, &self.slots)
     }
 
-    #[cfg(all(test, not(loom)))]
-    fn set_word(&self, index: usize, generation: u32, owner: u32, state: SlotState) {
-        self.slots[index]
-            .word
-            .store(pack(generation, owner, state), Ordering::SeqCst);
+    /// Overwrites slot `index`'s word, as a scribbler would (tests).
+    #[doc(hidden)]
+    pub fn set_word(&self, index: usize, generation: u32, owner: u32, state: u32) {
+        self.slots[index].word.store(
+            crate::word::pack(generation, owner, state),
+            Ordering::SeqCst,
+        );
     }
 }
 
-// SAFETY: the response is handed between threads only through the slot
-// protocol (Release/Acquire on the word); `V: Send` suffices.
-unsafe impl<V: Send> Sync for SlotTableBuffer<V> {}
+// SAFETY: requests and answers are handed between threads only through the
+// slot protocol (Release/Acquire on the word); they are `Pod` data.
+unsafe impl<K: bytemuck::Pod + Send, V: bytemuck::Pod + Send> Sync for SlotTableBuffer<K, V> {}
 // SAFETY: as above.
-unsafe impl<V: Send> Send for SlotTable<'_, V> {}
+unsafe impl<K: bytemuck::Pod + Send, V: bytemuck::Pod + Send> Send for SlotTable<'_, K, V> {}
 // SAFETY: as above.
-unsafe impl<V: Send> Sync for SlotTable<'_, V> {}
+unsafe impl<K: bytemuck::Pod + Send, V: bytemuck::Pod + Send> Sync for SlotTable<'_, K, V> {}
 
 #[cfg(all(test, not(loom)))]
 mod tests {
@@ -886,37 +982,74 @@ mod tests {
     use crate::wait::{FutexParker, SpinParker};
     use std::time::Duration;
 
+    type Table<'a> = SlotTable<'a, u64, u64>;
+
     fn ok(v: u64) -> Response<u64> {
         Response {
-            status: StatusCode::Ok as u32,
-            aux: 0,
-            version: 1,
-            modified_ns: 0,
             value: v,
+            version: 1,
+            ..Response::status(StatusCode::Ok)
         }
+    }
+
+    /// Claims and submits a GET of `key`.
+    fn submit(t: &Table<'_>, owner: u32, key: u64) -> Claim {
+        let c = t.claim(owner).unwrap();
+        t.write_request(&c, OpCode::Get as u32, 0, &key, None);
+        assert!(t.mark_pending(&c));
+        c
     }
 
     #[test]
     fn full_cycle_frees_the_slot() {
-        let buf = SlotTableBuffer::<u64>::new(2);
+        let buf = SlotTableBuffer::<u64, u64>::new(2);
         let t = buf.table();
-        let c = t.claim(3).unwrap();
+        let c = submit(&t, 3, 42);
         assert_eq!(c.generation, 1);
-        t.mark_pending(&c);
-        assert!(matches!(t.poll(&c), Poll::Pending));
-        let b = t.begin(c.index, c.generation).unwrap();
+        assert!(matches!(t.poll(&c, true), Poll::Pending));
+        let b = t.begin(c.index).unwrap();
         assert_eq!(b.owner(), 3);
-        assert_eq!(t.complete(b, ok(9), &SpinParker), Completion::Delivered);
-        match t.poll(&c) {
-            Poll::Ready(r) => assert_eq!(r.value, 9),
+        let req = t.read_request(&b);
+        assert_eq!(
+            (req.op(), req.key, req.generation),
+            (Ok(OpCode::Get), 42, 1)
+        );
+        assert!(
+            matches!(t.poll(&c, true), Poll::Pending),
+            "Completing is unanswered"
+        );
+        assert_eq!(
+            t.complete(b, &ok(9), true, &SpinParker),
+            Completion::Delivered
+        );
+        match t.poll(&c, true) {
+            Poll::Ready(r) => assert_eq!((r.value, r.generation), (9, 1)),
             other => panic!("{other:?}"),
         }
         assert_eq!(t.free_count(), 2);
     }
 
     #[test]
+    fn only_ops_with_a_value_carry_one() {
+        let buf = SlotTableBuffer::<u64, u64>::new(1);
+        let t = buf.table();
+        let c = t.claim(0).unwrap();
+        t.write_request(&c, OpCode::Set as u32, 0, &1, Some(&77));
+        assert!(t.mark_pending(&c));
+        let b = t.begin(c.index).unwrap();
+        assert_eq!(t.read_request(&b).value, 77);
+        t.complete(b, &ok(5), false, &SpinParker);
+        assert!(matches!(t.poll(&c, false), Poll::Ready(r) if r.value == 0));
+        let c = t.claim(0).unwrap();
+        t.write_request(&c, OpCode::Del as u32, 0, &1, None);
+        assert!(t.mark_pending(&c));
+        let b = t.begin(c.index).unwrap();
+        assert_eq!(t.read_request(&b).value, 0, "DEL carries no value");
+    }
+
+    #[test]
     fn claim_returns_none_when_all_slots_are_in_use() {
-        let buf = SlotTableBuffer::<u64>::new(3);
+        let buf = SlotTableBuffer::<u64, u64>::new(3);
         let t = buf.table();
         let claims: Vec<_> = (0..3).map(|_| t.claim(0).unwrap()).collect();
         assert!(t.claim(0).is_none());
@@ -928,169 +1061,207 @@ mod tests {
     }
 
     #[test]
-    fn server_drops_answer_of_abandoned_request() {
-        let buf = SlotTableBuffer::<u64>::new(1);
+    fn mark_pending_refuses_a_slot_that_moved_on() {
+        let buf = SlotTableBuffer::<u64, u64>::new(1);
         let t = buf.table();
         let c = t.claim(0).unwrap();
-        t.mark_pending(&c);
-        let b = t.begin(c.index, c.generation).unwrap();
-        assert!(t.abandon(&c).is_none());
-        assert_eq!(t.complete(b, ok(1), &SpinParker), Completion::Abandoned);
+        buf.set_word(0, c.generation, c.owner, SlotState::Free as u32);
+        assert!(!t.mark_pending(&c));
+        assert_eq!(t.word(0).unwrap().state, SlotState::Free as u32);
+    }
+
+    #[test]
+    fn server_drops_answer_of_abandoned_request() {
+        let buf = SlotTableBuffer::<u64, u64>::new(1);
+        let t = buf.table();
+        let c = submit(&t, 0, 1);
+        let b = t.begin(c.index).unwrap();
+        assert!(t.abandon(&c).is_none(), "abandoned while Completing");
+        assert_eq!(
+            t.complete(b, &ok(1), true, &SpinParker),
+            Completion::Abandoned
+        );
         assert_eq!(t.free_count(), 1);
     }
 
     #[test]
     fn abandon_after_ready_takes_the_answer() {
-        let buf = SlotTableBuffer::<u64>::new(1);
+        let buf = SlotTableBuffer::<u64, u64>::new(1);
         let t = buf.table();
-        let c = t.claim(0).unwrap();
-        t.mark_pending(&c);
-        let b = t.begin(c.index, c.generation).unwrap();
-        t.complete(b, ok(5), &SpinParker);
+        let c = submit(&t, 0, 1);
+        let b = t.begin(c.index).unwrap();
+        t.complete(b, &ok(5), true, &SpinParker);
         assert_eq!(t.abandon(&c).map(|r| r.value), Some(5));
         assert_eq!(t.free_count(), 1);
     }
 
     #[test]
-    fn begin_frees_abandoned_and_rejects_stale_or_out_of_range() {
-        let buf = SlotTableBuffer::<u64>::new(2);
+    fn begin_takes_a_request_once_and_frees_abandoned_ones() {
+        let buf = SlotTableBuffer::<u64, u64>::new(2);
         let t = buf.table();
-        let c = t.claim(0).unwrap();
-        t.mark_pending(&c);
+        let c = submit(&t, 0, 1);
         t.abandon(&c);
-        assert_eq!(t.begin(c.index, c.generation), Err(SlotError::Abandoned));
+        assert_eq!(t.begin(c.index), Err(SlotError::Abandoned));
         assert_eq!(t.free_count(), 2);
-        // The same request again is stale now.
+        // The same index again: nothing pending.
         assert!(matches!(
-            t.begin(c.index, c.generation),
-            Err(SlotError::Stale { .. })
+            t.begin(c.index),
+            Err(SlotError::NotPending { .. })
         ));
         assert!(matches!(
-            t.begin(7, 0),
+            t.begin(7),
             Err(SlotError::OutOfRange { index: 7, len: 2 })
         ));
+        let c = submit(&t, 0, 2);
+        let _b = t.begin(c.index).unwrap();
+        assert!(
+            matches!(t.begin(c.index), Err(SlotError::NotPending { .. })),
+            "a duplicate index must not begin a request twice"
+        );
+    }
+
+    /// The defect of the old protocol: a worker wrote its answer while the
+    /// word said only `Pending`, so a scribbler that flipped the slot to
+    /// `Free` let an honest client claim it and then receive the old
+    /// answer. Now the worker writes only what it holds (`Completing`), its
+    /// completion of a slot that moved on is dropped, and an answer that
+    /// does land in the new owner's slot carries the wrong generation and
+    /// is refused.
+    #[test]
+    fn a_forged_word_never_hands_a_client_another_requests_answer() {
+        let buf = SlotTableBuffer::<u64, u64>::new(1);
+        let t = buf.table();
+        let old = submit(&t, 0, 1);
+        // Forged before the worker begins: nothing to begin, nothing written.
+        buf.set_word(0, old.generation, 0, SlotState::Free as u32);
+        assert!(t.begin(old.index).is_err());
+        let honest = submit(&t, 1, 2);
+        let b = t.begin(honest.index).unwrap();
+        t.complete(b, &ok(22), true, &SpinParker);
+        assert!(matches!(t.poll(&honest, true), Poll::Ready(r) if r.value == 22));
+
+        // Forged while a worker holds it: the late answer is written into
+        // the new owner's slot before its own worker begins, and refused.
+        let old = submit(&t, 0, 3);
+        let late = t.begin(old.index).unwrap();
+        buf.set_word(0, old.generation, 0, SlotState::Free as u32);
+        let honest = submit(&t, 1, 4);
+        assert_eq!(
+            t.complete(late, &ok(666), true, &SpinParker),
+            Completion::Stale
+        );
+        // The late worker's bytes sit in the slot, but the word is Pending
+        // for the honest client: nothing is taken yet...
+        assert!(matches!(t.poll(&honest, true), Poll::Pending));
+        // ... and even a forged Ready cannot pass the old answer off.
+        buf.set_word(0, honest.generation, 1, SlotState::Ready as u32);
+        assert!(matches!(t.poll(&honest, true), Poll::Lost));
     }
 
     #[test]
     fn stale_answer_never_reaches_a_later_claim() {
-        let buf = SlotTableBuffer::<u64>::new(1);
+        let buf = SlotTableBuffer::<u64, u64>::new(1);
         let t = buf.table();
-        let old = t.claim(0).unwrap();
-        t.mark_pending(&old);
+        let old = submit(&t, 0, 1);
         t.abandon(&old);
         // The reclaimer frees the abandoned slot; a new client claims it.
         assert_eq!(t.reclaim(|_| false, |_| false), 1);
-        let new = t.claim(1).unwrap();
+        let new = submit(&t, 1, 2);
         assert_eq!(new.index, old.index);
         assert_ne!(new.generation, old.generation);
-        t.mark_pending(&new);
-        // The old request arrives late: refused.
-        assert!(t.begin(old.index, old.generation).is_err());
-        let b = t.begin(new.index, new.generation).unwrap();
-        t.complete(b, ok(2), &SpinParker);
-        assert!(matches!(t.poll(&new), Poll::Ready(r) if r.value == 2));
+        // The old index arrives late: it begins the current request, which
+        // is the new client's own (written by it, answered to it).
+        let b = t.begin(old.index).unwrap();
+        assert_eq!(t.read_request(&b).key, 2);
+        t.complete(b, &ok(2), true, &SpinParker);
+        assert!(matches!(t.poll(&new, true), Poll::Ready(r) if r.value == 2));
     }
 
     #[test]
     fn generation_wraps() {
-        let buf = SlotTableBuffer::<u64>::new(1);
-        buf.set_word(0, u32::MAX, 0, SlotState::Free);
+        let buf = SlotTableBuffer::<u64, u64>::new(1);
+        buf.set_word(0, u32::MAX, 0, SlotState::Free as u32);
         let t = buf.table();
-        let c = t.claim(0).unwrap();
+        let c = submit(&t, 0, 1);
         assert_eq!(c.generation, 0);
-        t.mark_pending(&c);
-        assert!(t.begin(0, u32::MAX).is_err());
-        assert!(t.begin(0, 0).is_ok());
+        let b = t.begin(0).unwrap();
+        assert_eq!(b.generation(), 0);
     }
 
     #[test]
     fn reclaim_frees_what_dead_owners_left() {
-        let buf = SlotTableBuffer::<u64>::new(5);
-        buf.set_word(0, 4, 7, SlotState::Claimed);
-        buf.set_word(1, 4, 7, SlotState::Pending);
-        buf.set_word(2, 4, 7, SlotState::Ready);
-        buf.set_word(3, 4, 8, SlotState::Pending); // alive owner
-        buf.slots[4]
+        let buf = SlotTableBuffer::<u64, u64>::new(6);
+        buf.set_word(0, 4, 7, SlotState::Claimed as u32);
+        buf.set_word(1, 4, 7, SlotState::Pending as u32);
+        buf.set_word(2, 4, 7, SlotState::Ready as u32);
+        buf.set_word(3, 4, 8, SlotState::Pending as u32); // alive owner
+        buf.set_word(4, 4, 7, SlotState::Completing as u32); // forged: no worker
+        buf.slots[5]
             .word
             .store(0xffff_ffff_ffff_ff77, Ordering::SeqCst); // garbage
         let t = buf.table();
-        assert_eq!(t.reclaim(|o| o == 7, |_| false), 4);
-        assert_eq!(t.free_count(), 4);
+        assert_eq!(t.reclaim(|o| o == 7, |_| false), 5);
+        assert_eq!(t.free_count(), 5);
         assert_eq!(t.word(3).unwrap().state, SlotState::Pending as u32);
     }
 
     #[test]
     fn reclaim_leaves_slots_a_worker_is_answering() {
-        let buf = SlotTableBuffer::<u64>::new(1);
-        buf.set_word(0, 4, 7, SlotState::Pending);
+        let buf = SlotTableBuffer::<u64, u64>::new(2);
+        buf.set_word(0, 4, 7, SlotState::Pending as u32);
+        buf.set_word(1, 4, 7, SlotState::Completing as u32);
         let t = buf.table();
         assert_eq!(t.reclaim(|_| true, |_| true), 0);
         assert_eq!(t.word(0).unwrap().state, SlotState::Abandoned as u32);
+        assert_eq!(t.word(1).unwrap().state, SlotState::Abandoned as u32);
     }
 
     #[test]
     fn wait_times_out_and_frees_after_server_answers() {
-        let buf = SlotTableBuffer::<u64>::new(1);
+        let buf = SlotTableBuffer::<u64, u64>::new(1);
         let t = buf.table();
-        let c = t.claim(0).unwrap();
-        t.mark_pending(&c);
+        let c = submit(&t, 0, 1);
         let deadline = Some(Instant::now() + Duration::from_millis(30));
-        let out = t.wait(
-            &c,
-            SpinPolicy {
-                spins: 10,
-                yields: 1,
-            },
-            &FutexParker,
-            deadline,
-            || true,
-        );
+        let policy = SpinPolicy {
+            spins: 10,
+            yields: 1,
+        };
+        let out = t.wait(&c, true, policy, &FutexParker, || deadline, || true);
         assert!(matches!(out, WaitOutcome::TimedOut));
-        assert!(t.begin(c.index, c.generation).is_err());
+        assert_eq!(t.begin(c.index), Err(SlotError::Abandoned));
         assert_eq!(t.free_count(), 1);
     }
 
     #[test]
     fn wait_reports_a_dead_server() {
-        let buf = SlotTableBuffer::<u64>::new(1);
+        let buf = SlotTableBuffer::<u64, u64>::new(1);
         let t = buf.table();
-        let c = t.claim(0).unwrap();
-        t.mark_pending(&c);
-        let out = t.wait(
-            &c,
-            SpinPolicy {
-                spins: 10,
-                yields: 1,
-            },
-            &FutexParker,
-            None,
-            || false,
-        );
+        let c = submit(&t, 0, 1);
+        let policy = SpinPolicy {
+            spins: 10,
+            yields: 1,
+        };
+        let out = t.wait(&c, true, policy, &FutexParker, || None, || false);
         assert!(matches!(out, WaitOutcome::ServerGone));
     }
 
     #[test]
     fn sleeping_waiter_is_woken_by_complete() {
-        let buf = SlotTableBuffer::<u64>::new(1);
+        let buf = SlotTableBuffer::<u64, u64>::new(1);
         let t = buf.table();
-        let c = t.claim(0).unwrap();
-        t.mark_pending(&c);
+        let c = submit(&t, 0, 1);
         std::thread::scope(|s| {
             s.spawn(|| {
                 std::thread::sleep(Duration::from_millis(50));
-                let b = t.begin(c.index, c.generation).unwrap();
-                t.complete(b, ok(11), &FutexParker);
+                let b = t.begin(c.index).unwrap();
+                t.complete(b, &ok(11), true, &FutexParker);
             });
-            let out = t.wait(
-                &c,
-                SpinPolicy {
-                    spins: 1,
-                    yields: 0,
-                },
-                &FutexParker,
-                Some(Instant::now() + Duration::from_secs(10)),
-                || true,
-            );
+            let policy = SpinPolicy {
+                spins: 1,
+                yields: 0,
+            };
+            let deadline = Some(Instant::now() + Duration::from_secs(10));
+            let out = t.wait(&c, true, policy, &FutexParker, || deadline, || true);
             assert!(matches!(out, WaitOutcome::Ready(r) if r.value == 11));
         });
     }
@@ -1106,12 +1277,16 @@ mod loom_tests {
 
     fn resp(v: u64) -> Response<u64> {
         Response {
-            status: StatusCode::Ok as u32,
-            aux: 0,
-            version: 0,
-            modified_ns: 0,
             value: v,
+            ..Response::status(StatusCode::Ok)
         }
+    }
+
+    fn submit(t: &SlotTable<'_, u64, u64>, owner: u32, key: u64) -> Claim {
+        let c = t.claim(owner).unwrap();
+        t.write_request(&c, OpCode::Get as u32, 0, &key, None);
+        assert!(t.mark_pending(&c));
+        c
     }
 
     /// A parker that really blocks: `wait` parks the thread (if the word
@@ -1141,43 +1316,43 @@ mod loom_tests {
     #[test]
     fn sleeping_waiter_is_never_left_asleep() {
         loom::model(|| {
-            let buf = Arc::new(SlotTableBuffer::<u64>::new(1));
+            let buf = Arc::new(SlotTableBuffer::<u64, u64>::new(1));
             let parker = Arc::new(ParkParker {
                 waiter: loom::sync::Mutex::new(None),
             });
-            let c = buf.table().claim(0).unwrap();
-            buf.table().mark_pending(&c);
+            let c = submit(&buf.table(), 0, 1);
             *parker.waiter.lock().unwrap() = Some(thread::current());
             let (b2, p2) = (Arc::clone(&buf), Arc::clone(&parker));
             let server = thread::spawn(move || {
                 let t = b2.table();
-                let b = t.begin(c.index, c.generation).unwrap();
-                t.complete(b, resp(3), &*p2)
+                let b = t.begin(c.index).unwrap();
+                t.complete(b, &resp(3), true, &*p2)
             });
             let no_spin = SpinPolicy {
                 spins: 0,
                 yields: 0,
             };
-            let out = buf.table().wait(&c, no_spin, &*parker, None, || true);
+            let out = buf
+                .table()
+                .wait(&c, true, no_spin, &*parker, || None, || true);
             assert!(matches!(out, WaitOutcome::Ready(r) if r.value == 3));
             assert_eq!(server.join().unwrap(), Completion::Delivered);
         });
     }
 
-    /// The server completes while the client abandons: exactly one of
-    /// "client got the answer" or "server freed the slot" happens, and the
-    /// slot always ends free.
+    /// The server begins and completes while the client abandons: exactly
+    /// one of "client got the answer" or "the slot was freed without it"
+    /// happens, and the slot always ends free.
     #[test]
     fn complete_races_abandon() {
         loom::model(|| {
-            let buf = Arc::new(SlotTableBuffer::<u64>::new(1));
-            let c = buf.table().claim(0).unwrap();
-            buf.table().mark_pending(&c);
+            let buf = Arc::new(SlotTableBuffer::<u64, u64>::new(1));
+            let c = submit(&buf.table(), 0, 1);
             let b2 = Arc::clone(&buf);
             let server = thread::spawn(move || {
                 let t = b2.table();
-                match t.begin(c.index, c.generation) {
-                    Ok(b) => Some(t.complete(b, resp(7), &SpinParker)),
+                match t.begin(c.index) {
+                    Ok(b) => Some(t.complete(b, &resp(7), true, &SpinParker)),
                     Err(_) => None,
                 }
             });
@@ -1192,21 +1367,21 @@ mod loom_tests {
         });
     }
 
-    /// A slot freed by one client is claimed by another while the server
-    /// answers a stale request for the old generation: the new owner never
-    /// sees that answer.
+    /// A slot freed by one client is claimed by another while a worker
+    /// that popped the old index runs, and the reclaimer sweeps: the new
+    /// owner only ever receives the answer to its own request.
     #[test]
     fn claim_after_free_never_sees_stale_answer() {
         loom::model(|| {
-            let buf = Arc::new(SlotTableBuffer::<u64>::new(1));
-            let old = buf.table().claim(0).unwrap();
-            buf.table().mark_pending(&old);
+            let buf = Arc::new(SlotTableBuffer::<u64, u64>::new(1));
+            let old = submit(&buf.table(), 0, 666);
             buf.table().abandon(&old);
             let b2 = Arc::clone(&buf);
             let server = thread::spawn(move || {
                 let t = b2.table();
-                if let Ok(b) = t.begin(old.index, old.generation) {
-                    t.complete(b, resp(666), &SpinParker);
+                if let Ok(b) = t.begin(old.index) {
+                    let key = t.read_request(&b).key;
+                    t.complete(b, &resp(key), true, &SpinParker);
                 }
             });
             let b3 = Arc::clone(&buf);
@@ -1217,6 +1392,8 @@ mod loom_tests {
             let mut new = None;
             for _ in 0..3 {
                 if let Some(c) = t.claim(1) {
+                    t.write_request(&c, OpCode::Get as u32, 0, &1, None);
+                    t.mark_pending(&c);
                     new = Some(c);
                     break;
                 }
@@ -1226,24 +1403,27 @@ mod loom_tests {
             reclaimer.join().unwrap();
             if let Some(new) = new {
                 assert_ne!(new.generation, old.generation);
-                t.mark_pending(&new);
-                assert!(matches!(t.poll(&new), Poll::Pending));
-                let b = t.begin(new.index, new.generation).unwrap();
-                t.complete(b, resp(1), &SpinParker);
-                assert!(matches!(t.poll(&new), Poll::Ready(r) if r.value == 1));
+                match t.poll(&new, true) {
+                    // The late worker began the new request: its own key.
+                    Poll::Ready(r) => assert_eq!(r.value, 1),
+                    Poll::Pending => {
+                        let b = t.begin(new.index).unwrap();
+                        t.complete(b, &resp(1), true, &SpinParker);
+                        assert!(matches!(t.poll(&new, true), Poll::Ready(r) if r.value == 1));
+                    }
+                    Poll::Lost => panic!("the new claim was lost"),
+                }
             }
         });
     }
 
-    /// Generation wrap-around: a request from generation `u32::MAX` cannot
-    /// complete the wrapped generation 0 of the same slot.
+    /// Generation wrap-around: a use of generation `u32::MAX` abandoned
+    /// while a worker races it cannot complete the wrapped generation 0.
     #[test]
     fn generation_wrap() {
         loom::model(|| {
-            let buf = Arc::new(SlotTableBuffer::<u64>::new(1));
-            buf.slots[0]
-                .word
-                .store(pack(u32::MAX, 0, SlotState::Pending), Ordering::SeqCst);
+            let buf = Arc::new(SlotTableBuffer::<u64, u64>::new(1));
+            buf.set_word(0, u32::MAX, 0, SlotState::Pending as u32);
             let b2 = Arc::clone(&buf);
             let client = thread::spawn(move || {
                 let t = b2.table();
@@ -1255,17 +1435,29 @@ mod loom_tests {
                 t.abandon(&stale);
                 let c = t.claim(0);
                 if let Some(c) = c {
+                    t.write_request(&c, OpCode::Get as u32, 0, &5, None);
                     t.mark_pending(&c);
                 }
                 c
             });
             let t = buf.table();
-            if let Ok(b) = t.begin(0, u32::MAX) {
-                t.complete(b, resp(5), &SpinParker);
+            let begun = t.begin(0);
+            let client_claim = client.join().unwrap();
+            if let Ok(b) = begun {
+                // We began generation u32::MAX before the abandon, or the
+                // new use: either way our completion goes to that use only.
+                let c = t.complete(b, &resp(5), true, &SpinParker);
+                if b.generation() == u32::MAX {
+                    assert_ne!(c, Completion::Delivered);
+                }
             }
-            if let Some(c) = client.join().unwrap() {
+            if let Some(c) = client_claim {
                 assert_eq!(c.generation, 0);
-                assert!(matches!(t.poll(&c), Poll::Pending));
+                match t.poll(&c, true) {
+                    Poll::Ready(r) => assert_eq!(r.generation, 0),
+                    Poll::Pending => {}
+                    Poll::Lost => panic!("the wrapped claim was lost"),
+                }
             }
         });
     }

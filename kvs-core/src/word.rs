@@ -58,3 +58,40 @@ pub fn try_claim(word: &AtomicU64, free: u32, owner: u32, to: u32) -> Option<u32
     .ok()
     .map(|_| generation)
 }
+
+/// The housekeeper's pass over a table of packed words: every word for
+/// which `verdict(index, owner, state)` holds is freed (CAS from the value
+/// read to `(generation, owner, free)`, so a resource that moved on
+/// meanwhile is left alone), and `on_freed(state)` runs for each. Returns
+/// how many were freed. Words already `free` are skipped.
+///
+/// Release on success pairs with the next claimer's Acquire in
+/// [`try_claim`]: what the dead owner left is behind the new one.
+pub fn reclaim_words<'w>(
+    words: impl IntoIterator<Item = &'w AtomicU64>,
+    free: u32,
+    verdict: impl Fn(usize, u32, u32) -> bool,
+    mut on_freed: impl FnMut(u32),
+) -> usize {
+    let mut freed = 0;
+    for (index, word) in words.into_iter().enumerate() {
+        let w = word.load(Ordering::Acquire);
+        let (generation, owner, state) = unpack(w);
+        if state == free || !verdict(index, owner, state) {
+            continue;
+        }
+        if word
+            .compare_exchange(
+                w,
+                pack(generation, owner, free),
+                Ordering::Release,
+                Ordering::Relaxed,
+            )
+            .is_ok()
+        {
+            on_freed(state);
+            freed += 1;
+        }
+    }
+    freed
+}

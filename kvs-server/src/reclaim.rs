@@ -1,6 +1,6 @@
 //! The housekeeper: reclaims response slots and registrations that dead
 //! clients left behind, frees abandoned slots no worker is answering, and
-//! repairs garbage stamps in the ring's free cells.
+//! repairs whatever a scribbler left in the ring (`Ring::repair`).
 //!
 //! It wakes every [`TICK`], or at once when a client that found no free slot
 //! pokes it, so slots are reclaimed "at the latest when free slots run short".
@@ -25,70 +25,11 @@ where
     std::thread::Builder::new()
         .name("kvs-housekeeper".into())
         .spawn(move || {
-            let mut suspects = Suspects::default();
             while !shared.shutdown.load(Ordering::Acquire) {
                 sweep(&shared);
-                repair_forged_stamps(&shared, &mut suspects);
                 shared.region.housekeeper_sleep(TICK);
             }
         })
-}
-
-/// Ring cells whose stamp looked like a consumer caught mid-pop, and the
-/// workers' epochs right after they were seen.
-#[derive(Debug, Default)]
-pub(crate) struct Suspects {
-    cells: Vec<(u64, u64)>,
-    epochs: Vec<u64>,
-}
-
-/// Repairs stamps that imitate a consumer mid-pop (`Ring::suspect_cells`).
-///
-/// Such a stamp is legal for the few instructions a worker spends inside
-/// `pop` or `skip_stalled`, and blocks every producer if it was forged. The
-/// workers are the only consumers and bump their epoch at a quiescent point
-/// each round, after storing any stamp. So once every running worker's epoch
-/// has moved past its value taken after the stamp was seen, a stamp that is
-/// still the same cannot belong to a consumer in flight: it is freed.
-/// The worker's Release store of its epoch follows its stamp store, and our
-/// Acquire load of the epoch precedes our second look at the stamp.
-pub(crate) fn repair_forged_stamps<K, V>(shared: &Shared<K, V>, suspects: &mut Suspects) -> usize
-where
-    K: bytemuck::Pod,
-    V: bytemuck::Pod,
-{
-    let ring = shared.region.ring();
-    let running = shared
-        .running_workers
-        .load(Ordering::Acquire)
-        .min(shared.epochs.len());
-    let epochs = || -> Vec<u64> {
-        shared.epochs[..running]
-            .iter()
-            .map(|e| e.load(Ordering::Acquire))
-            .collect()
-    };
-    let mut repaired = 0;
-    if !suspects.cells.is_empty() {
-        let now = epochs();
-        let all_moved = now.len() != suspects.epochs.len()
-            || now.iter().zip(&suspects.epochs).all(|(n, then)| n != then);
-        if !all_moved {
-            return 0; // a worker may still be inside that pop: look again later
-        }
-        let current = ring.suspect_cells();
-        for (pos, stamp) in suspects.cells.drain(..) {
-            if current.contains(&(pos, stamp)) && ring.repair_cell(pos, stamp) {
-                repaired += 1;
-            }
-        }
-        if repaired > 0 {
-            tracing::warn!(repaired, "repaired forged mid-pop stamps in the ring");
-        }
-    }
-    suspects.cells = ring.suspect_cells();
-    suspects.epochs = epochs();
-    repaired
 }
 
 /// One pass; returns how many slots were freed.
@@ -156,13 +97,19 @@ where
             .fetch_add(freed as u64, Ordering::Relaxed);
         tracing::debug!(freed, "reclaimed response slots");
     }
-    let ring = region.ring();
-    if ring.repair_indices() {
-        tracing::warn!("repaired corrupted ring indices (tail reset to head)");
-    }
-    let repaired = ring.repair_free_cells();
-    if repaired > 0 {
-        tracing::warn!(repaired, "repaired corrupted stamps in free ring cells");
+    let repairs = region.ring().repair();
+    let fixed = repairs.cells + usize::from(repairs.indices);
+    if fixed > 0 {
+        region
+            .header()
+            .live
+            .ring_repairs
+            .fetch_add(fixed as u64, Ordering::Relaxed);
+        tracing::warn!(
+            cells = repairs.cells,
+            indices = repairs.indices,
+            "repaired a corrupted request ring"
+        );
     }
     freed
 }

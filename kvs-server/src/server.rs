@@ -42,9 +42,6 @@ pub(crate) struct Shared<K, V> {
     /// Per worker: `slot index + 1` while it answers that slot, 0 otherwise.
     /// Read by the reclaimer (see `kvs_core::response_table::SlotTable::reclaim`).
     pub(crate) busy: Box<[CachePadded<AtomicU64>]>,
-    /// Per worker: bumped at the top of every loop round, a quiescent point
-    /// outside `pop` (see `reclaim::repair_forged_stamps`).
-    pub(crate) epochs: Box<[CachePadded<AtomicU64>]>,
     /// Worker threads running now (ids `0..n`).
     pub(crate) running_workers: std::sync::atomic::AtomicUsize,
     /// Who is registered (the authority; see `acceptor`).
@@ -203,9 +200,6 @@ where
             stop_workers: AtomicBool::new(false),
             shutdown: AtomicBool::new(false),
             busy: (0..kvs_core::region::MAX_WORKERS)
-                .map(|_| CachePadded::new(AtomicU64::new(0)))
-                .collect(),
-            epochs: (0..kvs_core::region::MAX_WORKERS)
                 .map(|_| CachePadded::new(AtomicU64::new(0)))
                 .collect(),
             running_workers: std::sync::atomic::AtomicUsize::new(0),

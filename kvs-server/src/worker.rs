@@ -1,33 +1,60 @@
-//! One worker thread: pop, execute on the map, answer, wake.
+//! One worker thread: pop a slot index, take the request from its slot,
+//! execute it on the map, answer, wake.
 //!
 //! Idle strategy (tuned in `BENCHMARKS.md`): spin on a cheap "is the head
 //! published?" check, then yield, then sleep on the ring's futex in bounded
-//! slices. A claimed but unpublished head cell (a producer mid-push, or one
-//! that died there) is waited out for [`STALL_SKIP`] and then skipped; a live
-//! producer whose cell was skipped pushes again (see `kvs_core::ring`).
+//! slices. A push is one CAS (see `kvs_core::ring`), so there is no
+//! half-published cell to wait for; a head cell that holds garbage is
+//! repaired on the spot.
+//!
+//! A panic while executing one request (a key type whose `Hash` panics, a
+//! bug) is contained: that request is answered `Failed`, the panic is
+//! logged, and the worker keeps serving. A panic anywhere else in the loop
+//! would leave a server that looks alive but answers less; it aborts the
+//! process instead, with one line on stderr, so clients see the server
+//! gone at once.
 
 use crate::server::Shared;
 use kvs_core::bulk::{BulkResult, BulkTable, ListRecord};
 use kvs_core::map::{Entry, MapError, SetOutcome};
-use kvs_core::notify::{EVENT_CHANGED, EVENT_DELETED};
+use kvs_core::notify::EventKind;
 use kvs_core::protocol::{OpCode, Request, Response, StatusCode};
-use kvs_core::ring::{PopError, Skip};
+use kvs_core::ring::PopError;
 use kvs_core::wait::futex_wake;
 use kvs_core::wait::{spin_then_yield, FutexParker, SpinPolicy};
 use std::hash::Hash;
 use std::os::unix::ffi::OsStrExt;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
-
-/// How long a claimed-but-unpublished head cell is waited for before the
-/// worker skips it. A live producer publishes within nanoseconds unless it is
-/// descheduled; a dead one never does.
-pub(crate) const STALL_SKIP: Duration = Duration::from_millis(200);
+use std::time::Duration;
 
 /// Longest futex sleep of an idle worker before it re-checks its stop flag.
 const IDLE_SLICE: Duration = Duration::from_millis(100);
 
+/// A worker's loop; a panic that escapes a request aborts the process.
 pub(crate) fn run<K, V>(shared: &Shared<K, V>, id: usize)
+where
+    K: bytemuck::Pod + Eq + Hash,
+    V: bytemuck::Pod,
+{
+    if let Err(panic) = std::panic::catch_unwind(AssertUnwindSafe(|| serve_loop(shared, id))) {
+        let what = panic_message(&*panic);
+        tracing::error!(worker = id, "worker panicked outside a request: {what}");
+        eprintln!("kvs_server: worker {id} panicked ({what}); stopping the whole server");
+        std::process::abort();
+    }
+}
+
+/// The text of a panic payload.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
+}
+
+fn serve_loop<K, V>(shared: &Shared<K, V>, id: usize)
 where
     K: bytemuck::Pod + Eq + Hash,
     V: bytemuck::Pod,
@@ -35,44 +62,26 @@ where
     let region = &shared.region;
     let ring = region.ring();
     let stats = &region.worker_stats()[id];
-    let mut stall: Option<(u64, Instant)> = None;
-    let epoch = &shared.epochs[id];
     loop {
-        // Quiescent point: this worker is inside no `pop` or `skip_stalled`.
-        // Release: the stamps it stored happen before the new epoch is seen.
-        epoch.store(
-            epoch.load(Ordering::Relaxed).wrapping_add(1),
-            Ordering::Release,
-        );
-        match ring.pop_with(read_request) {
-            Ok(req) => {
-                stall = None;
-                serve(shared, id, stats, req);
-            }
-            Err(PopError::Busy { pos }) => match stall {
-                Some((p, since)) if p == pos && since.elapsed() >= STALL_SKIP => {
-                    stall = None;
-                    match ring.skip_stalled(pos) {
-                        Skip::Delivered(req) => serve(shared, id, stats, req),
-                        Skip::Skipped => {
-                            region
-                                .header()
-                                .live
-                                .cells_skipped
-                                .fetch_add(1, Ordering::Relaxed);
-                            tracing::warn!(
-                                pos,
-                                "skipped a ring cell whose producer never published"
-                            );
-                        }
-                        Skip::Moved => {}
-                    }
+        match ring.pop() {
+            Ok(index) => serve(shared, id, stats, index),
+            Err(PopError::Corrupt { pos }) => {
+                let repairs = ring.repair();
+                let fixed = repairs.cells + usize::from(repairs.indices);
+                region
+                    .header()
+                    .live
+                    .ring_repairs
+                    .fetch_add(fixed as u64, Ordering::Relaxed);
+                if fixed == 0 {
+                    // Not (yet) judged garbage: someone may be scribbling.
+                    // Do not spin on it.
+                    std::thread::sleep(Duration::from_millis(1));
+                } else {
+                    tracing::warn!(pos, fixed, "repaired a corrupted request ring");
                 }
-                Some((p, _)) if p == pos => std::thread::yield_now(),
-                _ => stall = Some((pos, Instant::now())),
-            },
+            }
             Err(PopError::Empty) => {
-                stall = None;
                 if shared.stop_workers.load(Ordering::Acquire) {
                     return;
                 }
@@ -89,36 +98,19 @@ where
     }
 }
 
-/// Copies a request out of its ring cell: the header and key always, the
-/// value only for ops that carry one (SET, POST), so a GET or DEL does not
-/// pull the value's cache lines across cores.
-fn read_request<K: bytemuck::Pod, V: bytemuck::Pod>(p: *const Request<K, V>) -> Request<K, V> {
-    // SAFETY: `p` is the cell `pop_with` owns for us, valid for reads; field
-    // pointers stay inside it; every field is Pod, so any bytes are valid.
-    unsafe {
-        let op = std::ptr::addr_of!((*p).op).read();
-        let with_value = op == OpCode::Set as u32 || op == OpCode::Post as u32;
-        Request {
-            op,
-            slot: std::ptr::addr_of!((*p).slot).read(),
-            generation: std::ptr::addr_of!((*p).generation).read(),
-            arg: std::ptr::addr_of!((*p).arg).read(),
-            key: std::ptr::addr_of!((*p).key).read(),
-            value: if with_value {
-                std::ptr::addr_of!((*p).value).read()
-            } else {
-                V::zeroed()
-            },
-        }
+/// Clears a worker's busy mark however `serve` ends.
+struct BusyMark<'a>(&'a std::sync::atomic::AtomicU64);
+
+impl Drop for BusyMark<'_> {
+    fn drop(&mut self) {
+        // Release: everything we did on the slot happens before the
+        // reclaimer sees it unmarked.
+        self.0.store(0, Ordering::Release);
     }
 }
 
-fn serve<K, V>(
-    shared: &Shared<K, V>,
-    id: usize,
-    stats: &kvs_core::region::WorkerStats,
-    req: Request<K, V>,
-) where
+fn serve<K, V>(shared: &Shared<K, V>, id: usize, stats: &kvs_core::region::WorkerStats, index: u32)
+where
     K: bytemuck::Pod + Eq + Hash,
     V: bytemuck::Pod,
 {
@@ -127,20 +119,47 @@ fn serve<K, V>(
     // SeqCst: the worker's half of the Dekker pair with the reclaimer, which
     // marks a slot abandoned (SeqCst) and then reads these marks; `begin`
     // loads the slot word with SeqCst after this store.
-    busy.store(u64::from(req.slot) + 1, Ordering::SeqCst);
-    let begun = match slots.begin(req.slot, req.generation) {
+    busy.store(u64::from(index) + 1, Ordering::SeqCst);
+    let _mark = BusyMark(busy);
+    let begun = match slots.begin(index) {
         Ok(b) => b,
         Err(e) => {
-            busy.store(0, Ordering::Release);
             stats.count_dropped();
-            tracing::debug!(error = %e, "dropped a request");
+            tracing::debug!(error = %e, "dropped a ring entry");
             return;
         }
     };
-    let (response, op) = match req.op() {
-        Ok(op) => (execute(shared, op, &req, begun.owner()), Some(op)),
-        Err(e) => {
-            tracing::debug!(error = %e, slot = req.slot, "malformed request");
+    let req = slots.read_request(&begun);
+    let op = match req.op() {
+        Ok(op) if req.generation == begun.generation() => Ok(op),
+        Ok(_) => Err("the request in the slot is for another use of it".to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    let (response, op) = match op {
+        Ok(op) => {
+            let run = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                execute(shared, op, &req, begun.owner())
+            }));
+            match run {
+                Ok(response) => (response, Some(op)),
+                Err(panic) => {
+                    tracing::error!(
+                        op = op.name(),
+                        "a request panicked: {}; answered Failed, still serving",
+                        panic_message(&*panic)
+                    );
+                    shared
+                        .region
+                        .header()
+                        .live
+                        .panics
+                        .fetch_add(1, Ordering::Relaxed);
+                    (Response::status(StatusCode::Failed), None)
+                }
+            }
+        }
+        Err(why) => {
+            tracing::debug!(slot = index, "malformed request: {why}");
             shared
                 .region
                 .header()
@@ -151,8 +170,8 @@ fn serve<K, V>(
         }
     };
     // Only a GET's answer carries a value; the rest leave its lines alone.
-    slots.complete_parts(begun, &response, op == Some(OpCode::Get), &FutexParker);
-    busy.store(0, Ordering::Release);
+    let with_value = op.is_some_and(OpCode::answer_carries_value);
+    slots.complete(begun, &response, with_value, &FutexParker);
     match op {
         Some(op) => stats.count(op),
         None => stats.count_dropped(),
@@ -171,7 +190,7 @@ where
     // nobody subscribes.
     let changed = |k: &K, e: &Entry<V>| {
         subs.publish(
-            EVENT_CHANGED,
+            EventKind::Changed,
             k,
             &e.value,
             e.version,
@@ -180,25 +199,21 @@ where
         );
     };
     let deleted = |k: &K, version: u64| {
-        subs.publish(EVENT_DELETED, k, &V::zeroed(), version, 0, |seq| {
+        subs.publish(EventKind::Deleted, k, &V::zeroed(), version, 0, |seq| {
             futex_wake(seq, 1)
         });
     };
     let ok = |version: u64| Response {
-        status: StatusCode::Ok as u32,
-        aux: 0,
         version,
-        modified_ns: 0,
-        value: V::zeroed(),
+        ..Response::status(StatusCode::Ok)
     };
     match op {
         OpCode::Get => match map.get(&req.key) {
             Some(e) => Response {
-                status: StatusCode::Ok as u32,
-                aux: 0,
                 version: e.version,
                 modified_ns: e.modified_ns,
                 value: e.value,
+                ..Response::status(StatusCode::Ok)
             },
             None => Response::status(StatusCode::NotFound),
         },
@@ -240,7 +255,7 @@ where
     let Some(params) = bulk.params_if_owned_by(bulk_index, owner) else {
         return Response::status(StatusCode::Malformed);
     };
-    let capacity = bulk.capacity_for::<ListRecord<K, V>>();
+    let capacity = bulk.list_capacity::<K, V>();
     let limit = match params.limit as usize {
         0 => capacity,
         n => n.min(capacity),
@@ -261,7 +276,7 @@ where
             })
         },
     );
-    let count = bulk.write_records(bulk_index, records);
+    let count = bulk.write_list_records(bulk_index, records);
     bulk.set_result(
         bulk_index,
         &BulkResult {

@@ -25,7 +25,7 @@ use std::fmt;
 pub const MAGIC: u64 = u64::from_le_bytes(*b"\x89KVS\r\n\x1a\n");
 
 /// Bumped whenever anything in the region's layout or protocol changes.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// Maximum bytes of a type name kept in the header.
 pub const TYPE_NAME_LEN: usize = 120;
@@ -231,10 +231,12 @@ pub struct LiveWords {
     pub clients_registered: AtomicU64,
     /// Slots the server reclaimed from dead or abandoning clients.
     pub slots_reclaimed: AtomicU64,
-    /// Stalled ring cells the server skipped.
-    pub cells_skipped: AtomicU64,
+    /// Ring cells and indices the server found corrupted and repaired.
+    pub ring_repairs: AtomicU64,
     /// Active subscriptions (workers skip publishing when 0).
     pub subscribers: AtomicU32,
+    /// Requests whose execution panicked (answered `Failed`).
+    pub panics: AtomicU32,
 }
 
 const _: () = assert!(std::mem::size_of::<RegionInfo>() == 2 * (32 + TYPE_NAME_LEN) + 26 * 8);

@@ -17,7 +17,6 @@ use super::clients::ClientEntry;
 use super::header::RegionHeader;
 use super::stats::WorkerStats;
 use super::RegionConfig;
-use crate::protocol::Request;
 use crate::response_table::{Slot, SlotTableHeader};
 use crate::ring::{RingCell, RingHeader};
 use crossbeam_utils::CachePadded;
@@ -77,21 +76,21 @@ impl Layout {
         };
         let _header = section(size_of::<RegionHeader>(), align_of::<RegionHeader>());
         let ring_header_offset = section(size_of::<RingHeader>(), align_of::<RingHeader>());
-        let ring_cell_size = size_of::<RingCell<Request<K, V>>>();
+        let ring_cell_size = size_of::<RingCell>();
         let ring_cells_offset = section(
             ring_cell_size
                 .checked_mul(config.ring_capacity)
                 .expect("ring too large"),
-            align_of::<RingCell<Request<K, V>>>(),
+            align_of::<RingCell>(),
         );
         let slot_header_offset =
             section(size_of::<SlotTableHeader>(), align_of::<SlotTableHeader>());
-        let slot_size = size_of::<CachePadded<Slot<V>>>();
+        let slot_size = size_of::<CachePadded<Slot<K, V>>>();
         let slots_offset = section(
             slot_size
                 .checked_mul(config.slots)
                 .expect("slot table too large"),
-            align_of::<CachePadded<Slot<V>>>(),
+            align_of::<CachePadded<Slot<K, V>>>(),
         );
         let clients_offset = section(
             size_of::<ClientEntry>() * config.max_clients,

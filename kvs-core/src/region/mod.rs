@@ -55,7 +55,6 @@ pub use layout::Layout;
 pub use stats::{OpTotals, WorkerStats, MAX_WORKERS};
 
 use crate::error::{RegionCreateError, RegionOpenError};
-use crate::protocol::Request;
 use crate::response_table::{Slot, SlotTable, SlotTableHeader};
 use crate::ring::{Ring, RingCell, RingHeader};
 use crate::secure_fs::Dir;
@@ -956,12 +955,8 @@ impl<K, V> Region<K, V> {
         unsafe { &*self.at::<RegionHeader>(0) }
     }
 
-    /// The request ring.
-    pub fn ring(&self) -> Ring<'_, Request<K, V>>
-    where
-        K: Copy,
-        V: Copy,
-    {
+    /// The request ring (of response-slot indices).
+    pub fn ring(&self) -> Ring<'_> {
         // SAFETY: the layout places a RingHeader and `ring_capacity` cells at
         // these offsets, aligned, inside the mapping that `self` keeps alive;
         // the memory was zero-filled and initialised by the creator; the
@@ -969,23 +964,24 @@ impl<K, V> Region<K, V> {
         unsafe {
             Ring::from_raw(
                 self.at::<RingHeader>(self.layout.ring_header_offset),
-                self.at::<RingCell<Request<K, V>>>(self.layout.ring_cells_offset),
+                self.at::<RingCell>(self.layout.ring_cells_offset),
                 self.info.ring_capacity as usize,
             )
         }
     }
 
     /// The response table.
-    pub fn slots(&self) -> SlotTable<'_, V>
+    pub fn slots(&self) -> SlotTable<'_, K, V>
     where
-        V: Copy + bytemuck::Zeroable,
+        K: bytemuck::Pod,
+        V: bytemuck::Pod,
     {
         // SAFETY: as for `ring`: layout-derived, aligned, in bounds, and the
         // slot count was validated as non-zero.
         unsafe {
             SlotTable::from_raw(
                 self.at::<SlotTableHeader>(self.layout.slot_header_offset),
-                self.at::<CachePadded<Slot<V>>>(self.layout.slots_offset),
+                self.at::<CachePadded<Slot<K, V>>>(self.layout.slots_offset),
                 self.info.slot_count as usize,
             )
         }
@@ -1019,8 +1015,8 @@ impl<K, V> Region<K, V> {
     /// The subscription entries.
     pub fn subscriptions(&self) -> crate::notify::SubTable<'_, K, V>
     where
-        K: Copy + bytemuck::Zeroable,
-        V: Copy + bytemuck::Zeroable,
+        K: bytemuck::Pod,
+        V: bytemuck::Pod,
     {
         // SAFETY: layout-derived offset, 128-aligned, `sub_count` entries
         // with queues of `sub_queue` cells (validated as a power of two),
@@ -1259,27 +1255,19 @@ mod tests {
         assert!(client.server_alive());
         let slots = client.slots();
         let claim = slots.claim(0).unwrap();
-        slots.mark_pending(&claim);
-        client
-            .ring()
-            .push(Request::new(
-                OpCode::Get,
-                claim.index,
-                claim.generation,
-                0,
-                5,
-                0,
-            ))
-            .unwrap();
-        let req = server.ring().pop().unwrap();
-        assert_eq!(req.key, 5);
-        let begun = server.slots().begin(req.slot, req.generation).unwrap();
+        slots.write_request(&claim, OpCode::Get as u32, 0, &5, None);
+        assert!(slots.mark_pending(&claim));
+        client.ring().push(claim.index).unwrap();
+        let index = server.ring().pop().unwrap();
+        let begun = server.slots().begin(index).unwrap();
+        assert_eq!(server.slots().read_request(&begun).key, 5);
         server.slots().complete(
             begun,
-            crate::protocol::Response::status(crate::protocol::StatusCode::NotFound),
+            &crate::protocol::Response::status(crate::protocol::StatusCode::NotFound),
+            false,
             &crate::wait::FutexParker,
         );
-        assert!(matches!(slots.poll(&claim), Poll::Ready(_)));
+        assert!(matches!(slots.poll(&claim, false), Poll::Ready(_)));
         // The server's end of the connection closing is the server dying.
         drop(conn);
         assert!(!client.server_alive());
