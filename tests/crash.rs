@@ -48,6 +48,7 @@ fn child_entry() {
         }
         "paused-server" => paused_server(&name),
         "stalled-writer" => stalled_writer(&name),
+        "forking-client" => forking_client(&name),
         other => panic!("unknown role {other}"),
     }
 }
@@ -106,6 +107,43 @@ fn stalled_writer(name: &str) {
         let _ = writeln!(out, "WRONG {got:?}");
     }
     let _ = out.flush();
+}
+
+/// Connects, forks a child that tries to use the inherited client (it must
+/// be refused) and then sleeps holding the inherited connection, prints
+/// `CHILD <pid>` and exits: the server must see this process die although
+/// the child keeps its connection open.
+fn forking_client(name: &str) {
+    let client = KVSClient::<TextKey, Value256>::connect(name).unwrap();
+    client.set(&key("parent"), &val("was here")).unwrap();
+    let mut out = std::io::stdout();
+    // SAFETY: the child only calls async-signal-unsafe code that this test
+    // controls (it is single-threaded apart from the test harness, which is
+    // idle while this test runs), and then exits with `_exit`.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0);
+    if pid == 0 {
+        let refused = matches!(client.get(&key("parent")), Err(ClientError::Forked { .. }));
+        let refused_set = matches!(
+            client.set(&key("child"), &val("x")),
+            Err(ClientError::Forked { .. })
+        );
+        let verdict = if refused && refused_set {
+            "REFUSED"
+        } else {
+            "NOT-REFUSED"
+        };
+        let _ = writeln!(out, "{verdict}");
+        let _ = out.flush();
+        // Keep the inherited connection open for a while, then go.
+        std::thread::sleep(Duration::from_secs(3));
+        // SAFETY: ends the child without running the parent's destructors.
+        unsafe { libc::_exit(0) };
+    }
+    let _ = writeln!(out, "CHILD {pid}");
+    let _ = out.flush();
+    std::mem::forget(client); // exit without goodbye: like a crash
+    std::process::exit(0);
 }
 
 /// Whether process `pid` is stopped (state `T` in `/proc/PID/stat`).
@@ -607,4 +645,250 @@ fn client_waits_for_a_server_that_is_still_starting() {
         client.set(&1, &2).unwrap();
         assert_eq!(client.get(&1).unwrap(), Some(2));
     });
+}
+
+/// Clients that connect, work and leave (or are killed) while others
+/// register at the same moment: a live client never loses its slots to the
+/// housekeeper reclaiming a dead registration (the registry is the server's
+/// own, and an index is freed only if it is still the dead one it saw).
+#[test]
+fn registration_churn_never_costs_a_live_client_its_slots() {
+    let name = unique_name("churn");
+    let _server = ServerGuard::start(&name, &["--max-clients", "6"]);
+    let stop = AtomicBool::new(false);
+    let failures = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        // Killers: hammering clients SIGKILLed at random moments.
+        s.spawn(|| {
+            let mut rng = rand::rng();
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let mut child = spawn_self(
+                    "child_entry",
+                    &[
+                        ("KVS_CHILD_ROLE", "hammer".to_string()),
+                        ("KVS_TEST_REGION", name.clone()),
+                        ("KVS_CHILD_ID", format!("9{n}")),
+                    ],
+                );
+                n += 1;
+                std::thread::sleep(Duration::from_millis(rng.random_range(5..30)));
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        });
+        // Short-lived clients that must all succeed.
+        for t in 0..3 {
+            let (name, stop, failures) = (&name, &stop, &failures);
+            s.spawn(move || {
+                let mut i = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let k = key(&format!("churn-{t}-{}", i % 5));
+                    let v = val(&format!("v{i}"));
+                    let r = KVSClient::<TextKey, Value256>::connect_with(
+                        name,
+                        ClientOptions {
+                            connect_wait: Duration::from_secs(5),
+                            ..ClientOptions::default()
+                        },
+                    )
+                    .map_err(|e| e.to_string())
+                    .and_then(|c| {
+                        c.set(&k, &v).map_err(|e| e.to_string())?;
+                        match c.get(&k).map_err(|e| e.to_string())? {
+                            Some(got) if got == v => Ok(()),
+                            other => Err(format!("wrong value {other:?}")),
+                        }
+                    });
+                    if let Err(e) = r {
+                        // Every registration briefly taken is a refusal, not a loss.
+                        if !e.contains("no free client registration") {
+                            failures.lock().unwrap().push(e);
+                        }
+                    }
+                    i += 1;
+                }
+            });
+        }
+        std::thread::sleep(Duration::from_secs(3));
+        stop.store(true, Ordering::Relaxed);
+    });
+    let failures = failures.into_inner().unwrap();
+    assert!(failures.is_empty(), "live clients failed: {failures:?}");
+    let served = status_json(&name)["ops"]["set"].as_u64().unwrap();
+    assert!(
+        served > 50,
+        "too little churn to mean anything: {served} sets"
+    );
+}
+
+/// After a SIGKILLed server's successor takes over the name, a client of
+/// the old server gets `ServerGone` at once (its connection ended with the
+/// old server), never waits out its timeout, and `reconnect` gets it
+/// working against the successor.
+#[test]
+fn old_clients_see_a_successor_as_gone_and_reconnect() {
+    let name = unique_name("successor");
+    let mut first = ServerGuard::start(&name, &[]);
+    let mut client = KVSClient::<TextKey, Value256>::connect(&name).unwrap();
+    client.set(&key("k"), &val("old")).unwrap();
+    let _ = first.signal_and_wait(Signal::SIGKILL);
+    let _second = ServerGuard::start(&name, &[]);
+    for attempt in 0..3 {
+        let start = Instant::now();
+        let err = client
+            .get_timeout(&key("k"), Duration::from_secs(10))
+            .unwrap_err();
+        let took = start.elapsed();
+        assert!(matches!(err, ClientError::ServerGone), "{err}");
+        assert!(
+            took < Duration::from_millis(500),
+            "attempt {attempt}: {took:?}"
+        );
+    }
+    client.reconnect().unwrap();
+    assert_eq!(
+        client.get(&key("k")).unwrap(),
+        None,
+        "a new server starts empty"
+    );
+    client.set(&key("k"), &val("new")).unwrap();
+    assert_eq!(client.get(&key("k")).unwrap(), Some(val("new")));
+}
+
+/// Shutdown under load: the server refuses new requests at once
+/// (`Draining`), answers what it accepted, saves, and exits; no caller
+/// waits out its 10 s timeout, and the server's stop returns although a
+/// client keeps pushing.
+#[test]
+fn shutdown_answers_what_it_accepted_and_refuses_the_rest_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let snap = dir.path().join("exit.snap");
+    let name = unique_name("drain");
+    let mut server = ServerGuard::start(&name, &["--save-on-exit", snap.to_str().unwrap()]);
+    let stop = AtomicBool::new(false);
+    let slowest = AtomicU64::new(0);
+    let outcomes = std::sync::Mutex::new((0u64, 0u64, Vec::<String>::new()));
+    std::thread::scope(|s| {
+        for t in 0..3 {
+            let (name, stop, slowest, outcomes) = (&name, &stop, &slowest, &outcomes);
+            s.spawn(move || {
+                let client = KVSClient::<TextKey, Value256>::connect(name).unwrap();
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let start = Instant::now();
+                    let r = client.set_timeout(
+                        &key(&format!("d{t}-{}", i % 100)),
+                        &val("v"),
+                        Duration::from_secs(10),
+                    );
+                    slowest.fetch_max(start.elapsed().as_micros() as u64, Ordering::Relaxed);
+                    let mut o = outcomes.lock().unwrap();
+                    match r {
+                        Ok(()) => o.0 += 1,
+                        Err(ClientError::ServerGone) => {
+                            o.1 += 1;
+                            break;
+                        }
+                        Err(e) => o.2.push(e.to_string()),
+                    }
+                    i += 1;
+                }
+            });
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let started = Instant::now();
+        let status = server.signal_and_wait(Signal::SIGTERM);
+        let took = started.elapsed();
+        assert_eq!(status.code(), Some(0), "{status}");
+        assert!(
+            took < Duration::from_secs(5),
+            "the server took {took:?} to stop"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        stop.store(true, Ordering::Relaxed);
+    });
+    let (ok, gone, errors) = outcomes.into_inner().unwrap();
+    let slowest = Duration::from_micros(slowest.into_inner());
+    eprintln!("{ok} answered, {gone} refused as gone, errors {errors:?}, slowest call {slowest:?}");
+    assert!(ok > 0 && gone == 3, "every client must end with ServerGone");
+    assert!(errors.is_empty(), "{errors:?}");
+    assert!(
+        slowest < Duration::from_secs(2),
+        "a call waited {slowest:?}"
+    );
+    assert!(snap.exists(), "the snapshot was not saved");
+}
+
+/// A key type whose `Hash` panics for one value: that request is answered
+/// `Failed` (the panic is contained and counted), and the worker keeps
+/// serving everything else.
+#[test]
+fn a_panicking_request_is_answered_failed_and_the_worker_serves_on() {
+    #[repr(C)]
+    #[derive(Clone, Copy, PartialEq, Eq, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+    struct Touchy(u64);
+    impl std::hash::Hash for Touchy {
+        fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+            assert_ne!(self.0, 13, "unlucky key");
+            self.0.hash(h);
+        }
+    }
+    let name = unique_name("panic");
+    let mut server = KVSServer::<Touchy, u64>::builder(&name)
+        .workers(1)
+        .build()
+        .unwrap();
+    server.start(1).unwrap();
+    let client = KVSClient::<Touchy, u64>::connect(&name).unwrap();
+    for round in 0..3 {
+        let err = client.set(&Touchy(13), &1).unwrap_err();
+        assert!(err.to_string().contains("failed"), "round {round}: {err}");
+        client.set(&Touchy(round), &round).unwrap();
+        assert_eq!(client.get(&Touchy(round)).unwrap(), Some(round));
+    }
+    assert_eq!(
+        server.region().header().live.panics.load(Ordering::Relaxed),
+        3
+    );
+    let status = client.status().unwrap();
+    assert_eq!(status.panics, 3);
+}
+
+/// A forked child cannot use its parent's client (calls are refused with
+/// `Forked`, and dropping things touches nothing), and cannot keep a dead
+/// parent looking alive: the server frees the parent's registration when
+/// the parent exits, although the child still holds the connection.
+#[test]
+fn a_forked_child_is_refused_and_keeps_no_dead_parent_alive() {
+    let name = unique_name("fork");
+    let _server = ServerGuard::start(&name, &[]);
+    let before = status_json(&name)["clients"].as_u64().unwrap();
+    let mut child = spawn_self(
+        "child_entry",
+        &[
+            ("KVS_CHILD_ROLE", "forking-client".to_string()),
+            ("KVS_TEST_REGION", name.clone()),
+        ],
+    );
+    let rx = stdout_lines(&mut child);
+    let line = expect_line(&rx, "CHILD", Duration::from_secs(20));
+    let grandchild: i32 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    let _ = wait_with_deadline(&mut child, Duration::from_secs(10));
+    // The parent is dead; its fork still holds the connection open.
+    assert!(
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(grandchild), None).is_ok(),
+        "the forked child should still be alive"
+    );
+    let freed = poll_until(Duration::from_secs(2), || {
+        status_json(&name)["clients"].as_u64() == Some(before)
+    });
+    assert!(freed.is_some(), "the dead parent's registration was kept");
+    let verdict = expect_line(&rx, "REFUSED", Duration::from_secs(10));
+    assert!(
+        verdict.ends_with("REFUSED") && !verdict.contains("NOT"),
+        "{verdict}"
+    );
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(grandchild), Signal::SIGKILL);
+    assert_eq!(stdout(&kvs_client(&name, &["get", "parent"])), "was here\n");
 }

@@ -573,28 +573,71 @@ fn other_types_or_layout_version_are_refused_naming_both_sides() {
         "{msg}"
     );
 
-    // Another layout version: the version word sits at offset 12 of every
-    // region, whatever the version.
-    let map = RawMap::open(&name);
-    let version = map.u32_at(12);
-    assert_eq!(version.load(Ordering::SeqCst), LAYOUT_VERSION);
-    version.store(LAYOUT_VERSION + 98, Ordering::SeqCst);
-    let err = KVSClient::<TextKey, Value256>::connect(&name).unwrap_err();
-    let msg = err.to_string();
-    assert!(
-        msg.contains(&format!("layout version {}", LAYOUT_VERSION + 98))
-            && msg.contains(&format!("speaks version {LAYOUT_VERSION}")),
-        "{msg}"
-    );
-    eprintln!("version: {msg}");
-    let out = kvs_client(&name, &["get", "k"]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
-    assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.contains("layout version"), "{err}");
-    version.store(LAYOUT_VERSION, Ordering::SeqCst);
+    // Another layout version. A real server rewrites its header (see
+    // `a_scribbled_header_is_rewritten_and_clients_come_back`), so the
+    // other version comes from a stand-in server: a region of this build
+    // with its version word (offset 12 of every region, whatever the
+    // version) changed, answering hellos itself.
+    let other = unique_name("otherversion");
+    let (region, listener, _) =
+        Region::<TextKey, Value256>::create_reporting(&other, &kvs::core::RegionConfig::default())
+            .unwrap();
+    region
+        .header()
+        .layout_version
+        .store(LAYOUT_VERSION + 98, Ordering::SeqCst);
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| answer_hellos(&region, &listener, &stop));
+        let err = KVSClient::<TextKey, Value256>::connect(&other).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&format!("layout version {}", LAYOUT_VERSION + 98))
+                && msg.contains(&format!("speaks version {LAYOUT_VERSION}")),
+            "{msg}"
+        );
+        eprintln!("version: {msg}");
+        let out = kvs_client(&other, &["get", "k"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains("layout version"), "{err}");
+        stop.store(true, Ordering::SeqCst);
+    });
     let client = KVSClient::<TextKey, Value256>::connect(&name).unwrap();
     client.set(&key("k"), &val("v")).unwrap();
+}
+
+/// A stand-in server's acceptor: answers every hello on `listener` with
+/// the region's memfd (registration 0 for clients) until `stop`.
+fn answer_hellos<K, V>(region: &Region<K, V>, listener: &std::os::fd::OwnedFd, stop: &AtomicBool) {
+    use kvs::core::region::endpoint;
+    use kvs::core::region::handshake::{self, Kind, Status, Welcome};
+    use std::os::fd::AsFd;
+    while !stop.load(Ordering::SeqCst) {
+        let Ok(Some(conn)) = endpoint::accept(listener) else {
+            std::thread::sleep(Duration::from_millis(2));
+            continue;
+        };
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let hello = loop {
+            match handshake::recv_hello(conn.as_fd()) {
+                Ok(Some(h)) => break Some(h),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(1))
+                }
+                _ => break None,
+            }
+        };
+        let Some(hello) = hello else { continue };
+        let mut w = Welcome::new(Status::Ok);
+        w.region_size = region.info().total_size;
+        if hello.kind() == Ok(Kind::Client) {
+            w.registration = 0;
+            w.registration_generation = 1;
+        }
+        let _ = handshake::send_welcome(conn.as_fd(), &w, Some(region.memfd()));
+    }
 }
 
 /// Ring words forged to look almost right (the stamp of the previous lap,
@@ -656,4 +699,72 @@ fn forged_ring_words_are_repaired() {
         client.set(&k, &v).unwrap();
         assert_eq!(client.get(&k).unwrap(), Some(v));
     }
+}
+
+/// One write into the region's header (magic, state, layout version, the
+/// total size, the slot count) no longer takes the store down: the server
+/// keeps its own copy of what it decided, the housekeeper rewrites the
+/// header, and new clients connect again once the writes stop; a client
+/// that was already connected keeps working throughout.
+#[test]
+fn a_scribbled_header_is_rewritten_and_clients_come_back() {
+    let name = unique_name("header");
+    let _server = ServerGuard::start(&name, &[]);
+    let connected = KVSClient::<TextKey, Value256>::connect(&name).unwrap();
+    let map = RawMap::open(&name);
+    // Offsets in the header: magic 0, state 8, layout version 12, then the
+    // static description at 16: two type descriptions (32 + 120 bytes
+    // each), the cache-line size, then total size and ring capacity, slot
+    // count.
+    let info = 16 + 2 * (32 + 120);
+    let total_size = info + 8;
+    let slot_count = info + 24;
+    let fields: [(&str, usize, u64); 5] = [
+        ("magic", 0, 0x0bad_0bad_0bad_0bad),
+        ("state", 8, 2), // Closed, as a server that stopped would write it
+        ("layout version", 12, 99),
+        ("total size", total_size, 12345),
+        ("slot count", slot_count, 7),
+    ];
+    for (what, offset, garbage) in fields {
+        if offset == 8 || offset == 12 {
+            map.u32_at(offset).store(garbage as u32, Ordering::SeqCst);
+        } else {
+            map.u64_at(offset).store(garbage, Ordering::SeqCst);
+        }
+        // Already connected: unaffected by anything but the state, which
+        // heals within a housekeeper tick.
+        let start = Instant::now();
+        loop {
+            match connected.set(&key("c"), &val(what)) {
+                Ok(()) => break,
+                Err(e) => assert!(
+                    start.elapsed() < Duration::from_secs(3),
+                    "{what}: the connected client never recovered: {e}"
+                ),
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // A new client connects once the header is rewritten.
+        let start = Instant::now();
+        loop {
+            let out = kvs_client(&name, &["set", "k", what]);
+            if out.status.success() {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(3),
+                "{what}: new clients were never served again: {}",
+                stderr(&out)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!("{what}: served again after {:?}", start.elapsed());
+        assert_eq!(
+            stdout(&kvs_client(&name, &["get", "k"])),
+            format!("{what}\n")
+        );
+    }
+    let status = status_json(&name);
+    assert!(status["header_repairs"].as_u64().unwrap() >= 5, "{status}");
 }

@@ -9,7 +9,7 @@
 use crate::error::{ClientError, Result};
 use crate::ticket::Ticket;
 use kvs_core::protocol::{OpCode, Response, StatusCode};
-use kvs_core::region::{ConnectOptions, InitState, Region};
+use kvs_core::region::{ConnectOptions, Region};
 use kvs_core::response_table::{Claim, WaitOutcome};
 use kvs_core::ring::PushError;
 use kvs_core::wait::{FutexParker, SpinPolicy};
@@ -99,6 +99,11 @@ pub struct KVSClient<K, V> {
     registration: u32,
     /// Our pid, recorded in claimed slots (cached: `getpid` is a syscall).
     pid: u32,
+    /// The fork generation we connected in (see the `fork` module).
+    fork_generation: u64,
+    /// Set once a call found the server gone: later calls fail at once
+    /// instead of each waiting for the liveness check.
+    gone: std::sync::atomic::AtomicBool,
     /// Where our next slot claim starts probing: our own hint, so clients in
     /// different processes do not all bump one shared cursor line. Relaxed:
     /// a racy hint only changes where probing starts.
@@ -205,6 +210,8 @@ where
             region,
             registration,
             pid: std::process::id(),
+            fork_generation: crate::fork::generation_at_connect(),
+            gone: std::sync::atomic::AtomicBool::new(false),
             // Spread clients over the table by registration.
             claim_hint: std::sync::atomic::AtomicU64::new(
                 u64::from(registration).wrapping_mul(0x9e37_79b9),
@@ -233,9 +240,39 @@ where
         self.options.timeout = timeout;
     }
 
-    /// Whether the server is alive and serving (one `fcntl`).
+    /// Whether the server is alive and serving (one `poll` of the
+    /// connection).
     pub fn server_alive(&self) -> bool {
-        self.region.server_alive()
+        !self.gone.load(Ordering::Relaxed) && self.region.server_alive()
+    }
+
+    /// Connects again to whatever server now serves this client's region
+    /// name (after `ServerGone`: the server restarted, say), with the same
+    /// options. Tickets and subscriptions of the old connection must be
+    /// gone (they borrow the client).
+    ///
+    /// # Errors
+    ///
+    /// As [`KVSClient::connect`]; the client is unchanged then.
+    pub fn reconnect(&mut self) -> Result<()> {
+        let name = self.region.name().to_string();
+        *self = Self::connect_with(&name, self.options.clone())?;
+        Ok(())
+    }
+
+    /// Refuses calls from a forked child (see the `fork` module).
+    #[inline]
+    pub(crate) fn check_process(&self) -> Result<()> {
+        if crate::fork::forked_since(self.fork_generation) {
+            return Err(ClientError::Forked { pid: self.pid });
+        }
+        Ok(())
+    }
+
+    /// Whether this process is a fork of the one that connected (then
+    /// nothing may touch the region on this client's behalf).
+    pub(crate) fn is_forked_copy(&self) -> bool {
+        crate::fork::forked_since(self.fork_generation)
     }
 
     // ---- synchronous ----
@@ -444,8 +481,10 @@ where
 
     // ---- the protocol ----
 
+    /// Whether new requests must not be submitted: the server is gone
+    /// (seen before), or draining or closed.
     fn server_closed(&self) -> bool {
-        self.region.header().state.load(Ordering::Acquire) != InitState::Ready as u32
+        self.gone.load(Ordering::Relaxed) || self.region.refuses_requests()
     }
 
     /// Claims a slot, marks it pending, pushes the request, wakes a worker.
@@ -470,6 +509,7 @@ where
         deadline: &Deadline,
         prepare: impl FnOnce(&Claim),
     ) -> Result<Claim> {
+        self.check_process()?;
         if self.server_closed() {
             return Err(ClientError::ServerGone);
         }
@@ -574,7 +614,14 @@ where
         match outcome {
             WaitOutcome::Ready(r) => Ok(r),
             WaitOutcome::TimedOut => Err(ClientError::timeout(op, deadline.timeout())),
-            WaitOutcome::ServerGone => Err(ClientError::ServerGone),
+            WaitOutcome::ServerGone => {
+                // Remember it only if the connection says so: a scribbled
+                // header state must not end this client for good.
+                if self.region.connection_ended() {
+                    self.gone.store(true, Ordering::Relaxed);
+                }
+                Err(ClientError::ServerGone)
+            }
             WaitOutcome::Lost => Err(ClientError::SlotLost),
         }
     }

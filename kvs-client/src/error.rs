@@ -23,8 +23,8 @@ pub enum ClientError {
     /// Every response slot is in use.
     #[error("no free response slot (too many requests in flight)")]
     NoFreeSlot,
-    /// The server died or stopped.
-    #[error("the server is gone (it stopped or died)")]
+    /// The server died, stopped, or is shutting down.
+    #[error("the server is gone (it stopped, died or is shutting down)")]
     ServerGone,
     /// Connecting failed: no server, wrong types or version, permissions.
     #[error(transparent)]
@@ -51,6 +51,13 @@ pub enum ClientError {
     /// The response slot was taken from us (the server judged us dead).
     #[error("the response slot was reclaimed before the answer arrived")]
     SlotLost,
+    /// This process is a fork of the one that connected: it must connect
+    /// on its own (see the `fork` module).
+    #[error("this client was connected by process {pid}; a forked child must connect on its own (KVSClient::connect)")]
+    Forked {
+        /// The process that connected.
+        pid: u32,
+    },
 }
 
 impl ClientError {

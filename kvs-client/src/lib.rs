@@ -25,6 +25,7 @@ pub mod cli;
 mod cli_tools;
 mod client;
 mod error;
+mod fork;
 pub mod jobs;
 mod listing;
 pub mod status;

@@ -81,6 +81,8 @@ pub struct StoreStatus {
     pub ring_repairs: u64,
     /// Requests whose execution panicked (answered `Failed`).
     pub panics: u64,
+    /// Times the server found its header scribbled on and rewrote it.
+    pub header_repairs: u64,
     /// Bytes of the region.
     pub region_bytes: u64,
 }
@@ -169,6 +171,7 @@ where
         slots_reclaimed: live.slots_reclaimed.load(Ordering::Relaxed),
         ring_repairs: live.ring_repairs.load(Ordering::Relaxed),
         panics: u64::from(live.panics.load(Ordering::Relaxed)),
+        header_repairs: u64::from(live.header_repairs.load(Ordering::Relaxed)),
         region_bytes: info.total_size,
     }
 }

@@ -118,6 +118,9 @@ where
 
     /// The next event if one is queued.
     pub fn try_next(&mut self) -> Option<ChangeEvent<K, V>> {
+        if self.client.is_forked_copy() {
+            return None;
+        }
         self.client
             .region()
             .subscriptions()
@@ -132,6 +135,7 @@ where
     /// [`ClientError::ServerGone`] when the server stopped or died (checked
     /// at least every 20 ms while waiting).
     pub fn next_timeout(&mut self, timeout: Duration) -> Result<Option<ChangeEvent<K, V>>> {
+        self.client.check_process()?;
         let deadline = Instant::now() + timeout;
         let region = self.client.region();
         let subs = region.subscriptions();
@@ -184,9 +188,12 @@ where
     V: bytemuck::Pod,
 {
     fn drop(&mut self) {
-        self.client
-            .region()
-            .subscriptions()
-            .unsubscribe(&self.claim);
+        // A forked child must not touch the parent's subscription.
+        if !self.client.is_forked_copy() {
+            self.client
+                .region()
+                .subscriptions()
+                .unsubscribe(&self.claim);
+        }
     }
 }

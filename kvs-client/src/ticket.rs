@@ -69,6 +69,7 @@ where
     /// [`ClientError::Timeout`] (the request is abandoned), server gone, or
     /// the op's own errors.
     pub fn wait(mut self, timeout: Duration) -> Result<R> {
+        self.client.check_process()?;
         let claim = self.claim.take().ok_or(ClientError::SlotLost)?;
         let deadline = Deadline::after(timeout);
         let resp = self.client.wait_claim(self.op, &claim, &deadline)?;
@@ -78,6 +79,10 @@ where
     /// The answer if it has arrived; `None` if not yet (the ticket stays
     /// valid), `Some` once (after which the ticket is spent).
     pub fn try_take(&mut self) -> Option<Result<R>> {
+        if let Err(e) = self.client.check_process() {
+            self.claim = None;
+            return Some(Err(e));
+        }
         let claim = self.claim?;
         match self
             .client
@@ -105,7 +110,10 @@ where
 {
     fn drop(&mut self) {
         if let Some(claim) = self.claim.take() {
-            self.client.region().slots().abandon(&claim);
+            // A forked child must not touch the parent's slot.
+            if !self.client.is_forked_copy() {
+                self.client.region().slots().abandon(&claim);
+            }
         }
     }
 }

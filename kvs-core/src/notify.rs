@@ -392,6 +392,37 @@ impl<'a, K: Pod, V: Pod> SubTable<'a, K, V> {
         )
     }
 
+    /// Housekeeper: restores queues whose indices no push or poll could
+    /// have left (`tail` behind `head`, or more than a lap ahead of it):
+    /// `tail` is set back to `head` and the entry marked overflowed, so the
+    /// subscriber is told to resync and events flow again. Returns how many
+    /// queues were repaired.
+    pub fn repair(&self) -> usize {
+        let cap = self.capacity as u64;
+        let mut repaired = 0;
+        for index in 0..self.count as u32 {
+            let Some(h) = self.header(index) else { break };
+            if unpack(h.word.load(Ordering::Acquire)).2 != EntryState::Active as u32 {
+                continue;
+            }
+            let head = h.head.load(Ordering::Acquire);
+            let tail = h.tail.load(Ordering::Acquire);
+            if tail.wrapping_sub(head) <= cap {
+                continue;
+            }
+            // Workers CAS `tail` forward from values they read; whoever
+            // wins, the indices are sane again.
+            if h.tail
+                .compare_exchange(tail, head, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
+                h.overflow.store(1, Ordering::SeqCst);
+                repaired += 1;
+            }
+        }
+        repaired
+    }
+
     /// Active subscriptions (diagnostics).
     pub fn active_count(&self) -> usize {
         (0..self.count as u32)
@@ -695,7 +726,14 @@ mod tests {
         }
         let _ = t.poll(&c);
         let _ = t.poll(&c);
-        // A resubscription starts clean.
+        // The housekeeper repairs the indices: the subscriber is told to
+        // resync, then events flow again.
+        h.tail.store(u64::MAX / 2, Ordering::SeqCst);
+        assert_eq!(t.repair(), 1);
+        assert!(matches!(t.poll(&c), Some(Notice::Missed)));
+        t.publish(EventKind::Changed, &1, &3, 3, 0, |_| {});
+        assert_eq!(versions(&t, &c), vec![3]);
+        // A resubscription starts clean too.
         t.reclaim(|_| true);
         let c2 = t.subscribe(2, &[]).unwrap();
         t.publish(EventKind::Changed, &1, &2, 2, 0, |_| {});

@@ -534,7 +534,7 @@ mod tests {
         let e = ApiError::from(StoreError::Client(ClientError::ServerGone));
         assert_eq!(
             e.message,
-            "the store is not reachable: the server is gone (it stopped or died)"
+            "the store is not reachable: the server is gone (it stopped, died or is shutting down)"
         );
     }
 }

@@ -228,6 +228,8 @@ where
                 pending: 0,
                 owner_uid: nix::unistd::geteuid().as_raw(),
                 owner_gid: nix::unistd::getegid().as_raw(),
+                refused_full: 0,
+                last_full_warning: None,
             };
             state.run(&loop_wake);
         })?;
@@ -247,6 +249,10 @@ struct Loop<'a, K, V> {
     pending: usize,
     owner_uid: u32,
     owner_gid: u32,
+    /// Clients refused for want of a registration since the last warning
+    /// (logged at most every 10 s, not once per connection).
+    refused_full: u64,
+    last_full_warning: Option<Instant>,
 }
 
 impl<K, V> Loop<'_, K, V>
@@ -387,9 +393,7 @@ where
                 return;
             }
         };
-        if self.shared.region.header().state.load(Ordering::Acquire)
-            != kvs_core::region::InitState::Ready as u32
-        {
+        if self.shared.region.server_state() != Some(kvs_core::region::InitState::Ready) {
             let _ = handshake::send_welcome(fd.as_fd(), &Welcome::new(Status::Closing), None);
             return;
         }
@@ -407,11 +411,20 @@ where
                     self.shared.registry.allocate(peer.pid)
                 });
                 let Some((index, generation)) = allocated else {
-                    tracing::warn!(
-                        pid = peer.pid,
-                        max = welcome.max_clients,
-                        "refused a client: every registration is in use"
-                    );
+                    self.refused_full += 1;
+                    if self
+                        .last_full_warning
+                        .is_none_or(|t| t.elapsed() > Duration::from_secs(10))
+                    {
+                        tracing::warn!(
+                            pid = peer.pid,
+                            max = welcome.max_clients,
+                            refused = self.refused_full,
+                            "refused clients: every registration is in use (kvs_server --max-clients raises the limit)"
+                        );
+                        self.last_full_warning = Some(Instant::now());
+                        self.refused_full = 0;
+                    }
                     let mut w = Welcome::new(Status::TooManyClients);
                     w.max_clients = welcome.max_clients;
                     let _ = handshake::send_welcome(fd.as_fd(), &w, None);

@@ -215,6 +215,8 @@ where
         .wait()
         .map_err(|e| format!("waiting for a signal: {e}"))?;
     tracing::info!(signal = ?sig, "stopping");
+    // Refuse new requests at once, answer what was accepted, then save.
+    server.begin_shutdown();
     server.stop();
     let saved = match &save_on_exit {
         Some((dir, name)) => server

@@ -26,5 +26,5 @@ mod server;
 pub mod snapshot;
 mod worker;
 
-pub use server::{KVSServer, KVSServerBuilder, ServerError};
+pub use server::{KVSServer, KVSServerBuilder, ServerError, DRAIN_LIMIT};
 pub use snapshot::{SnapshotError, SnapshotInfo};

@@ -26,6 +26,13 @@ where
         .name("kvs-housekeeper".into())
         .spawn(move || {
             while !shared.shutdown.load(Ordering::Acquire) {
+                let rewritten = shared.region.repair_header();
+                if rewritten > 0 {
+                    tracing::warn!(
+                        fields = rewritten,
+                        "the region header was scribbled on; rewrote it from the server's own copy"
+                    );
+                }
                 sweep(&shared);
                 shared.region.housekeeper_sleep(TICK);
             }
@@ -59,6 +66,13 @@ where
     };
     let bulk_freed = region.bulk().reclaim(owner_dead, settled);
     let subs_freed = region.subscriptions().reclaim(owner_dead);
+    let subs_repaired = region.subscriptions().repair();
+    if subs_repaired > 0 {
+        tracing::warn!(
+            queues = subs_repaired,
+            "repaired corrupted subscription queues (their subscribers resync)"
+        );
+    }
     if bulk_freed + subs_freed > 0 {
         tracing::debug!(
             bulk_freed,

@@ -4,7 +4,7 @@ use crate::acceptor::{self, Acceptor, Registry};
 use crate::{reclaim, worker};
 use crossbeam_utils::CachePadded;
 use kvs_core::map::StripedMap;
-use kvs_core::region::{Region, RegionConfig, Takeover};
+use kvs_core::region::{InitState, Region, RegionConfig, Takeover};
 use kvs_core::secure_fs::Dir;
 use kvs_core::RegionCreateError;
 use std::hash::Hash;
@@ -12,6 +12,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
+
+/// How long stopping workers keep draining requests that clients keep
+/// pushing (a stop under sustained load still returns).
+pub const DRAIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Errors of building and running a server.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +41,9 @@ pub(crate) struct Shared<K, V> {
     pub(crate) map: StripedMap<K, V>,
     /// Workers drain the ring and exit when set.
     pub(crate) stop_workers: AtomicBool,
+    /// When the stop was asked for (unix ns; 0: not asked): workers give
+    /// up draining after [`DRAIN_LIMIT`].
+    pub(crate) stop_since_ns: AtomicU64,
     /// The housekeeper exits when set.
     pub(crate) shutdown: AtomicBool,
     /// Per worker: `slot index + 1` while it answers that slot, 0 otherwise.
@@ -198,6 +205,7 @@ where
             region,
             map,
             stop_workers: AtomicBool::new(false),
+            stop_since_ns: AtomicU64::new(0),
             shutdown: AtomicBool::new(false),
             busy: (0..kvs_core::region::MAX_WORKERS)
                 .map(|_| CachePadded::new(AtomicU64::new(0)))
@@ -265,6 +273,7 @@ where
         }
         self.stop();
         self.shared.stop_workers.store(false, Ordering::SeqCst);
+        self.shared.stop_since_ns.store(0, Ordering::SeqCst);
         for id in 0..workers {
             let shared = Arc::clone(&self.shared);
             let handle = std::thread::Builder::new()
@@ -307,13 +316,17 @@ where
         self.start(self.default_workers)
     }
 
-    /// Stops the workers after they drain what is in the ring. Requests
-    /// pushed after this wait until the next [`KVSServer::start`] (their
-    /// clients time out meanwhile).
+    /// Stops the workers after they drain what is in the ring, for at most
+    /// [`DRAIN_LIMIT`] (so it returns even while clients keep pushing).
+    /// Requests pushed after this wait until the next
+    /// [`KVSServer::start`] (their clients time out meanwhile).
     pub fn stop(&mut self) {
         if self.workers.is_empty() {
             return;
         }
+        self.shared
+            .stop_since_ns
+            .store(kvs_core::unix_now_ns().max(1), Ordering::SeqCst);
         self.shared.stop_workers.store(true, Ordering::SeqCst);
         self.shared.region.wake_all_workers();
         for w in self.workers.drain(..) {
@@ -321,6 +334,17 @@ where
         }
         self.shared.running_workers.store(0, Ordering::Release);
         tracing::debug!(region = self.shared.region.name(), "workers stopped");
+    }
+
+    /// Starts shutting down: clients submit nothing new from now on (their
+    /// calls fail with `ServerGone` at once, and new connections are
+    /// refused), while what was accepted is still answered. Call
+    /// [`KVSServer::stop`] next to drain, then drop the server.
+    pub fn begin_shutdown(&self) {
+        if self.shared.region.server_state() == Some(InitState::Ready) {
+            self.shared.region.set_state(InitState::Draining);
+            tracing::debug!(region = self.shared.region.name(), "draining");
+        }
     }
 
     /// Whether workers are running.
@@ -415,19 +439,34 @@ where
 }
 
 impl<K, V> Drop for KVSServer<K, V> {
+    /// Shuts down in order: refuse new requests (`Draining`), answer what
+    /// was accepted (bounded by [`DRAIN_LIMIT`]), then close the region and
+    /// every connection, so no caller waits out its timeout.
     fn drop(&mut self) {
-        self.shared.region.mark_closed();
+        if self.shared.region.server_state() == Some(InitState::Ready) {
+            self.shared.region.set_state(InitState::Draining);
+        }
+        self.shared
+            .stop_since_ns
+            .compare_exchange(
+                0,
+                kvs_core::unix_now_ns().max(1),
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            )
+            .ok();
         self.shared.stop_workers.store(true, Ordering::SeqCst);
+        self.shared.region.wake_all_workers();
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+        self.shared.region.mark_closed();
         self.shared.shutdown.store(true, Ordering::SeqCst);
         // Ends every client's connection: they see the server gone at once.
         if let Some(mut a) = self.acceptor.take() {
             a.stop();
         }
-        self.shared.region.wake_all_workers();
         self.shared.region.poke_housekeeper();
-        for w in self.workers.drain(..) {
-            let _ = w.join();
-        }
         if let Some(h) = self.housekeeper.take() {
             let _ = h.join();
         }

@@ -64,7 +64,12 @@ where
     let stats = &region.worker_stats()[id];
     loop {
         match ring.pop() {
-            Ok(index) => serve(shared, id, stats, index),
+            Ok(index) => {
+                serve(shared, id, stats, index);
+                if shared.stop_workers.load(Ordering::Relaxed) && drained_long_enough(shared) {
+                    return;
+                }
+            }
             Err(PopError::Corrupt { pos }) => {
                 let repairs = ring.repair();
                 let fixed = repairs.cells + usize::from(repairs.indices);
@@ -96,6 +101,14 @@ where
             }
         }
     }
+}
+
+/// Whether a stopping worker has drained for [`crate::server::DRAIN_LIMIT`].
+fn drained_long_enough<K, V>(shared: &Shared<K, V>) -> bool {
+    let since = shared.stop_since_ns.load(Ordering::Relaxed);
+    since != 0
+        && kvs_core::unix_now_ns().saturating_sub(since)
+            > crate::server::DRAIN_LIMIT.as_nanos() as u64
 }
 
 /// Clears a worker's busy mark however `serve` ends.

@@ -4,7 +4,7 @@
 //! ```text
 //! offset  size  field
 //!      0     8  magic            "\x89KVS\r\n\x1a\n" (PNG-style: not zeros, not text)
-//!      8     4  state            Creating = 0, Ready = 1, Closed = 2
+//!      8     4  state            Creating = 0, Ready = 1, Closed = 2, Draining = 3
 //!     12     4  layout_version   LAYOUT_VERSION
 //!     16   512  info             RegionInfo (Pod, written once before Ready)
 //!    512     .  live words       futex words and counters (atomics), see RegionHeader
@@ -15,6 +15,11 @@
 //! it interprets anything else. `info` is copied out with a volatile read and
 //! validated as a copy: another process may scribble on the region, and a
 //! scribbled copy is merely wrong, never undefined behaviour.
+//!
+//! The header only publishes what the server decided: the server keeps its
+//! own copy of every field (in its memory), never reads them back to decide
+//! anything, and its housekeeper rewrites whatever a scribbler changed
+//! (`Region::repair_header`), so clients connect again once the writes stop.
 
 use crate::sync::{AtomicU32, AtomicU64, UnsafeCell};
 use bytemuck::{Pod, Zeroable};
@@ -40,6 +45,9 @@ pub enum InitState {
     Ready = 1,
     /// The server has stopped; nothing will be answered.
     Closed = 2,
+    /// The server is shutting down: it answers what it accepted, and
+    /// clients submit nothing new.
+    Draining = 3,
 }
 
 impl TryFrom<u32> for InitState {
@@ -50,6 +58,7 @@ impl TryFrom<u32> for InitState {
             0 => Ok(InitState::Creating),
             1 => Ok(InitState::Ready),
             2 => Ok(InitState::Closed),
+            3 => Ok(InitState::Draining),
             other => Err(other),
         }
     }
@@ -237,6 +246,8 @@ pub struct LiveWords {
     pub subscribers: AtomicU32,
     /// Requests whose execution panicked (answered `Failed`).
     pub panics: AtomicU32,
+    /// Times the server found its header scribbled on and rewrote it.
+    pub header_repairs: AtomicU32,
 }
 
 const _: () = assert!(std::mem::size_of::<RegionInfo>() == 2 * (32 + TYPE_NAME_LEN) + 26 * 8);

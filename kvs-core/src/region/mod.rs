@@ -202,8 +202,13 @@ pub struct Region<K, V> {
 
 /// Which side of the region a handle is.
 enum Role {
-    /// The server: its socket directory and the claim on the name.
-    Server { dir: Dir, lock: NameLock },
+    /// The server: its socket directory, the claim on the name, and the
+    /// region's state as the server decided it (the header only mirrors it).
+    Server {
+        dir: Dir,
+        lock: NameLock,
+        state: std::sync::atomic::AtomicU32,
+    },
     /// A client: the connection (its end says the server died) and what
     /// the server answered.
     Client {
@@ -467,7 +472,9 @@ fn read_header(map: &MmapRaw, name: &str, size: u64) -> Result<RegionInfo, Regio
     let state = header.state.load(Ordering::Acquire);
     match InitState::try_from(state) {
         Ok(InitState::Ready) => {}
-        Ok(InitState::Closed) => return Err(RegionOpenError::Closed { name }),
+        Ok(InitState::Closed | InitState::Draining) => {
+            return Err(RegionOpenError::Closed { name })
+        }
         Ok(InitState::Creating) => {
             return Err(RegionOpenError::NotReady { name, waited_ms: 0 });
         }
@@ -613,7 +620,11 @@ impl<K: bytemuck::Pod, V: bytemuck::Pod> Region<K, V> {
             file,
             info,
             layout,
-            role: Role::Server { dir, lock },
+            role: Role::Server {
+                dir,
+                lock,
+                state: std::sync::atomic::AtomicU32::new(InitState::Ready as u32),
+            },
             _types: PhantomData,
         };
         let header = region.header();
@@ -1051,12 +1062,13 @@ impl<K, V> Region<K, V> {
         totals
     }
 
-    /// Whether the server still serves this region: it has not closed the
-    /// region, and (for a client) the connection to it is still open. One
-    /// `poll` with no wait; the kernel ends the connection however the
-    /// server dies.
+    /// Whether the server still answers this region's requests: it has
+    /// not closed the region (it may be draining: accepted requests are
+    /// still answered), and (for a client) the connection to it is still
+    /// open. One `poll` with no wait; the kernel ends the connection
+    /// however the server dies.
     pub fn server_alive(&self) -> bool {
-        if self.header().state.load(Ordering::Acquire) != InitState::Ready as u32 {
+        if self.header().state.load(Ordering::Acquire) == InitState::Closed as u32 {
             return false;
         }
         match &self.role {
@@ -1117,11 +1129,92 @@ impl<K, V> Region<K, V> {
         crate::wait::futex_wait(&live.housekeeper_futex, seen, Some(timeout));
     }
 
+    /// Server side: moves the region to `state` (`Draining`: clients submit
+    /// nothing new but get the answers to what the server accepted;
+    /// `Closed`: nothing more is answered), in the server's own copy and in
+    /// the header.
+    pub fn set_state(&self, state: InitState) {
+        if let Role::Server { state: own, .. } = &self.role {
+            own.store(state as u32, std::sync::atomic::Ordering::SeqCst);
+        }
+        self.header().state.store(state as u32, Ordering::SeqCst);
+    }
+
     /// Server side: marks the region closed, so clients fail fast.
     pub fn mark_closed(&self) {
-        self.header()
-            .state
-            .store(InitState::Closed as u32, Ordering::SeqCst);
+        self.set_state(InitState::Closed);
+    }
+
+    /// Server side: the state as the server decided it (never read back
+    /// from the header).
+    pub fn server_state(&self) -> Option<InitState> {
+        match &self.role {
+            Role::Server { state, .. } => {
+                InitState::try_from(state.load(std::sync::atomic::Ordering::SeqCst)).ok()
+            }
+            _ => None,
+        }
+    }
+
+    /// Server side: rewrites every header field that differs from what the
+    /// server decided (magic, layout version, state, the static
+    /// description), so that new clients can connect again once a
+    /// scribbler stops. Returns how many fields were rewritten (0 for a
+    /// client's handle).
+    pub fn repair_header(&self) -> usize {
+        let Some(state) = self.server_state() else {
+            return 0;
+        };
+        let h = self.header();
+        let mut repaired = 0;
+        if h.magic.load(Ordering::Relaxed) != MAGIC {
+            h.magic.store(MAGIC, Ordering::Relaxed);
+            repaired += 1;
+        }
+        if h.layout_version.load(Ordering::Relaxed) != LAYOUT_VERSION {
+            h.layout_version.store(LAYOUT_VERSION, Ordering::Relaxed);
+            repaired += 1;
+        }
+        // SAFETY: in bounds and aligned (offset 16 of our own mapping);
+        // RegionInfo is Pod, so a copy of whatever is there is a valid value,
+        // and the write replaces it with our own copy.
+        let found = h.info.with(|p| unsafe { p.read_volatile() });
+        if bytemuck::bytes_of(&found) != bytemuck::bytes_of(&self.info) {
+            // SAFETY: as above; a concurrent reader copies either version
+            // and validates its copy.
+            h.info.with_mut(|p| unsafe { p.write_volatile(self.info) });
+            repaired += 1;
+        }
+        // The state last, with SeqCst: an opener that sees it Ready sees
+        // the rest rewritten (pairs with its Acquire load).
+        if h.state.load(Ordering::SeqCst) != state as u32 {
+            h.state.store(state as u32, Ordering::SeqCst);
+            repaired += 1;
+        }
+        if repaired > 0 {
+            h.live.header_repairs.fetch_add(1, Ordering::Relaxed);
+        }
+        repaired
+    }
+
+    /// Client side: whether the connection to the server has ended (the
+    /// server died or closed it). A scribbled header cannot fake this.
+    pub fn connection_ended(&self) -> bool {
+        match &self.role {
+            Role::Client { conn, .. } => endpoint::peer_gone(conn),
+            Role::Server { .. } => false,
+            Role::Abandoned => true,
+        }
+    }
+
+    /// Client side: whether the server refuses new requests (it is
+    /// draining or closed). A garbage state is not a refusal: the server
+    /// rewrites it, and a dead server shows in the connection instead.
+    pub fn refuses_requests(&self) -> bool {
+        matches!(
+            InitState::try_from(self.header().state.load(Ordering::Acquire)),
+            Ok(InitState::Draining | InitState::Closed)
+        )
     }
 
     /// Server side: closes the region and removes its name and lock file.
@@ -1145,7 +1238,7 @@ impl<K, V> Region<K, V> {
 
 impl<K, V> Drop for Region<K, V> {
     fn drop(&mut self) {
-        if let Role::Server { dir, lock } = &self.role {
+        if let Role::Server { dir, lock, .. } = &self.role {
             self.mark_closed();
             endpoint::remove_socket(dir, &self.name);
             lock.remove(dir);
