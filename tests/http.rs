@@ -607,3 +607,60 @@ fn an_oversized_body_reads_its_413() {
         assert!(answer.contains("over 64 KiB"), "round {round}: {answer}");
     }
 }
+
+/// After the server is SIGKILLed (its socket left behind), the gateway
+/// retries with a bounded backoff: each stream gets one `unavailable`, no
+/// storm of events, a handful of log lines at most, and one `resync` once
+/// the store is really back.
+#[test]
+fn a_killed_server_makes_one_unavailable_and_one_resync_when_back() {
+    use std::io::{BufRead, BufReader};
+    let name = unique_name("http-storm");
+    let mut server = ServerGuard::start(&name, &[]);
+    let mut gw = Gateway::start_with(&name, &[], |cmd| {
+        cmd.stderr(std::process::Stdio::piped()).env("RUST_LOG", "info");
+    });
+    let stderr = gw.child_mut().stderr.take().unwrap();
+    let log_lines = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    {
+        let log_lines = std::sync::Arc::clone(&log_lines);
+        std::thread::spawn(move || {
+            for _ in BufReader::new(stderr).lines() {
+                log_lines.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        });
+    }
+    let mut events = EventStream::open(&gw.url("/events"), &[]);
+    assert_eq!(events.next().0, "ready");
+    let _ = server.signal_and_wait(Signal::SIGKILL);
+    assert!(socket_path(&name).exists(), "the dead server's socket stays");
+    events.next_named("unavailable");
+    let before = log_lines.load(std::sync::atomic::Ordering::Relaxed);
+    let during = events.names_within(std::time::Duration::from_secs(3));
+    let logged = log_lines.load(std::sync::atomic::Ordering::Relaxed) - before;
+    assert!(during.is_empty(), "events while the store was down: {during:?}");
+    assert!(logged <= 3, "{logged} log lines in 3 s while the store was down");
+    let _server = ServerGuard::start(&name, &[]);
+    assert_eq!(events.next().0, "resync");
+    let after = events.names_within(std::time::Duration::from_secs(1));
+    assert!(after.is_empty(), "more than one resync: {after:?}");
+    assert!(kvs_client(&name, &["set", "after", "storm"]).status.success());
+    assert_eq!(events.next_named("change")["key"], "after");
+}
+
+/// `kvs_http --name` is checked like the other binaries' names: a bad one
+/// is refused at start with one line.
+#[test]
+fn a_bad_gateway_name_is_refused_at_start() {
+    for bad in ["a/b", "x\ny", ".hidden", ""] {
+        let out = std::process::Command::new(http_bin())
+            .args(["--name", bad, "--listen", "127.0.0.1:0"])
+            .env_remove("KVS_NAME")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{bad:?}: {err}");
+        assert!(err.contains("region name"), "{bad:?}: {err}");
+    }
+}

@@ -167,8 +167,13 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if self.status.is_server_error() {
+        // One line per failed request only at debug: an outage or a full
+        // store would otherwise log a line per request (the outage itself
+        // is logged once, by the connector and the events pump).
+        if self.status == StatusCode::INTERNAL_SERVER_ERROR {
             tracing::warn!(status = %self.status, "{}", self.message);
+        } else if self.status.is_server_error() {
+            tracing::debug!(status = %self.status, "{}", self.message);
         }
         (
             self.status,

@@ -112,6 +112,7 @@ async fn shutdown_signal() {
 ///
 /// A message when the address cannot be bound or serving fails.
 pub async fn serve(args: Args) -> Result<(), String> {
+    kvs_core::region::normalize_name(&args.name).map_err(|e| format!("invalid region name: {e}"))?;
     let token: Option<Arc<str>> = match args.token.as_deref() {
         Some("") => return Err("--token must not be empty".into()),
         t => t.map(Arc::from),

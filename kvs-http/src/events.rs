@@ -214,6 +214,50 @@ fn sleep_unless_stopped(stop: &AtomicBool, total: Duration) {
     }
 }
 
+/// What the pump tells the streams about the store's reachability: one
+/// `unavailable` when an outage starts, one `resync` when it ends, however
+/// many attempts fail in between (and one log line per outage, not per
+/// attempt).
+#[derive(Debug, Default)]
+struct Outage {
+    /// Since when the store is unreachable, and why (as first reported).
+    since: Option<String>,
+    /// Failed attempts in this outage.
+    attempts: u64,
+}
+
+impl Outage {
+    fn begin(
+        &mut self,
+        error: String,
+        tx: &broadcast::Sender<GatewayEvent>,
+        state: &watch::Sender<PumpState>,
+    ) {
+        self.attempts += 1;
+        if self.since.is_none() {
+            tracing::warn!("live events unavailable: {error}");
+            let _ = tx.send(GatewayEvent::Unavailable {
+                error: error.clone(),
+            });
+            self.since = Some(error.clone());
+        } else {
+            tracing::debug!(attempts = self.attempts, "still unavailable: {error}");
+        }
+        state.send_replace(PumpState::Unavailable(error));
+    }
+
+    /// The store is back; whether an outage ended (then streams resync).
+    fn end(&mut self) -> bool {
+        self.attempts = 0;
+        if self.since.take().is_some() {
+            tracing::info!("live events are back");
+            true
+        } else {
+            false
+        }
+    }
+}
+
 fn run(
     connector: &Connector,
     tx: &broadcast::Sender<GatewayEvent>,
@@ -221,8 +265,9 @@ fn run(
     stop: &AtomicBool,
 ) {
     let mut feed: Option<(Arc<dyn Store>, Box<dyn Feed>)> = None;
-    // The error last reported as `unavailable`, so it is sent once.
-    let mut reported: Option<String> = None;
+    let mut outage = Outage::default();
+    // Grows with every failure (subscribing, or a subscription that ends
+    // at once) up to MAX_BACKOFF; back to POLL once events flow.
     let mut backoff = POLL;
     // Whether a subscription existed before: a new one after that means
     // changes may have been missed.
@@ -232,7 +277,8 @@ fn run(
             // Nobody listens: hold no subscription on the server.
             feed = None;
             subscribed_before = false;
-            reported = None;
+            outage = Outage::default();
+            backoff = POLL;
             state.send_replace(PumpState::Idle);
             std::thread::sleep(POLL);
             continue;
@@ -245,9 +291,8 @@ fn run(
                 Ok(f) => {
                     tracing::debug!("subscribed to every key");
                     feed = Some(f);
-                    backoff = POLL;
                     state.send_replace(PumpState::Subscribed);
-                    if subscribed_before || reported.take().is_some() {
+                    if outage.end() || subscribed_before {
                         let _ = tx.send(GatewayEvent::Resync {
                             reason: "the store is back".into(),
                         });
@@ -255,15 +300,7 @@ fn run(
                     subscribed_before = true;
                 }
                 Err(e) => {
-                    let error = e.to_string();
-                    if reported.as_ref() != Some(&error) {
-                        tracing::warn!("live events unavailable: {error}");
-                        let _ = tx.send(GatewayEvent::Unavailable {
-                            error: error.clone(),
-                        });
-                        reported = Some(error.clone());
-                    }
-                    state.send_replace(PumpState::Unavailable(error));
+                    outage.begin(e.to_string(), tx, state);
                     sleep_unless_stopped(stop, backoff);
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
@@ -272,6 +309,7 @@ fn run(
         };
         match sub.next_timeout(POLL) {
             Ok(Some(change)) => {
+                backoff = POLL;
                 let event = match change {
                     Change::Changed {
                         key,
@@ -292,6 +330,7 @@ fn run(
                 let _ = tx.send(event);
             }
             Ok(None) => {
+                backoff = POLL;
                 // Quiet: check that the server is still the one subscribed
                 // to (a restarted server does not know our subscription).
                 let current = connector.store().ok();
@@ -300,15 +339,13 @@ fn run(
                 }
             }
             Err(e) => {
-                tracing::warn!("the subscription ended: {e}");
                 connector.forget(store);
                 feed = None;
-                let error = format!("the store is not reachable: {e}");
-                let _ = tx.send(GatewayEvent::Unavailable {
-                    error: error.clone(),
-                });
-                state.send_replace(PumpState::Unavailable(error.clone()));
-                reported = Some(error);
+                outage.begin(format!("the store is not reachable: {e}"), tx, state);
+                // Never straight back: a dead server's leftovers may
+                // "connect" and fail again at once.
+                sleep_unless_stopped(stop, backoff);
+                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
     }

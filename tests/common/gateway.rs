@@ -56,6 +56,11 @@ impl Gateway {
         gateway
     }
 
+    /// The child process (to take its piped stderr, say).
+    pub fn child_mut(&mut self) -> &mut Child {
+        self.child.as_mut().unwrap()
+    }
+
     /// `127.0.0.1:PORT`, for raw connections.
     pub fn addr(&self) -> String {
         self.base.trim_start_matches("http://").to_string()
@@ -181,16 +186,17 @@ pub fn encode(segment: &str) -> String {
     out
 }
 
-/// An open `/events` stream, read one SSE block at a time.
+/// An open `/events` stream: a thread reads it and hands over one event at
+/// a time.
 pub struct EventStream {
-    lines: std::io::Lines<BufReader<Box<dyn std::io::Read + Send + Sync>>>,
+    events: std::sync::mpsc::Receiver<(String, serde_json::Value)>,
 }
 
 impl EventStream {
-    /// Opens `GET /events` (reads time out after 10 s).
+    /// Opens `GET /events`.
     pub fn open(url: &str, headers: &[(&str, &str)]) -> Self {
         let mut req = ureq::AgentBuilder::new()
-            .timeout_read(Duration::from_secs(10))
+            .timeout_read(Duration::from_secs(60))
             .build()
             .get(url);
         for (k, v) in headers {
@@ -199,33 +205,51 @@ impl EventStream {
         let response = req.call().unwrap_or_else(|e| panic!("GET {url}: {e}"));
         assert_eq!(response.status(), 200);
         assert!(response.content_type().starts_with("text/event-stream"));
-        EventStream {
-            lines: BufReader::new(response.into_reader()).lines(),
-        }
+        let lines = BufReader::new(response.into_reader()).lines();
+        let (tx, events) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let (mut name, mut data) = (String::from("message"), String::new());
+            for line in lines {
+                let Ok(line) = line else { return };
+                if line.is_empty() {
+                    if !data.is_empty() {
+                        let parsed = serde_json::from_str(&data).unwrap_or_default();
+                        if tx.send((name.clone(), parsed)).is_err() {
+                            return;
+                        }
+                    }
+                    (name, data) = (String::from("message"), String::new());
+                    continue;
+                }
+                if let Some(v) = line.strip_prefix("event:") {
+                    name = v.trim().to_string();
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data.push_str(v.trim_start());
+                }
+            }
+        });
+        EventStream { events }
     }
 
     /// The next event: its name and its data parsed as JSON (keep-alive
-    /// comments are skipped).
+    /// comments are skipped); panics after 10 s without one.
     pub fn next(&mut self) -> (String, serde_json::Value) {
-        let (mut name, mut data) = (String::from("message"), String::new());
-        loop {
-            let line = self
-                .lines
-                .next()
-                .expect("the event stream ended")
-                .expect("reading the event stream");
-            if line.is_empty() {
-                if !data.is_empty() {
-                    return (name, serde_json::from_str(&data).unwrap());
-                }
-                continue;
-            }
-            if let Some(v) = line.strip_prefix("event:") {
-                name = v.trim().to_string();
-            } else if let Some(v) = line.strip_prefix("data:") {
-                data.push_str(v.trim_start());
+        self.events
+            .recv_timeout(Duration::from_secs(10))
+            .expect("no event within 10 s (or the stream ended)")
+    }
+
+    /// The names of every event that arrives within `window`.
+    pub fn names_within(&mut self, window: Duration) -> Vec<String> {
+        let end = std::time::Instant::now() + window;
+        let mut names = Vec::new();
+        while let Some(left) = end.checked_duration_since(std::time::Instant::now()) {
+            match self.events.recv_timeout(left) {
+                Ok((name, _)) => names.push(name),
+                Err(_) => break,
             }
         }
+        names
     }
 
     /// Reads events until one named `name` comes, returning its data; panics
