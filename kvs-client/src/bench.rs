@@ -53,23 +53,26 @@ pub struct BenchArgs {
     /// Threads per client process, each with its own connection.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub threads: u32,
-    /// Total operations over all processes and threads (default 100000).
-    #[arg(long, conflicts_with = "duration")]
+    /// Total operations over all processes and threads (default 100000;
+    /// at most 10^12).
+    #[arg(long, conflicts_with = "duration", value_parser = clap::value_parser!(u64).range(1..=1_000_000_000_000))]
     pub ops: Option<u64>,
-    /// Run for this many seconds instead of a fixed operation count.
-    #[arg(long)]
+    /// Run for this many seconds (up to a week) instead of a fixed
+    /// operation count.
+    #[arg(long, value_parser = parse_duration_secs)]
     pub duration: Option<f64>,
     /// Relative weights of GET:SET:POST:DEL.
     #[arg(long, default_value = "90:10:0:0", value_parser = parse_mix)]
     pub mix: Mix,
-    /// Keys in all, split evenly between the threads of all processes.
-    #[arg(long, default_value_t = 10_000)]
+    /// Keys in all, split evenly between the threads of all processes (at
+    /// most 10 million: the checker keeps state per key).
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     pub keys: u64,
     /// How each thread picks keys in its range.
     #[arg(long, value_enum, default_value_t = KeyDist::Uniform)]
     pub key_dist: KeyDist,
-    /// Exponent of the zipf distribution.
-    #[arg(long, default_value_t = 0.99)]
+    /// Exponent of the zipf distribution (above 0, at most 10).
+    #[arg(long, default_value_t = 0.99, value_parser = parse_zipf_exponent)]
     pub zipf_exponent: f64,
     /// Bytes per value written (at most the server's value size).
     #[arg(long, default_value_t = 32)]
@@ -89,6 +92,28 @@ pub struct BenchArgs {
     /// Internal: run as client process INDEX of a multi-process run.
     #[arg(long, hide = true)]
     pub child: Option<u32>,
+}
+
+/// A number of seconds: finite, above 0, at most a week.
+fn parse_duration_secs(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !(v.is_finite() && v > 0.0 && v <= 604_800.0) {
+        return Err(format!(
+            "{s} must be a number of seconds above 0 and at most 604800 (a week)"
+        ));
+    }
+    Ok(v)
+}
+
+/// A zipf exponent: finite, above 0, at most 10.
+fn parse_zipf_exponent(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
+    if !(v.is_finite() && v > 0.0 && v <= 10.0) {
+        return Err(format!("{s} must be above 0 and at most 10"));
+    }
+    Ok(v)
 }
 
 /// Relative weights of the four operations.

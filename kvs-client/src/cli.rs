@@ -34,8 +34,8 @@ pub struct Args {
     /// Directory of the server's socket, if it was started with one.
     #[arg(long, env = "KVS_SOCKET_DIR", value_name = "DIR", global = true)]
     pub socket_dir: Option<std::path::PathBuf>,
-    /// Give up on a request after this many milliseconds.
-    #[arg(long, default_value_t = 5000, global = true)]
+    /// Give up on a request after this many milliseconds (at most a day).
+    #[arg(long, default_value_t = 5000, global = true, value_parser = clap::value_parser!(u64).range(0..=86_400_000))]
     pub timeout_ms: u64,
     /// What to do.
     #[command(subcommand)]
@@ -156,7 +156,7 @@ pub fn main() -> ExitCode {
                 return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
             }
             // Usage errors: one line on stderr, exit 2.
-            eprintln!("kvs_client: {}", usage_error_line(&e));
+            eprintln!("kvs_client: {}", usage_error_line(&e, "kvs_client"));
             return ExitCode::from(2);
         }
     };
@@ -170,8 +170,9 @@ pub fn main() -> ExitCode {
 }
 
 /// The first line of a clap usage error, without its `error: ` prefix and
-/// with a pointer to `--help` (clap's own rendering spans several lines).
-fn usage_error_line(e: &clap::Error) -> String {
+/// with a pointer to `PROGRAM --help` (clap's own rendering spans several
+/// lines).
+pub fn usage_error_line(e: &clap::Error, program: &str) -> String {
     let rendered = e.render().to_string();
     // The message is the first paragraph (a list of missing arguments
     // continues it on indented lines); "Usage:" and "tip:" lines follow.
@@ -188,7 +189,7 @@ fn usage_error_line(e: &clap::Error) -> String {
     } else {
         message
     };
-    format!("{message} (see kvs_client --help)")
+    format!("{message} (see {program} --help)")
 }
 
 /// Text from an argument: must be UTF-8.

@@ -537,7 +537,7 @@ where
                     let give_up = *give_up.get_or_insert_with(|| {
                         deadline
                             .instant()
-                            .min(Instant::now() + self.options.ring_full_backoff)
+                            .min(deadline_after(self.options.ring_full_backoff))
                     });
                     let stalled = e == PushError::Stalled;
                     // A word someone scribbled on blocks every producer at
@@ -627,6 +627,15 @@ where
     }
 }
 
+/// `now + timeout`, saturating at a far future instead of overflowing (a
+/// caller may pass `Duration::MAX`: "wait as long as it takes").
+pub(crate) fn deadline_after(timeout: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(timeout)
+        .or_else(|| now.checked_add(Duration::from_secs(100 * 365 * 24 * 3600)))
+        .unwrap_or(now)
+}
+
 /// A deadline computed on first use: a call answered on the fast path reads
 /// no clock. The timeout therefore counts from the first moment the call
 /// has to wait (a claim retry, a full ring, or the end of the spinning),
@@ -652,7 +661,7 @@ impl Deadline {
         match self.at.get() {
             Some(at) => at,
             None => {
-                let at = Instant::now() + self.timeout;
+                let at = deadline_after(self.timeout);
                 self.at.set(Some(at));
                 at
             }

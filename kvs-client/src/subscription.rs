@@ -136,7 +136,7 @@ where
     /// at least every 20 ms while waiting).
     pub fn next_timeout(&mut self, timeout: Duration) -> Result<Option<ChangeEvent<K, V>>> {
         self.client.check_process()?;
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::client::deadline_after(timeout);
         let region = self.client.region();
         let subs = region.subscriptions();
         let mut spins = 0u32;

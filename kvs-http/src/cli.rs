@@ -68,7 +68,19 @@ pub fn init_logging() {
 
 /// Runs `kvs_http` with the process's arguments.
 pub fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        // --help and --version: print them, exit 0.
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        // Usage errors: one line, exit 2, as the other two binaries.
+        Err(e) => {
+            eprintln!("kvs_http: {}", kvs_client::cli::usage_error_line(&e, "kvs_http"));
+            return ExitCode::from(2);
+        }
+    };
     init_logging();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

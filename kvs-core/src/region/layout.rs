@@ -9,7 +9,7 @@
 //! ```
 //! use kvs_core::region::{Layout, RegionConfig};
 //!
-//! let layout = Layout::compute::<u64, u64>(&RegionConfig::default());
+//! let layout = Layout::compute::<u64, u64>(&RegionConfig::default()).unwrap();
 //! assert!(layout.total_size >= layout.slots_offset + 1024 * layout.slot_size);
 //! ```
 
@@ -54,66 +54,59 @@ pub struct Layout {
     pub total_size: usize,
 }
 
-fn align_up(n: usize, align: usize) -> usize {
-    n.div_ceil(align) * align
-}
 
 impl Layout {
     /// The layout for keys `K`, values `V` and the capacities in `config`.
     ///
-    /// # Panics
+    /// # Errors
     ///
-    /// If the sizes overflow `usize` (absurd capacities; validate first).
-    pub fn compute<K, V>(config: &RegionConfig) -> Self {
+    /// A message when the sizes overflow `usize` (absurd capacities or
+    /// types).
+    pub fn compute<K, V>(config: &RegionConfig) -> Result<Self, String> {
+        let too_large = || "the region's size overflows this machine's address space".to_string();
         let mut at = 0usize;
-        let mut section = |size: usize, align: usize| {
+        let mut section = |size: Option<usize>, align: usize| -> Result<usize, String> {
             let align = align.max(SECTION_ALIGN);
-            let start = align_up(at, align);
-            at = start
-                .checked_add(size)
-                .expect("region size overflows usize");
-            start
+            let start = at.checked_next_multiple_of(align).ok_or_else(too_large)?;
+            at = size
+                .and_then(|size| start.checked_add(size))
+                .ok_or_else(too_large)?;
+            Ok(start)
         };
-        let _header = section(size_of::<RegionHeader>(), align_of::<RegionHeader>());
-        let ring_header_offset = section(size_of::<RingHeader>(), align_of::<RingHeader>());
+        let _header = section(Some(size_of::<RegionHeader>()), align_of::<RegionHeader>())?;
+        let ring_header_offset = section(Some(size_of::<RingHeader>()), align_of::<RingHeader>())?;
         let ring_cell_size = size_of::<RingCell>();
         let ring_cells_offset = section(
-            ring_cell_size
-                .checked_mul(config.ring_capacity)
-                .expect("ring too large"),
+            ring_cell_size.checked_mul(config.ring_capacity),
             align_of::<RingCell>(),
-        );
-        let slot_header_offset =
-            section(size_of::<SlotTableHeader>(), align_of::<SlotTableHeader>());
+        )?;
+        let slot_header_offset = section(
+            Some(size_of::<SlotTableHeader>()),
+            align_of::<SlotTableHeader>(),
+        )?;
         let slot_size = size_of::<CachePadded<Slot<K, V>>>();
         let slots_offset = section(
-            slot_size
-                .checked_mul(config.slots)
-                .expect("slot table too large"),
+            slot_size.checked_mul(config.slots),
             align_of::<CachePadded<Slot<K, V>>>(),
-        );
+        )?;
         let clients_offset = section(
-            size_of::<ClientEntry>() * config.max_clients,
+            size_of::<ClientEntry>().checked_mul(config.max_clients),
             align_of::<ClientEntry>(),
-        );
+        )?;
         let stats_offset = section(
-            size_of::<CachePadded<WorkerStats>>() * super::stats::MAX_WORKERS,
+            size_of::<CachePadded<WorkerStats>>().checked_mul(super::stats::MAX_WORKERS),
             align_of::<CachePadded<WorkerStats>>(),
-        );
+        )?;
         let bulk_offset = section(
-            crate::bulk::stride(config.bulk_size)
-                .checked_mul(config.bulk_buffers)
-                .expect("bulk area too large"),
+            crate::bulk::stride(config.bulk_size).checked_mul(config.bulk_buffers),
             SECTION_ALIGN,
-        );
+        )?;
         let subs_offset = section(
-            crate::notify::stride::<K, V>(config.sub_queue)
-                .checked_mul(config.subscribers)
-                .expect("subscription area too large"),
+            crate::notify::stride::<K, V>(config.sub_queue).checked_mul(config.subscribers),
             SECTION_ALIGN,
-        );
-        let total_size = align_up(at, 4096);
-        Self {
+        )?;
+        let total_size = at.checked_next_multiple_of(4096).ok_or_else(too_large)?;
+        Ok(Self {
             ring_header_offset,
             ring_cells_offset,
             ring_cell_size,
@@ -125,7 +118,7 @@ impl Layout {
             bulk_offset,
             subs_offset,
             total_size,
-        }
+        })
     }
 }
 
@@ -135,7 +128,7 @@ mod tests {
 
     #[test]
     fn sections_are_aligned_and_disjoint() {
-        let l = Layout::compute::<u64, [u8; 300]>(&RegionConfig::default());
+        let l = Layout::compute::<u64, [u8; 300]>(&RegionConfig::default()).unwrap();
         let cfg = RegionConfig::default();
         let sections = [
             (l.ring_header_offset, size_of::<RingHeader>()),

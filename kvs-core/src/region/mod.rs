@@ -561,8 +561,20 @@ impl<K: bytemuck::Pod, V: bytemuck::Pod> Region<K, V> {
             e
         };
 
-        // 2. The memory: a sealed memfd, mapped.
-        let layout = Layout::compute::<K, V>(config);
+        // 2. The memory: a sealed memfd, mapped; never more than this machine
+        //    can give (a memfd's pages come out of memory, not a disk).
+        let layout = Layout::compute::<K, V>(config)
+            .map_err(|e| fail(RegionCreateError::InvalidConfig(e)))?;
+        let limit = max_region_bytes();
+        if layout.total_size as u64 > limit {
+            return Err(fail(RegionCreateError::InvalidConfig(format!(
+                "the region would take {} MiB, more than the {} MiB this machine allows \
+                 (half its memory, at most 16 GiB); lower --slots, --queue-capacity, \
+                 --max-clients, --subscribers or --subscriber-queue",
+                layout.total_size >> 20,
+                limit >> 20
+            ))));
+        }
         let file = memfd::create(&name, layout.total_size).map_err(|source| {
             fail(match source.raw_os_error() {
                 Some(libc::ENOSPC) | Some(libc::ENOMEM) | Some(libc::EFBIG) => {
@@ -734,7 +746,7 @@ impl<K: bytemuck::Pod, V: bytemuck::Pod> Region<K, V> {
                 std::mem::size_of::<CachePadded<u8>>()
             )));
         }
-        let layout = Layout::compute::<K, V>(&config);
+        let layout = Layout::compute::<K, V>(&config).map_err(corrupt)?;
         let stored = [
             info.ring_header_offset,
             info.ring_cells_offset,
@@ -806,6 +818,21 @@ pub fn peek_info(
     let session = Session::connect(name, Kind::Probe, options)?;
     let info = session.info()?;
     Ok((info, session))
+}
+
+/// The largest region this machine allows: half its memory, at most 16 GiB.
+pub fn max_region_bytes() -> u64 {
+    const CAP: u64 = 16 << 30;
+    let total = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kib| kib.parse::<u64>().ok())
+        })
+        .map_or(CAP, |kib| kib.saturating_mul(1024));
+    (total / 2).min(CAP)
 }
 
 /// What [`remove_stale`] did with one name.
