@@ -27,15 +27,25 @@ fn run(program: &str, args: &[String], env: &[(&str, &str)]) -> (Option<i32>, St
     let status = wait_with_deadline(&mut child, Duration::from_secs(20))
         .unwrap_or_else(|| panic!("{program} {args:?} hung"));
     let out = child.wait_with_output().unwrap();
-    (status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn check(program: &str, args: &[String], env: &[(&str, &str)]) {
     let (code, err) = run(program, args, env);
     let short = program.rsplit('/').next().unwrap_or(program);
-    assert!(!err.contains("panicked"), "{short} {args:?} panicked: {err}");
+    assert!(
+        !err.contains("panicked"),
+        "{short} {args:?} panicked: {err}"
+    );
     assert_eq!(code, Some(2), "{short} {args:?}: {err}");
-    assert_eq!(err.lines().count(), 1, "{short} {args:?}: not one line: {err:?}");
+    assert_eq!(
+        err.lines().count(),
+        1,
+        "{short} {args:?}: not one line: {err:?}"
+    );
 }
 
 fn strings(args: &[&str]) -> Vec<String> {

@@ -618,7 +618,8 @@ fn a_killed_server_makes_one_unavailable_and_one_resync_when_back() {
     let name = unique_name("http-storm");
     let mut server = ServerGuard::start(&name, &[]);
     let mut gw = Gateway::start_with(&name, &[], |cmd| {
-        cmd.stderr(std::process::Stdio::piped()).env("RUST_LOG", "info");
+        cmd.stderr(std::process::Stdio::piped())
+            .env("RUST_LOG", "info");
     });
     let stderr = gw.child_mut().stderr.take().unwrap();
     let log_lines = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -633,18 +634,29 @@ fn a_killed_server_makes_one_unavailable_and_one_resync_when_back() {
     let mut events = EventStream::open(&gw.url("/events"), &[]);
     assert_eq!(events.next().0, "ready");
     let _ = server.signal_and_wait(Signal::SIGKILL);
-    assert!(socket_path(&name).exists(), "the dead server's socket stays");
+    assert!(
+        socket_path(&name).exists(),
+        "the dead server's socket stays"
+    );
     events.next_named("unavailable");
     let before = log_lines.load(std::sync::atomic::Ordering::Relaxed);
     let during = events.names_within(std::time::Duration::from_secs(3));
     let logged = log_lines.load(std::sync::atomic::Ordering::Relaxed) - before;
-    assert!(during.is_empty(), "events while the store was down: {during:?}");
-    assert!(logged <= 3, "{logged} log lines in 3 s while the store was down");
+    assert!(
+        during.is_empty(),
+        "events while the store was down: {during:?}"
+    );
+    assert!(
+        logged <= 3,
+        "{logged} log lines in 3 s while the store was down"
+    );
     let _server = ServerGuard::start(&name, &[]);
     assert_eq!(events.next().0, "resync");
     let after = events.names_within(std::time::Duration::from_secs(1));
     assert!(after.is_empty(), "more than one resync: {after:?}");
-    assert!(kvs_client(&name, &["set", "after", "storm"]).status.success());
+    assert!(kvs_client(&name, &["set", "after", "storm"])
+        .status
+        .success());
     assert_eq!(events.next_named("change")["key"], "after");
 }
 

@@ -92,6 +92,9 @@ pub struct BenchArgs {
     /// Internal: run as client process INDEX of a multi-process run.
     #[arg(long, hide = true)]
     pub child: Option<u32>,
+    /// Internal: the run's key prefix, passed to client processes.
+    #[arg(long, hide = true)]
+    pub run_id: Option<u32>,
 }
 
 /// A number of seconds: finite, above 0, at most a week.
@@ -290,6 +293,8 @@ struct Tally {
     hist: [Histogram<u64>; 4],
     wrong: u64,
     failed: u64,
+    /// A call found the server gone (the run stops at the first one).
+    server_gone: bool,
     /// Seconds from the common start to this part's last answer.
     seconds: f64,
 }
@@ -302,6 +307,7 @@ impl Tally {
             hist: [h(), h(), h(), h()],
             wrong: 0,
             failed: 0,
+            server_gone: false,
             seconds: 0.0,
         }
     }
@@ -317,6 +323,7 @@ impl Tally {
         }
         self.wrong += other.wrong;
         self.failed += other.failed;
+        self.server_gone |= other.server_gone;
         self.seconds = self.seconds.max(other.seconds);
     }
 
@@ -337,6 +344,7 @@ impl Tally {
                 .collect(),
             wrong: self.wrong,
             failed: self.failed,
+            server_gone: self.server_gone,
             seconds: self.seconds,
         }
     }
@@ -350,6 +358,7 @@ impl Tally {
         }
         t.wrong = w.wrong;
         t.failed = w.failed;
+        t.server_gone = w.server_gone;
         t.seconds = w.seconds;
         t
     }
@@ -361,6 +370,8 @@ struct WireTally {
     hist: Vec<Vec<(u64, u64)>>,
     wrong: u64,
     failed: u64,
+    #[serde(default)]
+    server_gone: bool,
     seconds: f64,
 }
 
@@ -380,6 +391,11 @@ struct Plan {
     keys_per_thread: u64,
     /// Total threads over all processes.
     all_threads: u64,
+    /// This run's key prefix (`bench:RUN:THREAD:I`), so that runs at once
+    /// never share keys.
+    run_id: u32,
+    /// Set at the first `ServerGone`: every thread stops.
+    gone: Arc<AtomicBool>,
 }
 
 impl Plan {
@@ -444,6 +460,10 @@ pub fn run<V: BenchValue>(
         args: args.clone(),
         keys_per_thread,
         all_threads,
+        run_id: args
+            .run_id
+            .unwrap_or_else(|| kvs_core::secure_fs::random_u64() as u32),
+        gone: Arc::new(AtomicBool::new(false)),
     };
     if let Some(index) = args.child {
         return run_child::<V>(&plan, index);
@@ -455,6 +475,12 @@ pub fn run<V: BenchValue>(
         run_children(&plan, &progress)?
     };
     progress.finish();
+    if tally.server_gone || plan.gone.load(Ordering::Relaxed) {
+        return Err(fail(
+            "the server is gone (it stopped or died); the benchmark stopped at the first ServerGone"
+                .into(),
+        ));
+    }
     report(&plan, info, &tally);
     let errors = tally.wrong + tally.failed;
     if errors > 0 {
@@ -636,6 +662,7 @@ fn child_command(plan: &Plan, index: u32) -> Result<Command, Failure> {
         .args(["--value-size", &a.value_size.to_string()])
         .args(["--depth", &a.depth.to_string()])
         .args(["--seed", &a.seed.to_string()])
+        .args(["--run-id", &plan.run_id.to_string()])
         .args(["--child", &index.to_string()]);
     match (a.duration, a.ops) {
         (Some(s), _) => cmd.args(["--duration", &s.to_string()]),
@@ -645,6 +672,21 @@ fn child_command(plan: &Plan, index: u32) -> Result<Command, Failure> {
     cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
+    // Die with the parent, however it dies (a SIGKILLed run must not leave
+    // its client processes hammering the server).
+    let parent = std::process::id();
+    // SAFETY: only async-signal-safe calls (prctl, getppid) between fork
+    // and exec.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+            // The parent may have died before the prctl took effect.
+            if libc::getppid() as u32 != parent {
+                libc::_exit(2);
+            }
+            Ok(())
+        });
+    }
     Ok(cmd)
 }
 
@@ -795,7 +837,10 @@ impl<V: BenchValue> Worker<V> {
         let client = KVSClient::<TextKey, V>::connect_with(&plan.name, plan.options.clone())?;
         let n = plan.keys_per_thread;
         let keys = (0..n)
-            .map(|i| TextKey::new(&format!("bench:{global}:{i}")).expect("a short ASCII key fits"))
+            .map(|i| {
+                TextKey::new(&format!("bench:{:08x}:{global}:{i}", plan.run_id))
+                    .expect("a short ASCII key fits")
+            })
             .collect();
         Ok(Self {
             client,
@@ -880,6 +925,9 @@ impl<V: BenchValue> Worker<V> {
                 Budget::Until(d) if now.duration_since(t0) >= d => break,
                 _ => {}
             }
+            if self.plan.gone.load(Ordering::Relaxed) {
+                break;
+            }
             let kind = self.plan.args.mix.pick(&mut self.rng);
             let k = self.picker.pick(&mut self.rng);
             let key = self.keys[k];
@@ -933,10 +981,11 @@ impl<V: BenchValue> Worker<V> {
         let mut completed = 0u64;
         let mut now = Instant::now();
         loop {
-            let more = match budget {
-                Budget::Ops(n) => submitted < n,
-                Budget::Until(d) => now.duration_since(t0) < d,
-            };
+            let more = !state.plan.gone.load(Ordering::Relaxed)
+                && match budget {
+                    Budget::Ops(n) => submitted < n,
+                    Budget::Until(d) => now.duration_since(t0) < d,
+                };
             while more && queue.len() < depth {
                 match budget {
                     Budget::Ops(n) if submitted >= n => break,
@@ -1068,6 +1117,12 @@ impl Model<'_> {
     }
 
     fn failed(&mut self, kind: Kind, key: usize, e: &ClientError, tally: &mut Tally) {
+        if matches!(e, ClientError::ServerGone) {
+            // Stop every thread: nothing more can succeed.
+            tally.server_gone = true;
+            self.plan.gone.store(true, Ordering::Relaxed);
+            return;
+        }
         tally.failed += 1;
         if tally.failed <= 3 {
             eprintln!(

@@ -77,7 +77,10 @@ pub fn main() -> ExitCode {
         }
         // Usage errors: one line, exit 2, as the other two binaries.
         Err(e) => {
-            eprintln!("kvs_http: {}", kvs_client::cli::usage_error_line(&e, "kvs_http"));
+            eprintln!(
+                "kvs_http: {}",
+                kvs_client::cli::usage_error_line(&e, "kvs_http")
+            );
             return ExitCode::from(2);
         }
     };
@@ -124,7 +127,8 @@ async fn shutdown_signal() {
 ///
 /// A message when the address cannot be bound or serving fails.
 pub async fn serve(args: Args) -> Result<(), String> {
-    kvs_core::region::normalize_name(&args.name).map_err(|e| format!("invalid region name: {e}"))?;
+    kvs_core::region::normalize_name(&args.name)
+        .map_err(|e| format!("invalid region name: {e}"))?;
     let token: Option<Arc<str>> = match args.token.as_deref() {
         Some("") => return Err("--token must not be empty".into()),
         t => t.map(Arc::from),

@@ -54,7 +54,6 @@ pub struct Layout {
     pub total_size: usize,
 }
 
-
 impl Layout {
     /// The layout for keys `K`, values `V` and the capacities in `config`.
     ///
