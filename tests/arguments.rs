@@ -84,9 +84,15 @@ fn kvs_server_refuses_hostile_arguments_in_one_line() {
         vec!["--workers"],
     ];
     for case in &cases {
-        let mut args = strings(&["--name", &unique_name("args")]);
+        let name = unique_name("args");
+        let mut args = strings(&["--name", &name]);
         args.extend(strings(case));
         check(server_bin(), &args, &[]);
+        // A failed start leaves nothing behind.
+        assert!(
+            !socket_path(&name).exists() && !lock_path(&name).exists(),
+            "{case:?} left files behind"
+        );
     }
     for bad in ["a/b", "x\ny", ".hidden", "", long.as_str(), "\u{1b}[31mred"] {
         check(server_bin(), &strings(&["--name", bad]), &[]);

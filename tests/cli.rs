@@ -440,3 +440,200 @@ fn library_sync_async_and_batch_from_many_threads() {
     assert_eq!(e.value, 7);
     assert!(e.version > 0 && e.modified_ns > 0);
 }
+
+/// Job files are judged line by line: binary garbage or an enormous line
+/// is that line's error (quoted in at most ~80 characters), the other
+/// lines still run, and `run` exits 1 to say something went wrong.
+#[test]
+fn job_files_report_bad_lines_one_by_one_and_exit_1() {
+    let name = unique_name("jobs-garbage");
+    let _server = ServerGuard::start(&name, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("mixed.job");
+    let mut bytes = b"WRITE [(a,1)]\n".to_vec();
+    bytes.extend_from_slice(b"\xff\xfe\x00\x01garbage\x80\n");
+    bytes.extend_from_slice(format!("FROB {}\n", "x".repeat(1 << 20)).as_bytes());
+    bytes.extend_from_slice(b"READ [a]\n");
+    std::fs::write(&job, &bytes).unwrap();
+    let out = kvs_client(&name, &["run", job.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let written = std::fs::read_to_string(dir.path().join("mixed.out")).unwrap();
+    let lines: Vec<&str> = written.lines().collect();
+    assert!(
+        lines[0].starts_with("error: line 2: the line is not valid UTF-8"),
+        "{written}"
+    );
+    assert!(
+        lines[1].starts_with("error: line 3: unknown command"),
+        "{written}"
+    );
+    assert_eq!(lines[2], "[(a,1)]");
+    assert!(
+        lines.iter().all(|l| l.len() < 300),
+        "an error line repeats its input: {}",
+        lines[1].len()
+    );
+    assert!(stderr(&out).lines().all(|l| l.len() < 400));
+    assert!(
+        stdout(&out).contains("2 lines in error"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+/// `run` exits 0 only when everything succeeded; a job whose every write
+/// is refused (the store is full) exits 1 and says so.
+#[test]
+fn job_run_exit_code_reflects_failed_operations() {
+    let name = unique_name("jobs-exit");
+    let _server = ServerGuard::start(&name, &["--max-entries", "1"]);
+    let dir = tempfile::tempdir().unwrap();
+    let ok = dir.path().join("ok.job");
+    std::fs::write(&ok, "WRITE [(a,1)]\nREAD [a,missing]\n").unwrap();
+    let out = kvs_client(&name, &["run", ok.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let full = dir.path().join("full.job");
+    std::fs::write(&full, "WRITE [(b,1)(c,2)]\n").unwrap();
+    let out = kvs_client(&name, &["run", full.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("2 failed operations"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
+}
+
+/// A FIFO or a device given as a job file is named for what it is, at once
+/// (no hang opening a FIFO, no endless read of /dev/zero).
+#[test]
+fn a_fifo_or_a_device_is_not_a_job_file() {
+    let name = unique_name("jobs-fifo");
+    let _server = ServerGuard::start(&name, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("pipe.job");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    for path in [fifo.to_str().unwrap(), "/dev/zero"] {
+        let out = kvs_client(&name, &["run", path]);
+        assert_eq!(out.status.code(), Some(2), "{path}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("not a job file"),
+            "{path}: {}",
+            stderr(&out)
+        );
+    }
+}
+
+/// One rule for keys everywhere: the empty key and keys with control
+/// characters are refused by the command line, job files and the gateway
+/// alike.
+#[test]
+fn keys_follow_one_rule_everywhere() {
+    use std::ffi::OsString;
+    let name = unique_name("keyrule");
+    let _server = ServerGuard::start(&name, &[]);
+    for (bad, why) in [
+        ("", "must not be empty"),
+        ("a\u{1b}[31m", "control characters"),
+        ("two\nlines", "control characters"),
+        ("tab\there", "control characters"),
+    ] {
+        for args in [
+            vec![
+                OsString::from("set"),
+                OsString::from(bad),
+                OsString::from("v"),
+            ],
+            vec![OsString::from("get"), OsString::from(bad)],
+        ] {
+            let out = kvs_client(&name, &args);
+            assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+            assert!(stderr(&out).contains(why), "{args:?}: {}", stderr(&out));
+            assert_eq!(stderr(&out).lines().count(), 1);
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("keys.job");
+    std::fs::write(&job, "WRITE [(,v)]\nWRITE [(ok,v)]\n").unwrap();
+    let out = kvs_client(&name, &["run", job.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let written = std::fs::read_to_string(dir.path().join("keys.out")).unwrap();
+    assert!(written.contains("empty key"), "{written}");
+    let gw = common::gateway::Gateway::start(&name, &[]);
+    for body in [
+        serde_json::json!({"key": "", "value": "v"}),
+        serde_json::json!({"key": "a\u{1b}b", "value": "v"}),
+    ] {
+        let a = common::gateway::post_json(&gw.url("/set"), &body);
+        assert_eq!(a.status, 400, "{body}: {a:?}");
+    }
+    let status = status_json(&name);
+    assert_eq!(status["entries"], 1, "only the good key was stored");
+}
+
+/// Text stored by other means (a library client may store any UTF-8) is
+/// printed by `list` and `watch` with control characters escaped: one line
+/// per entry, and nothing that drives the terminal.
+#[test]
+fn list_and_watch_never_print_control_characters_raw() {
+    let name = unique_name("escape");
+    let _server = ServerGuard::start(&name, &[]);
+    let client = KVSClient::<TextKey, Value256>::connect(&name).unwrap();
+    let mut watch = kvs_client_command::<&str>(&[], &name, &["watch"]);
+    let mut watcher = watch.spawn().unwrap();
+    let stdout_pipe = watcher.stdout.take().unwrap();
+    let mut watcher = Children(vec![watcher]);
+    std::thread::sleep(Duration::from_millis(300));
+    client
+        .set(&key("evil\u{1b}[2J"), &val("two\nlines\tand\u{7}bell"))
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout_pipe)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("watch printed nothing");
+    assert!(!line.chars().any(char::is_control), "{line:?}");
+    assert!(
+        line.contains("evil\\u{1b}[2J") && line.contains("two\\nlines\\tand\\u{7}bell"),
+        "{line}"
+    );
+    let _ = watcher.0[0].kill();
+    let out = kvs_client(&name, &["list"]);
+    let listed = stdout(&out);
+    assert_eq!(listed.lines().count(), 1, "{listed:?}");
+    assert!(
+        !listed
+            .trim_end()
+            .chars()
+            .any(|c| c.is_control() && c != '\t'),
+        "{listed:?}"
+    );
+}
+
+/// `status` needs no registration: it works when every one is taken.
+#[test]
+fn status_works_when_every_registration_is_taken() {
+    let name = unique_name("status-full");
+    let _server = ServerGuard::start(&name, &["--max-clients", "1"]);
+    let holder = KVSClient::<TextKey, Value256>::connect(&name).unwrap();
+    holder.set(&key("k"), &val("v")).unwrap();
+    let out = kvs_client(&name, &["set", "x", "y"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("no free client registration"),
+        "{}",
+        stderr(&out)
+    );
+    let status = status_json(&name);
+    assert_eq!(status["entries"], 1);
+    assert_eq!(status["clients"], 1);
+    drop(holder);
+}

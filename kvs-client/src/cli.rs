@@ -95,6 +95,12 @@ pub enum Command {
         file: Option<String>,
     },
     /// Run job files (or directories of *.job), writing NAME.out beside each.
+    ///
+    /// Exit status: 0 when every line of every file ran and every operation
+    /// succeeded (an absent key is an answer, not a failure); 1 when some
+    /// line was malformed or some operation failed (each file's .out and
+    /// stderr say which); 2 when a file could not be read or the server is
+    /// unreachable.
     Run {
         /// Job files or directories.
         #[arg(required = true)]
@@ -128,7 +134,7 @@ impl Failure {
         }
     }
 
-    fn miss(message: impl Into<String>) -> Self {
+    pub(crate) fn miss(message: impl Into<String>) -> Self {
         Self {
             code: 1,
             message: message.into(),
@@ -197,6 +203,13 @@ pub fn text_arg(what: &str, arg: &OsString) -> Result<String, Failure> {
     arg.to_str()
         .map(str::to_owned)
         .ok_or_else(|| Failure::error(format!("{what} is not valid UTF-8")))
+}
+
+/// A text key from an argument, checked against the one rule for keys
+/// (`kvs_core::text::check_key`).
+pub fn key_arg(arg: &OsString) -> Result<TextKey, Failure> {
+    let text = text_arg("key", arg)?;
+    kvs_core::text::text_key(&text).map_err(|e| Failure::error(e.to_string()))
 }
 
 /// A fixed string from an argument, refusing (never truncating) bad input.
@@ -282,10 +295,10 @@ fn run_typed<V: TextValue>(args: &Args) -> Result<(), Failure> {
         Del(TextKey),
     }
     let parsed = match &args.command {
-        Command::Get { key } => Parsed::Get(fixed_arg("key", key)?),
-        Command::Set { key, value } => Parsed::Set(fixed_arg("key", key)?, V::from_arg(value)?),
-        Command::Post { key, value } => Parsed::Post(fixed_arg("key", key)?, V::from_arg(value)?),
-        Command::Del { key } => Parsed::Del(fixed_arg("key", key)?),
+        Command::Get { key } => Parsed::Get(key_arg(key)?),
+        Command::Set { key, value } => Parsed::Set(key_arg(key)?, V::from_arg(value)?),
+        Command::Post { key, value } => Parsed::Post(key_arg(key)?, V::from_arg(value)?),
+        Command::Del { key } => Parsed::Del(key_arg(key)?),
         Command::Status { .. } | Command::Bench(_) => {
             return Err(Failure::error(
                 "status and bench are dispatched before this point",
@@ -311,7 +324,7 @@ fn run_typed<V: TextValue>(args: &Args) -> Result<(), Failure> {
                 return Err(Failure::miss(format!(
                     "key {:?} not found",
                     k.to_string_lossy()
-                )))
+                )));
             }
         },
         Parsed::Set(k, v) => client.set(&k, &v)?,

@@ -1,10 +1,10 @@
 //! The `kvs_client` commands beyond single-key operations: list, backup,
 //! run (job files) and watch (subscriptions).
 
-use crate::cli::{fixed_arg, options, Args, Failure, TextValue};
+use crate::cli::{key_arg, options, Args, Failure, TextValue};
 use crate::jobs::{collect_jobs, run_job};
 use crate::{ChangeEvent, KVSClient};
-use kvs_core::text::TextKey;
+use kvs_core::text::{escape_for_display, TextKey};
 use std::ffi::OsString;
 use std::io::Write;
 use std::path::PathBuf;
@@ -43,8 +43,12 @@ pub(crate) fn list<V: TextValue>(args: &Args, prefix: &str, json: bool) -> Resul
             })
             .to_string()
         } else {
+            // Escaped: a stored tab, newline or escape sequence neither
+            // breaks the row nor drives the terminal.
             format!(
-                "{key}\t{value}\t{}\t{}",
+                "{}\t{}\t{}\t{}",
+                escape_for_display(&key),
+                escape_for_display(&value),
                 e.version,
                 format_time(e.modified_ns)
             )
@@ -117,6 +121,7 @@ pub(crate) fn run_jobs<V: TextValue>(
     let client = connect::<V>(args)?;
     let next = std::sync::atomic::AtomicUsize::new(0);
     let failures = std::sync::Mutex::new(Vec::new());
+    let troubled = std::sync::atomic::AtomicUsize::new(0);
     std::thread::scope(|s| {
         for _ in 0..jobs.min(files.len()) {
             s.spawn(|| loop {
@@ -124,14 +129,24 @@ pub(crate) fn run_jobs<V: TextValue>(
                 let Some(file) = files.get(i) else { return };
                 match run_job(&client, file) {
                     Ok(report) => {
+                        let mut notes = Vec::new();
+                        if report.errors > 0 {
+                            notes.push(format!("{} lines in error", report.errors));
+                        }
+                        if report.failed_ops > 0 {
+                            notes.push(format!("{} failed operations", report.failed_ops));
+                        }
+                        if !notes.is_empty() {
+                            troubled.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
                         println!(
                             "{} -> {}{}",
                             report.job.display(),
                             report.out.display(),
-                            if report.errors > 0 {
-                                format!(" ({} malformed lines)", report.errors)
-                            } else {
+                            if notes.is_empty() {
                                 String::new()
+                            } else {
+                                format!(" ({})", notes.join(", "))
                             }
                         );
                     }
@@ -144,9 +159,15 @@ pub(crate) fn run_jobs<V: TextValue>(
         }
     });
     let failures = failures.into_inner().unwrap_or_else(|p| p.into_inner());
-    match failures.first() {
-        None => Ok(()),
-        Some(first) => Err(Failure::error(first.clone())),
+    if let Some(first) = failures.first() {
+        return Err(Failure::error(first.clone()));
+    }
+    match troubled.into_inner() {
+        0 => Ok(()),
+        n => Err(Failure::miss(format!(
+            "{n} of {} job files had lines in error or failed operations (see their .out files)",
+            files.len()
+        ))),
     }
 }
 
@@ -154,7 +175,7 @@ pub(crate) fn run_jobs<V: TextValue>(
 pub(crate) fn watch<V: TextValue>(args: &Args, keys: &[OsString]) -> Result<(), Failure> {
     let keys = keys
         .iter()
-        .map(|k| fixed_arg::<64>("key", k))
+        .map(key_arg)
         .collect::<Result<Vec<TextKey>, _>>()?;
     let client = Arc::new(connect::<V>(args)?);
     let mut sub = client.subscribe(&keys)?;
@@ -179,12 +200,15 @@ pub(crate) fn watch<V: TextValue>(args: &Args, keys: &[OsString]) -> Result<(), 
             }) => {
                 format!(
                     "set {} {} (version {version})",
-                    key.to_string_lossy(),
-                    value.to_text()
+                    escape_for_display(&key.to_string_lossy()),
+                    escape_for_display(&value.to_text())
                 )
             }
             Some(ChangeEvent::Deleted { key, version }) => {
-                format!("del {} (version {version})", key.to_string_lossy())
+                format!(
+                    "del {} (version {version})",
+                    escape_for_display(&key.to_string_lossy())
+                )
             }
             Some(ChangeEvent::Missed) => "missed events: the queue overflowed, resync".to_string(),
         };

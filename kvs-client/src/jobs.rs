@@ -13,11 +13,15 @@
 //! BACKUP                    snapshot the store as NAME-1.bck (then -2, -3 ...) in the server's --backup-dir
 //! ```
 //!
-//! Keys and values are text without `(`, `)`, `,`, `[`, `]`. READ, DELETE
-//! and SHOW print keys in alphabetical order. A WRITE pair the server refuses
-//! prints `[(k,KVSERROR)]`. Results go to `NAME.out` beside `NAME.job`. A
-//! malformed line writes `error: line N: reason` to the output and
-//! `PATH:N: reason` to stderr, and the rest of the file still runs.
+//! Keys and values are text without `(`, `)`, `,`, `[`, `]`; keys follow the
+//! one rule for keys (`kvs_core::text::check_key`: 1 to 63 bytes, no
+//! control characters). READ, DELETE and SHOW print keys in alphabetical
+//! order, with any control character in stored text escaped. A WRITE pair
+//! the server refuses prints `[(k,KVSERROR)]`. Results go to `NAME.out`
+//! beside `NAME.job`. A malformed line (binary garbage included) writes
+//! `error: line N: reason` to the output and `PATH:N: reason` to stderr,
+//! quoting at most 80 characters of it, and the rest of the file still runs.
+//! Only regular files are read, up to [`MAX_JOB_BYTES`].
 
 use crate::cli::TextValue;
 use crate::KVSClient;
@@ -47,13 +51,35 @@ pub enum JobCommand {
 /// Longest `WAIT` accepted, in milliseconds.
 pub const MAX_WAIT_MS: u64 = 60_000;
 
+/// Largest job file read.
+pub const MAX_JOB_BYTES: u64 = 64 << 20;
+
+/// Longest piece of an input line quoted in an error message.
+const QUOTE_MAX: usize = 80;
+
+/// `text` quoted for an error message: escaped (no control character
+/// reaches the terminal) and cut to [`QUOTE_MAX`] characters.
+pub fn quote(text: &str) -> String {
+    let cut: String = text.chars().take(QUOTE_MAX).collect();
+    let more = text.chars().count() > QUOTE_MAX;
+    let escaped = format!("{cut:?}");
+    if more {
+        format!("{escaped}... ({} bytes in all)", text.len())
+    } else {
+        escaped
+    }
+}
+
 fn check_token(t: &str, what: &str) -> Result<String, String> {
     let t = t.trim();
     if t.is_empty() {
         return Err(format!("empty {what}"));
     }
     if t.contains(['(', ')', ',', '[', ']']) {
-        return Err(format!("{what} {t:?} contains one of ( ) , [ ]"));
+        return Err(format!("{what} {} contains one of ( ) , [ ]", quote(t)));
+    }
+    if what == "key" {
+        kvs_core::text::check_key(t).map_err(|e| format!("{e} ({})", quote(t)))?;
     }
     Ok(t.to_string())
 }
@@ -101,7 +127,7 @@ pub fn parse_line(line: &str) -> Result<Option<JobCommand>, String> {
                     .ok_or_else(|| "unclosed ( in WRITE".to_string())?;
                 let (k, v) = body[..end]
                     .split_once(',')
-                    .ok_or_else(|| format!("pair ({}) has no comma", &body[..end]))?;
+                    .ok_or_else(|| format!("pair {} has no comma", quote(&body[..end])))?;
                 pairs.push((check_token(k, "key")?, check_token(v, "value")?));
                 inner = body[end + 1..].trim_start();
             }
@@ -118,13 +144,13 @@ pub fn parse_line(line: &str) -> Result<Option<JobCommand>, String> {
             let ms: u64 = rest
                 .trim()
                 .parse()
-                .map_err(|_| format!("WAIT expects milliseconds, got {:?}", rest.trim()))?;
+                .map_err(|_| format!("WAIT expects milliseconds, got {}", quote(rest.trim())))?;
             if ms > MAX_WAIT_MS {
                 return Err(format!("WAIT {ms} is above the limit of {MAX_WAIT_MS} ms"));
             }
             Ok(Some(JobCommand::Wait(ms)))
         }
-        other => Err(format!("unknown command {other:?}")),
+        other => Err(format!("unknown command {}", quote(other))),
     }
 }
 
@@ -135,8 +161,12 @@ pub struct JobReport {
     pub job: PathBuf,
     /// The output file written.
     pub out: PathBuf,
-    /// Lines that could not be run.
+    /// Lines that could not be run (malformed, or a command that failed).
     pub errors: usize,
+    /// Operations the server refused or failed (a WRITE pair that was not
+    /// stored, a READ or DELETE that got no answer); an absent key is an
+    /// answer, not a failure.
+    pub failed_ops: usize,
 }
 
 /// The job files named by `paths`: files as given, directories as their
@@ -148,27 +178,61 @@ pub struct JobReport {
 pub fn collect_jobs(paths: &[PathBuf]) -> std::io::Result<Vec<PathBuf>> {
     let mut jobs = Vec::new();
     for p in paths {
-        if p.is_dir() {
+        let meta = std::fs::metadata(p).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                match e.kind() {
+                    std::io::ErrorKind::NotFound => {
+                        format!("{}: no such job file or directory", p.display())
+                    }
+                    _ => format!("{}: {e}", p.display()),
+                },
+            )
+        })?;
+        if meta.is_dir() {
             let mut found: Vec<PathBuf> = std::fs::read_dir(p)?
                 .filter_map(|e| e.ok().map(|e| e.path()))
                 .filter(|f| f.extension().is_some_and(|x| x == "job") && f.is_file())
                 .collect();
             found.sort();
             jobs.extend(found);
-        } else if p.is_file() {
+        } else if meta.is_file() {
             jobs.push(p.clone());
         } else {
             return Err(std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                format!("{}: no such job file or directory", p.display()),
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "{} is not a job file (not a regular file: a FIFO, a device or a socket)",
+                    p.display()
+                ),
             ));
         }
     }
     Ok(jobs)
 }
 
+/// Reads a job file: a regular file only (never blocking on a FIFO), at
+/// most [`MAX_JOB_BYTES`].
+fn read_job(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let (file, st) = kvs_core::secure_fs::open_regular(path)?;
+    if u64::try_from(st.st_size).unwrap_or(u64::MAX) > MAX_JOB_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "{} is {} bytes; a job file is at most {MAX_JOB_BYTES}",
+                path.display(),
+                st.st_size
+            ),
+        ));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_JOB_BYTES).read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
 fn key_of(s: &str) -> Result<TextKey, String> {
-    TextKey::new(s).map_err(|e| format!("key {e}"))
+    kvs_core::text::text_key(s).map_err(|e| format!("{e} ({})", quote(s)))
 }
 
 /// Runs the job file at `path`, writing `NAME.out` beside it.
@@ -181,20 +245,37 @@ pub fn run_job<V: TextValue>(
     client: &KVSClient<TextKey, V>,
     path: &Path,
 ) -> std::io::Result<JobReport> {
-    let text = std::fs::read_to_string(path)?;
+    let bytes = read_job(path)?;
     let out_path = path.with_extension("out");
     let stem = path
         .file_stem()
         .map_or("job".into(), |s| s.to_string_lossy().into_owned());
     let mut out = String::new();
     let mut errors = 0;
+    let mut failed_ops = 0;
     let mut backups = 0;
-    for (n, line) in text.lines().enumerate() {
+    // Line by line, each judged on its own: binary garbage on one line is
+    // that line's error, not the file's.
+    let lines = bytes.split(|b| *b == b'\n');
+    let count = bytes.split(|b| *b == b'\n').count();
+    for (n, raw) in lines.enumerate() {
+        if n + 1 == count && raw.is_empty() {
+            break; // the newline that ends the last line
+        }
         let lineno = n + 1;
-        let result = parse_line(line).and_then(|cmd| match cmd {
-            None => Ok(()),
-            Some(cmd) => execute(client, cmd, &mut out, &stem, &mut backups),
-        });
+        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+        let result = std::str::from_utf8(raw)
+            .map_err(|_| {
+                format!(
+                    "the line is not valid UTF-8 text: {}",
+                    quote(&String::from_utf8_lossy(raw))
+                )
+            })
+            .and_then(parse_line)
+            .and_then(|cmd| match cmd {
+                None => Ok(()),
+                Some(cmd) => execute(client, cmd, &mut out, &stem, &mut backups, &mut failed_ops),
+            });
         if let Err(msg) = result {
             errors += 1;
             let _ = writeln!(out, "error: line {lineno}: {msg}");
@@ -206,6 +287,7 @@ pub fn run_job<V: TextValue>(
         job: path.to_path_buf(),
         out: out_path,
         errors,
+        failed_ops,
     })
 }
 
@@ -215,13 +297,16 @@ fn execute<V: TextValue>(
     out: &mut String,
     stem: &str,
     backups: &mut u32,
+    failed_ops: &mut usize,
 ) -> Result<(), String> {
+    let shown = |t: &str| kvs_core::text::escape_for_display(t).into_owned();
     match cmd {
         JobCommand::Write(pairs) => {
             let mut failed = Vec::new();
             for (k, v) in pairs {
                 let value = V::from_arg(&OsString::from(&v)).map_err(|f| f.message)?;
                 if client.set(&key_of(&k)?, &value).is_err() {
+                    *failed_ops += 1;
                     failed.push(k);
                 }
             }
@@ -237,9 +322,13 @@ fn execute<V: TextValue>(
             for k in keys {
                 match client.get(&key_of(&k)?) {
                     Ok(Some(v)) => {
-                        let _ = write!(items, "({k},{})", v.to_text());
+                        let _ = write!(items, "({k},{})", shown(&v.to_text()));
                     }
-                    Ok(None) | Err(_) => {
+                    Ok(None) => {
+                        let _ = write!(items, "({k},KVSERROR)");
+                    }
+                    Err(_) => {
+                        *failed_ops += 1;
                         let _ = write!(items, "({k},KVSERROR)");
                     }
                 }
@@ -250,8 +339,15 @@ fn execute<V: TextValue>(
             keys.sort();
             let mut missing = String::new();
             for k in keys {
-                if !matches!(client.del(&key_of(&k)?), Ok(true)) {
-                    let _ = write!(missing, "({k},KVSMISSING)");
+                match client.del(&key_of(&k)?) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        let _ = write!(missing, "({k},KVSMISSING)");
+                    }
+                    Err(_) => {
+                        *failed_ops += 1;
+                        let _ = write!(missing, "({k},KVSMISSING)");
+                    }
                 }
             }
             if !missing.is_empty() {
@@ -266,7 +362,7 @@ fn execute<V: TextValue>(
                 .map_err(|e| format!("SHOW failed: {e}"))?;
             all.sort();
             for (k, v) in all {
-                let _ = writeln!(out, "({k}, {v})");
+                let _ = writeln!(out, "({}, {})", shown(&k), shown(&v));
             }
         }
         JobCommand::Wait(ms) => std::thread::sleep(Duration::from_millis(ms)),

@@ -318,7 +318,16 @@ impl<'a> BulkTable<'a> {
     }
 
     /// Server side: writes `items` as consecutive records; returns how many
-    /// were written (at most [`BulkTable::capacity_for`]).
+    /// were written (at most [`BulkTable::capacity_for`]). `T` has no
+    /// padding (`NoUninit`), so no uninitialised byte reaches shared memory:
+    ///
+    /// ```compile_fail
+    /// use kvs_core::bulk::BulkTable;
+    /// #[derive(Clone, Copy)]
+    /// #[repr(C)]
+    /// struct Padded(u8, u64); // 7 bytes of padding
+    /// fn write(t: &BulkTable<'_>) { t.write_records(0, [Padded(1, 2)]); }
+    /// ```
     pub fn write_records<T: bytemuck::NoUninit>(
         &self,
         index: u32,
@@ -427,7 +436,15 @@ impl<'a> BulkTable<'a> {
     }
 
     /// Client side: reads `count` records (clamped to the capacity). `T` is
-    /// `Pod`: any bytes another process left form a valid record.
+    /// `Pod`: any bytes another process left form a valid record. A type
+    /// with invalid bit patterns cannot be read this way:
+    ///
+    /// ```compile_fail
+    /// use kvs_core::bulk::{BulkClaim, BulkTable};
+    /// fn read(t: &BulkTable<'_>, c: &BulkClaim) -> Vec<bool> {
+    ///     t.read_records(c, 1) // bool is not Pod: a scribbled byte would be UB
+    /// }
+    /// ```
     pub fn read_records<T: bytemuck::Pod>(&self, claim: &BulkClaim, count: usize) -> Vec<T> {
         if self.header(claim.index).is_none() {
             return Vec::new();

@@ -192,6 +192,16 @@ pub fn stride<K, V>(capacity: usize) -> usize {
 }
 
 /// A view of the subscription entries in a region.
+///
+/// Keys and values must be `Pod` (events are read back from memory other
+/// processes write):
+///
+/// ```compile_fail
+/// use kvs_core::notify::SubTable;
+/// fn poll(t: &SubTable<'_, char, u64>, c: &kvs_core::notify::SubClaim) {
+///     let _ = t.poll(c); // char is not Pod
+/// }
+/// ```
 pub struct SubTable<'a, K, V> {
     base: *const u8,
     count: usize,

@@ -86,3 +86,101 @@ macro_rules! with_value_class {
         }
     };
 }
+
+/// Why a text key was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    /// The empty key.
+    #[error("a key must not be empty")]
+    Empty,
+    /// More bytes than a key holds.
+    #[error("key is {len} bytes, the limit is {max}")]
+    TooLong {
+        /// Bytes given.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A control character (NUL, a newline, an escape...).
+    #[error("a key must not contain control characters (found {found:?} at byte {at})")]
+    Control {
+        /// The character.
+        found: char,
+        /// Its byte offset.
+        at: usize,
+    },
+}
+
+/// The one rule for text keys, wherever they come from (the command line,
+/// job files, the HTTP gateway): 1 to 63 bytes of UTF-8 without control
+/// characters. A key is printed by `list`, `watch` and event streams, so it
+/// must never carry a character that drives a terminal; and a key that no
+/// tool could name again (the empty one) is refused rather than stored.
+///
+/// ```
+/// use kvs_core::text::{check_key, KeyError};
+///
+/// assert!(check_key("user:42").is_ok());
+/// assert_eq!(check_key(""), Err(KeyError::Empty));
+/// assert!(check_key("a\u{1b}[31m").is_err());
+/// assert!(check_key(&"k".repeat(64)).is_err());
+/// ```
+///
+/// # Errors
+///
+/// [`KeyError`] saying what is wrong.
+pub fn check_key(key: &str) -> Result<(), KeyError> {
+    if key.is_empty() {
+        return Err(KeyError::Empty);
+    }
+    if key.len() > TextKey::CAPACITY {
+        return Err(KeyError::TooLong {
+            len: key.len(),
+            max: TextKey::CAPACITY,
+        });
+    }
+    if let Some((at, found)) = key.char_indices().find(|(_, c)| c.is_control()) {
+        return Err(KeyError::Control { found, at });
+    }
+    Ok(())
+}
+
+/// A [`TextKey`] from `key`, checked against [`check_key`].
+///
+/// # Errors
+///
+/// [`KeyError`].
+pub fn text_key(key: &str) -> Result<TextKey, KeyError> {
+    check_key(key)?;
+    TextKey::new(key).map_err(|_| KeyError::TooLong {
+        len: key.len(),
+        max: TextKey::CAPACITY,
+    })
+}
+
+/// `text` for display on a terminal or in a line-oriented listing: control
+/// characters (newlines and tabs included) and backslashes escaped as in
+/// Rust (`\n`, `\t`, `\u{1b}`, `\\`), everything else as it is. Stored data
+/// never drives the terminal it is printed on, and one entry stays on one
+/// line.
+///
+/// ```
+/// use kvs_core::text::escape_for_display;
+///
+/// assert_eq!(escape_for_display("plain"), "plain");
+/// assert_eq!(escape_for_display("two\nlines\t\u{1b}[31m"), "two\\nlines\\t\\u{1b}[31m");
+/// ```
+pub fn escape_for_display(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(|c| c.is_control() || c == '\\') {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() || c == '\\' {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}

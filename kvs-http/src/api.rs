@@ -195,7 +195,11 @@ fn fixed_str_status(e: FixedStrError) -> StatusCode {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         let status = match &e {
-            StoreError::Key(f) | StoreError::Value(f) => fixed_str_status(*f),
+            StoreError::Key(kvs_core::text::KeyError::TooLong { .. }) => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
+            StoreError::Key(_) => StatusCode::BAD_REQUEST,
+            StoreError::Value(f) => fixed_str_status(*f),
             StoreError::Cursor(_) => StatusCode::BAD_REQUEST,
             StoreError::Prefix { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             StoreError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -494,17 +498,19 @@ mod tests {
 
     #[test]
     fn store_errors_map_to_the_documented_codes() {
+        use kvs_core::text::KeyError;
         let too_long = FixedStrError::TooLong { len: 64, max: 63 };
         assert_eq!(
-            status_of(StoreError::Key(too_long)),
+            status_of(StoreError::Key(KeyError::TooLong { len: 64, max: 63 })),
             StatusCode::PAYLOAD_TOO_LARGE
         );
         assert_eq!(
             status_of(StoreError::Value(too_long)),
             StatusCode::PAYLOAD_TOO_LARGE
         );
-        let nul = FixedStrError::ContainsNul { position: 1 };
-        assert_eq!(status_of(StoreError::Key(nul)), StatusCode::BAD_REQUEST);
+        for bad in [KeyError::Empty, KeyError::Control { found: '\0', at: 1 }] {
+            assert_eq!(status_of(StoreError::Key(bad)), StatusCode::BAD_REQUEST);
+        }
         assert_eq!(
             status_of(StoreError::Cursor("x".into())),
             StatusCode::BAD_REQUEST

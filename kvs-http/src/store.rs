@@ -88,9 +88,10 @@ pub enum Change {
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The key is too long, or contains a NUL.
-    #[error("key {0}")]
-    Key(FixedStrError),
+    /// The key breaks the one rule for keys (`kvs_core::text::check_key`):
+    /// empty, too long, or a control character.
+    #[error("{0}")]
+    Key(kvs_core::text::KeyError),
     /// The value is too long, or contains a NUL.
     #[error("value {0}")]
     Value(FixedStrError),
@@ -195,7 +196,7 @@ pub trait Store: Send + Sync + fmt::Debug {
 }
 
 fn text_key(key: &str) -> Result<TextKey, StoreError> {
-    TextKey::new(key).map_err(StoreError::Key)
+    kvs_core::text::text_key(key).map_err(StoreError::Key)
 }
 
 fn text_value<const N: usize>(value: &str) -> Result<FixedStr<N>, StoreError> {
