@@ -10,9 +10,9 @@ mod common;
 
 use common::*;
 use kvs::core::fixed_str::{Value1K, Value256};
-use kvs::core::protocol::{Request, StatusCode};
+use kvs::core::protocol::StatusCode;
 use kvs::core::region::{Layout, Region, LAYOUT_VERSION};
-use kvs::core::response_table::WaitOutcome;
+use kvs::core::response_table::{Slot, WaitOutcome};
 use kvs::core::text::TextKey;
 use kvs::core::wait::{FutexParker, SpinPolicy};
 use kvs::{ClientError, ClientOptions, KVSClient};
@@ -113,13 +113,14 @@ struct Spots {
 
 /// A ring cell is one word: stamp (44 bits) | slot index (20 bits).
 const STAMP_SHIFT: u32 = 20;
-/// Inside a response slot: the control word, sleepers and owner pid, then
-/// the request (op, generation, arg, reserved, key, value), then the answer.
+/// Inside a response slot: the control word, the event count and owner
+/// pid, then the request (op, generation, arg, reserved, key, value), then
+/// the answer.
 const WORD: usize = 0;
-const REQUEST: usize = 16;
+const REQUEST: usize = Slot::<TextKey, Value256>::REQUEST_OFFSET;
 const OP: usize = REQUEST;
 const GENERATION: usize = REQUEST + 4;
-const RESPONSE: usize = REQUEST + std::mem::size_of::<Request<TextKey, Value256>>();
+const RESPONSE: usize = Slot::<TextKey, Value256>::RESPONSE_OFFSET;
 
 impl Spots {
     fn of(layout: &Layout, cells: usize, slot_count: usize) -> Self {

@@ -12,7 +12,7 @@ use kvs_core::protocol::{OpCode, Response, StatusCode};
 use kvs_core::region::{ConnectOptions, Region};
 use kvs_core::response_table::{Claim, WaitOutcome};
 use kvs_core::ring::PushError;
-use kvs_core::wait::{FutexParker, SpinPolicy};
+use kvs_core::wait::{Backoff, FutexParker, SpinPolicy};
 use std::fmt;
 use std::hash::Hash;
 use std::sync::atomic::Ordering;
@@ -526,7 +526,7 @@ where
         let ring = self.region.ring();
         // Computed on the first failure only: the fast path reads no clock.
         let mut give_up = None;
-        let mut round = 0u32;
+        let mut backoff = Backoff::new();
         loop {
             match ring.push(claim.index) {
                 Ok(()) => {
@@ -558,8 +558,7 @@ where
                     }
                     // Make sure someone is draining, then back off.
                     self.region.wake_a_worker();
-                    backoff(round);
-                    round = round.saturating_add(1);
+                    backoff.snooze();
                 }
             }
         }
@@ -584,10 +583,9 @@ where
         let give_up = deadline
             .instant()
             .min(Instant::now() + Duration::from_millis(200));
-        let mut round = 0;
+        let mut backoff = Backoff::new();
         loop {
-            backoff(round);
-            round += 1;
+            backoff.snooze();
             if let Some(c) = self.try_claim() {
                 return Ok(c);
             }
@@ -666,18 +664,5 @@ impl Deadline {
                 at
             }
         }
-    }
-}
-
-/// Spin, then yield, then sleep with a growing (bounded) pause.
-fn backoff(round: u32) {
-    if round < 4 {
-        for _ in 0..(64 << round) {
-            std::hint::spin_loop();
-        }
-    } else if round < 16 {
-        std::thread::yield_now();
-    } else {
-        std::thread::sleep(Duration::from_micros(50 << (round - 16).min(5)));
     }
 }

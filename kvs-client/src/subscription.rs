@@ -9,7 +9,7 @@
 use crate::client::KVSClient;
 use crate::error::{ClientError, Result};
 use kvs_core::notify::{EventKind, Notice, SubClaim, MAX_SUB_KEYS};
-use kvs_core::wait::{futex_wait, SLEEP_SLICE};
+use kvs_core::wait::{Backoff, FutexParker, SLEEP_SLICE};
 use std::fmt;
 use std::hash::Hash;
 use std::sync::Arc;
@@ -139,7 +139,7 @@ where
         let deadline = crate::client::deadline_after(timeout);
         let region = self.client.region();
         let subs = region.subscriptions();
-        let mut spins = 0u32;
+        let mut backoff = Backoff::new();
         loop {
             if let Some(n) = subs.poll(&self.claim) {
                 return Ok(Some(Self::convert(n)));
@@ -151,14 +151,11 @@ where
             if left.is_zero() {
                 return Ok(None);
             }
-            if spins < 64 {
-                spins += 1;
-                std::thread::yield_now();
+            if !backoff.is_completed() {
+                backoff.snooze();
                 continue;
             }
-            subs.sleep(&self.claim, left.min(SLEEP_SLICE), |word, seen, t| {
-                futex_wait(word, seen, Some(t))
-            });
+            subs.sleep(&self.claim, left.min(SLEEP_SLICE), &FutexParker);
         }
     }
 }

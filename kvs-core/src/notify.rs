@@ -40,10 +40,10 @@
 //! a previous subscriber of the entry is dropped by the next one. The
 //! housekeeper frees the entries of dead owners.
 //!
-//! Waking uses the eventcount pattern of the worker ring: the subscriber
-//! reads `seq`, announces itself in `sleepers`, re-checks, and sleeps on
-//! `seq`; a publisher bumps `seq` after each push and wakes only when
-//! `sleepers` is set.
+//! Waking uses the entry's [`EventCount`]: the subscriber announces
+//! itself, re-checks its next cell and the overflow flag, and sleeps; a
+//! publisher makes the cell (or the flag) visible with a `SeqCst` store,
+//! then notifies, which makes a syscall only when the subscriber waits.
 //!
 //! Everything here is read from memory other processes write: indices are
 //! reduced by the mask, counts clamped, and keys and values are `Pod`, so a
@@ -51,6 +51,7 @@
 //! behaviour.
 
 use crate::sync::{AtomicU32, AtomicU64, Ordering, UnsafeCell};
+use crate::wait::{EventCount, Parker};
 use crate::word::{pack, try_claim, unpack};
 use bytemuck::Pod;
 use std::fmt;
@@ -149,10 +150,8 @@ pub struct SubHeader<K> {
     key_count: AtomicU32,
     /// 1 once a push failed; cleared by the subscriber after it reported it.
     overflow: AtomicU32,
-    /// 1 while the subscriber sleeps (or is about to).
-    sleepers: AtomicU32,
-    /// Bumped after every push; the subscriber sleeps on it.
-    seq: AtomicU32,
+    /// The subscriber waits on it; publishers notify it after a push.
+    ec: EventCount,
     _reserved: AtomicU32,
     /// Next position to poll (written by the subscriber).
     head: AtomicU64,
@@ -359,24 +358,21 @@ impl<'a, K: Pod, V: Pod> SubTable<'a, K, V> {
     }
 
     /// Subscriber side: sleeps until a push may have happened, or `timeout`.
-    pub fn sleep(
-        &self,
-        claim: &SubClaim,
-        timeout: Duration,
-        sleep_on: impl Fn(&AtomicU32, u32, Duration),
-    ) {
+    pub fn sleep<P: Parker>(&self, claim: &SubClaim, timeout: Duration, parker: &P) {
         let Some(h) = self.header(claim.index) else {
             return;
         };
-        let seen = h.seq.load(Ordering::SeqCst);
-        h.sleepers.store(1, Ordering::SeqCst);
+        let key = h.ec.prepare();
         let head = h.head.load(Ordering::Relaxed);
+        // SeqCst loads: the waiter's check of the event count's Dekker pair,
+        // against the publisher's SeqCst stores of the cell and the flag.
         let published =
             self.cell(claim.index, head).seq.load(Ordering::SeqCst) == head.wrapping_add(1);
-        if !published && h.overflow.load(Ordering::SeqCst) == 0 {
-            sleep_on(&h.seq, seen, timeout);
+        if published || h.overflow.load(Ordering::SeqCst) != 0 {
+            h.ec.cancel();
+        } else {
+            h.ec.wait(key, Some(timeout), parker);
         }
-        h.sleepers.store(0, Ordering::Relaxed);
     }
 
     /// Whether the subscription is still ours and active.
@@ -475,7 +471,8 @@ impl<K: Pod + Eq, V: Pod> SubTable<'_, K, V> {
             h.all_keys
                 .store(u32::from(keys.is_empty()), Ordering::Relaxed);
             h.overflow.store(0, Ordering::Relaxed);
-            h.sleepers.store(0, Ordering::Relaxed);
+            // A subscriber that died waiting left its announcement behind.
+            h.ec.reset();
             // Release: the filter is visible to a worker that sees Active.
             h.word.store(
                 pack(generation, owner, EntryState::Active as u32),
@@ -493,15 +490,16 @@ impl<K: Pod + Eq, V: Pod> SubTable<'_, K, V> {
 
     /// Server side: pushes a change of `key` to every matching subscriber.
     /// Never blocks or spins: a full or contended queue is marked
-    /// overflowed. `wake(seq)` is called for sleeping subscribers.
-    pub fn publish(
+    /// overflowed. A waiting subscriber is woken through `parker`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn publish<P: Parker>(
         &self,
         kind: EventKind,
         key: &K,
         value: &V,
         version: u64,
         modified_ns: u64,
-        wake: impl Fn(&AtomicU32),
+        parker: &P,
     ) {
         // Relaxed: a subscription activated concurrently may miss this event
         // either way; the count only saves the scan when nobody listens.
@@ -526,11 +524,9 @@ impl<K: Pod + Eq, V: Pod> SubTable<'_, K, V> {
             if !self.push(index, h, generation, kind, key, value, version, modified_ns) {
                 h.overflow.store(1, Ordering::SeqCst);
             }
-            // SeqCst: the publisher's half of the eventcount (see module docs).
-            h.seq.fetch_add(1, Ordering::SeqCst);
-            if h.sleepers.load(Ordering::SeqCst) != 0 {
-                wake(&h.seq);
-            }
+            // The push (or the flag) was a SeqCst store: the notifier's
+            // half of the event count's pair.
+            h.ec.notify(1, parker);
         }
     }
 
@@ -581,8 +577,10 @@ impl<K: Pod + Eq, V: Pod> SubTable<'_, K, V> {
                 cell.key.with_mut(|p| p.write_volatile(*key));
                 cell.value.with_mut(|p| p.write_volatile(*value));
             }
-            // Release: the event happens before the subscriber's Acquire.
-            cell.seq.store(tail.wrapping_add(1), Ordering::Release);
+            // Release: the event happens before the subscriber's Acquire;
+            // SeqCst: also the condition of the event count's pair (the
+            // subscriber checks it after announcing that it waits).
+            cell.seq.store(tail.wrapping_add(1), Ordering::SeqCst);
             return true;
         }
         false
@@ -599,6 +597,7 @@ unsafe impl<K: Pod, V: Pod> Sync for SubTable<'_, K, V> {}
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wait::SpinParker;
 
     #[repr(C, align(128))]
     #[derive(Clone, Copy)]
@@ -638,9 +637,9 @@ mod tests {
         let t = table(&a, 2, 8);
         let one = t.subscribe(1, &[5]).unwrap();
         let all = t.subscribe(2, &[]).unwrap();
-        t.publish(EventKind::Changed, &5, &50, 1, 0, |_| {});
-        t.publish(EventKind::Changed, &6, &60, 2, 0, |_| {});
-        t.publish(EventKind::Deleted, &5, &0, 3, 0, |_| {});
+        t.publish(EventKind::Changed, &5, &50, 1, 0, &SpinParker);
+        t.publish(EventKind::Changed, &6, &60, 2, 0, &SpinParker);
+        t.publish(EventKind::Deleted, &5, &0, 3, 0, &SpinParker);
         assert_eq!(versions(&t, &one), vec![1, 3]);
         assert_eq!(versions(&t, &all), vec![1, 2, 3]);
     }
@@ -651,13 +650,13 @@ mod tests {
         let t = table(&a, 1, 2);
         let c = t.subscribe(1, &[]).unwrap();
         for v in 1..=5 {
-            t.publish(EventKind::Changed, &1, &v, v, 0, |_| {});
+            t.publish(EventKind::Changed, &1, &v, v, 0, &SpinParker);
         }
         assert!(matches!(t.poll(&c), Some(Notice::Event(e)) if e.version == 1));
         assert!(matches!(t.poll(&c), Some(Notice::Event(e)) if e.version == 2));
         assert!(matches!(t.poll(&c), Some(Notice::Missed)));
         assert!(t.poll(&c).is_none());
-        t.publish(EventKind::Changed, &1, &9, 9, 0, |_| {});
+        t.publish(EventKind::Changed, &1, &9, 9, 0, &SpinParker);
         assert!(matches!(t.poll(&c), Some(Notice::Event(e)) if e.version == 9));
     }
 
@@ -666,7 +665,7 @@ mod tests {
         let a = area(1, 4);
         let t = table(&a, 1, 4);
         let c = t.subscribe(7, &[]).unwrap();
-        t.publish(EventKind::Changed, &1, &1, 1, 0, |_| {});
+        t.publish(EventKind::Changed, &1, &1, 1, 0, &SpinParker);
         assert_eq!(t.reclaim(|o| o == 7), 1);
         assert_eq!(a.active.load(Ordering::SeqCst), 0);
         assert!(!t.is_active(&c));
@@ -688,7 +687,7 @@ mod tests {
         let t = table(&a, 1, 4);
         let c = t.subscribe(1, &[]).unwrap();
         for v in 1..=3 {
-            t.publish(EventKind::Changed, &1, &v, v, 0, |_| {});
+            t.publish(EventKind::Changed, &1, &v, v, 0, &SpinParker);
         }
         // Killed mid-poll: it read the first cell, never moved `head`.
         let h = t.header(0).unwrap();
@@ -696,7 +695,7 @@ mod tests {
         t.reclaim(|_| true);
         let c2 = t.subscribe(2, &[]).unwrap();
         assert!(t.poll(&c2).is_none());
-        t.publish(EventKind::Changed, &1, &4, 4, 0, |_| {});
+        t.publish(EventKind::Changed, &1, &4, 4, 0, &SpinParker);
         assert_eq!(versions(&t, &c2), vec![4]);
         let _ = c;
     }
@@ -730,7 +729,7 @@ mod tests {
         let c = t.subscribe(1, &[]).unwrap();
         let h = t.header(0).unwrap();
         h.head.store(u64::MAX - 2, Ordering::SeqCst);
-        t.publish(EventKind::Changed, &1, &1, 1, 0, |_| {}); // refused: overflow
+        t.publish(EventKind::Changed, &1, &1, 1, 0, &SpinParker); // refused: overflow
         for p in 0..4 {
             t.cell(0, p).seq.store(0xdead_beef, Ordering::SeqCst);
         }
@@ -741,12 +740,12 @@ mod tests {
         h.tail.store(u64::MAX / 2, Ordering::SeqCst);
         assert_eq!(t.repair(), 1);
         assert!(matches!(t.poll(&c), Some(Notice::Missed)));
-        t.publish(EventKind::Changed, &1, &3, 3, 0, |_| {});
+        t.publish(EventKind::Changed, &1, &3, 3, 0, &SpinParker);
         assert_eq!(versions(&t, &c), vec![3]);
         // A resubscription starts clean too.
         t.reclaim(|_| true);
         let c2 = t.subscribe(2, &[]).unwrap();
-        t.publish(EventKind::Changed, &1, &2, 2, 0, |_| {});
+        t.publish(EventKind::Changed, &1, &2, 2, 0, &SpinParker);
         assert_eq!(versions(&t, &c2), vec![2]);
     }
 
@@ -761,7 +760,7 @@ mod tests {
                 #[allow(clippy::unit_arg)]
                 s.spawn(move || {
                     for i in 0..200u64 {
-                        t.publish(EventKind::Changed, &w, &i, w * 1000 + i, 0, |_| {});
+                        t.publish(EventKind::Changed, &w, &i, w * 1000 + i, 0, &SpinParker);
                     }
                 });
             }

@@ -61,10 +61,10 @@
 //! do not all bump one shared line; after one pass over every slot a claim
 //! returns `None` instead of spinning.
 //!
-//! Waking: see [`crate::wait`]. The client sets the slot's `sleepers` word
-//! before its last check and sleep; the server's `SeqCst` CAS to `Ready` and
-//! its `SeqCst` load of `sleepers` form the Dekker pair that makes a lost
-//! wake-up impossible.
+//! Waking: each slot has an [`EventCount`]. The owner announces itself
+//! (`prepare`) before its last check and sleep; the worker's `SeqCst` CAS to
+//! `Ready` followed by `notify` form the Dekker pair that makes a lost
+//! wake-up impossible (see [`crate::wait`]).
 //!
 //! Every index that arrives from the ring is bounds-checked ([`SlotError`]),
 //! every state decoded with [`SlotState::try_from`], every request and
@@ -92,8 +92,8 @@
 //! ```
 
 use crate::protocol::{OpCode, Request, Response};
-use crate::sync::{loom_sc_fence, AtomicU32, AtomicU64, Ordering, UnsafeCell};
-use crate::wait::{spin_then_yield, Parker, SpinPolicy, SLEEP_SLICE};
+use crate::sync::{AtomicU32, AtomicU64, Ordering, UnsafeCell};
+use crate::wait::{spin_then_yield, EventCount, Parker, SpinPolicy, SLEEP_SLICE};
 use crossbeam_utils::CachePadded;
 use std::fmt;
 use std::ptr::{addr_of, addr_of_mut};
@@ -177,8 +177,8 @@ impl SlotWord {
 pub struct Slot<K, V> {
     /// Generation, owner and state; see the module docs.
     word: AtomicU64,
-    /// 1 while the owner sleeps (or is about to) on this futex word.
-    sleepers: AtomicU32,
+    /// The owner sleeps on it; the worker notifies it.
+    ec: EventCount,
     /// The owner's pid, for diagnostics only (never trusted).
     owner_pid: AtomicU32,
     /// Written by the owner while `Claimed`, read by the worker that began it.
@@ -187,11 +187,19 @@ pub struct Slot<K, V> {
     response: UnsafeCell<Response<V>>,
 }
 
+impl<K, V> Slot<K, V> {
+    /// Byte offset of the request within a slot (for tools and tests that
+    /// reach into the region; see the byte table in `region::layout`).
+    pub const REQUEST_OFFSET: usize = std::mem::offset_of!(Slot<K, V>, request);
+    /// Byte offset of the answer within a slot.
+    pub const RESPONSE_OFFSET: usize = std::mem::offset_of!(Slot<K, V>, response);
+}
+
 impl<K: bytemuck::Zeroable, V: bytemuck::Zeroable> Slot<K, V> {
     fn new() -> Self {
         Self {
             word: AtomicU64::new(0),
-            sleepers: AtomicU32::new(0),
+            ec: EventCount::new(),
             owner_pid: AtomicU32::new(0),
             request: UnsafeCell::new(bytemuck::Zeroable::zeroed()),
             response: UnsafeCell::new(bytemuck::Zeroable::zeroed()),
@@ -405,7 +413,7 @@ impl<'a, K: bytemuck::Pod, V: bytemuck::Pod> SlotTable<'a, K, V> {
     pub fn init(&self) {
         for slot in self.slots {
             slot.word.store(0, Ordering::Relaxed);
-            slot.sleepers.store(0, Ordering::Relaxed);
+            slot.ec.reset();
             slot.owner_pid.store(0, Ordering::Relaxed);
         }
         self.header.cursor.store(0, Ordering::Relaxed);
@@ -457,6 +465,8 @@ impl<'a, K: bytemuck::Pod, V: bytemuck::Pod> SlotTable<'a, K, V> {
                 crate::word::try_claim(&slot.word, free, owner, SlotState::Claimed as u32)
             {
                 slot.owner_pid.store(pid, Ordering::Relaxed);
+                // A previous owner may have died announced as a waiter.
+                slot.ec.reset();
                 let claim = Claim {
                     index,
                     generation,
@@ -571,7 +581,6 @@ impl<'a, K: bytemuck::Pod, V: bytemuck::Pod> SlotTable<'a, K, V> {
                 },
             }
         });
-        slot.sleepers.store(0, Ordering::Relaxed);
         // Release: our read of the answer happens before the next claim.
         slot.word.store(
             pack(claim.generation, claim.owner, SlotState::Free),
@@ -602,10 +611,7 @@ impl<'a, K: bytemuck::Pod, V: bytemuck::Pod> SlotTable<'a, K, V> {
                     Ordering::Relaxed,
                     Ordering::Acquire,
                 ) {
-                    Ok(_) => {
-                        slot.sleepers.store(0, Ordering::Relaxed);
-                        return None;
-                    }
+                    Ok(_) => return None,
                     Err(w) => current = w,
                 }
             } else if current == pack(claim.generation, claim.owner, SlotState::Ready) {
@@ -643,22 +649,23 @@ impl<'a, K: bytemuck::Pod, V: bytemuck::Pod> SlotTable<'a, K, V> {
             loop {
                 // Announce the sleep, then re-check: the Dekker pair with
                 // `complete` (both SeqCst), see `crate::wait`.
-                slot.sleepers.store(1, Ordering::SeqCst);
-                loom_sc_fence();
+                let key = slot.ec.prepare();
                 if !Self::unanswered(slot.word.load(Ordering::SeqCst), claim) {
+                    slot.ec.cancel();
                     break;
                 }
                 let slice = match deadline {
                     Some(d) => {
                         let left = d.saturating_duration_since(Instant::now());
                         if left.is_zero() {
+                            slot.ec.cancel();
                             return self.give_up(claim, WaitOutcome::TimedOut);
                         }
                         left.min(SLEEP_SLICE)
                     }
                     None => SLEEP_SLICE,
                 };
-                parker.wait(&slot.sleepers, 1, Some(slice));
+                slot.ec.wait(key, Some(slice), parker);
                 if answered() {
                     break;
                 }
@@ -806,8 +813,8 @@ impl<'a, K: bytemuck::Pod, V: bytemuck::Pod> SlotTable<'a, K, V> {
         });
         let ready = pack(begun.generation, begun.owner, SlotState::Ready);
         // SeqCst: Release publishes the answer (pairs with the owner's
-        // Acquire in `poll`/`wait`), and SeqCst orders it before the load of
-        // `sleepers` below (the Dekker pair with `wait`).
+        // Acquire in `poll`/`wait`), and SeqCst makes it the condition write
+        // of the event count's Dekker pair with `wait` (see `crate::wait`).
         match slot.word.compare_exchange(
             begun.completing(),
             ready,
@@ -815,11 +822,7 @@ impl<'a, K: bytemuck::Pod, V: bytemuck::Pod> SlotTable<'a, K, V> {
             Ordering::Relaxed,
         ) {
             Ok(_) => {
-                loom_sc_fence();
-                if slot.sleepers.load(Ordering::SeqCst) != 0 {
-                    slot.sleepers.store(0, Ordering::Relaxed);
-                    parker.wake(&slot.sleepers, u32::MAX);
-                }
+                slot.ec.notify(u32::MAX, parker);
                 Completion::Delivered
             }
             Err(current) => {
@@ -1271,6 +1274,7 @@ mod tests {
 mod loom_tests {
     use super::*;
     use crate::protocol::StatusCode;
+    use crate::wait::loom_tests::ParkParker;
     use crate::wait::SpinParker;
     use loom::sync::Arc;
     use loom::thread;
@@ -1289,29 +1293,8 @@ mod loom_tests {
         c
     }
 
-    /// A parker that really blocks: `wait` parks the thread (if the word
-    /// still holds `expected`), `wake` unparks it. A lost wake-up leaves the
-    /// waiter parked forever, which loom reports as a deadlock.
-    struct ParkParker {
-        waiter: loom::sync::Mutex<Option<thread::Thread>>,
-    }
-
-    impl Parker for ParkParker {
-        fn wait(&self, word: &AtomicU32, expected: u32, _timeout: Option<std::time::Duration>) {
-            if word.load(Ordering::SeqCst) == expected {
-                thread::park();
-            }
-        }
-
-        fn wake(&self, _word: &AtomicU32, _count: u32) {
-            if let Some(t) = self.waiter.lock().unwrap().as_ref() {
-                t.unpark();
-            }
-        }
-    }
-
-    /// The Dekker pair of `wait` (announce in `sleepers`, re-check, sleep)
-    /// and `complete` (CAS to Ready, check `sleepers`, wake): however they
+    /// The slot's use of the event count: `wait` (announce, re-check,
+    /// sleep) against `complete` (CAS to Ready, notify): however they
     /// interleave, the waiter is woken or sees the answer before sleeping.
     #[test]
     fn sleeping_waiter_is_never_left_asleep() {

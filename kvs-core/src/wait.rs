@@ -1,43 +1,145 @@
 //! Waiting without burning a core: spin briefly, then sleep on a
-//! process-shared futex.
+//! process-shared futex, through one primitive, the [`EventCount`].
 //!
-//! A waiter first spins (cheap when the answer is a few hundred nanoseconds
-//! away, which is the common case), then announces that it is about to sleep
-//! and sleeps on a 32-bit word in the shared mapping. A waker makes the wake
-//! syscall only when a waiter announced itself, so the fast path makes no
-//! syscall at all. The protocol is the classic Dekker pair:
+//! Everything in the region that waits for something uses it: a client for
+//! its answer (one per response slot), idle workers for requests (one for
+//! the ring), the housekeeper for a poke, a subscriber for events. A waiter
+//! first spins (cheap when the answer is a few hundred nanoseconds away,
+//! the common case), then announces itself and sleeps on a 32-bit word in
+//! the shared mapping. A notifier makes the wake syscall only when a
+//! waiter announced itself, so the fast path makes no syscall at all.
+//!
+//! # The event count
 //!
 //! ```text
-//! waiter                               waker
-//! sleepers.store(1)   (SeqCst)         state.store(READY) (SeqCst)
-//! if state != READY   (SeqCst)         if sleepers.load() != 0 (SeqCst)
-//!     futex_wait(sleepers, 1)              sleepers.store(0); futex_wake(sleepers)
+//! waiter                                  notifier
+//! key = prepare()   waiters += 1 (SeqCst)  make the condition true (SeqCst)
+//!                   key = epoch (SeqCst)   notify(): if waiters != 0 (SeqCst)
+//! if condition: cancel()                       epoch += 1; futex_wake(epoch)
+//! else wait(key):   futex_wait(epoch, key)
+//!                   waiters -= 1
 //! ```
 //!
-//! With both sides sequentially consistent, at least one of them sees the
-//! other's store, so a wake-up cannot be lost; a spurious wake-up only costs a
-//! re-check. Sleeps are always bounded, so a waiter also re-checks the
-//! server's liveness at least every [`SLEEP_SLICE`].
+//! Both sides are a Dekker pair of sequentially consistent accesses: either
+//! the waiter's check sees the condition, or the notifier's load sees the
+//! waiter. If the notifier bumps the epoch after the waiter read its key,
+//! `futex_wait` finds the word changed and returns at once; if it bumped
+//! before, the condition it set is already visible to the waiter's check
+//! (the bump follows the condition in the single total order). So a
+//! wake-up cannot be lost; a spurious one only costs a re-check. The
+//! condition write must itself be sequentially consistent (a `SeqCst`
+//! store or read-modify-write) for the pair to hold.
+//!
+//! Every wait is bounded by a timeout, and a waiter re-checks its deadline
+//! and the server's liveness between sleeps of at most [`SLEEP_SLICE`], so
+//! a scribbled count (another process may write anything) at worst costs
+//! a wake syscall or one slice of sleep, never a hang.
 //!
 //! The futex is used without `FUTEX_PRIVATE_FLAG`: the word lives in a
-//! `MAP_SHARED` mapping and the waker is another process.
-//!
-//! The blocking calls sit behind [`Parker`], so the protocols that use them are
-//! model-checked under loom with a yielding parker ([`SpinParker`]).
+//! `MAP_SHARED` mapping and the waker is another process. The blocking
+//! calls sit behind [`Parker`], so the protocol is model-checked under loom
+//! with a parker that really blocks (`loom_tests` below).
 //!
 //! ```
-//! use kvs_core::wait::{FutexParker, Parker};
-//! use std::sync::atomic::AtomicU32;
+//! use kvs_core::wait::{EventCount, FutexParker};
+//! use std::sync::atomic::{AtomicBool, Ordering};
 //! use std::time::Duration;
 //!
-//! let word = AtomicU32::new(0);
-//! // The word is not 1, so this returns at once instead of sleeping.
-//! FutexParker.wait(&word, 1, Some(Duration::from_millis(10)));
-//! FutexParker.wake(&word, 1);
+//! let ec = EventCount::new();
+//! let ready = AtomicBool::new(false);
+//! std::thread::scope(|s| {
+//!     s.spawn(|| {
+//!         ready.store(true, Ordering::SeqCst);
+//!         ec.notify(1, &FutexParker);
+//!     });
+//!     while !ready.load(Ordering::SeqCst) {
+//!         let key = ec.prepare();
+//!         if ready.load(Ordering::SeqCst) {
+//!             ec.cancel();
+//!             break;
+//!         }
+//!         ec.wait(key, Some(Duration::from_millis(20)), &FutexParker);
+//!     }
+//! });
 //! ```
 
-use crate::sync::AtomicU32;
+use crate::sync::{loom_sc_fence, AtomicU32, Ordering};
 use std::time::Duration;
+
+/// A waiter's ticket from [`EventCount::prepare`]: the epoch it saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use = "pass the key to `wait`, or call `cancel`"]
+pub struct Key(u32);
+
+/// The one wait/wake primitive (see the module docs), laid out for the
+/// region: two 32-bit words, valid when zeroed.
+#[repr(C)]
+#[derive(Debug, Default)]
+pub struct EventCount {
+    /// Bumped by every notification that found a waiter; waiters sleep on it.
+    epoch: AtomicU32,
+    /// Waiters between `prepare` and the end of `wait` (or `cancel`).
+    waiters: AtomicU32,
+}
+
+impl EventCount {
+    /// An event count nobody waits on.
+    pub fn new() -> Self {
+        Self {
+            epoch: AtomicU32::new(0),
+            waiters: AtomicU32::new(0),
+        }
+    }
+
+    /// Forgets waiters (a new owner of a response slot: the previous one
+    /// may have died between `prepare` and the end of its `wait`).
+    pub fn reset(&self) {
+        self.waiters.store(0, Ordering::Relaxed);
+    }
+
+    /// Waiter: announces itself and returns its key. Check the condition
+    /// next (with a `SeqCst` load), then [`EventCount::wait`] or
+    /// [`EventCount::cancel`].
+    pub fn prepare(&self) -> Key {
+        // SeqCst: the waiter's half of the Dekker pair (module docs).
+        self.waiters.fetch_add(1, Ordering::SeqCst);
+        loom_sc_fence();
+        Key(self.epoch.load(Ordering::SeqCst))
+    }
+
+    /// Waiter: the condition held after all; withdraws the announcement.
+    pub fn cancel(&self) {
+        self.waiters.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Waiter: sleeps while no notification came since `key`, at most
+    /// `timeout` (forever if `None`), then withdraws the announcement.
+    /// Re-check the condition afterwards: wake-ups may be spurious.
+    pub fn wait<P: Parker>(&self, key: Key, timeout: Option<Duration>, parker: &P) {
+        parker.wait(&self.epoch, key.0, timeout);
+        self.waiters.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Notifier: after making the condition true (with a `SeqCst` write),
+    /// wakes up to `n` waiters, if any announced itself; no syscall
+    /// otherwise.
+    pub fn notify<P: Parker>(&self, n: u32, parker: &P) {
+        loom_sc_fence();
+        // SeqCst: the notifier's half of the Dekker pair (module docs).
+        if self.waiters.load(Ordering::SeqCst) != 0 {
+            self.epoch.fetch_add(1, Ordering::SeqCst);
+            parker.wake(&self.epoch, n);
+        }
+    }
+
+    /// Notifier: wakes up to `n` waiters whether or not any announced
+    /// itself (a stop request, a poke: rare, and the waiter may be between
+    /// its own checks).
+    pub fn notify_always<P: Parker>(&self, n: u32, parker: &P) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        parker.wake(&self.epoch, n);
+    }
+}
 
 /// Longest single sleep of a waiter before it re-checks liveness and deadlines.
 pub const SLEEP_SLICE: Duration = Duration::from_millis(20);
@@ -195,6 +297,107 @@ pub fn spin_then_yield(policy: SpinPolicy, mut ready: impl FnMut() -> bool) -> b
     ready()
 }
 
+/// Backing off where there is nothing to sleep on: a full ring (the
+/// workers drain it but notify nobody), no free response slot (the
+/// housekeeper frees them). Spins with a doubling count for 4 rounds,
+/// yields for 12, then sleeps 50 us doubling up to 1.6 ms, so a long wait
+/// costs at most a few hundred wake-ups a second.
+#[derive(Debug, Default, Clone)]
+pub struct Backoff {
+    round: u32,
+}
+
+impl Backoff {
+    const SPIN_ROUNDS: u32 = 4;
+    const YIELD_ROUNDS: u32 = 16;
+
+    /// A backoff at its first round.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Pauses for this round's time and moves on to the next round.
+    pub fn snooze(&mut self) {
+        let round = self.round;
+        if round < Self::SPIN_ROUNDS {
+            for _ in 0..(64u32 << round) {
+                std::hint::spin_loop();
+            }
+        } else if round < Self::YIELD_ROUNDS {
+            std::thread::yield_now();
+        } else {
+            let shift = (round - Self::YIELD_ROUNDS).min(5);
+            std::thread::sleep(Duration::from_micros(50 << shift));
+        }
+        self.round = round.saturating_add(1);
+    }
+
+    /// Whether spinning and yielding are over: a waiter that has an event
+    /// count to sleep on should sleep there from now on.
+    pub fn is_completed(&self) -> bool {
+        self.round >= Self::YIELD_ROUNDS
+    }
+}
+
+#[cfg(all(test, loom))]
+pub(crate) mod loom_tests {
+    use super::*;
+    use loom::sync::Arc;
+    use loom::thread;
+
+    /// A parker that really blocks: `wait` parks the thread (if the word
+    /// still holds `expected`), `wake` unparks it. A lost wake-up leaves
+    /// the waiter parked forever, which loom reports as a deadlock.
+    pub(crate) struct ParkParker {
+        pub(crate) waiter: loom::sync::Mutex<Option<thread::Thread>>,
+    }
+
+    impl Parker for ParkParker {
+        fn wait(&self, word: &AtomicU32, expected: u32, _timeout: Option<Duration>) {
+            if word.load(Ordering::SeqCst) == expected {
+                thread::park();
+            }
+        }
+
+        fn wake(&self, _word: &AtomicU32, _count: u32) {
+            if let Some(t) = self.waiter.lock().unwrap().as_ref() {
+                t.unpark();
+            }
+        }
+    }
+
+    /// The event count's Dekker pair: however the waiter's announce,
+    /// check and sleep interleave with the notifier's condition store,
+    /// check and wake, the waiter sees the condition or is woken.
+    #[test]
+    fn a_waiter_is_never_left_asleep() {
+        loom::model(|| {
+            let ec = Arc::new(EventCount::new());
+            let ready = Arc::new(AtomicU32::new(0));
+            let parker = Arc::new(ParkParker {
+                waiter: loom::sync::Mutex::new(Some(thread::current())),
+            });
+            let notifier = {
+                let (ec, ready, parker) =
+                    (Arc::clone(&ec), Arc::clone(&ready), Arc::clone(&parker));
+                thread::spawn(move || {
+                    ready.store(1, Ordering::SeqCst);
+                    ec.notify(1, &*parker);
+                })
+            };
+            while ready.load(Ordering::SeqCst) == 0 {
+                let key = ec.prepare();
+                if ready.load(Ordering::SeqCst) != 0 {
+                    ec.cancel();
+                    break;
+                }
+                ec.wait(key, None, &*parker);
+            }
+            notifier.join().unwrap();
+        });
+    }
+}
+
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
@@ -213,7 +416,45 @@ mod tests {
     #[test]
     fn wait_times_out() {
         let word = AtomicU32::new(1);
-        futex_wait(&word, 1, Some(Duration::from_millis(5)));
+        let start = Instant::now();
+        futex_wait(&word, 1, Some(Duration::from_millis(20)));
+        // It slept (not returned at once) and came back.
+        assert!(
+            start.elapsed() >= Duration::from_millis(15),
+            "{:?}",
+            start.elapsed()
+        );
+    }
+
+    #[test]
+    fn event_count_wakes_a_sleeper_and_skips_the_syscall_without_one() {
+        let ec = Arc::new(EventCount::new());
+        let flag = Arc::new(AtomicU32::new(0));
+        // Nobody waits: notify leaves the epoch alone (no syscall).
+        ec.notify(1, &FutexParker);
+        assert_eq!(ec.epoch.load(Ordering::SeqCst), 0);
+        let (ec2, flag2) = (Arc::clone(&ec), Arc::clone(&flag));
+        let waiter = std::thread::spawn(move || {
+            let start = Instant::now();
+            while flag2.load(Ordering::SeqCst) == 0 {
+                let key = ec2.prepare();
+                if flag2.load(Ordering::SeqCst) != 0 {
+                    ec2.cancel();
+                    break;
+                }
+                ec2.wait(key, Some(Duration::from_secs(10)), &FutexParker);
+            }
+            start.elapsed()
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        flag.store(1, Ordering::SeqCst);
+        ec.notify(1, &FutexParker);
+        let took = waiter.join().unwrap();
+        assert!(
+            took < Duration::from_secs(5),
+            "the waiter slept through {took:?}"
+        );
+        assert_eq!(ec.waiters.load(Ordering::SeqCst), 0);
     }
 
     #[test]
@@ -229,6 +470,20 @@ mod tests {
         word.store(0, Ordering::SeqCst);
         futex_wake(&word, 1);
         t.join().unwrap();
+    }
+
+    #[test]
+    fn backoff_spins_then_yields_then_sleeps() {
+        let mut b = Backoff::new();
+        for _ in 0..Backoff::YIELD_ROUNDS {
+            assert!(!b.is_completed());
+            b.snooze();
+        }
+        assert!(b.is_completed());
+        // From now on each round sleeps, at least 50 us.
+        let start = Instant::now();
+        b.snooze();
+        assert!(start.elapsed() >= Duration::from_micros(50));
     }
 
     #[test]

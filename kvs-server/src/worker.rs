@@ -20,7 +20,6 @@ use kvs_core::map::{Entry, MapError, SetOutcome};
 use kvs_core::notify::EventKind;
 use kvs_core::protocol::{OpCode, Request, Response, StatusCode};
 use kvs_core::ring::PopError;
-use kvs_core::wait::futex_wake;
 use kvs_core::wait::{spin_then_yield, FutexParker, SpinPolicy};
 use std::hash::Hash;
 use std::os::unix::ffi::OsStrExt;
@@ -208,13 +207,18 @@ where
             &e.value,
             e.version,
             e.modified_ns,
-            |seq| futex_wake(seq, 1),
+            &FutexParker,
         );
     };
     let deleted = |k: &K, version: u64| {
-        subs.publish(EventKind::Deleted, k, &V::zeroed(), version, 0, |seq| {
-            futex_wake(seq, 1)
-        });
+        subs.publish(
+            EventKind::Deleted,
+            k,
+            &V::zeroed(),
+            version,
+            0,
+            &FutexParker,
+        );
     };
     let ok = |version: u64| Response {
         version,

@@ -7,7 +7,7 @@
 //!      8     4  state            Creating = 0, Ready = 1, Closed = 2, Draining = 3
 //!     12     4  layout_version   LAYOUT_VERSION
 //!     16   512  info             RegionInfo (Pod, written once before Ready)
-//!    512     .  live words       futex words and counters (atomics), see RegionHeader
+//!    512     .  live words       event counts and counters (atomics), see LiveWords
 //! ```
 //!
 //! The first three fields never move, whatever the version, so any opener can
@@ -22,6 +22,7 @@
 //! (`Region::repair_header`), so clients connect again once the writes stop.
 
 use crate::sync::{AtomicU32, AtomicU64, UnsafeCell};
+use crate::wait::EventCount;
 use bytemuck::{Pod, Zeroable};
 use crossbeam_utils::CachePadded;
 use std::fmt;
@@ -30,7 +31,7 @@ use std::fmt;
 pub const MAGIC: u64 = u64::from_le_bytes(*b"\x89KVS\r\n\x1a\n");
 
 /// Bumped whenever anything in the region's layout or protocol changes.
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 
 /// Maximum bytes of a type name kept in the header.
 pub const TYPE_NAME_LEN: usize = 120;
@@ -224,16 +225,14 @@ pub struct RegionHeader {
     pub live: CachePadded<LiveWords>,
 }
 
-/// Futex words and counters in the header.
+/// Event counts and counters in the header.
 #[repr(C)]
 #[derive(Debug)]
 pub struct LiveWords {
-    /// Server workers currently asleep (or about to sleep) on `ring_futex`.
-    pub sleeping_workers: AtomicU32,
-    /// Bumped by a producer that wakes workers; workers sleep on it.
-    pub ring_futex: AtomicU32,
-    /// Bumped by clients that found no free slot; the housekeeper sleeps on it.
-    pub housekeeper_futex: AtomicU32,
+    /// Idle workers wait on it for requests; producers notify it after a push.
+    pub ring_ec: EventCount,
+    /// The housekeeper waits on it; clients that found no free slot poke it.
+    pub housekeeper_ec: EventCount,
     /// Requests the server dropped as malformed or stale.
     pub malformed: AtomicU32,
     /// Clients that registered, ever.

@@ -59,6 +59,7 @@ use crate::response_table::{Slot, SlotTable, SlotTableHeader};
 use crate::ring::{Ring, RingCell, RingHeader};
 use crate::secure_fs::Dir;
 use crate::sync::Ordering;
+use crate::wait::FutexParker;
 use crossbeam_utils::CachePadded;
 use endpoint::{ConnectError, LockError, NameLock};
 use handshake::{Kind, RecvError, Welcome};
@@ -1105,55 +1106,46 @@ impl<K, V> Region<K, V> {
         }
     }
 
-    /// Producer side, after a push: wakes one sleeping worker, if any
-    /// announced that it sleeps. No syscall when none does.
+    /// Producer side, after a push (a `SeqCst` CAS): wakes one waiting
+    /// worker, if any announced that it waits. No syscall when none does.
     pub fn wake_a_worker(&self) {
-        let live = &self.header().live;
-        // SeqCst: the producer's half of the Dekker pair with `worker_sleep`
-        // (its push published with a SeqCst CAS; this load comes after).
-        if live.sleeping_workers.load(Ordering::SeqCst) != 0 {
-            live.ring_futex.fetch_add(1, Ordering::SeqCst);
-            crate::wait::futex_wake(&live.ring_futex, 1);
-        }
+        self.header().live.ring_ec.notify(1, &FutexParker);
     }
 
-    /// Wakes every sleeping worker (shutdown, or a stop request).
+    /// Wakes every waiting worker (shutdown, or a stop request).
     pub fn wake_all_workers(&self) {
-        let live = &self.header().live;
-        live.ring_futex.fetch_add(1, Ordering::SeqCst);
-        crate::wait::futex_wake(&live.ring_futex, u32::MAX);
+        self.header()
+            .live
+            .ring_ec
+            .notify_always(u32::MAX, &FutexParker);
     }
 
-    /// Worker side: sleeps on the ring's futex for at most `timeout`, unless
-    /// `has_work()` holds once this worker is counted as sleeping.
-    ///
-    /// The eventcount pattern: read the futex word, announce, re-check, sleep
-    /// only while the word is unchanged. A producer that pushed before our
-    /// announcement is seen by the re-check; one that pushes after it sees
-    /// the announcement and bumps the word, so the sleep returns at once.
+    /// Worker side: waits for a push for at most `timeout`, unless
+    /// `has_work()` (which must load with `SeqCst`) holds once this worker
+    /// announced itself; see [`EventCount`](crate::wait::EventCount).
     pub fn worker_sleep(&self, timeout: Duration, has_work: impl Fn() -> bool) {
-        let live = &self.header().live;
-        let seen = live.ring_futex.load(Ordering::SeqCst);
-        // SeqCst: the worker's half of the Dekker pair with `wake_a_worker`.
-        live.sleeping_workers.fetch_add(1, Ordering::SeqCst);
-        if !has_work() {
-            crate::wait::futex_wait(&live.ring_futex, seen, Some(timeout));
+        let ec = &self.header().live.ring_ec;
+        let key = ec.prepare();
+        if has_work() {
+            ec.cancel();
+        } else {
+            ec.wait(key, Some(timeout), &FutexParker);
         }
-        live.sleeping_workers.fetch_sub(1, Ordering::SeqCst);
     }
 
     /// Client side: asks the server's housekeeper to reclaim slots now.
     pub fn poke_housekeeper(&self) {
-        let live = &self.header().live;
-        live.housekeeper_futex.fetch_add(1, Ordering::SeqCst);
-        crate::wait::futex_wake(&live.housekeeper_futex, 1);
+        self.header()
+            .live
+            .housekeeper_ec
+            .notify_always(1, &FutexParker);
     }
 
     /// Server side: sleeps until poked or `timeout`.
     pub fn housekeeper_sleep(&self, timeout: Duration) {
-        let live = &self.header().live;
-        let seen = live.housekeeper_futex.load(Ordering::SeqCst);
-        crate::wait::futex_wait(&live.housekeeper_futex, seen, Some(timeout));
+        let ec = &self.header().live.housekeeper_ec;
+        let key = ec.prepare();
+        ec.wait(key, Some(timeout), &FutexParker);
     }
 
     /// Server side: moves the region to `state` (`Draining`: clients submit
