@@ -10,7 +10,7 @@ mod common;
 
 use common::*;
 use kvs::core::fixed_str::{Value1K, Value256};
-use kvs::core::protocol::StatusCode;
+use kvs::core::protocol::{OpCode, StatusCode};
 use kvs::core::region::{Layout, Region, LAYOUT_VERSION};
 use kvs::core::response_table::{Slot, WaitOutcome};
 use kvs::core::text::TextKey;
@@ -378,7 +378,7 @@ fn malformed_requests_get_an_error_status() {
     let wait = |claim: &kvs::core::response_table::Claim| {
         slots.wait(
             claim,
-            false,
+            OpCode::Set,
             SpinPolicy::CLIENT,
             &FutexParker,
             || Some(Instant::now() + Duration::from_secs(5)),
@@ -387,9 +387,17 @@ fn malformed_requests_get_an_error_status() {
     };
 
     // An unknown op code in a request for a slot we own.
+    let map = RawMap::open(&name);
+    let spots = Spots::of(
+        region.layout(),
+        region.info().ring_capacity as usize,
+        region.info().slot_count as usize,
+    );
     for op in [0u32, 8, 99, u32::MAX] {
         let claim = slots.claim(me).unwrap();
-        slots.write_request(&claim, op, 0, &key("k"), Some(&val("v")));
+        slots.write_request(&claim, OpCode::Set, 0, &key("k"), Some(&val("v")));
+        map.u32_at(spots.slot(claim.index as usize) + OP)
+            .store(op, Ordering::SeqCst);
         assert!(slots.mark_pending(&claim));
         ring.push(claim.index).unwrap();
         region.wake_a_worker();
@@ -403,21 +411,8 @@ fn malformed_requests_get_an_error_status() {
     // A request whose generation is not its slot's (written for another
     // use of the slot): refused as malformed.
     {
-        use kvs::core::protocol::OpCode;
         let claim = slots.claim(me).unwrap();
-        slots.write_request(
-            &claim,
-            OpCode::Set as u32,
-            0,
-            &key("forged"),
-            Some(&val("x")),
-        );
-        let map = RawMap::open(&name);
-        let spots = Spots::of(
-            region.layout(),
-            region.info().ring_capacity as usize,
-            region.info().slot_count as usize,
-        );
+        slots.write_request(&claim, OpCode::Set, 0, &key("forged"), Some(&val("x")));
         map.u32_at(spots.slot(claim.index as usize) + GENERATION)
             .store(claim.generation.wrapping_add(7), Ordering::SeqCst);
         assert!(slots.mark_pending(&claim));

@@ -516,9 +516,7 @@ where
         let slots = self.region.slots();
         let claim = self.claim_slot(deadline)?;
         prepare(&claim);
-        // Only ops the server reads a value of carry one.
-        let value = value.filter(|_| op.carries_value());
-        slots.write_request(&claim, op as u32, arg, key, value);
+        slots.write_request(&claim, op, arg, key, value);
         if !slots.mark_pending(&claim) {
             // Someone moved our claimed slot on (a scribbler): not ours now.
             return Err(ClientError::SlotLost);
@@ -603,7 +601,7 @@ where
     ) -> Result<Response<V>> {
         let outcome = self.region.slots().wait(
             claim,
-            op.answer_carries_value(),
+            op,
             self.options.spin,
             &FutexParker,
             || Some(deadline.instant()),

@@ -84,12 +84,7 @@ where
             return Some(Err(e));
         }
         let claim = self.claim?;
-        match self
-            .client
-            .region()
-            .slots()
-            .poll(&claim, self.op.answer_carries_value())
-        {
+        match self.client.region().slots().poll(&claim, self.op) {
             Poll::Pending => None,
             Poll::Ready(resp) => {
                 self.claim = None;
@@ -112,7 +107,7 @@ where
         if let Some(claim) = self.claim.take() {
             // A forked child must not touch the parent's slot.
             if !self.client.is_forked_copy() {
-                self.client.region().slots().abandon(&claim);
+                self.client.region().slots().abandon(&claim, self.op);
             }
         }
     }

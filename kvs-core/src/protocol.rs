@@ -1,14 +1,20 @@
 //! Op codes, status codes, and the request and response records that cross
 //! the region, with the rules of which op carries what.
 //!
+//! This module is the one place that knows the wire: which op carries a
+//! value ([`OpCode::carries_value`]), which answer does
+//! ([`OpCode::answer_carries_value`]), and how both records are written
+//! into and read out of a response slot ([`Request::encode`],
+//! [`Request::decode`], [`Response::encode`], [`Response::decode`]). The
+//! client and the server's workers call these and nothing else.
+//!
 //! Both records are `#[repr(C)]` and made of `Pod` fields only, so whatever
-//! another process wrote into them is a valid value. They travel in a
-//! response slot (see [`crate::response_table`]), which copies them field
-//! by field (never a padding byte) and only the fields the op uses
-//! ([`OpCode::carries_value`], [`OpCode::answer_carries_value`]); the
-//! reader copies a record out of the region first and then validates the
-//! copy ([`Request::op`], [`StatusCode::try_from`]); it never validates in
-//! place and reads again.
+//! another process wrote into them is a valid value. They are copied field
+//! by field (never a padding byte, so no uninitialised byte reaches the
+//! region) and only the fields the op uses: a GET leaves the request's value
+//! lines alone, a SET the answer's. The reader copies a record out of the
+//! region first and then validates the copy ([`Request::op`],
+//! [`StatusCode::try_from`]); it never validates in place and reads again.
 //!
 //! ```
 //! use kvs_core::protocol::{OpCode, Request};
@@ -22,6 +28,7 @@
 //! ```
 
 use std::fmt;
+use std::ptr::{addr_of, addr_of_mut};
 
 /// What a request asks the server to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -60,9 +67,11 @@ impl OpCode {
         matches!(self, OpCode::Set | OpCode::Post)
     }
 
-    /// Whether an answer to this op carries a value (GET).
-    pub fn answer_carries_value(self) -> bool {
-        matches!(self, OpCode::Get)
+    /// Whether an answer to this op with this status carries a value: a
+    /// GET that found its key. `status` is the raw field, so a garbage
+    /// status never carries one.
+    pub fn answer_carries_value(self, status: u32) -> bool {
+        self == OpCode::Get && status == StatusCode::Ok as u32
     }
 
     /// A lowercase name, as the CLI and the status view print it.
@@ -185,6 +194,72 @@ impl<K: bytemuck::Zeroable, V: bytemuck::Zeroable> Request<K, V> {
     }
 }
 
+impl<K: bytemuck::Pod, V: bytemuck::Pod> Request<K, V> {
+    /// Writes a request for `op` to `dst` field by field, the value only if
+    /// `op` [carries one](OpCode::carries_value) (zeros if `value` is
+    /// `None` then), straight from the caller's references.
+    ///
+    /// # Safety
+    ///
+    /// `dst` is valid for writes of `Self` and aligned, and no one else
+    /// accesses the record during the call (in a response slot: the slot is
+    /// claimed by the caller and not yet marked pending).
+    pub unsafe fn encode(
+        dst: *mut Self,
+        op: OpCode,
+        generation: u32,
+        arg: u32,
+        key: &K,
+        value: Option<&V>,
+    ) {
+        // SAFETY: `dst` is valid and exclusive (the caller's contract);
+        // `addr_of_mut!` makes field pointers without references; every
+        // field is `Pod`, written on its own.
+        unsafe {
+            addr_of_mut!((*dst).op).write_volatile(op as u32);
+            addr_of_mut!((*dst).generation).write_volatile(generation);
+            addr_of_mut!((*dst).arg).write_volatile(arg);
+            addr_of_mut!((*dst).reserved).write_volatile(0);
+            addr_of_mut!((*dst).key).write_volatile(*key);
+            if op.carries_value() {
+                let v = value.copied().unwrap_or_else(V::zeroed);
+                addr_of_mut!((*dst).value).write_volatile(v);
+            }
+        }
+    }
+
+    /// Reads a request out of `src` field by field: the op first, then the
+    /// value only if that op carries one (zeros otherwise, and for an
+    /// unknown op). Validate the copy ([`Request::op`]): the bytes may be
+    /// anyone's.
+    ///
+    /// # Safety
+    ///
+    /// `src` is valid for reads of `Self` and aligned, and the writer's
+    /// writes happen before this call (in a response slot: after the
+    /// worker's Acquire CAS to `Completing`). A process that writes anyway
+    /// can only make the copy wrong: every field is `Pod`.
+    pub unsafe fn decode(src: *const Self) -> Self {
+        // SAFETY: `src` is valid (the caller's contract); field pointers
+        // stay inside the record; any bytes form valid `Pod` values.
+        unsafe {
+            let op = addr_of!((*src).op).read_volatile();
+            Request {
+                op,
+                generation: addr_of!((*src).generation).read_volatile(),
+                arg: addr_of!((*src).arg).read_volatile(),
+                reserved: 0,
+                key: addr_of!((*src).key).read_volatile(),
+                value: if OpCode::try_from(op).is_ok_and(OpCode::carries_value) {
+                    addr_of!((*src).value).read_volatile()
+                } else {
+                    V::zeroed()
+                },
+            }
+        }
+    }
+}
+
 impl<K, V> Request<K, V> {
     /// The decoded op code.
     ///
@@ -248,6 +323,63 @@ impl<V: bytemuck::Zeroable> Response<V> {
     }
 }
 
+impl<V: bytemuck::Pod> Response<V> {
+    /// Writes `response` to `dst` as the answer to a request of `op` (`None`:
+    /// a request whose op could not be decoded) for slot generation
+    /// `generation`, field by field, the value only if the answer
+    /// [carries one](OpCode::answer_carries_value).
+    ///
+    /// # Safety
+    ///
+    /// `dst` is valid for writes of `Self` and aligned, and no one else
+    /// accesses the record during the call (in a response slot: the worker
+    /// holds it `Completing`).
+    pub unsafe fn encode(dst: *mut Self, op: Option<OpCode>, generation: u32, response: &Self) {
+        // SAFETY: as for `Request::encode`.
+        unsafe {
+            addr_of_mut!((*dst).status).write_volatile(response.status);
+            addr_of_mut!((*dst).generation).write_volatile(generation);
+            addr_of_mut!((*dst).aux).write_volatile(response.aux);
+            addr_of_mut!((*dst).reserved).write_volatile(0);
+            addr_of_mut!((*dst).version).write_volatile(response.version);
+            addr_of_mut!((*dst).modified_ns).write_volatile(response.modified_ns);
+            if op.is_some_and(|op| op.answer_carries_value(response.status)) {
+                addr_of_mut!((*dst).value).write_volatile(response.value);
+            }
+        }
+    }
+
+    /// Reads the answer to a request of `op` out of `src`: the status
+    /// first, then the value only if the answer carries one (zeros
+    /// otherwise). Validate the copy ([`Response::status_code`], the
+    /// generation).
+    ///
+    /// # Safety
+    ///
+    /// `src` is valid for reads of `Self` and aligned, and the writer's
+    /// writes happen before this call (in a response slot: after the
+    /// owner's Acquire load of `Ready`).
+    pub unsafe fn decode(src: *const Self, op: OpCode) -> Self {
+        // SAFETY: as for `Request::decode`.
+        unsafe {
+            let status = addr_of!((*src).status).read_volatile();
+            Response {
+                status,
+                generation: addr_of!((*src).generation).read_volatile(),
+                aux: addr_of!((*src).aux).read_volatile(),
+                reserved: 0,
+                version: addr_of!((*src).version).read_volatile(),
+                modified_ns: addr_of!((*src).modified_ns).read_volatile(),
+                value: if op.answer_carries_value(status) {
+                    addr_of!((*src).value).read_volatile()
+                } else {
+                    V::zeroed()
+                },
+            }
+        }
+    }
+}
+
 impl<V> Response<V> {
     /// The decoded status code.
     ///
@@ -295,6 +427,109 @@ mod tests {
             assert_eq!(StatusCode::try_from(s as u32), Ok(s));
         }
         assert!(StatusCode::try_from(7).is_err());
+    }
+
+    /// A record full of 0xee bytes, to see which fields an encode touched.
+    fn poisoned<T: bytemuck::Zeroable>() -> std::mem::MaybeUninit<T> {
+        let mut m = std::mem::MaybeUninit::<T>::uninit();
+        // SAFETY: writes size_of::<T>() bytes into the MaybeUninit's storage.
+        unsafe {
+            m.as_mut_ptr()
+                .cast::<u8>()
+                .write_bytes(0xee, std::mem::size_of::<T>())
+        };
+        m
+    }
+
+    #[test]
+    fn requests_round_trip_and_only_set_and_post_carry_a_value() {
+        for op in OpCode::ALL {
+            let mut m = poisoned::<Request<u64, u64>>();
+            // SAFETY: `m` is a local, aligned, exclusively ours; every
+            // field of `Request<u64, u64>` is initialised by the poison or
+            // the encode, and any bytes are valid `u64`/`u32`.
+            let (raw, decoded) = unsafe {
+                Request::encode(m.as_mut_ptr(), op, 9, 3, &42, Some(&7));
+                (m.assume_init(), Request::decode(m.as_ptr()))
+            };
+            assert_eq!(decoded.op(), Ok(op));
+            assert_eq!((decoded.generation, decoded.arg, decoded.key), (9, 3, 42));
+            if op.carries_value() {
+                assert_eq!((raw.value, decoded.value), (7, 7), "{op:?}");
+            } else {
+                assert_eq!(raw.value, 0xeeee_eeee_eeee_eeee, "{op:?} wrote a value");
+                assert_eq!(decoded.value, 0, "{op:?} read a value");
+            }
+        }
+        assert!(OpCode::ALL
+            .iter()
+            .filter(|op| op.carries_value())
+            .eq(&[OpCode::Set, OpCode::Post]));
+    }
+
+    #[test]
+    fn a_set_without_a_value_sends_zeros_and_garbage_ops_read_no_value() {
+        let mut m = poisoned::<Request<u64, u64>>();
+        // SAFETY: as above.
+        let decoded = unsafe {
+            Request::<u64, u64>::encode(m.as_mut_ptr(), OpCode::Set, 1, 0, &1, None);
+            Request::decode(m.as_ptr())
+        };
+        assert_eq!(decoded.value, 0);
+        // SAFETY: as above; then a scribbled op code.
+        let decoded = unsafe {
+            Request::<u64, u64>::encode(m.as_mut_ptr(), OpCode::Set, 1, 0, &1, Some(&5));
+            (*m.as_mut_ptr()).op = 99;
+            Request::decode(m.as_ptr())
+        };
+        assert!(decoded.op().is_err());
+        assert_eq!(decoded.value, 0);
+    }
+
+    #[test]
+    fn only_a_found_get_answers_with_a_value() {
+        let answer = Response::<u64> {
+            version: 4,
+            modified_ns: 5,
+            aux: 6,
+            value: 77,
+            ..Response::status(StatusCode::Ok)
+        };
+        for op in OpCode::ALL {
+            for status in StatusCode::ALL {
+                let sent = Response {
+                    status: status as u32,
+                    ..answer
+                };
+                let mut m = poisoned::<Response<u64>>();
+                // SAFETY: as above, for `Response<u64>`.
+                let (raw, got) = unsafe {
+                    Response::encode(m.as_mut_ptr(), Some(op), 8, &sent);
+                    (m.assume_init(), Response::decode(m.as_ptr(), op))
+                };
+                assert_eq!(got.status_code(), Ok(status));
+                assert_eq!(
+                    (got.generation, got.aux, got.version, got.modified_ns),
+                    (8, 6, 4, 5)
+                );
+                let carries = op == OpCode::Get && status == StatusCode::Ok;
+                assert_eq!(op.answer_carries_value(status as u32), carries);
+                if carries {
+                    assert_eq!((raw.value, got.value), (77, 77));
+                } else {
+                    assert_eq!(raw.value, 0xeeee_eeee_eeee_eeee, "{op:?} {status:?}");
+                    assert_eq!(got.value, 0, "{op:?} {status:?}");
+                }
+            }
+        }
+        // An answer to an undecodable request never carries a value.
+        let mut m = poisoned::<Response<u64>>();
+        // SAFETY: as above.
+        let raw = unsafe {
+            Response::encode(m.as_mut_ptr(), None, 1, &answer);
+            m.assume_init()
+        };
+        assert_eq!(raw.value, 0xeeee_eeee_eeee_eeee);
     }
 
     proptest! {

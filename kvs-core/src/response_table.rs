@@ -81,13 +81,14 @@
 //! let buf = SlotTableBuffer::<u64, u64>::new(4);
 //! let table = buf.table();
 //! let claim = table.claim(1).unwrap();
-//! table.write_request(&claim, OpCode::Get as u32, 0, &7, None);
+//! table.write_request(&claim, OpCode::Get, 0, &7, None);
 //! assert!(table.mark_pending(&claim));
 //! // ... the server pops the index and answers:
 //! let begun = table.begin(claim.index).unwrap();
 //! assert_eq!(table.read_request(&begun).key, 7);
-//! table.complete(begun, &Response::status(StatusCode::Ok), false, &SpinParker);
-//! assert!(matches!(table.poll(&claim, false), Poll::Ready(_)));
+//! let answer = Response { value: 70, ..Response::status(StatusCode::Ok) };
+//! table.complete(begun, Some(OpCode::Get), &answer, &SpinParker);
+//! assert!(matches!(table.poll(&claim, OpCode::Get), Poll::Ready(r) if r.value == 70));
 //! assert_eq!(table.free_count(), 4);
 //! ```
 
@@ -96,7 +97,6 @@ use crate::sync::{AtomicU32, AtomicU64, Ordering, UnsafeCell};
 use crate::wait::{spin_then_yield, EventCount, Parker, SpinPolicy, SLEEP_SLICE};
 use crossbeam_utils::CachePadded;
 use std::fmt;
-use std::ptr::{addr_of, addr_of_mut};
 use std::time::Instant;
 
 /// The state part of a slot's control word.
@@ -478,25 +478,15 @@ impl<'a, K: bytemuck::Pod, V: bytemuck::Pod> SlotTable<'a, K, V> {
         None
     }
 
-    /// Writes a request into a claimed slot, straight from references (no
-    /// intermediate copy): `op` (an [`OpCode`] as `u32`), its argument, the
-    /// key, and the value if there is one (pass one only for ops that carry
-    /// it, see [`OpCode::carries_value`]: a GET or DEL leaves the value's
-    /// cache lines alone). Call before [`SlotTable::mark_pending`].
-    pub fn write_request(&self, claim: &Claim, op: u32, arg: u32, key: &K, value: Option<&V>) {
+    /// Writes a request for `op` into a claimed slot, straight from
+    /// references (no intermediate copy; see [`Request::encode`]: only the
+    /// fields `op` carries). Call before [`SlotTable::mark_pending`].
+    pub fn write_request(&self, claim: &Claim, op: OpCode, arg: u32, key: &K, value: Option<&V>) {
         // SAFETY: the slot is `Claimed` by us (the caller's claim), so no
-        // worker reads the request until our Release CAS to `Pending`; field
-        // pointers stay inside the request; every field is `Pod`, written on
-        // its own (no padding byte is copied).
+        // worker reads the request until our Release CAS to `Pending`; the
+        // cell gives a valid, aligned pointer to the request.
         self.own_slot(claim.index).request.with_mut(|p| unsafe {
-            addr_of_mut!((*p).op).write_volatile(op);
-            addr_of_mut!((*p).generation).write_volatile(claim.generation);
-            addr_of_mut!((*p).arg).write_volatile(arg);
-            addr_of_mut!((*p).reserved).write_volatile(0);
-            addr_of_mut!((*p).key).write_volatile(*key);
-            if let Some(v) = value {
-                addr_of_mut!((*p).value).write_volatile(*v);
-            }
+            Request::encode(p, op, claim.generation, arg, key, value);
         });
     }
 
@@ -544,43 +534,28 @@ impl<'a, K: bytemuck::Pod, V: bytemuck::Pod> SlotTable<'a, K, V> {
             || word == pack(claim.generation, claim.owner, SlotState::Completing)
     }
 
-    /// Takes the answer if it is ready, reading its value only if
-    /// `with_value` (an op whose answer has none leaves its lines alone).
-    pub fn poll(&self, claim: &Claim, with_value: bool) -> Poll<V> {
+    /// Takes the answer to a request of `op` if it is ready (its value only
+    /// if it carries one, see [`Response::decode`]).
+    pub fn poll(&self, claim: &Claim, op: OpCode) -> Poll<V> {
         let slot = self.own_slot(claim.index);
         // Acquire pairs with the server's Release (SeqCst) CAS to Ready.
         let word = slot.word.load(Ordering::Acquire);
         if Self::unanswered(word, claim) {
             Poll::Pending
         } else if word == pack(claim.generation, claim.owner, SlotState::Ready) {
-            self.take(slot, claim, with_value)
+            self.take(slot, claim, op)
         } else {
             Poll::Lost
         }
     }
 
     /// Copies the answer out and frees the slot. The word is `Ready(g)`.
-    fn take(&self, slot: &Slot<K, V>, claim: &Claim, with_value: bool) -> Poll<V> {
+    fn take(&self, slot: &Slot<K, V>, claim: &Claim, op: OpCode) -> Poll<V> {
         // SAFETY: the word is `Ready` for our generation, so the server has
         // finished writing (its Release CAS, our Acquire load) and nobody
         // writes the answer until the slot is claimed again, which needs the
-        // `Free` we store below. Field pointers stay inside the answer;
-        // every field is `Pod`, read on its own.
-        let response = slot.response.with(|p| unsafe {
-            Response {
-                status: addr_of!((*p).status).read_volatile(),
-                generation: addr_of!((*p).generation).read_volatile(),
-                aux: addr_of!((*p).aux).read_volatile(),
-                reserved: 0,
-                version: addr_of!((*p).version).read_volatile(),
-                modified_ns: addr_of!((*p).modified_ns).read_volatile(),
-                value: if with_value {
-                    addr_of!((*p).value).read_volatile()
-                } else {
-                    V::zeroed()
-                },
-            }
-        });
+        // `Free` we store below. The cell gives a valid, aligned pointer.
+        let response = slot.response.with(|p| unsafe { Response::decode(p, op) });
         // Release: our read of the answer happens before the next claim.
         slot.word.store(
             pack(claim.generation, claim.owner, SlotState::Free),
@@ -595,9 +570,9 @@ impl<'a, K: bytemuck::Pod, V: bytemuck::Pod> SlotTable<'a, K, V> {
         }
     }
 
-    /// Gives up on a submitted request. If the answer arrived meanwhile it
-    /// is taken and returned.
-    pub fn abandon(&self, claim: &Claim) -> Option<Response<V>> {
+    /// Gives up on a submitted request of `op`. If the answer arrived
+    /// meanwhile it is taken and returned.
+    pub fn abandon(&self, claim: &Claim, op: OpCode) -> Option<Response<V>> {
         let slot = self.own_slot(claim.index);
         let abandoned = pack(claim.generation, claim.owner, SlotState::Abandoned);
         let mut current = slot.word.load(Ordering::Acquire);
@@ -615,7 +590,7 @@ impl<'a, K: bytemuck::Pod, V: bytemuck::Pod> SlotTable<'a, K, V> {
                     Err(w) => current = w,
                 }
             } else if current == pack(claim.generation, claim.owner, SlotState::Ready) {
-                return match self.take(slot, claim, true) {
+                return match self.take(slot, claim, op) {
                     Poll::Ready(r) => Some(r),
                     _ => None,
                 };
@@ -628,15 +603,15 @@ impl<'a, K: bytemuck::Pod, V: bytemuck::Pod> SlotTable<'a, K, V> {
     }
 
     /// Waits for the answer: spins per `policy`, then sleeps on the slot's
-    /// futex word in slices of [`SLEEP_SLICE`], checking `server_alive` and
-    /// the deadline between slices; reads the answer's value only if
-    /// `with_value`. The deadline is asked for only once the spinning is
+    /// event count in slices of [`SLEEP_SLICE`], checking `server_alive` and
+    /// the deadline between slices; takes the answer to `op` as [`poll`]
+    /// does. The deadline is asked for only once the spinning is
     /// over (so a call answered while spinning reads no clock). On timeout
     /// or a dead server the request is abandoned.
     pub fn wait<P: Parker>(
         &self,
         claim: &Claim,
-        with_value: bool,
+        op: OpCode,
         policy: SpinPolicy,
         parker: &P,
         deadline: impl FnOnce() -> Option<Instant>,
@@ -659,7 +634,7 @@ impl<'a, K: bytemuck::Pod, V: bytemuck::Pod> SlotTable<'a, K, V> {
                         let left = d.saturating_duration_since(Instant::now());
                         if left.is_zero() {
                             slot.ec.cancel();
-                            return self.give_up(claim, WaitOutcome::TimedOut);
+                            return self.give_up(claim, op, WaitOutcome::TimedOut);
                         }
                         left.min(SLEEP_SLICE)
                     }
@@ -670,20 +645,20 @@ impl<'a, K: bytemuck::Pod, V: bytemuck::Pod> SlotTable<'a, K, V> {
                     break;
                 }
                 if !server_alive() {
-                    return self.give_up(claim, WaitOutcome::ServerGone);
+                    return self.give_up(claim, op, WaitOutcome::ServerGone);
                 }
             }
         }
-        match self.poll(claim, with_value) {
+        match self.poll(claim, op) {
             Poll::Ready(r) => WaitOutcome::Ready(r),
             Poll::Lost => WaitOutcome::Lost,
             // Cannot happen after the word changed, but be total.
-            Poll::Pending => self.give_up(claim, WaitOutcome::Lost),
+            Poll::Pending => self.give_up(claim, op, WaitOutcome::Lost),
         }
     }
 
-    fn give_up(&self, claim: &Claim, outcome: WaitOutcome<V>) -> WaitOutcome<V> {
-        match self.abandon(claim) {
+    fn give_up(&self, claim: &Claim, op: OpCode, outcome: WaitOutcome<V>) -> WaitOutcome<V> {
+        match self.abandon(claim, op) {
             Some(r) => WaitOutcome::Ready(r),
             None => outcome,
         }
@@ -747,29 +722,16 @@ impl<'a, K: bytemuck::Pod, V: bytemuck::Pod> SlotTable<'a, K, V> {
         })
     }
 
-    /// Server side: the request of a begun slot, copied out field by field
-    /// (the value only if its op carries one). Validate the copy: a hostile
-    /// process may have written anything.
+    /// Server side: the request of a begun slot, copied out (see
+    /// [`Request::decode`]). Validate the copy: a hostile process may have
+    /// written anything.
     pub fn read_request(&self, begun: &Begun) -> Request<K, V> {
         // SAFETY: we hold the slot (`Completing`, after an Acquire that pairs
-        // with the owner's Release), so the owner's writes are visible;
-        // every field is `Pod`, so any bytes a scribbler left form a valid
-        // value; field pointers stay inside the request.
-        self.own_slot(begun.index).request.with(|p| unsafe {
-            let op = addr_of!((*p).op).read_volatile();
-            Request {
-                op,
-                generation: addr_of!((*p).generation).read_volatile(),
-                arg: addr_of!((*p).arg).read_volatile(),
-                reserved: 0,
-                key: addr_of!((*p).key).read_volatile(),
-                value: if OpCode::try_from(op).is_ok_and(OpCode::carries_value) {
-                    addr_of!((*p).value).read_volatile()
-                } else {
-                    V::zeroed()
-                },
-            }
-        })
+        // with the owner's Release), so the owner's writes are visible; the
+        // cell gives a valid, aligned pointer to the request.
+        self.own_slot(begun.index)
+            .request
+            .with(|p| unsafe { Request::decode(p) })
     }
 
     fn free_abandoned(&self, slot: &Slot<K, V>, abandoned: u64) -> bool {
@@ -785,32 +747,22 @@ impl<'a, K: bytemuck::Pod, V: bytemuck::Pod> SlotTable<'a, K, V> {
             .is_ok()
     }
 
-    /// Server side: writes the answer (its value only if `with_value`),
-    /// tagged with the generation, and hands it to the owner, waking it if
-    /// it sleeps.
+    /// Server side: writes the answer to a request of `op` (`None`: the
+    /// request could not be decoded; see [`Response::encode`]), tagged with
+    /// the generation, and hands it to the owner, waking it if it sleeps.
     pub fn complete<P: Parker>(
         &self,
         begun: Begun,
+        op: Option<OpCode>,
         response: &Response<V>,
-        with_value: bool,
         parker: &P,
     ) -> Completion {
         let slot = self.own_slot(begun.index);
         // SAFETY: we hold the slot (`Completing` since `begin`): no one else
         // writes the answer, and the owner reads it only after our CAS to
-        // `Ready` below. Field pointers stay inside the answer; every field
-        // is `Pod`, written on its own (no padding byte is copied).
-        slot.response.with_mut(|p| unsafe {
-            addr_of_mut!((*p).status).write_volatile(response.status);
-            addr_of_mut!((*p).generation).write_volatile(begun.generation);
-            addr_of_mut!((*p).aux).write_volatile(response.aux);
-            addr_of_mut!((*p).reserved).write_volatile(0);
-            addr_of_mut!((*p).version).write_volatile(response.version);
-            addr_of_mut!((*p).modified_ns).write_volatile(response.modified_ns);
-            if with_value {
-                addr_of_mut!((*p).value).write_volatile(response.value);
-            }
-        });
+        // `Ready` below. The cell gives a valid, aligned pointer.
+        slot.response
+            .with_mut(|p| unsafe { Response::encode(p, op, begun.generation, response) });
         let ready = pack(begun.generation, begun.owner, SlotState::Ready);
         // SeqCst: Release publishes the answer (pairs with the owner's
         // Acquire in `poll`/`wait`), and SeqCst makes it the condition write
@@ -998,7 +950,7 @@ mod tests {
     /// Claims and submits a GET of `key`.
     fn submit(t: &Table<'_>, owner: u32, key: u64) -> Claim {
         let c = t.claim(owner).unwrap();
-        t.write_request(&c, OpCode::Get as u32, 0, &key, None);
+        t.write_request(&c, OpCode::Get, 0, &key, None);
         assert!(t.mark_pending(&c));
         c
     }
@@ -1009,7 +961,7 @@ mod tests {
         let t = buf.table();
         let c = submit(&t, 3, 42);
         assert_eq!(c.generation, 1);
-        assert!(matches!(t.poll(&c, true), Poll::Pending));
+        assert!(matches!(t.poll(&c, OpCode::Get), Poll::Pending));
         let b = t.begin(c.index).unwrap();
         assert_eq!(b.owner(), 3);
         let req = t.read_request(&b);
@@ -1018,14 +970,14 @@ mod tests {
             (Ok(OpCode::Get), 42, 1)
         );
         assert!(
-            matches!(t.poll(&c, true), Poll::Pending),
+            matches!(t.poll(&c, OpCode::Get), Poll::Pending),
             "Completing is unanswered"
         );
         assert_eq!(
-            t.complete(b, &ok(9), true, &SpinParker),
+            t.complete(b, Some(OpCode::Get), &ok(9), &SpinParker),
             Completion::Delivered
         );
-        match t.poll(&c, true) {
+        match t.poll(&c, OpCode::Get) {
             Poll::Ready(r) => assert_eq!((r.value, r.generation), (9, 1)),
             other => panic!("{other:?}"),
         }
@@ -1037,14 +989,14 @@ mod tests {
         let buf = SlotTableBuffer::<u64, u64>::new(1);
         let t = buf.table();
         let c = t.claim(0).unwrap();
-        t.write_request(&c, OpCode::Set as u32, 0, &1, Some(&77));
+        t.write_request(&c, OpCode::Set, 0, &1, Some(&77));
         assert!(t.mark_pending(&c));
         let b = t.begin(c.index).unwrap();
         assert_eq!(t.read_request(&b).value, 77);
-        t.complete(b, &ok(5), false, &SpinParker);
-        assert!(matches!(t.poll(&c, false), Poll::Ready(r) if r.value == 0));
+        t.complete(b, Some(OpCode::Set), &ok(5), &SpinParker);
+        assert!(matches!(t.poll(&c, OpCode::Set), Poll::Ready(r) if r.value == 0));
         let c = t.claim(0).unwrap();
-        t.write_request(&c, OpCode::Del as u32, 0, &1, None);
+        t.write_request(&c, OpCode::Del, 0, &1, None);
         assert!(t.mark_pending(&c));
         let b = t.begin(c.index).unwrap();
         assert_eq!(t.read_request(&b).value, 0, "DEL carries no value");
@@ -1079,9 +1031,12 @@ mod tests {
         let t = buf.table();
         let c = submit(&t, 0, 1);
         let b = t.begin(c.index).unwrap();
-        assert!(t.abandon(&c).is_none(), "abandoned while Completing");
+        assert!(
+            t.abandon(&c, OpCode::Get).is_none(),
+            "abandoned while Completing"
+        );
         assert_eq!(
-            t.complete(b, &ok(1), true, &SpinParker),
+            t.complete(b, Some(OpCode::Get), &ok(1), &SpinParker),
             Completion::Abandoned
         );
         assert_eq!(t.free_count(), 1);
@@ -1093,8 +1048,8 @@ mod tests {
         let t = buf.table();
         let c = submit(&t, 0, 1);
         let b = t.begin(c.index).unwrap();
-        t.complete(b, &ok(5), true, &SpinParker);
-        assert_eq!(t.abandon(&c).map(|r| r.value), Some(5));
+        t.complete(b, Some(OpCode::Get), &ok(5), &SpinParker);
+        assert_eq!(t.abandon(&c, OpCode::Get).map(|r| r.value), Some(5));
         assert_eq!(t.free_count(), 1);
     }
 
@@ -1103,7 +1058,7 @@ mod tests {
         let buf = SlotTableBuffer::<u64, u64>::new(2);
         let t = buf.table();
         let c = submit(&t, 0, 1);
-        t.abandon(&c);
+        t.abandon(&c, OpCode::Get);
         assert_eq!(t.begin(c.index), Err(SlotError::Abandoned));
         assert_eq!(t.free_count(), 2);
         // The same index again: nothing pending.
@@ -1140,8 +1095,8 @@ mod tests {
         assert!(t.begin(old.index).is_err());
         let honest = submit(&t, 1, 2);
         let b = t.begin(honest.index).unwrap();
-        t.complete(b, &ok(22), true, &SpinParker);
-        assert!(matches!(t.poll(&honest, true), Poll::Ready(r) if r.value == 22));
+        t.complete(b, Some(OpCode::Get), &ok(22), &SpinParker);
+        assert!(matches!(t.poll(&honest, OpCode::Get), Poll::Ready(r) if r.value == 22));
 
         // Forged while a worker holds it: the late answer is written into
         // the new owner's slot before its own worker begins, and refused.
@@ -1150,15 +1105,15 @@ mod tests {
         buf.set_word(0, old.generation, 0, SlotState::Free as u32);
         let honest = submit(&t, 1, 4);
         assert_eq!(
-            t.complete(late, &ok(666), true, &SpinParker),
+            t.complete(late, Some(OpCode::Get), &ok(666), &SpinParker),
             Completion::Stale
         );
         // The late worker's bytes sit in the slot, but the word is Pending
         // for the honest client: nothing is taken yet...
-        assert!(matches!(t.poll(&honest, true), Poll::Pending));
+        assert!(matches!(t.poll(&honest, OpCode::Get), Poll::Pending));
         // ... and even a forged Ready cannot pass the old answer off.
         buf.set_word(0, honest.generation, 1, SlotState::Ready as u32);
-        assert!(matches!(t.poll(&honest, true), Poll::Lost));
+        assert!(matches!(t.poll(&honest, OpCode::Get), Poll::Lost));
     }
 
     #[test]
@@ -1166,7 +1121,7 @@ mod tests {
         let buf = SlotTableBuffer::<u64, u64>::new(1);
         let t = buf.table();
         let old = submit(&t, 0, 1);
-        t.abandon(&old);
+        t.abandon(&old, OpCode::Get);
         // The reclaimer frees the abandoned slot; a new client claims it.
         assert_eq!(t.reclaim(|_| false, |_| false), 1);
         let new = submit(&t, 1, 2);
@@ -1176,8 +1131,8 @@ mod tests {
         // is the new client's own (written by it, answered to it).
         let b = t.begin(old.index).unwrap();
         assert_eq!(t.read_request(&b).key, 2);
-        t.complete(b, &ok(2), true, &SpinParker);
-        assert!(matches!(t.poll(&new, true), Poll::Ready(r) if r.value == 2));
+        t.complete(b, Some(OpCode::Get), &ok(2), &SpinParker);
+        assert!(matches!(t.poll(&new, OpCode::Get), Poll::Ready(r) if r.value == 2));
     }
 
     #[test]
@@ -1229,7 +1184,7 @@ mod tests {
             spins: 10,
             yields: 1,
         };
-        let out = t.wait(&c, true, policy, &FutexParker, || deadline, || true);
+        let out = t.wait(&c, OpCode::Get, policy, &FutexParker, || deadline, || true);
         assert!(matches!(out, WaitOutcome::TimedOut));
         assert_eq!(t.begin(c.index), Err(SlotError::Abandoned));
         assert_eq!(t.free_count(), 1);
@@ -1244,7 +1199,7 @@ mod tests {
             spins: 10,
             yields: 1,
         };
-        let out = t.wait(&c, true, policy, &FutexParker, || None, || false);
+        let out = t.wait(&c, OpCode::Get, policy, &FutexParker, || None, || false);
         assert!(matches!(out, WaitOutcome::ServerGone));
     }
 
@@ -1257,14 +1212,14 @@ mod tests {
             s.spawn(|| {
                 std::thread::sleep(Duration::from_millis(50));
                 let b = t.begin(c.index).unwrap();
-                t.complete(b, &ok(11), true, &FutexParker);
+                t.complete(b, Some(OpCode::Get), &ok(11), &FutexParker);
             });
             let policy = SpinPolicy {
                 spins: 1,
                 yields: 0,
             };
             let deadline = Some(Instant::now() + Duration::from_secs(10));
-            let out = t.wait(&c, true, policy, &FutexParker, || deadline, || true);
+            let out = t.wait(&c, OpCode::Get, policy, &FutexParker, || deadline, || true);
             assert!(matches!(out, WaitOutcome::Ready(r) if r.value == 11));
         });
     }
@@ -1288,7 +1243,7 @@ mod loom_tests {
 
     fn submit(t: &SlotTable<'_, u64, u64>, owner: u32, key: u64) -> Claim {
         let c = t.claim(owner).unwrap();
-        t.write_request(&c, OpCode::Get as u32, 0, &key, None);
+        t.write_request(&c, OpCode::Get, 0, &key, None);
         assert!(t.mark_pending(&c));
         c
     }
@@ -1309,7 +1264,7 @@ mod loom_tests {
             let server = thread::spawn(move || {
                 let t = b2.table();
                 let b = t.begin(c.index).unwrap();
-                t.complete(b, &resp(3), true, &*p2)
+                t.complete(b, Some(OpCode::Get), &resp(3), &*p2)
             });
             let no_spin = SpinPolicy {
                 spins: 0,
@@ -1317,7 +1272,7 @@ mod loom_tests {
             };
             let out = buf
                 .table()
-                .wait(&c, true, no_spin, &*parker, || None, || true);
+                .wait(&c, OpCode::Get, no_spin, &*parker, || None, || true);
             assert!(matches!(out, WaitOutcome::Ready(r) if r.value == 3));
             assert_eq!(server.join().unwrap(), Completion::Delivered);
         });
@@ -1335,11 +1290,11 @@ mod loom_tests {
             let server = thread::spawn(move || {
                 let t = b2.table();
                 match t.begin(c.index) {
-                    Ok(b) => Some(t.complete(b, &resp(7), true, &SpinParker)),
+                    Ok(b) => Some(t.complete(b, Some(OpCode::Get), &resp(7), &SpinParker)),
                     Err(_) => None,
                 }
             });
-            let got = buf.table().abandon(&c);
+            let got = buf.table().abandon(&c, OpCode::Get);
             let completion = server.join().unwrap();
             match (got, completion) {
                 (Some(r), Some(Completion::Delivered)) => assert_eq!(r.value, 7),
@@ -1358,13 +1313,13 @@ mod loom_tests {
         loom::model(|| {
             let buf = Arc::new(SlotTableBuffer::<u64, u64>::new(1));
             let old = submit(&buf.table(), 0, 666);
-            buf.table().abandon(&old);
+            buf.table().abandon(&old, OpCode::Get);
             let b2 = Arc::clone(&buf);
             let server = thread::spawn(move || {
                 let t = b2.table();
                 if let Ok(b) = t.begin(old.index) {
                     let key = t.read_request(&b).key;
-                    t.complete(b, &resp(key), true, &SpinParker);
+                    t.complete(b, Some(OpCode::Get), &resp(key), &SpinParker);
                 }
             });
             let b3 = Arc::clone(&buf);
@@ -1375,7 +1330,7 @@ mod loom_tests {
             let mut new = None;
             for _ in 0..3 {
                 if let Some(c) = t.claim(1) {
-                    t.write_request(&c, OpCode::Get as u32, 0, &1, None);
+                    t.write_request(&c, OpCode::Get, 0, &1, None);
                     t.mark_pending(&c);
                     new = Some(c);
                     break;
@@ -1386,13 +1341,15 @@ mod loom_tests {
             reclaimer.join().unwrap();
             if let Some(new) = new {
                 assert_ne!(new.generation, old.generation);
-                match t.poll(&new, true) {
+                match t.poll(&new, OpCode::Get) {
                     // The late worker began the new request: its own key.
                     Poll::Ready(r) => assert_eq!(r.value, 1),
                     Poll::Pending => {
                         let b = t.begin(new.index).unwrap();
-                        t.complete(b, &resp(1), true, &SpinParker);
-                        assert!(matches!(t.poll(&new, true), Poll::Ready(r) if r.value == 1));
+                        t.complete(b, Some(OpCode::Get), &resp(1), &SpinParker);
+                        assert!(
+                            matches!(t.poll(&new, OpCode::Get), Poll::Ready(r) if r.value == 1)
+                        );
                     }
                     Poll::Lost => panic!("the new claim was lost"),
                 }
@@ -1415,10 +1372,10 @@ mod loom_tests {
                     generation: u32::MAX,
                     owner: 0,
                 };
-                t.abandon(&stale);
+                t.abandon(&stale, OpCode::Get);
                 let c = t.claim(0);
                 if let Some(c) = c {
-                    t.write_request(&c, OpCode::Get as u32, 0, &5, None);
+                    t.write_request(&c, OpCode::Get, 0, &5, None);
                     t.mark_pending(&c);
                 }
                 c
@@ -1429,14 +1386,14 @@ mod loom_tests {
             if let Ok(b) = begun {
                 // We began generation u32::MAX before the abandon, or the
                 // new use: either way our completion goes to that use only.
-                let c = t.complete(b, &resp(5), true, &SpinParker);
+                let c = t.complete(b, Some(OpCode::Get), &resp(5), &SpinParker);
                 if b.generation() == u32::MAX {
                     assert_ne!(c, Completion::Delivered);
                 }
             }
             if let Some(c) = client_claim {
                 assert_eq!(c.generation, 0);
-                match t.poll(&c, true) {
+                match t.poll(&c, OpCode::Get) {
                     Poll::Ready(r) => assert_eq!(r.generation, 0),
                     Poll::Pending => {}
                     Poll::Lost => panic!("the wrapped claim was lost"),

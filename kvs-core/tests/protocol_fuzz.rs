@@ -116,7 +116,7 @@ proptest! {
         let t = table(&buf);
         t.init();
         let claim = t.claim(1).unwrap();
-        t.write_request(&claim, OpCode::Get as u32, 0, &5, None);
+        t.write_request(&claim, OpCode::Get, 0, &5, None);
         t.mark_pending(&claim);
         let begun = t.begin(index);
         prop_assert_eq!(begun.is_ok(), index == claim.index);
@@ -201,13 +201,7 @@ fn run_slot_ops(ops: &[SlotOp], check_values: bool) -> Result<usize, TestCaseErr
                 if let Some(i) = pick(&held, k) {
                     if !held[i].1 {
                         let c = held[i].0;
-                        t.write_request(
-                            &c,
-                            OpCode::Get as u32,
-                            0,
-                            &tag(c.index, c.generation),
-                            None,
-                        );
+                        t.write_request(&c, OpCode::Get, 0, &tag(c.index, c.generation), None);
                         let marked = t.mark_pending(&c);
                         if check_values {
                             prop_assert!(marked);
@@ -221,7 +215,7 @@ fn run_slot_ops(ops: &[SlotOp], check_values: bool) -> Result<usize, TestCaseErr
                     let c = held[i].0;
                     if let Ok(b) = t.begin(c.index) {
                         let req = t.read_request(&b);
-                        t.complete(b, &answer(req.key), true, &SpinParker);
+                        t.complete(b, Some(OpCode::Get), &answer(req.key), &SpinParker);
                     }
                 }
             }
@@ -235,7 +229,7 @@ fn run_slot_ops(ops: &[SlotOp], check_values: bool) -> Result<usize, TestCaseErr
                             && c.generation == b.generation()));
                     }
                     let req = t.read_request(&b);
-                    t.complete(b, &answer(req.key), true, &SpinParker);
+                    t.complete(b, Some(OpCode::Get), &answer(req.key), &SpinParker);
                 }
             }
             SlotOp::Abandon(k) | SlotOp::Release(k) | SlotOp::Poll(k) => {
@@ -244,7 +238,7 @@ fn run_slot_ops(ops: &[SlotOp], check_values: bool) -> Result<usize, TestCaseErr
                 let got = match op {
                     SlotOp::Abandon(_) => {
                         held.remove(i);
-                        t.abandon(&c)
+                        t.abandon(&c, OpCode::Get)
                     }
                     SlotOp::Release(_) if !submitted => {
                         held.remove(i);
@@ -255,7 +249,7 @@ fn run_slot_ops(ops: &[SlotOp], check_values: bool) -> Result<usize, TestCaseErr
                         None
                     }
                     SlotOp::Release(_) => None,
-                    _ => match t.poll(&c, true) {
+                    _ => match t.poll(&c, OpCode::Get) {
                         Poll::Ready(r) => {
                             held.remove(i);
                             Some(r)
@@ -296,7 +290,7 @@ fn run_slot_ops(ops: &[SlotOp], check_values: bool) -> Result<usize, TestCaseErr
     // The client gives up on everything; the server treats every owner as
     // dead: every slot is free again, whatever was scribbled.
     for (c, _) in held.drain(..) {
-        t.abandon(&c);
+        t.abandon(&c, OpCode::Get);
     }
     t.reclaim(|_| true, |_| false);
     prop_assert_eq!(

@@ -181,9 +181,7 @@ where
             (Response::status(StatusCode::Malformed), None)
         }
     };
-    // Only a GET's answer carries a value; the rest leave its lines alone.
-    let with_value = op.is_some_and(OpCode::answer_carries_value);
-    slots.complete(begun, &response, with_value, &FutexParker);
+    slots.complete(begun, op, &response, &FutexParker);
     match op {
         Some(op) => stats.count(op),
         None => stats.count_dropped(),

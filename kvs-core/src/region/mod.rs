@@ -1367,7 +1367,7 @@ mod tests {
         assert!(client.server_alive());
         let slots = client.slots();
         let claim = slots.claim(0).unwrap();
-        slots.write_request(&claim, OpCode::Get as u32, 0, &5, None);
+        slots.write_request(&claim, OpCode::Get, 0, &5, None);
         assert!(slots.mark_pending(&claim));
         client.ring().push(claim.index).unwrap();
         let index = server.ring().pop().unwrap();
@@ -1375,11 +1375,11 @@ mod tests {
         assert_eq!(server.slots().read_request(&begun).key, 5);
         server.slots().complete(
             begun,
+            Some(OpCode::Get),
             &crate::protocol::Response::status(crate::protocol::StatusCode::NotFound),
-            false,
             &crate::wait::FutexParker,
         );
-        assert!(matches!(slots.poll(&claim, false), Poll::Ready(_)));
+        assert!(matches!(slots.poll(&claim, OpCode::Get), Poll::Ready(_)));
         // The server's end of the connection closing is the server dying.
         drop(conn);
         assert!(!client.server_alive());
