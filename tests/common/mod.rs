@@ -267,11 +267,19 @@ impl Drop for Children {
 }
 
 /// Re-runs this test binary as a child process that executes only the test
-/// `entry` (which must check `std::env::var("KVS_CHILD_ROLE")` and act on
-/// it), with the given environment.
+/// `entry`, an `#[ignore]`d test (which must check
+/// `std::env::var("KVS_CHILD_ROLE")` and act on it), with the given
+/// environment.
 pub fn spawn_self(entry: &str, envs: &[(&str, String)]) -> Child {
     let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args([entry, "--exact", "--nocapture", "--test-threads", "1"]);
+    cmd.args([
+        entry,
+        "--exact",
+        "--ignored",
+        "--nocapture",
+        "--test-threads",
+        "1",
+    ]);
     for (k, v) in envs {
         cmd.env(k, v);
     }
