@@ -15,21 +15,12 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// A scratch directory removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let p = std::env::temp_dir().join(unique_name(tag));
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// A scratch directory (removed on drop) whose name says which test made it.
+fn temp_dir(tag: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("kvs-{tag}-"))
+        .tempdir()
+        .unwrap()
 }
 
 /// Entry point of the child processes of these tests (see `spawn_self`,
@@ -209,10 +200,10 @@ fn listing_a_hundred_thousand_entries_is_quick() {
 
 #[test]
 fn backup_and_load_restore_the_store() {
-    let dir = TempDir::new("snap");
-    let snap = dir.0.join("store.snap");
+    let dir = temp_dir("snap");
+    let snap = dir.path().join("store.snap");
     let name = unique_name("snap");
-    let mut server = ServerGuard::start(&name, &["--backup-dir", dir.0.to_str().unwrap()]);
+    let mut server = ServerGuard::start(&name, &["--backup-dir", dir.path().to_str().unwrap()]);
     for i in 0..50 {
         kvs_client(&name, &["set", &format!("k{i}"), &format!("v{i}")]);
     }
@@ -254,8 +245,8 @@ fn backup_and_load_restore_the_store() {
 
 #[test]
 fn save_on_exit_and_bad_snapshots_are_refused() {
-    let dir = TempDir::new("snapexit");
-    let snap = dir.0.join("exit.snap");
+    let dir = temp_dir("snapexit");
+    let snap = dir.path().join("exit.snap");
     let name = unique_name("snapexit");
     let mut server = ServerGuard::start(&name, &["--save-on-exit", snap.to_str().unwrap()]);
     kvs_client(&name, &["set", "kept", "yes"]);
@@ -282,7 +273,7 @@ fn save_on_exit_and_bad_snapshots_are_refused() {
         ),
     ];
     for (tag, bytes, want) in cases {
-        let path = dir.0.join(format!("{tag}.snap"));
+        let path = dir.path().join(format!("{tag}.snap"));
         std::fs::write(&path, bytes).unwrap();
         let bad_name = unique_name("badsnap");
         let o = Command::new(server_bin())
@@ -325,8 +316,8 @@ fn save_on_exit_and_bad_snapshots_are_refused() {
 /// SIGKILL during a backup leaves the previous snapshot intact and loadable.
 #[test]
 fn sigkill_during_backup_keeps_the_previous_snapshot() {
-    let dir = TempDir::new("snapkill");
-    let snap = dir.0.join("big.snap");
+    let dir = temp_dir("snapkill");
+    let snap = dir.path().join("big.snap");
     let name = unique_name("snapkill");
     let mut server = ServerGuard::start(
         &name,
@@ -334,7 +325,7 @@ fn sigkill_during_backup_keeps_the_previous_snapshot() {
             "--value-size",
             "4095",
             "--backup-dir",
-            dir.0.to_str().unwrap(),
+            dir.path().to_str().unwrap(),
         ],
     );
     let client = KVSClient::<TextKey, Value4K>::connect(&name).unwrap();
@@ -400,11 +391,11 @@ fn example_job_files_produce_their_expected_output() {
         if job.extension().is_none_or(|e| e != "job") {
             continue;
         }
-        let dir = TempDir::new("jobs");
-        let copy = dir.0.join(job.file_name().unwrap());
+        let dir = temp_dir("jobs");
+        let copy = dir.path().join(job.file_name().unwrap());
         std::fs::copy(&job, &copy).unwrap();
         let name = unique_name("jobs");
-        let _server = ServerGuard::start(&name, &["--backup-dir", dir.0.to_str().unwrap()]);
+        let _server = ServerGuard::start(&name, &["--backup-dir", dir.path().to_str().unwrap()]);
         let o = kvs_client(&name, &["run", copy.to_str().unwrap()]);
         // A file with malformed lines (errors.job, on purpose) exits 1.
         let want_code = if job.file_stem().unwrap() == "errors" {
@@ -417,8 +408,8 @@ fn example_job_files_produce_their_expected_output() {
         let want = std::fs::read_to_string(job.with_extension("out")).unwrap();
         assert_eq!(got, want, "{}", job.display());
         if job.file_stem().unwrap() == "backup" {
-            assert!(dir.0.join("backup-1.bck").exists());
-            assert!(dir.0.join("backup-2.bck").exists());
+            assert!(dir.path().join("backup-1.bck").exists());
+            assert!(dir.path().join("backup-2.bck").exists());
         }
         if job.file_stem().unwrap() == "errors" {
             assert!(stderr(&o).contains("errors.job:3:"), "{}", stderr(&o));
@@ -430,24 +421,24 @@ fn example_job_files_produce_their_expected_output() {
 
 #[test]
 fn job_directories_run_in_parallel() {
-    let dir = TempDir::new("jobdir");
+    let dir = temp_dir("jobdir");
     for i in 0..6 {
         std::fs::write(
-            dir.0.join(format!("j{i}.job")),
+            dir.path().join(format!("j{i}.job")),
             format!("WRITE [(job{i},{i})]\nREAD [job{i}]\n"),
         )
         .unwrap();
     }
-    std::fs::write(dir.0.join("ignored.txt"), "SHOW\n").unwrap();
+    std::fs::write(dir.path().join("ignored.txt"), "SHOW\n").unwrap();
     let name = unique_name("jobdir");
     let _server = ServerGuard::start(&name, &[]);
-    let o = kvs_client(&name, &["run", "--jobs", "3", dir.0.to_str().unwrap()]);
+    let o = kvs_client(&name, &["run", "--jobs", "3", dir.path().to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     for i in 0..6 {
-        let got = std::fs::read_to_string(dir.0.join(format!("j{i}.out"))).unwrap();
+        let got = std::fs::read_to_string(dir.path().join(format!("j{i}.out"))).unwrap();
         assert_eq!(got, format!("[(job{i},{i})]\n"));
     }
-    assert!(!dir.0.join("ignored.out").exists());
+    assert!(!dir.path().join("ignored.out").exists());
     let o = kvs_client(&name, &["run", "/nonexistent.job"]);
     assert_eq!(o.status.code(), Some(2));
 }

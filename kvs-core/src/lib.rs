@@ -16,6 +16,7 @@
 //! * [`protocol`]: op codes, status codes, request and response records;
 //! * [`fixed_str`]: fixed-capacity `Pod` strings for text keys and values;
 //! * [`text`]: the key type and value size classes the binaries use;
+//! * [`clock`]: the wall clock, precise and coarse;
 //! * [`secure_fs`]: files created or read on someone's behalf, opened so
 //!   that a planted name cannot redirect them.
 //!
@@ -27,6 +28,8 @@
 
 #[cfg(not(loom))]
 pub mod bulk;
+#[cfg(not(loom))]
+pub mod clock;
 #[cfg(not(loom))]
 pub mod error;
 #[cfg(not(loom))]
@@ -60,9 +63,4 @@ pub use region::{Region, RegionConfig, Session};
 pub use response_table::{SlotState, SlotTable};
 pub use ring::Ring;
 
-/// Now, in nanoseconds since the unix epoch (0 if the clock is before it).
-pub fn unix_now_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
-}
+pub use clock::unix_now_ns;

@@ -59,7 +59,6 @@
 use std::fmt;
 use std::hash::{BuildHasher, Hash};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use crossbeam_utils::CachePadded;
 use hashbrown::hash_table::{self, HashTable};
@@ -249,7 +248,7 @@ impl<K: Eq + Hash + Copy, V: Copy> StripedMap<K, V> {
     ) -> Result<(SetOutcome, u64), MapError> {
         let hash = self.hash(&key);
         // Read the clock before taking the lock, to keep the critical section short.
-        let modified_ns = unix_time_ns();
+        let modified_ns = crate::clock::unix_coarse_ns();
         let mut table = self.stripe(hash).write();
         match table.entry(hash, |(k, _)| *k == key, |(k, _)| self.hash(k)) {
             hash_table::Entry::Occupied(mut occupied) => {
@@ -310,7 +309,7 @@ impl<K: Eq + Hash + Copy, V: Copy> StripedMap<K, V> {
         on_change: impl FnOnce(&K, &Entry<V>),
     ) -> Result<Option<u64>, MapError> {
         let hash = self.hash(&key);
-        let modified_ns = unix_time_ns();
+        let modified_ns = crate::clock::unix_coarse_ns();
         let mut table = self.stripe(hash).write();
         match table.entry(hash, |(k, _)| *k == key, |(k, _)| self.hash(k)) {
             hash_table::Entry::Occupied(_) => Ok(None),
@@ -603,33 +602,6 @@ impl<K, V> fmt::Debug for StripedMap<K, V> {
     }
 }
 
-/// The current wall-clock time in nanoseconds since the Unix epoch; 0 before
-/// the epoch, `u64::MAX` after the year 2554.
-///
-/// Read from `CLOCK_REALTIME_COARSE`: the time of the last scheduler tick
-/// (1-4 ms resolution), about 5 ns per call against about 34 ns for
-/// `SystemTime::now()` on the benchmark machine. Every write stamps an entry,
-/// so this is on the hot path; a modification time does not need better than
-/// millisecond resolution (`BENCHMARKS.md`).
-fn unix_time_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable `timespec` that outlives the call;
-    // `clock_gettime` only writes to it.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut ts) };
-    if rc != 0 || ts.tv_sec < 0 {
-        return SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
-    }
-    (ts.tv_sec as u64)
-        .checked_mul(1_000_000_000)
-        .and_then(|ns| ns.checked_add(ts.tv_nsec as u64))
-        .unwrap_or(u64::MAX)
-}
-
 #[cfg(test)]
 mod scan_tests {
     use super::*;
@@ -804,9 +776,9 @@ mod tests {
     #[test]
     fn get_returns_value_version_and_timestamp() {
         let map = StripedMap::new();
-        let before = unix_time_ns();
+        let before = crate::clock::unix_coarse_ns();
         let (_, version) = map.insert_or_assign(7_u64, 70_u64).unwrap();
-        let after = unix_time_ns();
+        let after = crate::clock::unix_coarse_ns();
         let entry = map.get(&7).unwrap();
         assert_eq!(entry.value, 70);
         assert_eq!(entry.version, version);
