@@ -20,17 +20,23 @@
 
 #![warn(missing_docs, unsafe_op_in_unsafe_fn)]
 
-pub mod bench;
-pub mod cli;
-mod cli_tools;
 mod client;
 mod error;
 mod fork;
-pub mod jobs;
 mod listing;
 pub mod status;
 mod subscription;
 mod ticket;
+
+/// Checks a region name against the naming rule (1 to 64 of `A-Z a-z 0-9 . _ -`,
+/// not starting with a dot; one leading `/` is ignored) and returns it bare.
+///
+/// # Errors
+///
+/// A message saying what is wrong with the name.
+pub fn check_name(name: &str) -> std::result::Result<String, String> {
+    kvs_core::region::normalize_name(name)
+}
 
 pub use client::{ClientOptions, KVSClient, Op, Reply, Versioned};
 pub use error::{ClientError, Result};

@@ -14,7 +14,8 @@
 //!   script embedded in the binary);
 //! * [`serve`]: the accept loop, with a connection limit and timeouts for
 //!   request heads, idle keep-alive connections and request bodies;
-//! * [`cli`]: the `kvs_http` command line.
+//! * [`gateway`]: all of it as one value: bind, then serve until told to
+//!   stop (the `kvs_http` binary is a command line over it, in `kvs-cli`).
 //!
 //! ```no_run
 //! use kvs_http::api::AppState;
@@ -38,7 +39,7 @@
 pub mod api;
 pub mod app;
 pub mod auth;
-pub mod cli;
 pub mod events;
+pub mod gateway;
 pub mod serve;
 pub mod store;

@@ -20,7 +20,6 @@
 #![warn(missing_docs, unsafe_op_in_unsafe_fn)]
 
 mod acceptor;
-pub mod cli;
 mod reclaim;
 mod server;
 pub mod snapshot;

@@ -1,4 +1,4 @@
 //! `kvs_client`: see `kvs_client --help`.
 fn main() -> std::process::ExitCode {
-    kvs_client::cli::main()
+    kvs_cli::client::main()
 }

@@ -1,4 +1,4 @@
 //! `kvs_http`: see `kvs_http --help`.
 fn main() -> std::process::ExitCode {
-    kvs_http::cli::main()
+    kvs_cli::http::main()
 }

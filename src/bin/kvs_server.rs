@@ -1,4 +1,4 @@
 //! `kvs_server`: see `kvs_server --help`.
 fn main() -> std::process::ExitCode {
-    kvs_server::cli::main()
+    kvs_cli::server::main()
 }

@@ -1,9 +1,10 @@
 //! The `kvs_client` commands beyond single-key operations: list, backup,
 //! run (job files) and watch (subscriptions).
 
-use crate::cli::{key_arg, options, Args, Failure, TextValue};
+use crate::client::{key_arg, options, Args, TextValue};
 use crate::jobs::{collect_jobs, run_job};
-use crate::{ChangeEvent, KVSClient};
+use crate::support::Failure;
+use kvs_client::{ChangeEvent, KVSClient};
 use kvs_core::text::{escape_for_display, TextKey};
 use std::ffi::OsString;
 use std::io::Write;

@@ -24,9 +24,8 @@
 //! kvs_client --name kvs bench --depth 256 --ops 2000000 --json
 //! ```
 
-use crate::cli::Failure;
-use crate::{ClientError, ClientOptions, KVSClient, Op, Ticket};
 use hdrhistogram::Histogram;
+use kvs_client::{ClientError, ClientOptions, KVSClient, Op, Ticket};
 use kvs_core::region::RegionInfo;
 use kvs_core::text::TextKey;
 use kvs_core::FixedStr;
@@ -37,6 +36,23 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
+
+/// Why a run failed: the message for stderr, and the exit code (2).
+#[derive(Debug)]
+pub struct Failure {
+    /// The exit code.
+    pub code: u8,
+    /// One line for stderr.
+    pub message: String,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Failure {}
 
 /// Operations when neither `--ops` nor `--duration` is given.
 pub const DEFAULT_OPS: u64 = 100_000;

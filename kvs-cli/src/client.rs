@@ -4,8 +4,9 @@
 //! a short line on stderr; 2 any error (no server, timeout, key or value too
 //! long, bad arguments), with one clear line on stderr.
 
-use crate::{ClientError, ClientOptions, KVSClient};
+use crate::support::{parse_args, Failure};
 use clap::{Parser, Subcommand};
+use kvs_client::{ClientOptions, KVSClient};
 use kvs_core::region::peek_info;
 use kvs_core::text::{TextKey, ValueClass};
 use kvs_core::{with_value_class, FixedStr, FixedStrError};
@@ -13,9 +14,6 @@ use std::ffi::OsString;
 use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
-
-/// The region name used when neither `--name` nor `KVS_NAME` is given.
-pub const DEFAULT_NAME: &str = "kvs";
 
 /// Talk to a running kvs_server over shared memory.
 ///
@@ -29,7 +27,7 @@ pub const DEFAULT_NAME: &str = "kvs";
 #[command(name = "kvs_client", version, about, long_about)]
 pub struct Args {
     /// Region name of the server (as its --name).
-    #[arg(long, env = "KVS_NAME", default_value = DEFAULT_NAME, global = true)]
+    #[arg(long, env = "KVS_NAME", default_value = crate::DEFAULT_NAME, global = true)]
     pub name: String,
     /// Directory of the server's socket, if it was started with one.
     #[arg(long, env = "KVS_SOCKET_DIR", value_name = "DIR", global = true)]
@@ -77,7 +75,7 @@ pub enum Command {
     },
     /// Load-test the server: ops/s and latency per op kind, every answer
     /// checked (see `kvs_client bench --help`).
-    Bench(crate::bench::BenchArgs),
+    Bench(kvs_bench::BenchArgs),
     /// List entries (key, value, version, last modified), page by page.
     List {
         /// Only keys starting with this text.
@@ -117,54 +115,11 @@ pub enum Command {
     },
 }
 
-/// An error that ends the command: the message and the exit code.
-#[derive(Debug)]
-pub struct Failure {
-    /// 1 (not found / exists) or 2 (error).
-    pub code: u8,
-    /// One line for stderr.
-    pub message: String,
-}
-
-impl Failure {
-    pub(crate) fn error(message: impl Into<String>) -> Self {
-        Self {
-            code: 2,
-            message: message.into(),
-        }
-    }
-
-    pub(crate) fn miss(message: impl Into<String>) -> Self {
-        Self {
-            code: 1,
-            message: message.into(),
-        }
-    }
-}
-
-impl From<ClientError> for Failure {
-    fn from(e: ClientError) -> Self {
-        Failure::error(e.to_string())
-    }
-}
-
 /// Runs `kvs_client` with the process's arguments.
 pub fn main() -> ExitCode {
-    let args = match Args::try_parse() {
+    let args = match parse_args::<Args>("kvs_client") {
         Ok(a) => a,
-        Err(e) => {
-            // --help and --version print to stdout and exit 0; a missing
-            // command prints the help to stderr and exits 2.
-            if !e.use_stderr()
-                || e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
-            {
-                let _ = e.print();
-                return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
-            }
-            // Usage errors: one line on stderr, exit 2.
-            eprintln!("kvs_client: {}", usage_error_line(&e, "kvs_client"));
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
@@ -173,29 +128,6 @@ pub fn main() -> ExitCode {
             ExitCode::from(f.code)
         }
     }
-}
-
-/// The first line of a clap usage error, without its `error: ` prefix and
-/// with a pointer to `PROGRAM --help` (clap's own rendering spans several
-/// lines).
-pub fn usage_error_line(e: &clap::Error, program: &str) -> String {
-    let rendered = e.render().to_string();
-    // The message is the first paragraph (a list of missing arguments
-    // continues it on indented lines); "Usage:" and "tip:" lines follow.
-    let message: Vec<&str> = rendered
-        .lines()
-        .map(str::trim)
-        .skip_while(|l| l.is_empty())
-        .take_while(|l| !l.is_empty() && !l.starts_with("Usage:"))
-        .collect();
-    let message = message.join(" ");
-    let message = message.strip_prefix("error: ").unwrap_or(&message);
-    let message = if message.is_empty() {
-        "invalid arguments"
-    } else {
-        message
-    };
-    format!("{message} (see {program} --help)")
 }
 
 /// Text from an argument: must be UTF-8.
@@ -242,7 +174,8 @@ fn run(args: &Args) -> Result<(), Failure> {
         ))
     })?;
     if let Command::Bench(bench) = &args.command {
-        return with_value_class!(class, V => crate::bench::run::<V>(&args.name, options(args), bench, &info));
+        return with_value_class!(class, V => kvs_bench::run::<V>(&args.name, options(args), bench, &info))
+            .map_err(|e| Failure::error(e.to_string()));
     }
     if let Command::Status { json } = &args.command {
         return with_value_class!(class, V => status::<V>(session, *json));
@@ -253,7 +186,7 @@ fn run(args: &Args) -> Result<(), Failure> {
 /// `kvs_client status`: from a probe, so it works even when every client
 /// registration is taken.
 fn status<V: TextValue>(session: kvs_core::region::Session, json: bool) -> Result<(), Failure> {
-    let s = crate::status::probe_status::<TextKey, V>(session)?;
+    let s = kvs_client::status::probe_status::<TextKey, V>(session)?;
     let mut out = std::io::stdout().lock();
     if json {
         let _ = writeln!(out, "{}", serde_json::to_string(&s).unwrap_or_default());
@@ -305,13 +238,13 @@ fn run_typed<V: TextValue>(args: &Args) -> Result<(), Failure> {
             ))
         }
         Command::List { prefix, json } => {
-            return crate::cli_tools::list::<V>(args, prefix, *json);
+            return crate::tools::list::<V>(args, prefix, *json);
         }
-        Command::Backup { file } => return crate::cli_tools::backup::<V>(args, file.as_deref()),
+        Command::Backup { file } => return crate::tools::backup::<V>(args, file.as_deref()),
         Command::Run { paths, jobs } => {
-            return crate::cli_tools::run_jobs::<V>(args, paths, *jobs as usize)
+            return crate::tools::run_jobs::<V>(args, paths, *jobs as usize)
         }
-        Command::Watch { keys } => return crate::cli_tools::watch::<V>(args, keys),
+        Command::Watch { keys } => return crate::tools::watch::<V>(args, keys),
     };
     let client = KVSClient::<TextKey, V>::connect_with(&args.name, options(args))?;
     let mut out = std::io::stdout().lock();
@@ -349,7 +282,7 @@ fn run_typed<V: TextValue>(args: &Args) -> Result<(), Failure> {
     Ok(())
 }
 
-fn print_status(out: &mut impl Write, s: &crate::StoreStatus) {
+fn print_status(out: &mut impl Write, s: &kvs_client::StoreStatus) {
     let limit = s
         .max_entries
         .map_or("unlimited".to_string(), |m| m.to_string());

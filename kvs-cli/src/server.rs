@@ -1,17 +1,15 @@
 //! The `kvs_server` command line: create the region, print one ready line,
 //! serve until SIGINT or SIGTERM, then stop cleanly and remove the region.
 
-use crate::{KVSServer, ServerError};
+use crate::support::{init_logging, parse_args};
 use clap::Parser;
 use kvs_core::region::Takeover;
 use kvs_core::text::{TextKey, ValueClass};
 use kvs_core::with_value_class;
+use kvs_server::{KVSServer, ServerError};
 use nix::sys::signal::{SigSet, Signal};
 use std::io::Write;
 use std::process::ExitCode;
-
-/// The region name used when neither `--name` nor `KVS_NAME` is given.
-pub const DEFAULT_NAME: &str = "kvs";
 
 /// Serve a kvs key-value store over POSIX shared memory.
 ///
@@ -25,7 +23,7 @@ pub const DEFAULT_NAME: &str = "kvs";
 #[command(name = "kvs_server", version, about, long_about)]
 pub struct Args {
     /// Region name (letters, digits, '.', '_', '-'); clients use the same name.
-    #[arg(long, env = "KVS_NAME", default_value = DEFAULT_NAME)]
+    #[arg(long, env = "KVS_NAME", default_value = crate::DEFAULT_NAME)]
     pub name: String,
     /// Worker threads serving requests.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
@@ -88,42 +86,11 @@ fn parse_mode(s: &str) -> Result<u32, String> {
     u32::from_str_radix(s, 8).map_err(|_| format!("{s:?} is not an octal mode such as 600 or 660"))
 }
 
-/// Initialises logging to stderr (RUST_LOG, default "info").
-pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
-}
-
 /// Runs `kvs_server` with the process's arguments.
 pub fn main() -> ExitCode {
-    let args = match Args::try_parse() {
+    let args = match parse_args::<Args>("kvs_server") {
         Ok(a) => a,
-        // --help and --version: print them, exit 0.
-        Err(e) if !e.use_stderr() => {
-            let _ = e.print();
-            return ExitCode::SUCCESS;
-        }
-        // Usage errors: one line, exit 2 (clap's own rendering spans
-        // several; the message is its first paragraph).
-        Err(e) => {
-            let rendered = e.render().to_string();
-            let message: Vec<&str> = rendered
-                .lines()
-                .map(str::trim)
-                .skip_while(|l| l.is_empty())
-                .take_while(|l| !l.is_empty() && !l.starts_with("Usage:"))
-                .collect();
-            let message = message.join(" ");
-            let message = message.strip_prefix("error: ").unwrap_or(&message);
-            eprintln!("kvs_server: {message} (see kvs_server --help)");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     init_logging();
     match run(args) {
@@ -164,9 +131,9 @@ where
     // Open the save-on-exit directory now: a bad one must fail at start,
     // not lose the data at the stop.
     let save_on_exit = match &args.save_on_exit {
-        Some(path) => {
-            Some(crate::snapshot::open_parent(path).map_err(|e| format!("--save-on-exit: {e}"))?)
-        }
+        Some(path) => Some(
+            kvs_server::snapshot::open_parent(path).map_err(|e| format!("--save-on-exit: {e}"))?,
+        ),
         None => None,
     };
     let mut server: KVSServer<TextKey, V> = KVSServer::<TextKey, V>::builder(&args.name)

@@ -23,8 +23,8 @@
 //! quoting at most 80 characters of it, and the rest of the file still runs.
 //! Only regular files are read, up to [`MAX_JOB_BYTES`].
 
-use crate::cli::TextValue;
-use crate::KVSClient;
+use crate::client::TextValue;
+use kvs_client::KVSClient;
 use kvs_core::text::TextKey;
 use std::ffi::OsString;
 use std::fmt::Write as _;

@@ -1,0 +1,124 @@
+//! What the three programs share: argument parsing with one-line usage
+//! errors, logging set-up, and the error that ends a command.
+
+use clap::Parser;
+use std::process::ExitCode;
+
+/// An error that ends a command: the message and the exit code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// 1 (not found / exists / some job lines failed) or 2 (error).
+    pub code: u8,
+    /// One line for stderr.
+    pub message: String,
+}
+
+impl Failure {
+    /// An error: exit code 2.
+    pub fn error(message: impl Into<String>) -> Self {
+        Self {
+            code: 2,
+            message: message.into(),
+        }
+    }
+
+    /// A miss (absent key, existing key, failed job lines): exit code 1.
+    pub fn miss(message: impl Into<String>) -> Self {
+        Self {
+            code: 1,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<kvs_client::ClientError> for Failure {
+    fn from(e: kvs_client::ClientError) -> Self {
+        Failure::error(e.to_string())
+    }
+}
+
+/// Parses the process's arguments as `A`. `--help` and `--version` print
+/// to stdout and give exit code 0; a missing command prints the help to
+/// stderr and gives 2; any other usage error prints one line
+/// (`PROGRAM: message (see PROGRAM --help)`) and gives 2.
+///
+/// # Errors
+///
+/// The exit code to end the process with when there is nothing to run.
+pub fn parse_args<A: Parser>(program: &str) -> Result<A, ExitCode> {
+    match A::try_parse() {
+        Ok(a) => Ok(a),
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            Err(ExitCode::SUCCESS)
+        }
+        Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+            Err(ExitCode::from(2))
+        }
+        Err(e) => {
+            eprintln!("{program}: {}", usage_error_line(&e, program));
+            Err(ExitCode::from(2))
+        }
+    }
+}
+
+/// The first line of a clap usage error, without its `error: ` prefix and
+/// with a pointer to `PROGRAM --help` (clap's own rendering spans several
+/// lines).
+pub fn usage_error_line(e: &clap::Error, program: &str) -> String {
+    let rendered = e.render().to_string();
+    // The message is the first paragraph (a list of missing arguments
+    // continues it on indented lines); "Usage:" and "tip:" lines follow.
+    let message: Vec<&str> = rendered
+        .lines()
+        .map(str::trim)
+        .skip_while(|l| l.is_empty())
+        .take_while(|l| !l.is_empty() && !l.starts_with("Usage:"))
+        .collect();
+    let message = message.join(" ");
+    let message = message.strip_prefix("error: ").unwrap_or(&message);
+    let message = if message.is_empty() {
+        "invalid arguments"
+    } else {
+        message
+    };
+    format!("{message} (see {program} --help)")
+}
+
+/// Initialises logging to stderr (`RUST_LOG`, default "info"), with colours
+/// only on a terminal.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    #[command(name = "demo")]
+    struct Demo {
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..=64))]
+        workers: u16,
+    }
+
+    #[test]
+    fn usage_errors_are_one_line_naming_the_program() {
+        let e = Demo::try_parse_from(["demo", "--workers", "0"]).unwrap_err();
+        let line = usage_error_line(&e, "demo");
+        assert!(!line.contains('\n'), "{line}");
+        assert!(line.starts_with("invalid value '0'"), "{line}");
+        assert!(line.ends_with("(see demo --help)"), "{line}");
+        let e = Demo::try_parse_from(["demo"]).unwrap_err();
+        let line = usage_error_line(&e, "demo");
+        assert!(line.contains("--workers"), "{line}");
+    }
+}
