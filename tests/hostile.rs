@@ -357,7 +357,18 @@ fn scribbled_region_never_crashes_or_hangs_the_server() {
         status["slots_reclaimed"],
         status["ring_repairs"]
     );
-    assert!(status["ops"]["dropped"].as_u64().unwrap() > 0);
+    // The server noticed the garbage (which counter depends on where the
+    // random writes landed; thousands of them always leave some trace).
+    let noticed: u64 = [
+        &status["ops"]["dropped"],
+        &status["malformed"],
+        &status["slots_reclaimed"],
+        &status["ring_repairs"],
+    ]
+    .iter()
+    .map(|v| v.as_u64().unwrap())
+    .sum();
+    assert!(noticed > 0, "{status}");
     let code = server.signal_and_wait(nix::sys::signal::Signal::SIGTERM);
     assert_eq!(code.code(), Some(0), "{code}");
 }

@@ -6,10 +6,11 @@
 
 use crate::support::{parse_args, Failure};
 use clap::{Parser, Subcommand};
-use kvs_client::{ClientOptions, KVSClient};
+use kvs_client::text::{TextClient, TextError};
+use kvs_client::ClientOptions;
 use kvs_core::region::peek_info;
-use kvs_core::text::{TextKey, ValueClass};
-use kvs_core::{with_value_class, FixedStr, FixedStrError};
+use kvs_core::text::ValueClass;
+use kvs_core::with_value_class;
 use std::ffi::OsString;
 use std::io::Write;
 use std::process::ExitCode;
@@ -137,20 +138,12 @@ pub fn text_arg(what: &str, arg: &OsString) -> Result<String, Failure> {
         .ok_or_else(|| Failure::error(format!("{what} is not valid UTF-8")))
 }
 
-/// A text key from an argument, checked against the one rule for keys
+/// A key from an argument, checked against the one rule for keys
 /// (`kvs_core::text::check_key`).
-pub fn key_arg(arg: &OsString) -> Result<TextKey, Failure> {
+pub fn key_arg(arg: &OsString) -> Result<String, Failure> {
     let text = text_arg("key", arg)?;
-    kvs_core::text::text_key(&text).map_err(|e| Failure::error(e.to_string()))
-}
-
-/// A fixed string from an argument, refusing (never truncating) bad input.
-pub fn fixed_arg<const N: usize>(what: &str, arg: &OsString) -> Result<FixedStr<N>, Failure> {
-    let text = text_arg(what, arg)?;
-    FixedStr::<N>::new(&text).map_err(|e| match e {
-        FixedStrError::TooLong { .. } => Failure::error(format!("{what} {e}")),
-        other => Failure::error(format!("{what} {other}")),
-    })
+    TextClient::check_key(&text).map_err(|e| Failure::error(e.to_string()))?;
+    Ok(text)
 }
 
 /// The client options the global flags ask for.
@@ -162,121 +155,89 @@ pub fn options(args: &Args) -> ClientOptions {
     }
 }
 
-fn run(args: &Args) -> Result<(), Failure> {
-    // A probe (no registration) tells the value type, and answers status.
-    let (info, session) = peek_info(&args.name, &options(args).connect_options())
-        .map_err(|e| Failure::error(e.to_string()))?;
-    let class = ValueClass::from_type_size(info.value.size).ok_or_else(|| {
-        Failure::error(format!(
-            "region {} holds values of type {}, which kvs_client cannot print (it serves text regions made by kvs_server)",
-            args.name,
-            info.value.name()
-        ))
-    })?;
-    if let Command::Bench(bench) = &args.command {
-        return with_value_class!(class, V => kvs_bench::run::<V>(&args.name, options(args), bench, &info))
-            .map_err(|e| Failure::error(e.to_string()));
-    }
-    if let Command::Status { json } = &args.command {
-        return with_value_class!(class, V => status::<V>(session, *json));
-    }
-    with_value_class!(class, V => run_typed::<V>(args))
+/// Connects the text client the commands use.
+pub fn connect(args: &Args) -> Result<TextClient, Failure> {
+    TextClient::connect_with(&args.name, options(args)).map_err(|e| Failure::error(e.to_string()))
 }
 
-/// `kvs_client status`: from a probe, so it works even when every client
-/// registration is taken.
-fn status<V: TextValue>(session: kvs_core::region::Session, json: bool) -> Result<(), Failure> {
-    let s = kvs_client::status::probe_status::<TextKey, V>(session)?;
+impl From<TextError> for Failure {
+    fn from(e: TextError) -> Self {
+        Failure::error(e.to_string())
+    }
+}
+
+fn run(args: &Args) -> Result<(), Failure> {
+    // Parse every argument before connecting: a bad one writes nothing.
+    enum Parsed {
+        Get(String),
+        Set(String, String),
+        Post(String, String),
+        Del(String),
+    }
+    let parsed = match &args.command {
+        Command::Get { key } => Parsed::Get(key_arg(key)?),
+        Command::Set { key, value } => Parsed::Set(key_arg(key)?, text_arg("value", value)?),
+        Command::Post { key, value } => Parsed::Post(key_arg(key)?, text_arg("value", value)?),
+        Command::Del { key } => Parsed::Del(key_arg(key)?),
+        Command::Status { json } => return status(args, *json),
+        Command::Bench(bench) => return run_bench(args, bench),
+        Command::List { prefix, json } => return crate::tools::list(args, prefix, *json),
+        Command::Backup { file } => return crate::tools::backup(args, file.as_deref()),
+        Command::Run { paths, jobs } => {
+            return crate::tools::run_jobs(args, paths, usize::from(*jobs))
+        }
+        Command::Watch { keys } => return crate::tools::watch(args, keys),
+    };
+    let client = connect(args)?;
     let mut out = std::io::stdout().lock();
-    if json {
-        let _ = writeln!(out, "{}", serde_json::to_string(&s).unwrap_or_default());
-    } else {
-        print_status(&mut out, &s);
+    match parsed {
+        Parsed::Get(k) => match client.get(&k)? {
+            Some(e) => {
+                let _ = writeln!(out, "{}", e.value);
+            }
+            None => return Err(Failure::miss(format!("key {k:?} not found"))),
+        },
+        Parsed::Set(k, v) => client.set(&k, &v)?,
+        Parsed::Post(k, v) => {
+            if !client.post(&k, &v)? {
+                return Err(Failure::miss(format!("key {k:?} already exists")));
+            }
+        }
+        Parsed::Del(k) => {
+            if !client.del(&k)? {
+                return Err(Failure::miss(format!("key {k:?} not found")));
+            }
+        }
     }
     let _ = out.flush();
     Ok(())
 }
 
-/// What the typed commands need of a text value type.
-pub trait TextValue: bytemuck::Pod {
-    /// Parses an argument.
-    ///
-    /// # Errors
-    ///
-    /// A [`Failure`] naming what is wrong.
-    fn from_arg(arg: &OsString) -> Result<Self, Failure>;
-    /// The text, lossy.
-    fn to_text(&self) -> String;
+/// `kvs_client bench`: the load generator runs a typed client of the
+/// server's value class (a text client would measure its own conversions).
+fn run_bench(args: &Args, bench: &kvs_bench::BenchArgs) -> Result<(), Failure> {
+    let (info, _) = peek_info(&args.name, &options(args).connect_options())
+        .map_err(|e| Failure::error(e.to_string()))?;
+    let class = ValueClass::from_type_size(info.value.size).ok_or_else(|| {
+        Failure::error(format!(
+            "region {} holds values of type {}, which kvs_client bench cannot drive (it drives text regions made by kvs_server)",
+            args.name,
+            info.value.name()
+        ))
+    })?;
+    with_value_class!(class, V => kvs_bench::run::<V>(&args.name, options(args), bench, &info))
+        .map_err(|e| Failure::error(e.to_string()))
 }
 
-impl<const N: usize> TextValue for FixedStr<N> {
-    fn from_arg(arg: &OsString) -> Result<Self, Failure> {
-        fixed_arg::<N>("value", arg)
-    }
-
-    fn to_text(&self) -> String {
-        self.to_string_lossy().into_owned()
-    }
-}
-
-fn run_typed<V: TextValue>(args: &Args) -> Result<(), Failure> {
-    // Parse every argument before connecting: a bad one writes nothing.
-    enum Parsed<V> {
-        Get(TextKey),
-        Set(TextKey, V),
-        Post(TextKey, V),
-        Del(TextKey),
-    }
-    let parsed = match &args.command {
-        Command::Get { key } => Parsed::Get(key_arg(key)?),
-        Command::Set { key, value } => Parsed::Set(key_arg(key)?, V::from_arg(value)?),
-        Command::Post { key, value } => Parsed::Post(key_arg(key)?, V::from_arg(value)?),
-        Command::Del { key } => Parsed::Del(key_arg(key)?),
-        Command::Status { .. } | Command::Bench(_) => {
-            return Err(Failure::error(
-                "status and bench are dispatched before this point",
-            ))
-        }
-        Command::List { prefix, json } => {
-            return crate::tools::list::<V>(args, prefix, *json);
-        }
-        Command::Backup { file } => return crate::tools::backup::<V>(args, file.as_deref()),
-        Command::Run { paths, jobs } => {
-            return crate::tools::run_jobs::<V>(args, paths, *jobs as usize)
-        }
-        Command::Watch { keys } => return crate::tools::watch::<V>(args, keys),
-    };
-    let client = KVSClient::<TextKey, V>::connect_with(&args.name, options(args))?;
+/// `kvs_client status`: from a probe, so it works even when every client
+/// registration is taken.
+fn status(args: &Args, json: bool) -> Result<(), Failure> {
+    let s = TextClient::probe_status(&args.name, &options(args))?;
     let mut out = std::io::stdout().lock();
-    match parsed {
-        Parsed::Get(k) => match client.get(&k)? {
-            Some(v) => {
-                let _ = writeln!(out, "{}", v.to_text());
-            }
-            None => {
-                return Err(Failure::miss(format!(
-                    "key {:?} not found",
-                    k.to_string_lossy()
-                )));
-            }
-        },
-        Parsed::Set(k, v) => client.set(&k, &v)?,
-        Parsed::Post(k, v) => {
-            if !client.post(&k, &v)? {
-                return Err(Failure::miss(format!(
-                    "key {:?} already exists",
-                    k.to_string_lossy()
-                )));
-            }
-        }
-        Parsed::Del(k) => {
-            if !client.del(&k)? {
-                return Err(Failure::miss(format!(
-                    "key {:?} not found",
-                    k.to_string_lossy()
-                )));
-            }
-        }
+    if json {
+        let _ = writeln!(out, "{}", serde_json::to_string(&s).unwrap_or_default());
+    } else {
+        print_status(&mut out, &s);
     }
     let _ = out.flush();
     Ok(())

@@ -23,10 +23,7 @@
 //! quoting at most 80 characters of it, and the rest of the file still runs.
 //! Only regular files are read, up to [`MAX_JOB_BYTES`].
 
-use crate::client::TextValue;
-use kvs_client::KVSClient;
-use kvs_core::text::TextKey;
-use std::ffi::OsString;
+use kvs_client::text::{escape_for_display, TextClient, TextError};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -231,8 +228,10 @@ fn read_job(path: &Path) -> std::io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
-fn key_of(s: &str) -> Result<TextKey, String> {
-    kvs_core::text::text_key(s).map_err(|e| format!("{e} ({})", quote(s)))
+/// `s` if it is a good key, or the line's error.
+fn key_of(s: &str) -> Result<&str, String> {
+    TextClient::check_key(s).map_err(|e| format!("{e} ({})", quote(s)))?;
+    Ok(s)
 }
 
 /// Runs the job file at `path`, writing `NAME.out` beside it.
@@ -241,10 +240,7 @@ fn key_of(s: &str) -> Result<TextKey, String> {
 ///
 /// Only I/O errors reading the job or writing its output; command failures
 /// are written to the output.
-pub fn run_job<V: TextValue>(
-    client: &KVSClient<TextKey, V>,
-    path: &Path,
-) -> std::io::Result<JobReport> {
+pub fn run_job(client: &TextClient, path: &Path) -> std::io::Result<JobReport> {
     let bytes = read_job(path)?;
     let out_path = path.with_extension("out");
     let stem = path
@@ -291,21 +287,21 @@ pub fn run_job<V: TextValue>(
     })
 }
 
-fn execute<V: TextValue>(
-    client: &KVSClient<TextKey, V>,
+fn execute(
+    client: &TextClient,
     cmd: JobCommand,
     out: &mut String,
     stem: &str,
     backups: &mut u32,
     failed_ops: &mut usize,
 ) -> Result<(), String> {
-    let shown = |t: &str| kvs_core::text::escape_for_display(t).into_owned();
+    let shown = |t: &str| escape_for_display(t).into_owned();
     match cmd {
         JobCommand::Write(pairs) => {
             let mut failed = Vec::new();
             for (k, v) in pairs {
-                let value = V::from_arg(&OsString::from(&v)).map_err(|f| f.message)?;
-                if client.set(&key_of(&k)?, &value).is_err() {
+                client.check_value(&v).map_err(|e| e.to_string())?;
+                if client.set(key_of(&k)?, &v).is_err() {
                     *failed_ops += 1;
                     failed.push(k);
                 }
@@ -320,9 +316,9 @@ fn execute<V: TextValue>(
             keys.sort();
             let mut items = String::new();
             for k in keys {
-                match client.get(&key_of(&k)?) {
-                    Ok(Some(v)) => {
-                        let _ = write!(items, "({k},{})", shown(&v.to_text()));
+                match client.get(key_of(&k)?) {
+                    Ok(Some(e)) => {
+                        let _ = write!(items, "({k},{})", shown(&e.value));
                     }
                     Ok(None) => {
                         let _ = write!(items, "({k},KVSERROR)");
@@ -339,7 +335,7 @@ fn execute<V: TextValue>(
             keys.sort();
             let mut missing = String::new();
             for k in keys {
-                match client.del(&key_of(&k)?) {
+                match client.del(key_of(&k)?) {
                     Ok(true) => {}
                     Ok(false) => {
                         let _ = write!(missing, "({k},KVSMISSING)");
@@ -356,9 +352,12 @@ fn execute<V: TextValue>(
         }
         JobCommand::Show => {
             let mut all = client
-                .list(b"")
-                .map(|r| r.map(|e| (e.key.to_string_lossy().into_owned(), e.value.to_text())))
-                .collect::<Result<Vec<_>, _>>()
+                .list("")
+                .and_then(|entries| {
+                    entries
+                        .map(|r| r.map(|e| (e.key, e.value)))
+                        .collect::<Result<Vec<_>, TextError>>()
+                })
                 .map_err(|e| format!("SHOW failed: {e}"))?;
             all.sort();
             for (k, v) in all {

@@ -1,40 +1,24 @@
 //! The `kvs_client` commands beyond single-key operations: list, backup,
 //! run (job files) and watch (subscriptions).
 
-use crate::client::{key_arg, options, Args, TextValue};
+use crate::client::{connect, key_arg, Args};
 use crate::jobs::{collect_jobs, run_job};
 use crate::support::Failure;
-use kvs_client::{ChangeEvent, KVSClient};
-use kvs_core::text::{escape_for_display, TextKey};
+use kvs_client::text::{escape_for_display, TextChange};
 use std::ffi::OsString;
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
-fn connect<V: TextValue>(args: &Args) -> Result<KVSClient<TextKey, V>, Failure> {
-    Ok(KVSClient::<TextKey, V>::connect_with(
-        &args.name,
-        options(args),
-    )?)
-}
-
 /// `kvs_client list`.
-pub(crate) fn list<V: TextValue>(args: &Args, prefix: &str, json: bool) -> Result<(), Failure> {
-    if prefix.len() > TextKey::CAPACITY {
-        return Err(Failure::error(format!(
-            "prefix is {} bytes, a key is at most {}",
-            prefix.len(),
-            TextKey::CAPACITY
-        )));
-    }
-    let client = connect::<V>(args)?;
+pub(crate) fn list(args: &Args, prefix: &str, json: bool) -> Result<(), Failure> {
+    let client = connect(args)?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut n = 0usize;
-    for entry in client.list(prefix.as_bytes()) {
+    for entry in client.list(prefix)? {
         let e = entry?;
         n += 1;
-        let (key, value) = (e.key.to_string_lossy(), e.value.to_text());
+        let (key, value) = (&e.key, &e.value);
         let line = if json {
             serde_json::json!({
                 "key": key,
@@ -48,8 +32,8 @@ pub(crate) fn list<V: TextValue>(args: &Args, prefix: &str, json: bool) -> Resul
             // breaks the row nor drives the terminal.
             format!(
                 "{}\t{}\t{}\t{}",
-                escape_for_display(&key),
-                escape_for_display(&value),
+                escape_for_display(key),
+                escape_for_display(value),
                 e.version,
                 format_time(e.modified_ns)
             )
@@ -89,13 +73,13 @@ pub(crate) fn format_time(ns: u64) -> String {
 }
 
 /// `kvs_client backup`.
-pub(crate) fn backup<V: TextValue>(args: &Args, file: Option<&str>) -> Result<(), Failure> {
+pub(crate) fn backup(args: &Args, file: Option<&str>) -> Result<(), Failure> {
     let file = file.map(str::to_string).unwrap_or_else(|| {
         let secs = kvs_core::unix_now_ns() / 1_000_000_000;
         format!("{}-{secs}.snap", args.name.trim_start_matches('/'))
     });
     kvs_core::secure_fs::check_file_name(&file).map_err(Failure::error)?;
-    let client = connect::<V>(args)?;
+    let client = connect(args)?;
     let info = client.backup(&file)?;
     println!(
         "wrote {} ({} entries, version {}, {} bytes)",
@@ -108,18 +92,14 @@ pub(crate) fn backup<V: TextValue>(args: &Args, file: Option<&str>) -> Result<()
 }
 
 /// `kvs_client run`.
-pub(crate) fn run_jobs<V: TextValue>(
-    args: &Args,
-    paths: &[PathBuf],
-    jobs: usize,
-) -> Result<(), Failure> {
+pub(crate) fn run_jobs(args: &Args, paths: &[PathBuf], jobs: usize) -> Result<(), Failure> {
     let files = collect_jobs(paths).map_err(|e| Failure::error(e.to_string()))?;
     if files.is_empty() {
         return Err(Failure::error(
             "no job files found (directories are searched for *.job)",
         ));
     }
-    let client = connect::<V>(args)?;
+    let client = connect(args)?;
     let next = std::sync::atomic::AtomicUsize::new(0);
     let failures = std::sync::Mutex::new(Vec::new());
     let troubled = std::sync::atomic::AtomicUsize::new(0);
@@ -173,13 +153,13 @@ pub(crate) fn run_jobs<V: TextValue>(
 }
 
 /// `kvs_client watch`.
-pub(crate) fn watch<V: TextValue>(args: &Args, keys: &[OsString]) -> Result<(), Failure> {
+pub(crate) fn watch(args: &Args, keys: &[OsString]) -> Result<(), Failure> {
     let keys = keys
         .iter()
         .map(key_arg)
-        .collect::<Result<Vec<TextKey>, _>>()?;
-    let client = Arc::new(connect::<V>(args)?);
-    let mut sub = client.subscribe(&keys)?;
+        .collect::<Result<Vec<String>, _>>()?;
+    let client = connect(args)?;
+    let mut sub = client.subscribe(&keys.iter().map(String::as_str).collect::<Vec<_>>())?;
     eprintln!(
         "watching {} on {} (Ctrl+C to stop)",
         if keys.is_empty() {
@@ -193,7 +173,7 @@ pub(crate) fn watch<V: TextValue>(args: &Args, keys: &[OsString]) -> Result<(), 
     loop {
         let line = match sub.next_timeout(Duration::from_secs(1))? {
             None => continue,
-            Some(ChangeEvent::Changed {
+            Some(TextChange::Changed {
                 key,
                 value,
                 version,
@@ -201,17 +181,14 @@ pub(crate) fn watch<V: TextValue>(args: &Args, keys: &[OsString]) -> Result<(), 
             }) => {
                 format!(
                     "set {} {} (version {version})",
-                    escape_for_display(&key.to_string_lossy()),
-                    escape_for_display(&value.to_text())
+                    escape_for_display(&key),
+                    escape_for_display(&value)
                 )
             }
-            Some(ChangeEvent::Deleted { key, version }) => {
-                format!(
-                    "del {} (version {version})",
-                    escape_for_display(&key.to_string_lossy())
-                )
+            Some(TextChange::Deleted { key, version }) => {
+                format!("del {} (version {version})", escape_for_display(&key))
             }
-            Some(ChangeEvent::Missed) => "missed events: the queue overflowed, resync".to_string(),
+            Some(TextChange::Missed) => "missed events: the queue overflowed, resync".to_string(),
         };
         if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
             return Ok(());

@@ -26,6 +26,7 @@ mod fork;
 mod listing;
 pub mod status;
 mod subscription;
+pub mod text;
 mod ticket;
 
 /// Checks a region name against the naming rule (1 to 64 of `A-Z a-z 0-9 . _ -`,
@@ -43,4 +44,5 @@ pub use error::{ClientError, Result};
 pub use listing::{BackupInfo, ListCursor, ListIter, ListPage, ListedEntry, BACKUP_TIMEOUT};
 pub use status::StoreStatus;
 pub use subscription::{ChangeEvent, Subscription};
+pub use text::TextClient;
 pub use ticket::Ticket;

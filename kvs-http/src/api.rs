@@ -19,14 +19,14 @@
 //! client's timeout when it hangs, so each one runs on tokio's blocking pool.
 
 use crate::events::{self, GatewayEvent, PumpState};
-use crate::store::{Connector, Entry, Store, StoreError};
+use crate::store::Connector;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use kvs_client::text::{KeyError, TextClient, TextEntry, TextError, ValueError};
 use kvs_client::ClientError;
-use kvs_core::FixedStrError;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use tokio::sync::{broadcast, watch};
@@ -78,8 +78,8 @@ pub struct EntryBody {
     pub modified_ms: u64,
 }
 
-impl From<Entry> for EntryBody {
-    fn from(e: Entry) -> Self {
+impl From<TextEntry> for EntryBody {
+    fn from(e: TextEntry) -> Self {
         Self {
             key: e.key,
             value: e.value,
@@ -185,26 +185,23 @@ impl IntoResponse for ApiError {
     }
 }
 
-fn fixed_str_status(e: FixedStrError) -> StatusCode {
+fn value_status(e: ValueError) -> StatusCode {
     match e {
-        FixedStrError::TooLong { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-        FixedStrError::ContainsNul { .. } | FixedStrError::NotUtf8 => StatusCode::BAD_REQUEST,
+        ValueError::TooLong { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        ValueError::ContainsNul { .. } | ValueError::NotUtf8 => StatusCode::BAD_REQUEST,
     }
 }
 
-impl From<StoreError> for ApiError {
-    fn from(e: StoreError) -> Self {
+impl From<TextError> for ApiError {
+    fn from(e: TextError) -> Self {
         let status = match &e {
-            StoreError::Key(kvs_core::text::KeyError::TooLong { .. }) => {
-                StatusCode::PAYLOAD_TOO_LARGE
-            }
-            StoreError::Key(_) => StatusCode::BAD_REQUEST,
-            StoreError::Value(f) => fixed_str_status(*f),
-            StoreError::Cursor(_) => StatusCode::BAD_REQUEST,
-            StoreError::Prefix { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            StoreError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
-            StoreError::NotText { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            StoreError::Client(c) => match c {
+            TextError::Key(KeyError::TooLong { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
+            TextError::Key(_) => StatusCode::BAD_REQUEST,
+            TextError::Value(f) => value_status(*f),
+            TextError::Cursor(_) => StatusCode::BAD_REQUEST,
+            TextError::Prefix { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            TextError::NotText { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            TextError::Client(c) => match c {
                 ClientError::StoreFull => StatusCode::INSUFFICIENT_STORAGE,
                 ClientError::InvalidArgument(_) => StatusCode::BAD_REQUEST,
                 ClientError::Protocol(_) => StatusCode::BAD_GATEWAY,
@@ -214,7 +211,7 @@ impl From<StoreError> for ApiError {
             },
         };
         let message = match &e {
-            StoreError::Client(
+            TextError::Client(
                 ClientError::Connect(_) | ClientError::ServerGone | ClientError::SlotLost,
             ) => format!("the store is not reachable: {e}"),
             _ => e.to_string(),
@@ -251,13 +248,13 @@ impl From<QueryRejection> for ApiError {
 async fn with_store<T, F>(state: &AppState, f: F) -> Result<T, ApiError>
 where
     T: Send + 'static,
-    F: FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
+    F: FnOnce(&TextClient) -> Result<T, TextError> + Send + 'static,
 {
     let connector = Arc::clone(&state.connector);
     tokio::task::spawn_blocking(move || {
         let store = connector.store()?;
-        let result = f(&*store);
-        if let Err(StoreError::Client(ClientError::ServerGone | ClientError::SlotLost)) = &result {
+        let result = f(&store);
+        if let Err(TextError::Client(ClientError::ServerGone | ClientError::SlotLost)) = &result {
             connector.forget(&store);
         }
         result
@@ -492,31 +489,30 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    fn status_of(e: StoreError) -> StatusCode {
+    fn status_of(e: TextError) -> StatusCode {
         ApiError::from(e).status
     }
 
     #[test]
     fn store_errors_map_to_the_documented_codes() {
-        use kvs_core::text::KeyError;
-        let too_long = FixedStrError::TooLong { len: 64, max: 63 };
+        let too_long = ValueError::TooLong { len: 64, max: 63 };
         assert_eq!(
-            status_of(StoreError::Key(KeyError::TooLong { len: 64, max: 63 })),
+            status_of(TextError::Key(KeyError::TooLong { len: 64, max: 63 })),
             StatusCode::PAYLOAD_TOO_LARGE
         );
         assert_eq!(
-            status_of(StoreError::Value(too_long)),
+            status_of(TextError::Value(too_long)),
             StatusCode::PAYLOAD_TOO_LARGE
         );
         for bad in [KeyError::Empty, KeyError::Control { found: '\0', at: 1 }] {
-            assert_eq!(status_of(StoreError::Key(bad)), StatusCode::BAD_REQUEST);
+            assert_eq!(status_of(TextError::Key(bad)), StatusCode::BAD_REQUEST);
         }
         assert_eq!(
-            status_of(StoreError::Cursor("x".into())),
+            status_of(TextError::Cursor("x".into())),
             StatusCode::BAD_REQUEST
         );
         assert_eq!(
-            status_of(StoreError::Client(ClientError::StoreFull)),
+            status_of(TextError::Client(ClientError::StoreFull)),
             StatusCode::INSUFFICIENT_STORAGE
         );
         for unreachable in [
@@ -530,19 +526,19 @@ mod tests {
             },
         ] {
             assert_eq!(
-                status_of(StoreError::Client(unreachable)),
+                status_of(TextError::Client(unreachable)),
                 StatusCode::SERVICE_UNAVAILABLE
             );
         }
         assert_eq!(
-            status_of(StoreError::Client(ClientError::Protocol("?".into()))),
+            status_of(TextError::Client(ClientError::Protocol("?".into()))),
             StatusCode::BAD_GATEWAY
         );
     }
 
     #[test]
     fn unreachable_messages_say_so() {
-        let e = ApiError::from(StoreError::Client(ClientError::ServerGone));
+        let e = ApiError::from(TextError::Client(ClientError::ServerGone));
         assert_eq!(
             e.message,
             "the store is not reachable: the server is gone (it stopped, died or is shutting down)"

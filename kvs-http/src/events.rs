@@ -20,8 +20,9 @@
 //! pump.stop();
 //! ```
 
-use crate::store::{Change, Connector, Feed, Store};
+use crate::store::Connector;
 use axum::response::sse::{Event, KeepAlive, Sse};
+use kvs_client::text::{TextChange, TextClient, TextFeed};
 use serde::Serialize;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -264,7 +265,7 @@ fn run(
     state: &watch::Sender<PumpState>,
     stop: &AtomicBool,
 ) {
-    let mut feed: Option<(Arc<dyn Store>, Box<dyn Feed>)> = None;
+    let mut feed: Option<(Arc<TextClient>, TextFeed)> = None;
     let mut outage = Outage::default();
     // Grows with every failure (subscribing, or a subscription that ends
     // at once) up to MAX_BACKOFF; back to POLL once events flow.
@@ -286,7 +287,7 @@ fn run(
         let Some((store, sub)) = feed.as_mut() else {
             match connector
                 .store()
-                .and_then(|s| Ok((Arc::clone(&s), s.subscribe()?)))
+                .and_then(|s| Ok((Arc::clone(&s), s.subscribe(&[])?)))
             {
                 Ok(f) => {
                     tracing::debug!("subscribed to every key");
@@ -311,7 +312,7 @@ fn run(
             Ok(Some(change)) => {
                 backoff = POLL;
                 let event = match change {
-                    Change::Changed {
+                    TextChange::Changed {
                         key,
                         value,
                         version,
@@ -322,8 +323,8 @@ fn run(
                         version,
                         modified_ms: modified_ns / 1_000_000,
                     },
-                    Change::Deleted { key, version } => GatewayEvent::Delete { key, version },
-                    Change::Missed => GatewayEvent::Resync {
+                    TextChange::Deleted { key, version } => GatewayEvent::Delete { key, version },
+                    TextChange::Missed => GatewayEvent::Resync {
                         reason: "the subscription missed changes".into(),
                     },
                 };
