@@ -49,27 +49,10 @@ pub(crate) fn list(args: &Args, prefix: &str, json: bool) -> Result<(), Failure>
     Ok(())
 }
 
-/// RFC 3339-like UTC time from unix nanoseconds, without a date crate.
+/// RFC 3339 UTC time, to the millisecond, from unix nanoseconds.
 pub(crate) fn format_time(ns: u64) -> String {
-    let secs = ns / 1_000_000_000;
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil-from-days (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60,
-        ns / 1_000_000 % 1000
-    )
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(ns);
+    humantime::format_rfc3339_millis(at).to_string()
 }
 
 /// `kvs_client backup`.
