@@ -246,35 +246,10 @@ impl<K: Eq + Hash + Copy, V: Copy> StripedMap<K, V> {
         value: V,
         on_change: impl FnOnce(&K, &Entry<V>),
     ) -> Result<(SetOutcome, u64), MapError> {
-        let hash = self.hash(&key);
-        // Read the clock before taking the lock, to keep the critical section short.
-        let modified_ns = crate::clock::unix_coarse_ns();
-        let mut table = self.stripe(hash).write();
-        match table.entry(hash, |(k, _)| *k == key, |(k, _)| self.hash(k)) {
-            hash_table::Entry::Occupied(mut occupied) => {
-                let version = self.next_version();
-                let entry = Entry {
-                    value,
-                    version,
-                    modified_ns,
-                };
-                occupied.get_mut().1 = entry;
-                on_change(&key, &entry);
-                Ok((SetOutcome::Replaced, version))
-            }
-            hash_table::Entry::Vacant(vacant) => {
-                self.reserve_entry()?;
-                let version = self.next_version();
-                let entry = Entry {
-                    value,
-                    version,
-                    modified_ns,
-                };
-                vacant.insert((key, entry));
-                on_change(&key, &entry);
-                Ok((SetOutcome::Inserted, version))
-            }
-        }
+        // A replacing write always writes: `None` cannot come back, and the
+        // fallback only keeps this function free of a panic path.
+        self.write_then(key, value, true, on_change)
+            .map(|written| written.unwrap_or((SetOutcome::Replaced, self.version())))
     }
 
     /// Inserts `key` with `value` only if `key` is absent (POST). Returns
@@ -308,22 +283,45 @@ impl<K: Eq + Hash + Copy, V: Copy> StripedMap<K, V> {
         value: V,
         on_change: impl FnOnce(&K, &Entry<V>),
     ) -> Result<Option<u64>, MapError> {
+        Ok(self
+            .write_then(key, value, false, on_change)?
+            .map(|(_, version)| version))
+    }
+
+    /// SET (`replace`) and POST (not `replace`) in one: inserts `key` if
+    /// absent, replaces its value if present and `replace`; `None` when it
+    /// left a present key alone. `on_change` sees the new entry under the
+    /// stripe's write lock.
+    fn write_then(
+        &self,
+        key: K,
+        value: V,
+        replace: bool,
+        on_change: impl FnOnce(&K, &Entry<V>),
+    ) -> Result<Option<(SetOutcome, u64)>, MapError> {
         let hash = self.hash(&key);
+        // Read the clock before taking the lock, to keep the critical section short.
         let modified_ns = crate::clock::unix_coarse_ns();
         let mut table = self.stripe(hash).write();
+        let entry = |version| Entry {
+            value,
+            version,
+            modified_ns,
+        };
         match table.entry(hash, |(k, _)| *k == key, |(k, _)| self.hash(k)) {
-            hash_table::Entry::Occupied(_) => Ok(None),
+            hash_table::Entry::Occupied(_) if !replace => Ok(None),
+            hash_table::Entry::Occupied(mut occupied) => {
+                let version = self.next_version();
+                occupied.get_mut().1 = entry(version);
+                on_change(&key, &occupied.get().1);
+                Ok(Some((SetOutcome::Replaced, version)))
+            }
             hash_table::Entry::Vacant(vacant) => {
                 self.reserve_entry()?;
                 let version = self.next_version();
-                let entry = Entry {
-                    value,
-                    version,
-                    modified_ns,
-                };
-                vacant.insert((key, entry));
-                on_change(&key, &entry);
-                Ok(Some(version))
+                let inserted = vacant.insert((key, entry(version)));
+                on_change(&key, &inserted.get().1);
+                Ok(Some((SetOutcome::Inserted, version)))
             }
         }
     }

@@ -269,19 +269,48 @@ where
     .map_err(ApiError::from)
 }
 
+/// The error answers of a call that names one key in the path.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // a description for the OpenAPI document only
+enum KeyErrors {
+    #[response(status = 400, description = "Malformed key")]
+    Malformed(ErrorBody),
+    #[response(status = 404, description = "No such key")]
+    Absent(ErrorBody),
+    #[response(status = 413, description = "Key too long")]
+    TooLong(ErrorBody),
+    #[response(status = 503, description = "Store not reachable")]
+    Unreachable(ErrorBody),
+}
+
+/// The error answers of a call that writes a key and a value.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // a description for the OpenAPI document only
+enum WriteErrors {
+    #[response(status = 400, description = "Malformed request")]
+    Malformed(ErrorBody),
+    #[response(status = 413, description = "Key or value too long")]
+    TooLong(ErrorBody),
+    #[response(status = 503, description = "Store not reachable")]
+    Unreachable(ErrorBody),
+    #[response(
+        status = 507,
+        description = "Store full (a new key beyond the entry limit)"
+    )]
+    Full(ErrorBody),
+}
+
+fn not_found(key: &str) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, format!("key {key:?} not found"))
+}
+
 /// The value of a key.
 #[utoipa::path(
     get,
     path = "/get/{key}",
     tag = "store",
     params(("key" = String, Path, description = "The key (percent-encoded)")),
-    responses(
-        (status = 200, description = "The entry", body = EntryBody),
-        (status = 400, description = "Malformed key", body = ErrorBody),
-        (status = 404, description = "No such key", body = ErrorBody),
-        (status = 413, description = "Key too long", body = ErrorBody),
-        (status = 503, description = "Store not reachable", body = ErrorBody),
-    )
+    responses((status = 200, description = "The entry", body = EntryBody), KeyErrors)
 )]
 pub async fn get_key(
     State(state): State<AppState>,
@@ -291,10 +320,7 @@ pub async fn get_key(
     let k = key.clone();
     match with_store(&state, move |s| s.get(&k)).await? {
         Some(e) => Ok(Json(e.into())),
-        None => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("key {key:?} not found"),
-        )),
+        None => Err(not_found(&key)),
     }
 }
 
@@ -304,13 +330,7 @@ pub async fn get_key(
     path = "/set",
     tag = "store",
     request_body = KeyValue,
-    responses(
-        (status = 200, description = "Set", body = KeyValue),
-        (status = 400, description = "Malformed request", body = ErrorBody),
-        (status = 413, description = "Key or value too long", body = ErrorBody),
-        (status = 503, description = "Store not reachable", body = ErrorBody),
-        (status = 507, description = "Store full (a new key beyond the entry limit)", body = ErrorBody),
-    )
+    responses((status = 200, description = "Set", body = KeyValue), WriteErrors)
 )]
 pub async fn set_key(
     State(state): State<AppState>,
@@ -330,11 +350,8 @@ pub async fn set_key(
     request_body = KeyValue,
     responses(
         (status = 201, description = "Inserted", body = KeyValue),
-        (status = 400, description = "Malformed request", body = ErrorBody),
         (status = 409, description = "The key exists (nothing changed)", body = ErrorBody),
-        (status = 413, description = "Key or value too long", body = ErrorBody),
-        (status = 503, description = "Store not reachable", body = ErrorBody),
-        (status = 507, description = "Store full", body = ErrorBody),
+        WriteErrors
     )
 )]
 pub async fn post_key(
@@ -359,13 +376,7 @@ pub async fn post_key(
     path = "/del/{key}",
     tag = "store",
     params(("key" = String, Path, description = "The key (percent-encoded)")),
-    responses(
-        (status = 200, description = "Deleted", body = KeyBody),
-        (status = 400, description = "Malformed key", body = ErrorBody),
-        (status = 404, description = "No such key", body = ErrorBody),
-        (status = 413, description = "Key too long", body = ErrorBody),
-        (status = 503, description = "Store not reachable", body = ErrorBody),
-    )
+    responses((status = 200, description = "Deleted", body = KeyBody), KeyErrors)
 )]
 pub async fn del_key(
     State(state): State<AppState>,
@@ -376,10 +387,7 @@ pub async fn del_key(
     if with_store(&state, move |s| s.del(&k)).await? {
         Ok(Json(KeyBody { key }))
     } else {
-        Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("key {key:?} not found"),
-        ))
+        Err(not_found(&key))
     }
 }
 
@@ -534,6 +542,35 @@ mod tests {
             status_of(TextError::Client(ClientError::Protocol("?".into()))),
             StatusCode::BAD_GATEWAY
         );
+    }
+
+    #[test]
+    fn the_document_lists_every_answer_of_every_call() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        let codes = |path: &str, method: &str| -> Vec<String> {
+            let mut c: Vec<String> = doc["paths"][path][method]["responses"]
+                .as_object()
+                .unwrap_or_else(|| panic!("{method} {path} missing"))
+                .keys()
+                .cloned()
+                .collect();
+            c.sort();
+            c
+        };
+        assert_eq!(
+            codes("/get/{key}", "get"),
+            ["200", "400", "404", "413", "503"]
+        );
+        assert_eq!(
+            codes("/del/{key}", "delete"),
+            ["200", "400", "404", "413", "503"]
+        );
+        assert_eq!(codes("/set", "post"), ["200", "400", "413", "503", "507"]);
+        assert_eq!(
+            codes("/post", "post"),
+            ["201", "400", "409", "413", "503", "507"]
+        );
+        assert_eq!(codes("/status", "get"), ["200", "400", "503"]);
     }
 
     #[test]
