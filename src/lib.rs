@@ -6,8 +6,9 @@
 //! * [`KVSClient`] (from `kvs-client`) talks to it from any process;
 //! * [`core`] (`kvs-core`) holds the region, ring, response table and map.
 //!
-//! It also owns the `kvs_server` and `kvs_client` binaries (thin `main`s over
-//! the crates' `cli` modules), the top-level tests and the benchmarks.
+//! It also owns the `kvs_server`, `kvs_client` and `kvs_http` binaries
+//! (one-line `main`s over the `kvs-cli` crate), the top-level tests and the
+//! benchmarks.
 //!
 //! ```no_run
 //! use kvs::{KVSClient, KVSServer};
