@@ -6,8 +6,8 @@
 //!
 //! * [`support`]: parsing with one-line usage errors, logging, [`Failure`];
 //! * [`server`]: `kvs_server`: create the region, serve, stop in order;
-//! * [`client`]: `kvs_client`: single-key commands and status;
-//! * [`tools`]: `kvs_client` list, backup, run and watch;
+//! * [`client`]: `kvs_client`: its flags, the single-key commands, status,
+//!   bench, and the tools (list, backup, run, watch);
 //! * [`jobs`]: the job-file language of `kvs_client run`;
 //! * [`http`]: `kvs_http`: the gateway's flags over
 //!   [`kvs_http::gateway::Gateway`].
@@ -22,7 +22,6 @@ pub mod http;
 pub mod jobs;
 pub mod server;
 pub mod support;
-pub mod tools;
 
 pub use support::Failure;
 

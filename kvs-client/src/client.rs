@@ -7,7 +7,6 @@
 //! client is `Send + Sync` and any number of threads may share one.
 
 use crate::error::{ClientError, Result};
-use crate::ticket::Ticket;
 use kvs_core::protocol::{OpCode, Response, StatusCode};
 use kvs_core::region::{ConnectOptions, Region};
 use kvs_core::response_table::{Claim, WaitOutcome};
@@ -370,71 +369,6 @@ where
         let deadline = Deadline::after(timeout);
         let claim = self.submit(op, key, value, &deadline)?;
         self.wait_claim(op, &claim, &deadline)
-    }
-
-    // ---- asynchronous ----
-
-    /// Submits a GET; the ticket yields `Option<V>`.
-    ///
-    /// # Errors
-    ///
-    /// Submission errors: ring full, no free slot, server gone.
-    pub fn get_async(&self, key: &K) -> Result<Ticket<'_, K, V, Option<V>>> {
-        self.ticket(OpCode::Get, key, None, decode_get)
-    }
-
-    /// Submits a SET; the ticket yields `()`.
-    ///
-    /// # Errors
-    ///
-    /// As [`KVSClient::get_async`].
-    pub fn set_async(&self, key: &K, value: &V) -> Result<Ticket<'_, K, V, ()>> {
-        self.ticket(OpCode::Set, key, Some(value), decode_set)
-    }
-
-    /// Submits a POST; the ticket yields whether it inserted.
-    ///
-    /// # Errors
-    ///
-    /// As [`KVSClient::get_async`].
-    pub fn post_async(&self, key: &K, value: &V) -> Result<Ticket<'_, K, V, bool>> {
-        self.ticket(OpCode::Post, key, Some(value), decode_post)
-    }
-
-    /// Submits a DEL; the ticket yields whether it removed.
-    ///
-    /// # Errors
-    ///
-    /// As [`KVSClient::get_async`].
-    pub fn del_async(&self, key: &K) -> Result<Ticket<'_, K, V, bool>> {
-        self.ticket(OpCode::Del, key, None, decode_del)
-    }
-
-    fn ticket<R>(
-        &self,
-        op: OpCode,
-        key: &K,
-        value: Option<&V>,
-        decode: fn(Response<V>) -> Result<R>,
-    ) -> Result<Ticket<'_, K, V, R>> {
-        let deadline = Deadline::after(self.options.ring_full_backoff);
-        let claim = self.submit(op, key, value, &deadline)?;
-        Ok(Ticket::new(self, claim, op, decode))
-    }
-
-    /// Waits up to `timeout` for a ticket's answer.
-    ///
-    /// # Errors
-    ///
-    /// [`ClientError::Timeout`] (the request is abandoned), server gone, or
-    /// the op's own errors.
-    pub fn wait<R>(&self, ticket: Ticket<'_, K, V, R>, timeout: Duration) -> Result<R> {
-        ticket.wait(timeout)
-    }
-
-    /// The ticket's answer if it has arrived; `None` otherwise.
-    pub fn try_take<R>(&self, ticket: &mut Ticket<'_, K, V, R>) -> Option<Result<R>> {
-        ticket.try_take()
     }
 
     /// Submits every op (keeping up to `window` in flight) and collects every

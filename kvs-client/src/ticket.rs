@@ -4,13 +4,84 @@
 //! it abandons the request, so the slot goes back to the table (the server
 //! frees it when it gets to the request) and nothing leaks.
 
-use crate::client::{Deadline, KVSClient};
+use crate::client::{decode_del, decode_get, decode_post, decode_set, Deadline, KVSClient};
 use crate::error::{ClientError, Result};
 use kvs_core::protocol::{OpCode, Response};
 use kvs_core::response_table::{Claim, Poll};
 use std::fmt;
 use std::hash::Hash;
 use std::time::Duration;
+
+/// The asynchronous calls: submit now, collect the answer through the
+/// [`Ticket`] later.
+impl<K, V> KVSClient<K, V>
+where
+    K: bytemuck::Pod + Eq + Hash,
+    V: bytemuck::Pod,
+{
+    /// Submits a GET; the ticket yields `Option<V>`.
+    ///
+    /// # Errors
+    ///
+    /// Submission errors: ring full, no free slot, server gone.
+    pub fn get_async(&self, key: &K) -> Result<Ticket<'_, K, V, Option<V>>> {
+        self.ticket(OpCode::Get, key, None, decode_get)
+    }
+
+    /// Submits a SET; the ticket yields `()`.
+    ///
+    /// # Errors
+    ///
+    /// As [`KVSClient::get_async`].
+    pub fn set_async(&self, key: &K, value: &V) -> Result<Ticket<'_, K, V, ()>> {
+        self.ticket(OpCode::Set, key, Some(value), decode_set)
+    }
+
+    /// Submits a POST; the ticket yields whether it inserted.
+    ///
+    /// # Errors
+    ///
+    /// As [`KVSClient::get_async`].
+    pub fn post_async(&self, key: &K, value: &V) -> Result<Ticket<'_, K, V, bool>> {
+        self.ticket(OpCode::Post, key, Some(value), decode_post)
+    }
+
+    /// Submits a DEL; the ticket yields whether it removed.
+    ///
+    /// # Errors
+    ///
+    /// As [`KVSClient::get_async`].
+    pub fn del_async(&self, key: &K) -> Result<Ticket<'_, K, V, bool>> {
+        self.ticket(OpCode::Del, key, None, decode_del)
+    }
+
+    fn ticket<R>(
+        &self,
+        op: OpCode,
+        key: &K,
+        value: Option<&V>,
+        decode: fn(Response<V>) -> Result<R>,
+    ) -> Result<Ticket<'_, K, V, R>> {
+        let deadline = Deadline::after(self.options().ring_full_backoff);
+        let claim = self.submit(op, key, value, &deadline)?;
+        Ok(Ticket::new(self, claim, op, decode))
+    }
+
+    /// Waits up to `timeout` for a ticket's answer.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Timeout`] (the request is abandoned), server gone, or
+    /// the op's own errors.
+    pub fn wait<R>(&self, ticket: Ticket<'_, K, V, R>, timeout: Duration) -> Result<R> {
+        ticket.wait(timeout)
+    }
+
+    /// The ticket's answer if it has arrived; `None` otherwise.
+    pub fn try_take<R>(&self, ticket: &mut Ticket<'_, K, V, R>) -> Option<Result<R>> {
+        ticket.try_take()
+    }
+}
 
 /// A submitted request whose answer decodes to `R`.
 #[must_use = "dropping a ticket abandons its request"]

@@ -21,7 +21,9 @@
 
 mod acceptor;
 mod reclaim;
+mod registry;
 mod server;
+mod shared;
 pub mod snapshot;
 mod worker;
 

@@ -7,7 +7,7 @@
 //! A dead client is one whose connection ended or whose process exited (the
 //! acceptor marks it dead in the server's registry), never a bare pid check.
 
-use crate::server::Shared;
+use crate::shared::Shared;
 use kvs_core::response_table::SlotState;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

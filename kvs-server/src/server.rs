@@ -1,6 +1,9 @@
 //! The server handle: builder, start, stop.
 
-use crate::acceptor::{self, Acceptor, Registry};
+use crate::acceptor::{self, Acceptor};
+use crate::registry::Registry;
+use crate::shared::Shared;
+pub use crate::shared::DRAIN_LIMIT;
 use crate::{reclaim, worker};
 use crossbeam_utils::CachePadded;
 use kvs_core::map::StripedMap;
@@ -12,10 +15,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
-
-/// How long stopping workers keep draining requests that clients keep
-/// pushing (a stop under sustained load still returns).
-pub const DRAIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Errors of building and running a server.
 #[derive(Debug, thiserror::Error)]
@@ -33,42 +32,6 @@ pub enum ServerError {
     /// The backup directory cannot be used.
     #[error("{0}")]
     BackupDir(String),
-}
-
-/// State shared by the handle, the workers and the housekeeper.
-pub(crate) struct Shared<K, V> {
-    pub(crate) region: Region<K, V>,
-    pub(crate) map: StripedMap<K, V>,
-    /// Workers drain the ring and exit when set.
-    pub(crate) stop_workers: AtomicBool,
-    /// When the stop was asked for (unix ns; 0: not asked): workers give
-    /// up draining after [`DRAIN_LIMIT`].
-    pub(crate) stop_since_ns: AtomicU64,
-    /// The housekeeper exits when set.
-    pub(crate) shutdown: AtomicBool,
-    /// Per worker: `slot index + 1` while it answers that slot, 0 otherwise.
-    /// Read by the reclaimer (see `kvs_core::response_table::SlotTable::reclaim`).
-    pub(crate) busy: Box<[CachePadded<AtomicU64>]>,
-    /// Worker threads running now (ids `0..n`).
-    pub(crate) running_workers: std::sync::atomic::AtomicUsize,
-    /// Who is registered (the authority; see `acceptor`).
-    pub(crate) registry: Registry,
-    /// Set by the first `start`: the acceptor admits clients from then on.
-    pub(crate) accepting: AtomicBool,
-    /// Where client-requested backups go (`--backup-dir`); `None` refuses
-    /// them.
-    pub(crate) backup_dir: Option<Dir>,
-    /// Permission bits of snapshot files (see `snapshot::file_mode`).
-    pub(crate) snapshot_mode: u32,
-}
-
-impl<K, V> Shared<K, V> {
-    pub(crate) fn is_busy(&self, slot: u32) -> bool {
-        let mark = u64::from(slot) + 1;
-        // SeqCst: the reclaimer's half of the Dekker pair with the worker's
-        // SeqCst store of its mark before `SlotTable::begin`.
-        self.busy.iter().any(|b| b.load(Ordering::SeqCst) == mark)
-    }
 }
 
 /// Builds a [`KVSServer`]; see [`KVSServer::builder`].

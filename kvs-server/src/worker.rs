@@ -14,7 +14,7 @@
 //! process instead, with one line on stderr, so clients see the server
 //! gone at once.
 
-use crate::server::Shared;
+use crate::shared::Shared;
 use kvs_core::bulk::{BulkResult, BulkTable, ListRecord};
 use kvs_core::map::{Entry, MapError, SetOutcome};
 use kvs_core::notify::EventKind;
@@ -102,12 +102,12 @@ where
     }
 }
 
-/// Whether a stopping worker has drained for [`crate::server::DRAIN_LIMIT`].
+/// Whether a stopping worker has drained for [`crate::shared::DRAIN_LIMIT`].
 fn drained_long_enough<K, V>(shared: &Shared<K, V>) -> bool {
     let since = shared.stop_since_ns.load(Ordering::Relaxed);
     since != 0
         && kvs_core::unix_now_ns().saturating_sub(since)
-            > crate::server::DRAIN_LIMIT.as_nanos() as u64
+            > crate::shared::DRAIN_LIMIT.as_nanos() as u64
 }
 
 /// Clears a worker's busy mark however `serve` ends.

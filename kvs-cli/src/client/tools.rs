@@ -1,7 +1,7 @@
 //! The `kvs_client` commands beyond single-key operations: list, backup,
 //! run (job files) and watch (subscriptions).
 
-use crate::client::{connect, key_arg, Args};
+use super::args::{connect, key_arg, Args};
 use crate::jobs::{collect_jobs, run_job};
 use crate::support::Failure;
 use kvs_client::text::{escape_for_display, TextChange};

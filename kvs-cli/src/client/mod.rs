@@ -1,0 +1,48 @@
+//! The `kvs_client` command line.
+//!
+//! * [`args`]: the flags and commands, and turning arguments into checked
+//!   keys, values and client options;
+//! * `commands`: the single-key commands, status and bench;
+//! * `tools`: list, backup, run (job files) and watch.
+//!
+//! Exit codes: 0 done; 1 not found (get, del) or already exists (post), with
+//! a short line on stderr; 2 any error (no server, timeout, key or value too
+//! long, bad arguments), with one clear line on stderr.
+
+pub mod args;
+mod commands;
+mod tools;
+
+pub use args::{Args, Command};
+
+use crate::support::{parse_args, Failure};
+use std::process::ExitCode;
+
+/// Runs `kvs_client` with the process's arguments.
+pub fn main() -> ExitCode {
+    let args = match parse_args::<Args>("kvs_client") {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("kvs_client: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+fn run(args: &Args) -> Result<(), Failure> {
+    match &args.command {
+        Command::Get { key } => commands::get(args, key),
+        Command::Set { key, value } => commands::set(args, key, value),
+        Command::Post { key, value } => commands::post(args, key, value),
+        Command::Del { key } => commands::del(args, key),
+        Command::Status { json } => commands::status(args, *json),
+        Command::Bench(bench) => commands::bench(args, bench),
+        Command::List { prefix, json } => tools::list(args, prefix, *json),
+        Command::Backup { file } => tools::backup(args, file.as_deref()),
+        Command::Run { paths, jobs } => tools::run_jobs(args, paths, usize::from(*jobs)),
+        Command::Watch { keys } => tools::watch(args, keys),
+    }
+}
