@@ -55,7 +55,7 @@ pub const MAX_JOB_BYTES: u64 = 64 << 20;
 const QUOTE_MAX: usize = 80;
 
 /// `text` quoted for an error message: escaped (no control character
-/// reaches the terminal) and cut to [`QUOTE_MAX`] characters.
+/// reaches the terminal) and cut to `QUOTE_MAX` (80) characters.
 pub fn quote(text: &str) -> String {
     let cut: String = text.chars().take(QUOTE_MAX).collect();
     let more = text.chars().count() > QUOTE_MAX;

@@ -17,6 +17,20 @@
 //! }
 //! # Ok::<(), kvs_client::ClientError>(())
 //! ```
+//!
+//! The crate is the client library and nothing else (the command lines are
+//! in `kvs-cli`, the load generator in `kvs-bench`):
+//!
+//! * `client`: [`KVSClient`]: connecting, the synchronous calls, batches,
+//!   and the submit/wait protocol over the region;
+//! * `ticket`: the asynchronous calls and their [`Ticket`]s;
+//! * `listing`: listing pages and backups through the bulk buffers;
+//! * [`status`]: the status view, also through a probe;
+//! * `subscription`: change events;
+//! * [`text`]: [`TextClient`], text keys and values over the server's value
+//!   class, for tools and the HTTP gateway;
+//! * `fork`: refusing a forked child's use of its parent's connection;
+//! * `error`: [`ClientError`].
 
 #![warn(missing_docs, unsafe_op_in_unsafe_fn)]
 

@@ -604,7 +604,7 @@ impl<'a, K: bytemuck::Pod, V: bytemuck::Pod> SlotTable<'a, K, V> {
 
     /// Waits for the answer: spins per `policy`, then sleeps on the slot's
     /// event count in slices of [`SLEEP_SLICE`], checking `server_alive` and
-    /// the deadline between slices; takes the answer to `op` as [`poll`]
+    /// the deadline between slices; takes the answer to `op` as [`poll`](Self::poll)
     /// does. The deadline is asked for only once the spinning is
     /// over (so a call answered while spinning reads no clock). On timeout
     /// or a dead server the request is abandoned.

@@ -15,6 +15,13 @@
 //! # Ok::<(), kvs_server::ServerError>(())
 //! ```
 //!
+//! Modules: `server` ([`KVSServer`], its builder, start and ordered stop),
+//! `shared` (the state the threads share), `worker` (pop, execute, answer),
+//! `acceptor` (admission over the socket and liveness of clients),
+//! `registry` (who is registered: the server's private table), `reclaim`
+//! (the housekeeper that frees what dead clients held), [`snapshot`] (the
+//! snapshot file format, save and load).
+//!
 //! [`StripedMap`]: kvs_core::map::StripedMap
 
 #![warn(missing_docs, unsafe_op_in_unsafe_fn)]
