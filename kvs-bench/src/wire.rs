@@ -12,6 +12,7 @@
 use crate::tally::{Tally, MAX_LATENCY_NS};
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use std::io::{BufRead, BufReader, Read};
 
 /// A [`Tally`] as a child process sends it: `(value, count)` pairs per kind.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -111,6 +112,35 @@ impl fmt::Display for ChildLine {
             }
         }
     }
+}
+
+/// What the parent hears from a child.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum ChildEvent {
+    /// A line of the protocol.
+    Said(ChildLine),
+    /// Its stdout ended (or could not be read), or its `result` line was
+    /// garbled.
+    Gone,
+}
+
+/// Reads a child's stdout to its end, passing each [`ChildEvent`] to
+/// `hear` (which returns `false` to stop reading): lines that are no part
+/// of the protocol are skipped, and the last event is always
+/// [`ChildEvent::Gone`] unless `hear` stopped first.
+pub(crate) fn read_child(stdout: impl Read, mut hear: impl FnMut(ChildEvent) -> bool) {
+    for line in BufReader::new(stdout).lines() {
+        let Ok(line) = line else { break };
+        let event = match ChildLine::parse(&line) {
+            Ok(Some(said)) => ChildEvent::Said(said),
+            Ok(None) => continue,
+            Err(GarbledResult) => ChildEvent::Gone,
+        };
+        if !hear(event) {
+            return;
+        }
+    }
+    hear(ChildEvent::Gone);
 }
 
 /// Whether `line` (as read from stdin, newline and all) is the `go` line.
@@ -226,6 +256,65 @@ mod tests {
                 "{garbled:?} was not garbled"
             );
         }
+    }
+
+    fn hear_all(bytes: &[u8]) -> Vec<ChildEvent> {
+        let mut events = Vec::new();
+        read_child(bytes, |e| {
+            events.push(e);
+            true
+        });
+        events
+    }
+
+    #[test]
+    fn a_child_is_heard_to_its_end() {
+        let result = ChildLine::Result(Box::new(WireTally::from(&sample())));
+        let out = format!("noise\nready\nprogress 5\n\nprogress 9\n{result}\n");
+        assert_eq!(
+            hear_all(out.as_bytes()),
+            [
+                ChildEvent::Said(ChildLine::Ready),
+                ChildEvent::Said(ChildLine::Progress(5)),
+                ChildEvent::Said(ChildLine::Progress(9)),
+                ChildEvent::Said(result),
+                ChildEvent::Gone,
+            ]
+        );
+        // No newline at the end still makes a line.
+        assert_eq!(
+            hear_all(b"ready"),
+            [ChildEvent::Said(ChildLine::Ready), ChildEvent::Gone]
+        );
+        assert_eq!(hear_all(b""), [ChildEvent::Gone]);
+    }
+
+    #[test]
+    fn a_garbled_result_or_unreadable_output_is_gone() {
+        assert_eq!(
+            hear_all(b"ready\nresult {oops\nprogress 3\n"),
+            [
+                ChildEvent::Said(ChildLine::Ready),
+                ChildEvent::Gone,
+                ChildEvent::Said(ChildLine::Progress(3)),
+                ChildEvent::Gone,
+            ]
+        );
+        // Output that is not UTF-8 ends the reading.
+        assert_eq!(
+            hear_all(b"ready\n\xff\xfe\nprogress 3\n"),
+            [ChildEvent::Said(ChildLine::Ready), ChildEvent::Gone]
+        );
+    }
+
+    #[test]
+    fn the_listener_can_stop_reading() {
+        let mut heard = 0;
+        read_child(&b"ready\nprogress 1\nprogress 2\n"[..], |_| {
+            heard += 1;
+            false
+        });
+        assert_eq!(heard, 1);
     }
 
     #[test]

@@ -9,12 +9,11 @@ use super::Plan;
 use crate::error::BenchError;
 use crate::progress::Progress;
 use crate::tally::Tally;
-use crate::wire::{is_go, ChildLine, WireTally, GO};
+use crate::wire::{is_go, read_child, ChildEvent, ChildLine, WireTally, GO};
 use crate::workload::BenchValue;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, Write};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -121,35 +120,11 @@ fn child_command(plan: &Plan, index: u32) -> Result<Command, BenchError> {
     Ok(cmd)
 }
 
-/// What the parent hears about child `i`.
-enum Event {
-    /// A line it printed.
-    Said(ChildLine),
-    /// Its stdout ended, or its result was garbled.
-    Gone,
-}
-
-/// Reads child `i`'s stdout to its end, passing on what it says.
-fn read_child(i: usize, stdout: impl std::io::Read, tx: &Sender<(usize, Event)>) {
-    for line in BufReader::new(stdout).lines() {
-        let Ok(line) = line else { break };
-        let event = match ChildLine::parse(&line) {
-            Ok(Some(said)) => Event::Said(said),
-            Ok(None) => continue,
-            Err(_) => Event::Gone,
-        };
-        if tx.send((i, event)).is_err() {
-            return;
-        }
-    }
-    let _ = tx.send((i, Event::Gone));
-}
-
 /// Runs the client processes: starts them all, says `go` when all are
 /// ready, sums their progress, and merges their results.
 pub(crate) fn run_children(plan: &Plan, progress: &Progress) -> Result<Tally, BenchError> {
     let mut children = Children(Vec::new());
-    let (tx, rx) = std::sync::mpsc::channel::<(usize, Event)>();
+    let (tx, rx) = std::sync::mpsc::channel::<(usize, ChildEvent)>();
     let mut readers = Vec::new();
     for index in 0..plan.args.clients {
         let mut child = child_command(plan, index)?
@@ -160,9 +135,9 @@ pub(crate) fn run_children(plan: &Plan, progress: &Progress) -> Result<Tally, Be
         let tx = tx.clone();
         let i = index as usize;
         readers.push(std::thread::spawn(move || match stdout {
-            Some(stdout) => read_child(i, stdout, &tx),
+            Some(stdout) => read_child(stdout, |event| tx.send((i, event)).is_ok()),
             None => {
-                let _ = tx.send((i, Event::Gone));
+                let _ = tx.send((i, ChildEvent::Gone));
             }
         }));
     }
@@ -176,7 +151,7 @@ pub(crate) fn run_children(plan: &Plan, progress: &Progress) -> Result<Tally, Be
     while gone < n {
         let Ok((i, event)) = rx.recv() else { break };
         match event {
-            Event::Said(ChildLine::Ready) => {
+            ChildEvent::Said(ChildLine::Ready) => {
                 ready += 1;
                 if ready == n {
                     progress.start();
@@ -189,14 +164,14 @@ pub(crate) fn run_children(plan: &Plan, progress: &Progress) -> Result<Tally, Be
                     started = true;
                 }
             }
-            Event::Said(ChildLine::Progress(count)) => {
+            ChildEvent::Said(ChildLine::Progress(count)) => {
                 counts[i] = count;
                 progress
                     .done()
                     .store(counts.iter().sum(), Ordering::Relaxed);
             }
-            Event::Said(ChildLine::Result(w)) => results[i] = Some(Tally::from(&*w)),
-            Event::Gone => {
+            ChildEvent::Said(ChildLine::Result(w)) => results[i] = Some(Tally::from(&*w)),
+            ChildEvent::Gone => {
                 gone += 1;
                 if results[i].is_none() {
                     return Err(BenchError::ChildNoResult { index: i, started });
