@@ -1,0 +1,334 @@
+//! The worker threads of one process. Each [`Worker`] has its own
+//! connection, keys ([`Model`]) and choices ([`Workload`]); it fills its
+//! keys before the clock starts, then runs its [`Budget`]:
+//!
+//! * `--depth 1` uses the synchronous calls;
+//! * a larger depth keeps that many async tickets in flight, never two on
+//!   the same key (so the model stays exact however the server's workers
+//!   reorder them), and waits for the oldest.
+//!
+//! Latency is from submission to the answer.
+
+use super::{Budget, Plan};
+use crate::error::BenchError;
+use crate::model::{Answer, Model};
+use crate::tally::Tally;
+use crate::workload::{BenchValue, Kind, Workload};
+use kvs_client::{ClientError, KVSClient, Op, Ticket};
+use kvs_core::text::TextKey;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Barrier, Mutex};
+use std::time::Instant;
+
+/// Answered operations a thread counts before adding them to the shared
+/// count (so that the count costs nothing measurable).
+const DONE_BATCH: u64 = 256;
+
+/// Keys written per batch call while filling.
+const FILL_CHUNK: usize = 4096;
+
+/// Runs the threads of process `index`, calling `ready` once they are
+/// connected and filled (it returns when the run may start), and returns
+/// their merged tally.
+pub(crate) fn run_threads<V: BenchValue>(
+    plan: &Plan,
+    index: u32,
+    done_ops: &AtomicU64,
+    ready: impl FnOnce() -> Result<(), BenchError>,
+) -> Result<Tally, BenchError> {
+    let threads = plan.args.threads as usize;
+    // Threads + this one: threads wait until the caller says go.
+    let filled = Barrier::new(threads + 1);
+    let start = Barrier::new(threads + 1);
+    let started: Mutex<Option<Instant>> = Mutex::new(None);
+    let abort = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let global = u64::from(index) * u64::from(plan.args.threads) + t as u64;
+                let (filled, start, started, abort) = (&filled, &start, &started, &abort);
+                s.spawn(move || {
+                    let worker = Worker::<V>::start(plan, global)
+                        .map_err(|e| {
+                            abort.store(true, Ordering::Relaxed);
+                            eprintln!("kvs_client bench: {e}");
+                        })
+                        .ok();
+                    filled.wait();
+                    start.wait();
+                    let t0 = started.lock().map(|g| *g).ok().flatten();
+                    match (worker, t0) {
+                        (Some(mut w), Some(t0)) => Some(w.run(t0, done_ops)),
+                        _ => None,
+                    }
+                })
+            })
+            .collect();
+        filled.wait();
+        let go = if abort.load(Ordering::Relaxed) {
+            Err(BenchError::ThreadStart)
+        } else {
+            ready()
+        };
+        if go.is_ok() {
+            if let Ok(mut g) = started.lock() {
+                *g = Some(Instant::now());
+            }
+        }
+        start.wait();
+        let mut tally = Tally::new();
+        for h in handles {
+            match h.join() {
+                Ok(Some(t)) => tally.merge(&t),
+                Ok(None) => {}
+                Err(_) => return Err(BenchError::ThreadPanicked),
+            }
+        }
+        go.map(|()| tally)
+    })
+}
+
+/// A request in flight on the async path.
+enum Pending<'c, V: BenchValue> {
+    Get(Ticket<'c, TextKey, V, Option<V>>),
+    Set(Ticket<'c, TextKey, V, ()>),
+    Post(Ticket<'c, TextKey, V, bool>),
+    Del(Ticket<'c, TextKey, V, bool>),
+}
+
+impl<V: BenchValue> Pending<'_, V> {
+    /// Waits for the answer.
+    fn wait(self, timeout: std::time::Duration) -> Result<Answer<V>, ClientError> {
+        match self {
+            Pending::Get(t) => t.wait(timeout).map(Answer::Value),
+            Pending::Set(t) => t.wait(timeout).map(|()| Answer::Done),
+            Pending::Post(t) => t.wait(timeout).map(Answer::Changed),
+            Pending::Del(t) => t.wait(timeout).map(Answer::Changed),
+        }
+    }
+}
+
+/// A ticket and what the check of its answer needs.
+struct InFlight<'c, V: BenchValue> {
+    kind: Kind,
+    key: usize,
+    /// The sequence number written by a SET or POST.
+    seq: u32,
+    since: Instant,
+    pending: Pending<'c, V>,
+}
+
+/// One benchmark thread: its connection, keys and model.
+struct Worker<V: BenchValue> {
+    client: KVSClient<TextKey, V>,
+    plan: Plan,
+    /// This thread's index over all processes.
+    global: u64,
+    model: Model,
+    workload: Workload,
+    /// Keys with a request in flight (async path).
+    busy: Vec<bool>,
+}
+
+impl<V: BenchValue> Worker<V> {
+    /// Connects and fills the keys.
+    fn start(plan: &Plan, global: u64) -> Result<Self, BenchError> {
+        let mut w = Self::connect(plan, global)?;
+        w.fill().map_err(BenchError::Fill)?;
+        Ok(w)
+    }
+
+    fn connect(plan: &Plan, global: u64) -> Result<Self, ClientError> {
+        let client = KVSClient::<TextKey, V>::connect_with(&plan.name, plan.options.clone())?;
+        let n = plan.keys_per_thread;
+        Ok(Self {
+            client,
+            plan: plan.clone(),
+            global,
+            model: Model::new(plan.run_id, global, n, plan.args.value_size),
+            workload: Workload::new(&plan.args, global, n),
+            busy: vec![false; n as usize],
+        })
+    }
+
+    /// Writes every key of this thread, so that the model starts exact.
+    fn fill(&mut self) -> Result<(), ClientError> {
+        let n = self.model.len();
+        let mut start = 0;
+        while start < n {
+            let end = (start + FILL_CHUNK).min(n);
+            let mut ops = Vec::with_capacity(end - start);
+            let mut seqs = Vec::with_capacity(end - start);
+            for k in start..end {
+                let seq = self.model.take_seq();
+                ops.push(Op::Set(self.model.key(k), self.model.value(k, seq)));
+                seqs.push(seq);
+            }
+            let results = self.client.batch(&ops, self.plan.options.timeout);
+            for (i, r) in results.into_iter().enumerate() {
+                r?;
+                self.model.written(start + i, seqs[i]);
+            }
+            start = end;
+        }
+        Ok(())
+    }
+
+    fn run(&mut self, t0: Instant, done_ops: &AtomicU64) -> Tally {
+        let budget = self.plan.budget(self.global);
+        let mut tally = Tally::new();
+        if self.plan.args.depth <= 1 {
+            self.run_sync(t0, budget, done_ops, &mut tally);
+        } else {
+            self.run_async(t0, budget, done_ops, &mut tally);
+        }
+        tally
+    }
+
+    fn run_sync(&mut self, t0: Instant, budget: Budget, done_ops: &AtomicU64, tally: &mut Tally) {
+        let mut count = 0u64;
+        let mut now = Instant::now();
+        loop {
+            match budget {
+                Budget::Ops(n) if count >= n => break,
+                Budget::Until(d) if now.duration_since(t0) >= d => break,
+                _ => {}
+            }
+            if self.plan.gone.load(Ordering::Relaxed) {
+                break;
+            }
+            let kind = self.workload.op();
+            let k = self.workload.key();
+            let key = self.model.key(k);
+            let (seq, value) = next_write(&mut self.model, kind, k);
+            let t = Instant::now();
+            let answer = match kind {
+                Kind::Get => self.client.get(&key).map(Answer::Value),
+                Kind::Set => self.client.set(&key, &value).map(|()| Answer::Done),
+                Kind::Post => self.client.post(&key, &value).map(Answer::Changed),
+                Kind::Del => self.client.del(&key).map(Answer::Changed),
+            };
+            now = Instant::now();
+            tally.record(kind, now.duration_since(t).as_nanos() as u64);
+            self.model.check(kind, k, seq, answer, tally);
+            stop_if_gone(&self.plan.gone, tally);
+            count += 1;
+            if count % DONE_BATCH == 0 {
+                done_ops.fetch_add(DONE_BATCH, Ordering::Relaxed);
+            }
+        }
+        done_ops.fetch_add(count % DONE_BATCH, Ordering::Relaxed);
+        tally.seconds = now.duration_since(t0).as_secs_f64();
+    }
+
+    fn run_async(&mut self, t0: Instant, budget: Budget, done_ops: &AtomicU64, tally: &mut Tally) {
+        let depth = self.plan.args.depth as usize;
+        let timeout = self.plan.options.timeout;
+        let gone = Arc::clone(&self.plan.gone);
+        let mut queue: VecDeque<InFlight<'_, V>> = VecDeque::with_capacity(depth);
+        let mut submitted = 0u64;
+        let mut completed = 0u64;
+        let mut now = Instant::now();
+        // Split the borrows: tickets borrow the client, the rest is mutated.
+        let Worker {
+            client,
+            model,
+            workload,
+            busy,
+            ..
+        } = self;
+        let client = &*client;
+        loop {
+            let more = !gone.load(Ordering::Relaxed)
+                && match budget {
+                    Budget::Ops(n) => submitted < n,
+                    Budget::Until(d) => now.duration_since(t0) < d,
+                };
+            while more && queue.len() < depth {
+                match budget {
+                    Budget::Ops(n) if submitted >= n => break,
+                    _ => {}
+                }
+                let kind = workload.op();
+                let k = pick_free_key(workload, busy);
+                let key = model.key(k);
+                let (seq, value) = next_write(model, kind, k);
+                let since = Instant::now();
+                let pending = match kind {
+                    Kind::Get => client.get_async(&key).map(Pending::Get),
+                    Kind::Set => client.set_async(&key, &value).map(Pending::Set),
+                    Kind::Post => client.post_async(&key, &value).map(Pending::Post),
+                    Kind::Del => client.del_async(&key).map(Pending::Del),
+                };
+                submitted += 1;
+                match pending {
+                    Ok(pending) => {
+                        busy[k] = true;
+                        queue.push_back(InFlight {
+                            kind,
+                            key: k,
+                            seq,
+                            since,
+                            pending,
+                        });
+                    }
+                    Err(e) => {
+                        model.failed(kind, k, &e, tally);
+                        stop_if_gone(&gone, tally);
+                        completed += 1;
+                    }
+                }
+            }
+            let Some(f) = queue.pop_front() else {
+                if more {
+                    // Every submission failed; the budget still ends the loop.
+                    now = Instant::now();
+                    continue;
+                }
+                break;
+            };
+            let answer = f.pending.wait(timeout);
+            now = Instant::now();
+            tally.record(f.kind, now.duration_since(f.since).as_nanos() as u64);
+            busy[f.key] = false;
+            model.check(f.kind, f.key, f.seq, answer, tally);
+            stop_if_gone(&gone, tally);
+            completed += 1;
+            if completed % DONE_BATCH == 0 {
+                done_ops.fetch_add(DONE_BATCH, Ordering::Relaxed);
+            }
+        }
+        done_ops.fetch_add(completed % DONE_BATCH, Ordering::Relaxed);
+        tally.seconds = now.duration_since(t0).as_secs_f64();
+    }
+}
+
+/// The sequence number a write of `kind` on `key` takes (0 for GET and
+/// DEL), and the value it writes.
+fn next_write<V: BenchValue>(model: &mut Model, kind: Kind, key: usize) -> (u32, V) {
+    if kind.writes() {
+        let seq = model.take_seq();
+        (seq, model.value(key, seq))
+    } else {
+        (0, V::zeroed())
+    }
+}
+
+/// A key with nothing in flight: the picked one, or the next free one.
+fn pick_free_key(workload: &mut Workload, busy: &[bool]) -> usize {
+    let n = busy.len();
+    let mut k = workload.key();
+    // At most `depth` keys are busy and there are at least 2 x depth keys.
+    while busy[k] {
+        k = (k + 1) % n;
+    }
+    k
+}
+
+/// Stops every thread once this one has met `ServerGone`.
+fn stop_if_gone(gone: &AtomicBool, tally: &Tally) {
+    if tally.server_gone {
+        gone.store(true, Ordering::Relaxed);
+    }
+}
