@@ -63,4 +63,5 @@ pub use region::{Region, RegionConfig, Session};
 pub use response_table::{SlotState, SlotTable};
 pub use ring::Ring;
 
+#[cfg(not(loom))]
 pub use clock::unix_now_ns;

@@ -209,6 +209,11 @@ enum Role {
         dir: Dir,
         lock: NameLock,
         state: std::sync::atomic::AtomicU32,
+        /// Held while the state is written to the own copy and the header,
+        /// and while the housekeeper compares and repairs the header's
+        /// state, so a repair never writes back a state the server has
+        /// just left.
+        state_writes: parking_lot::Mutex<()>,
     },
     /// A client: the connection (its end says the server died) and what
     /// the server answered.
@@ -637,6 +642,7 @@ impl<K: bytemuck::Pod, V: bytemuck::Pod> Region<K, V> {
                 dir,
                 lock,
                 state: std::sync::atomic::AtomicU32::new(InitState::Ready as u32),
+                state_writes: parking_lot::Mutex::new(()),
             },
             _types: PhantomData,
         };
@@ -1153,9 +1159,18 @@ impl<K, V> Region<K, V> {
     /// `Closed`: nothing more is answered), in the server's own copy and in
     /// the header.
     pub fn set_state(&self, state: InitState) {
-        if let Role::Server { state: own, .. } = &self.role {
-            own.store(state as u32, std::sync::atomic::Ordering::SeqCst);
-        }
+        let _writing = match &self.role {
+            Role::Server {
+                state: own,
+                state_writes,
+                ..
+            } => {
+                let guard = state_writes.lock();
+                own.store(state as u32, std::sync::atomic::Ordering::SeqCst);
+                Some(guard)
+            }
+            _ => None,
+        };
         self.header().state.store(state as u32, Ordering::SeqCst);
     }
 
@@ -1181,6 +1196,12 @@ impl<K, V> Region<K, V> {
     /// scribbler stops. Returns how many fields were rewritten (0 for a
     /// client's handle).
     pub fn repair_header(&self) -> usize {
+        let Role::Server { state_writes, .. } = &self.role else {
+            return 0;
+        };
+        // The state read and its repair happen under the lock `set_state`
+        // takes, so the state compared is the one the server holds now.
+        let _writing = state_writes.lock();
         let Some(state) = self.server_state() else {
             return 0;
         };
@@ -1389,6 +1410,42 @@ mod tests {
             Region::<u64, u64>::open_with("talk", &dir.connect()),
             Err(RegionOpenError::NoServer { .. })
         ));
+    }
+
+    /// The housekeeper's header repair runs beside the server's own state
+    /// changes; with nobody scribbling it must never find (and "repair")
+    /// anything, in particular never write back a state the server left.
+    #[test]
+    fn header_repair_never_races_the_servers_own_state_changes() {
+        let dir = TestDir::new("racestate");
+        let (server, _listener, _) =
+            Region::<u64, u64>::create_reporting("racestate", &dir.config()).unwrap();
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let repaired = std::thread::scope(|s| {
+            let repairer = s.spawn(|| {
+                let mut repaired = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    repaired += server.repair_header();
+                }
+                repaired
+            });
+            for i in 0..200_000 {
+                let state = if i % 2 == 0 {
+                    InitState::Draining
+                } else {
+                    InitState::Ready
+                };
+                server.set_state(state);
+            }
+            server.set_state(InitState::Closed);
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            repairer.join().unwrap()
+        });
+        assert_eq!(repaired, 0, "repairs without a scribbler");
+        assert_eq!(
+            server.header().state.load(Ordering::SeqCst),
+            InitState::Closed as u32
+        );
     }
 
     #[test]
