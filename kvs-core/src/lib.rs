@@ -17,6 +17,8 @@
 //! * [`fixed_str`]: fixed-capacity `Pod` strings for text keys and values;
 //! * [`text`]: the key type and value size classes the binaries use;
 //! * [`clock`]: the wall clock, precise and coarse;
+//! * [`store`]: the store in the shared region: striped index, entry
+//!   blocks, allocator, lock-free reads;
 //! * [`secure_fs`]: files created or read on someone's behalf, opened so
 //!   that a planted name cannot redirect them.
 //!
@@ -45,6 +47,7 @@ pub mod response_table;
 pub mod ring;
 #[cfg(not(loom))]
 pub mod secure_fs;
+pub mod store;
 mod sync;
 #[cfg(not(loom))]
 pub mod text;

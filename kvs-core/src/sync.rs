@@ -14,7 +14,8 @@
 pub(crate) use loom::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 
 #[cfg(not(loom))]
-pub(crate) use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+#[allow(unused_imports)] // `fence` is used by the store and the loom models
+pub(crate) use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 
 /// `UnsafeCell` with tokio's closure API, so loom can see every access.
 #[cfg(loom)]

@@ -1,0 +1,895 @@
+//! The server's side of the store: stripe locks in private memory, the
+//! allocator, and the write steps of rules 1 to 4 of [`super`].
+//!
+//! A write to one key, holding its stripe's lock:
+//!
+//! 1. take a block from the allocator, bump its generation,
+//!    `fence(Release)`, and fill it completely (key, value, metadata,
+//!    checksum): nothing points to it yet;
+//! 2. if the key is new and the table is at 3/4 (live plus tombstones),
+//!    build a new table beside the old one, with the new entry in it;
+//! 3. `seq` to odd, `fence(Release)`, store the slot (or the table word),
+//!    `seq` to even with `Release`;
+//! 4. free what was unlinked (the old block: bump its generation with
+//!    `Release`, then hand it back; the old table).
+//!
+//! The lock also orders the change events: the caller's `on_change` runs
+//! before the lock is released, so subscribers see one key's changes in
+//! version order. Lock order: a stripe, then the allocator; never two
+//! stripes.
+//!
+//! The server trusts nothing it reads back either: the table's slots and
+//! blocks are bounds-checked like a client's reads, and a block is handed
+//! back to the allocator only if the allocator says it is live.
+
+use super::alloc::{AllocConfig, Allocator};
+use super::block::{self, Meta, ValueSource, GENERATION};
+use super::hash::KeyHash;
+use super::layout::{hdr, stripe, Geometry};
+use super::read::StoreView;
+use super::segment::{Segment, SegmentArena};
+use super::table::{Slot, TableWord, EMPTY, MIN_LOG2_CAPACITY, TOMBSTONE};
+use super::words::Words;
+use crossbeam_utils::CachePadded;
+use parking_lot::Mutex;
+use std::sync::atomic::{fence, AtomicU64, Ordering};
+
+/// Versions are reserved in the header this many at a time, so a restarted
+/// server never hands out a version twice.
+pub const VERSION_CHUNK: u64 = 1 << 20;
+
+/// Why a write was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WriteError {
+    /// The key is empty or longer than the store allows.
+    #[error("a key is 1 to {max} bytes, this one is {len}")]
+    KeyLength {
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: u64,
+    },
+    /// The value is longer than the store allows.
+    #[error("a value is at most {max} bytes, this one is {len}")]
+    ValueLength {
+        /// Its length.
+        len: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// `--max-memory` is reached.
+    #[error("the store is full: its memory limit is reached")]
+    MemoryFull,
+    /// `--max-entries` is reached.
+    #[error("the store is full: its entry limit is reached")]
+    EntriesFull,
+}
+
+/// SET or POST.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteMode {
+    /// Insert or replace.
+    Upsert,
+    /// Insert only if absent.
+    InsertOnly,
+}
+
+/// What a write did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    /// A new key; its version.
+    Inserted(u64),
+    /// A new value for a present key; its version.
+    Replaced(u64),
+    /// POST of a present key: nothing changed.
+    Exists,
+}
+
+/// A change, as `on_change` sees it (under the stripe's lock).
+#[derive(Debug)]
+pub struct Change<'a> {
+    /// The key.
+    pub key: &'a [u8],
+    /// The new value (`None`: deleted).
+    pub value: Option<BlockValue<'a>>,
+    /// The change's version.
+    pub version: u64,
+    /// When, unix ns (0 for a delete).
+    pub modified_ns: u64,
+}
+
+/// A value in a block, to be read while its stripe is locked.
+#[derive(Debug, Clone, Copy)]
+pub struct BlockValue<'a> {
+    words: Words<'a>,
+    offset: u64,
+    len: u64,
+}
+
+impl BlockValue<'_> {
+    /// Its length.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether it is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Copies it into `out`.
+    pub fn read_into(&self, out: &mut Vec<u8>) {
+        if self.words.read_into(self.offset, self.len, out).is_err() {
+            out.clear();
+        }
+    }
+
+    /// Copies it into other words at `offset` (a staging buffer).
+    ///
+    /// # Errors
+    ///
+    /// When either side is out of bounds.
+    pub fn copy_to(&self, dst: &Words<'_>, offset: u64) -> Result<(), super::words::OutOfBounds> {
+        dst.copy_from(offset, &self.words, self.offset, self.len, |_| {})
+    }
+}
+
+/// A stripe as the server knows it.
+#[derive(Debug, Default)]
+struct StripeState {
+    /// The authoritative `seq` (the segment only receives stores of it).
+    seq: u64,
+    table: Option<TableWord>,
+    live: u64,
+    /// Live plus tombstone slots.
+    used: u64,
+}
+
+/// Where a probe for a key ended.
+enum Probe {
+    Found {
+        slot: u64,
+        offset: u64,
+    },
+    /// Absent; `slot` is where an insert goes (first tombstone or the empty
+    /// slot that ended the probe), `None` if the table had no room.
+    Absent {
+        slot: Option<u64>,
+    },
+}
+
+/// Counters for the status view.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriterStats {
+    /// Entries.
+    pub entries: u64,
+    /// Bytes the allocator has committed.
+    pub committed_bytes: u64,
+    /// Bytes of live blocks (entries and tables).
+    pub live_bytes: u64,
+    /// The limit on committed bytes.
+    pub max_memory: u64,
+    /// The last version handed out.
+    pub version: u64,
+}
+
+/// The writer: one per server.
+pub struct StoreWriter<S: Segment> {
+    segment: S,
+    geometry: Geometry,
+    stripes: Box<[CachePadded<Mutex<StripeState>>]>,
+    alloc: Mutex<Allocator>,
+    max_memory: u64,
+    /// The last version handed out.
+    version: AtomicU64,
+    /// Versions below this are reserved in the header.
+    version_high: Mutex<u64>,
+    entries: AtomicU64,
+    max_entries: Option<u64>,
+}
+
+impl<S: Segment> std::fmt::Debug for StoreWriter<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreWriter")
+            .field("geometry", &self.geometry)
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: Segment> StoreWriter<S> {
+    /// A fresh store in `segment` (zeros): writes the header and sets up an
+    /// empty allocator.
+    pub fn create(
+        segment: S,
+        geometry: Geometry,
+        max_memory: u64,
+        max_entries: Option<u64>,
+        store_id: u64,
+    ) -> Self {
+        // The header page and the stripes must be backed before they are
+        // written (a failed commit here shows up at the first write).
+        let _ = segment.commit(0, geometry.page_map);
+        geometry.write_header(&segment.words(), store_id, crate::clock::unix_now_ns());
+        let config = Self::alloc_config(&geometry, max_memory);
+        let alloc = Allocator::new(config, &SegmentArena::new(&segment, geometry));
+        let stripes = (0..geometry.stripes())
+            .map(|_| CachePadded::new(Mutex::new(StripeState::default())))
+            .collect();
+        Self {
+            segment,
+            geometry,
+            stripes,
+            alloc: Mutex::new(alloc),
+            max_memory,
+            version: AtomicU64::new(0),
+            version_high: Mutex::new(0),
+            entries: AtomicU64::new(0),
+            max_entries,
+        }
+    }
+
+    fn alloc_config(g: &Geometry, max_memory: u64) -> AllocConfig {
+        AllocConfig {
+            data_start: g.data_start,
+            data_end: g.segment_size,
+            max_memory,
+            max_block: g.max_block().max(1 << 30),
+            commit_step: 1 << 20,
+        }
+    }
+
+    /// The layout.
+    pub fn geometry(&self) -> &Geometry {
+        &self.geometry
+    }
+
+    /// The segment.
+    pub fn segment(&self) -> &S {
+        &self.segment
+    }
+
+    /// A reader's view of the same segment (the server reads directly too).
+    pub fn view(&self) -> StoreView<'_> {
+        StoreView::new(self.segment.words(), self.geometry)
+    }
+
+    fn words(&self) -> Words<'_> {
+        self.segment.words()
+    }
+
+    fn arena(&self) -> SegmentArena<'_, S> {
+        SegmentArena::new(&self.segment, self.geometry)
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> WriterStats {
+        let a = self.alloc.lock().stats();
+        WriterStats {
+            entries: self.entries.load(Ordering::Relaxed),
+            committed_bytes: a.committed_bytes,
+            live_bytes: a.live_bytes,
+            max_memory: self.max_memory,
+            version: self.version.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Entries.
+    pub fn len(&self) -> u64 {
+        self.entries.load(Ordering::Relaxed)
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The last version handed out.
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Relaxed)
+    }
+
+    /// Makes every later version greater than `v` (a loaded snapshot's).
+    pub fn set_version_at_least(&self, v: u64) {
+        self.version.fetch_max(v, Ordering::Relaxed);
+        self.reserve_versions(v);
+    }
+
+    /// The next version, reserved in the header first.
+    fn next_version(&self) -> u64 {
+        let v = self.version.fetch_add(1, Ordering::Relaxed) + 1;
+        self.reserve_versions(v);
+        v
+    }
+
+    fn reserve_versions(&self, v: u64) {
+        let mut high = self.version_high.lock();
+        if v >= *high {
+            *high = v.saturating_add(VERSION_CHUNK);
+            self.words().store(hdr::VERSION_HIGH * 8, *high);
+        }
+    }
+
+    fn check_lengths(&self, key: &[u8], value_len: u64) -> Result<(), WriteError> {
+        if key.is_empty() || key.len() as u64 > self.geometry.max_key {
+            return Err(WriteError::KeyLength {
+                len: key.len(),
+                max: self.geometry.max_key,
+            });
+        }
+        if value_len > self.geometry.max_value {
+            return Err(WriteError::ValueLength {
+                len: value_len,
+                max: self.geometry.max_value,
+            });
+        }
+        Ok(())
+    }
+
+    /// Probes the stripe's table for `key`.
+    fn probe(&self, st: &StripeState, key: &[u8], hash: KeyHash) -> Probe {
+        let Some(table) = st.table else {
+            return Probe::Absent { slot: None };
+        };
+        let words = self.words();
+        let capacity = table.capacity();
+        let start = hash.start(capacity);
+        let mut insert_at = None;
+        for i in 0..capacity {
+            let slot = start.wrapping_add(i) & (capacity - 1);
+            let w = words.load(table.slot_at(slot)).unwrap_or(EMPTY);
+            match Slot::decode(w) {
+                Slot::Empty => {
+                    return Probe::Absent {
+                        slot: Some(insert_at.unwrap_or(slot)),
+                    }
+                }
+                Slot::Tombstone => {
+                    insert_at.get_or_insert(slot);
+                }
+                Slot::Live { tag, offset } if tag == hash.tag() => {
+                    if let Ok(h) = block::read_header(&words, &self.geometry, offset) {
+                        if h.key_len == key.len() as u64
+                            && words.eq_bytes(offset + h.key_at(), key).unwrap_or(false)
+                        {
+                            return Probe::Found { slot, offset };
+                        }
+                    }
+                }
+                Slot::Live { .. } => {}
+            }
+        }
+        Probe::Absent { slot: insert_at }
+    }
+
+    /// Takes a block of at least `bytes` and readies it for writing: its
+    /// generation bumped, then a Release fence (rule 4: a reader whose copy
+    /// sees any of the new owner's stores sees the new generation).
+    fn take_block(&self, bytes: u64) -> Result<u64, WriteError> {
+        let block = self
+            .alloc
+            .lock()
+            .alloc(&self.arena(), bytes)
+            .map_err(|_| WriteError::MemoryFull)?;
+        self.bump_generation(block.offset, Ordering::Relaxed);
+        fence(Ordering::Release);
+        Ok(block.offset)
+    }
+
+    fn bump_generation(&self, offset: u64, order: Ordering) {
+        let words = self.words();
+        let g = words.load(offset + GENERATION).unwrap_or(0).wrapping_add(1);
+        // Generations start at 1: a punched (zeroed) block never matches.
+        words.store_with(offset + GENERATION, g.max(1), order);
+    }
+
+    /// Hands back a block unlinked by a write (rule 3): its generation is
+    /// bumped first (Release), so a reader still copying it retries.
+    fn free_block(&self, offset: u64) {
+        self.bump_generation(offset, Ordering::Release);
+        let _ = self.alloc.lock().free(&self.arena(), offset);
+    }
+
+    /// Stores `word` at `at` inside the stripe's `seq` bracket (rule 2).
+    fn publish(&self, stripe_index: u64, st: &mut StripeState, at: u64, word: u64) {
+        let words = self.words();
+        let seq_at = self.geometry.stripe_word(stripe_index, stripe::SEQ);
+        st.seq = st.seq.wrapping_add(1);
+        words.store(seq_at, st.seq);
+        // Orders the odd `seq` before the slot store: a reader that sees
+        // the slot (and then fences) sees `seq` moved.
+        fence(Ordering::Release);
+        words.store(at, word);
+        words.store(
+            self.geometry.stripe_word(stripe_index, stripe::ENTRIES),
+            st.live,
+        );
+        st.seq = st.seq.wrapping_add(1);
+        // Release: a reader that acquires this even value sees the block
+        // and the slot.
+        words.store_with(seq_at, st.seq, Ordering::Release);
+    }
+
+    /// Builds a table of `2^log2` slots holding every live entry of `old`
+    /// plus `(extra_hash, extra_word)` if given. `None` if no memory.
+    fn build_table(
+        &self,
+        old: Option<TableWord>,
+        log2: u32,
+        extra: Option<(KeyHash, u64)>,
+    ) -> Result<(TableWord, u64), WriteError> {
+        let table = TableWord {
+            offset: self.take_block(8 << log2)?,
+            log2_capacity: log2,
+        };
+        let words = self.words();
+        for i in 0..table.capacity() {
+            words.store(table.slot_at(i), EMPTY);
+        }
+        let mut placed = 0u64;
+        let mut place = |hash: KeyHash, word: u64| {
+            let cap = table.capacity();
+            let start = hash.start(cap);
+            for i in 0..cap {
+                let at = table.slot_at(start.wrapping_add(i));
+                if words.load(at) == Some(EMPTY) {
+                    words.store(at, word);
+                    placed += 1;
+                    return;
+                }
+            }
+        };
+        if let Some(old) = old {
+            for i in 0..old.capacity() {
+                let w = words.load(old.slot_at(i)).unwrap_or(EMPTY);
+                if let Slot::Live { offset, .. } = Slot::decode(w) {
+                    // Rehash from the key (the block is ours and complete).
+                    let Ok(h) = block::read_header(&words, &self.geometry, offset) else {
+                        continue;
+                    };
+                    let mut key = Vec::new();
+                    if words
+                        .read_into(offset + h.key_at(), h.key_len, &mut key)
+                        .is_ok()
+                    {
+                        place(KeyHash::of(&key, self.geometry.seed), w);
+                    }
+                }
+            }
+        }
+        if let Some((hash, word)) = extra {
+            place(hash, word);
+        }
+        Ok((table, placed))
+    }
+
+    /// SET (`Upsert`) or POST (`InsertOnly`) of `key` to `value`.
+    ///
+    /// # Errors
+    ///
+    /// [`WriteError`]: bad lengths, or a full store; nothing changed then.
+    pub fn set(
+        &self,
+        key: &[u8],
+        value: ValueSource<'_, '_>,
+        mode: WriteMode,
+        on_change: impl FnOnce(&Change<'_>),
+    ) -> Result<Written, WriteError> {
+        self.write(key, value, mode, None, on_change)
+    }
+
+    /// Inserts or replaces `key` keeping the given metadata (a snapshot
+    /// being loaded).
+    ///
+    /// # Errors
+    ///
+    /// As [`set`](Self::set).
+    pub fn insert_loaded(&self, key: &[u8], value: &[u8], meta: Meta) -> Result<(), WriteError> {
+        self.set_version_at_least(meta.version);
+        self.write(
+            key,
+            ValueSource::Bytes(value),
+            WriteMode::Upsert,
+            Some(meta),
+            |_| {},
+        )
+        .map(|_| ())
+    }
+
+    fn write(
+        &self,
+        key: &[u8],
+        value: ValueSource<'_, '_>,
+        mode: WriteMode,
+        keep: Option<Meta>,
+        on_change: impl FnOnce(&Change<'_>),
+    ) -> Result<Written, WriteError> {
+        self.check_lengths(key, value.len())?;
+        let hash = KeyHash::of(key, self.geometry.seed);
+        let stripe_index = hash.stripe(self.geometry.stripe_bits);
+        // Read the clock before taking the lock, to keep it short.
+        let now = crate::clock::unix_coarse_ns();
+        let mut st = self.stripes[stripe_index as usize].lock();
+        let probe = self.probe(&st, key, hash);
+        let old = match probe {
+            Probe::Found { .. } if mode == WriteMode::InsertOnly => return Ok(Written::Exists),
+            Probe::Found { slot, offset } => Some((slot, offset)),
+            Probe::Absent { .. } => {
+                if let Some(max) = self.max_entries {
+                    if self.entries.load(Ordering::Relaxed) >= max {
+                        return Err(WriteError::EntriesFull);
+                    }
+                }
+                None
+            }
+        };
+        let offset = self.take_block(block::block_bytes(key.len() as u64, value.len()))?;
+        let meta = keep.unwrap_or(Meta {
+            version: self.next_version(),
+            modified_ns: now,
+            deadline: 0,
+        });
+        if block::write_entry(&self.words(), offset, key, value, meta).is_err() {
+            self.free_block(offset);
+            return Err(WriteError::MemoryFull);
+        }
+        let word = Slot::live(hash.tag(), offset);
+        let written = match (old, st.table) {
+            (Some((slot, old_offset)), Some(table)) => {
+                self.publish(stripe_index, &mut st, table.slot_at(slot), word);
+                self.free_block(old_offset);
+                Written::Replaced(meta.version)
+            }
+            _ => {
+                let slot = match probe {
+                    Probe::Absent { slot } => slot,
+                    Probe::Found { .. } => None,
+                };
+                if let Err(e) = self.insert(stripe_index, &mut st, slot, hash, word) {
+                    self.free_block(offset);
+                    return Err(e);
+                }
+                self.entries.fetch_add(1, Ordering::Relaxed);
+                Written::Inserted(meta.version)
+            }
+        };
+        let words = self.words();
+        let value_at = offset + block::HEADER_BYTES + (key.len() as u64).div_ceil(8) * 8;
+        on_change(&Change {
+            key,
+            value: Some(BlockValue {
+                words,
+                offset: value_at,
+                len: value.len(),
+            }),
+            version: meta.version,
+            modified_ns: meta.modified_ns,
+        });
+        Ok(written)
+    }
+
+    /// Links a new entry's slot `word`: into `slot` of the current table if
+    /// that keeps the table at most 3/4 used (a tombstone is reused for
+    /// free), else into a rebuilt table (double the size when live entries
+    /// pass half, the same size otherwise, which drops the tombstones).
+    fn insert(
+        &self,
+        stripe_index: u64,
+        st: &mut StripeState,
+        slot: Option<u64>,
+        hash: KeyHash,
+        word: u64,
+    ) -> Result<(), WriteError> {
+        if let (Some(table), Some(slot)) = (st.table, slot) {
+            let at = table.slot_at(slot);
+            let tombstone = self.words().load(at) == Some(TOMBSTONE);
+            if tombstone || (st.used + 1) * 4 <= table.capacity() * 3 {
+                if !tombstone {
+                    st.used += 1;
+                }
+                st.live += 1;
+                self.publish(stripe_index, st, at, word);
+                return Ok(());
+            }
+        }
+        let log2 = match st.table {
+            None => MIN_LOG2_CAPACITY,
+            Some(t) if (st.live + 1) * 2 > t.capacity() => t.log2_capacity + 1,
+            Some(t) => t.log2_capacity,
+        };
+        let (new, placed) = self.build_table(st.table, log2, Some((hash, word)))?;
+        let old = st.table.replace(new);
+        st.live = placed;
+        st.used = placed;
+        let table_at = self.geometry.stripe_word(stripe_index, stripe::TABLE);
+        self.publish(stripe_index, st, table_at, new.encode());
+        if let Some(t) = old {
+            self.free_block(t.offset);
+        }
+        Ok(())
+    }
+
+    /// DEL: `Some(version)` if `key` was present.
+    pub fn del(&self, key: &[u8], on_change: impl FnOnce(&Change<'_>)) -> Option<u64> {
+        if key.is_empty() || key.len() as u64 > self.geometry.max_key {
+            return None;
+        }
+        let hash = KeyHash::of(key, self.geometry.seed);
+        let stripe_index = hash.stripe(self.geometry.stripe_bits);
+        let mut st = self.stripes[stripe_index as usize].lock();
+        let (Probe::Found { slot, offset }, Some(table)) = (self.probe(&st, key, hash), st.table)
+        else {
+            return None;
+        };
+        let version = self.next_version();
+        st.live -= 1;
+        self.publish(stripe_index, &mut st, table.slot_at(slot), TOMBSTONE);
+        self.free_block(offset);
+        self.entries.fetch_sub(1, Ordering::Relaxed);
+        on_change(&Change {
+            key,
+            value: None,
+            version,
+            modified_ns: 0,
+        });
+        Some(version)
+    }
+
+    /// Reads `key` under its stripe's lock (a worker answering a read that
+    /// could not be done directly): `f` sees the metadata and the value.
+    pub fn with_entry<R>(
+        &self,
+        key: &[u8],
+        f: impl FnOnce(Option<(Meta, BlockValue<'_>)>) -> R,
+    ) -> R {
+        if key.is_empty() || key.len() as u64 > self.geometry.max_key {
+            return f(None);
+        }
+        let hash = KeyHash::of(key, self.geometry.seed);
+        let st = self.stripes[hash.stripe(self.geometry.stripe_bits) as usize].lock();
+        match self.probe(&st, key, hash) {
+            Probe::Found { offset, .. } => {
+                let words = self.words();
+                match block::read_header(&words, &self.geometry, offset) {
+                    Ok(h) => f(Some((
+                        h.meta,
+                        BlockValue {
+                            words,
+                            offset: offset + h.value_at(),
+                            len: h.value_len,
+                        },
+                    ))),
+                    Err(_) => f(None),
+                }
+            }
+            Probe::Absent { .. } => f(None),
+        }
+    }
+
+    /// Calls `f` with every entry of stripe `index`, under its lock (a
+    /// snapshot, or a listing a reader could not do directly). False if
+    /// there is no such stripe.
+    pub fn for_each_in_stripe(
+        &self,
+        index: u64,
+        mut f: impl FnMut(&[u8], Meta, BlockValue<'_>),
+    ) -> bool {
+        let Some(stripe) = self.stripes.get(index as usize) else {
+            return false;
+        };
+        let st = stripe.lock();
+        let Some(table) = st.table else { return true };
+        let words = self.words();
+        let mut key = Vec::new();
+        for i in 0..table.capacity() {
+            if let Slot::Live { offset, .. } =
+                Slot::decode(words.load(table.slot_at(i)).unwrap_or(EMPTY))
+            {
+                let Ok(h) = block::read_header(&words, &self.geometry, offset) else {
+                    continue;
+                };
+                if words
+                    .read_into(offset + h.key_at(), h.key_len, &mut key)
+                    .is_ok()
+                {
+                    f(
+                        &key,
+                        h.meta,
+                        BlockValue {
+                            words,
+                            offset: offset + h.value_at(),
+                            len: h.value_len,
+                        },
+                    );
+                }
+            }
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::read::Lookup;
+    use crate::store::segment::HeapSegment;
+    use std::collections::HashMap;
+
+    fn writer(stripe_bits: u32, max_memory: u64) -> StoreWriter<HeapSegment> {
+        let g = Geometry::new(8 << 20, stripe_bits, 256, 64 << 10, 0x5eed);
+        StoreWriter::create(
+            HeapSegment::new(g.segment_size, None),
+            g,
+            max_memory,
+            None,
+            1,
+        )
+    }
+
+    fn get(w: &StoreWriter<HeapSegment>, key: &[u8]) -> Option<Vec<u8>> {
+        match w.view().get(key) {
+            Lookup::Found { value, .. } => Some(value),
+            Lookup::Absent => None,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn set(w: &StoreWriter<HeapSegment>, key: &[u8], value: &[u8]) -> Written {
+        w.set(key, ValueSource::Bytes(value), WriteMode::Upsert, |_| {})
+            .unwrap()
+    }
+
+    #[test]
+    fn set_get_replace_delete_read_back_directly() {
+        let w = writer(2, 1 << 30);
+        assert_eq!(get(&w, b"a"), None);
+        assert!(matches!(set(&w, b"a", b"1"), Written::Inserted(1)));
+        assert_eq!(get(&w, b"a").as_deref(), Some(&b"1"[..]));
+        assert!(matches!(set(&w, b"a", b"22"), Written::Replaced(2)));
+        assert_eq!(get(&w, b"a").as_deref(), Some(&b"22"[..]));
+        assert_eq!(
+            w.set(
+                b"a",
+                ValueSource::Bytes(b"x"),
+                WriteMode::InsertOnly,
+                |_| {}
+            ),
+            Ok(Written::Exists)
+        );
+        assert_eq!(w.del(b"a", |_| {}), Some(3));
+        assert_eq!(w.del(b"a", |_| {}), None);
+        assert_eq!(get(&w, b"a"), None);
+        assert_eq!(w.len(), 0);
+        // Empty values and binary keys are fine.
+        set(&w, &[0, 255, 10], b"");
+        assert_eq!(get(&w, &[0, 255, 10]).as_deref(), Some(&b""[..]));
+    }
+
+    #[test]
+    fn many_keys_grow_tables_and_survive_churn() {
+        let w = writer(2, 1 << 30);
+        let mut model = HashMap::new();
+        for i in 0..5000u32 {
+            let k = format!("key-{}", i % 1500).into_bytes();
+            if i % 7 == 3 {
+                let expect = model.remove(&k).is_some();
+                assert_eq!(w.del(&k, |_| {}).is_some(), expect);
+            } else {
+                let v = format!("value-{i}-{}", "x".repeat((i % 40) as usize)).into_bytes();
+                set(&w, &k, &v);
+                model.insert(k, v);
+            }
+        }
+        assert_eq!(w.len(), model.len() as u64);
+        assert_eq!(w.view().entries(), model.len() as u64);
+        for (k, v) in &model {
+            assert_eq!(get(&w, k).as_ref(), Some(v));
+        }
+        let mut listed = 0;
+        for s in 0..w.geometry().stripes() {
+            listed += w.view().stripe_keys(s).unwrap().len();
+        }
+        assert_eq!(listed, model.len());
+    }
+
+    #[test]
+    fn limits_are_refused_and_leave_nothing_behind() {
+        let w = writer(0, 1 << 30);
+        assert!(matches!(
+            w.set(b"", ValueSource::Bytes(b"v"), WriteMode::Upsert, |_| {}),
+            Err(WriteError::KeyLength { .. })
+        ));
+        assert!(matches!(
+            w.set(
+                &[1; 257],
+                ValueSource::Bytes(b"v"),
+                WriteMode::Upsert,
+                |_| {}
+            ),
+            Err(WriteError::KeyLength { .. })
+        ));
+        assert!(matches!(
+            w.set(
+                b"k",
+                ValueSource::Bytes(&vec![0; (64 << 10) + 1]),
+                WriteMode::Upsert,
+                |_| {}
+            ),
+            Err(WriteError::ValueLength { .. })
+        ));
+        assert_eq!(w.len(), 0);
+        let limited = StoreWriter::create(
+            HeapSegment::new(8 << 20, None),
+            Geometry::new(8 << 20, 0, 256, 64 << 10, 1),
+            1 << 30,
+            Some(2),
+            1,
+        );
+        for k in [b"a", b"b"] {
+            limited
+                .set(k, ValueSource::Bytes(b"v"), WriteMode::Upsert, |_| {})
+                .unwrap();
+        }
+        assert_eq!(
+            limited.set(b"c", ValueSource::Bytes(b"v"), WriteMode::Upsert, |_| {}),
+            Err(WriteError::EntriesFull)
+        );
+        // Replacing at the limit is fine.
+        limited
+            .set(b"a", ValueSource::Bytes(b"w"), WriteMode::Upsert, |_| {})
+            .unwrap();
+    }
+
+    #[test]
+    fn memory_full_is_an_error_not_a_crash() {
+        let w = writer(0, 64 << 10);
+        let mut n = 0;
+        loop {
+            match w.set(
+                format!("k{n}").as_bytes(),
+                ValueSource::Bytes(&[7; 1000]),
+                WriteMode::Upsert,
+                |_| {},
+            ) {
+                Ok(_) => n += 1,
+                Err(WriteError::MemoryFull) => break,
+                Err(e) => panic!("{e}"),
+            }
+            assert!(n < 1000, "no limit");
+        }
+        assert!(n > 10);
+        for i in 0..n {
+            assert!(get(&w, format!("k{i}").as_bytes()).is_some());
+        }
+    }
+
+    #[test]
+    fn changes_are_reported_under_the_lock_with_versions_in_order() {
+        let w = writer(1, 1 << 30);
+        let mut seen = Vec::new();
+        w.set(b"k", ValueSource::Bytes(b"v1"), WriteMode::Upsert, |c| {
+            let mut v = Vec::new();
+            c.value.unwrap().read_into(&mut v);
+            seen.push((c.key.to_vec(), Some(v), c.version));
+        })
+        .unwrap();
+        w.del(b"k", |c| seen.push((c.key.to_vec(), None, c.version)));
+        assert_eq!(
+            seen,
+            vec![
+                (b"k".to_vec(), Some(b"v1".to_vec()), 1),
+                (b"k".to_vec(), None, 2)
+            ]
+        );
+    }
+
+    #[test]
+    fn versions_are_reserved_in_the_header_ahead_of_use() {
+        let w = writer(0, 1 << 30);
+        set(&w, b"a", b"1");
+        let high = w.words().load(hdr::VERSION_HIGH * 8).unwrap();
+        assert!(high > w.version());
+        w.set_version_at_least(high + 5);
+        assert!(w.words().load(hdr::VERSION_HIGH * 8).unwrap() > high + 5);
+    }
+}
