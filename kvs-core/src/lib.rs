@@ -16,6 +16,7 @@
 //! * [`protocol`]: op codes, status codes, request and response records;
 //! * [`fixed_str`]: fixed-capacity `Pod` strings for text keys and values;
 //! * [`text`]: the key type and value size classes the binaries use;
+//! * [`codec`]: how typed keys and values become the stored bytes, and back;
 //! * [`clock`]: the wall clock, precise and coarse;
 //! * [`secure_fs`]: files created or read on someone's behalf, opened so
 //!   that a planted name cannot redirect them.
@@ -30,6 +31,8 @@
 pub mod bulk;
 #[cfg(not(loom))]
 pub mod clock;
+#[cfg(not(loom))]
+pub mod codec;
 #[cfg(not(loom))]
 pub mod error;
 #[cfg(not(loom))]
