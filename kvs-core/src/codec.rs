@@ -447,3 +447,416 @@ impl<T: serde::Serialize + serde::de::DeserializeOwned> Codec for Serde<T> {
         Ok(Serde(value))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::fmt::Debug;
+
+    use super::*;
+
+    /// A small `Pod` struct without padding, for [`Raw`].
+    #[derive(Clone, Copy, Debug, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+    #[repr(C)]
+    struct Point {
+        x: u32,
+        y: i16,
+        z: u16,
+    }
+
+    /// Encodes `value` with both methods, checks that they give the same
+    /// bytes and that `encode` appends, and returns the bytes.
+    fn encoded<T: Codec>(value: &T) -> Vec<u8> {
+        let mut out = vec![0xa5];
+        value.encode(&mut out);
+        assert_eq!(out[0], 0xa5, "encode must keep what `out` held");
+        let bytes = out.split_off(1);
+        value.with_encoded(|b| assert_eq!(b, &bytes[..], "with_encoded differs from encode"));
+        bytes
+    }
+
+    /// Checks that `value` encodes to `bytes` and that `decode` and
+    /// `decode_vec` both give it back.
+    fn check_exact<T: Codec + PartialEq + Debug>(value: T, bytes: &[u8]) {
+        assert_eq!(encoded(&value), bytes);
+        assert_eq!(T::decode(bytes).as_ref(), Ok(&value));
+        assert_eq!(T::decode_vec(bytes.to_vec()), Ok(value));
+    }
+
+    /// Checks that `value` survives a round trip, and returns its bytes.
+    fn round_trip<T: Codec + PartialEq + Debug>(value: &T) -> Vec<u8> {
+        let bytes = encoded(value);
+        assert_eq!(T::decode(&bytes).as_ref(), Ok(value));
+        assert_eq!(T::decode_vec(bytes.clone()).as_ref(), Ok(value));
+        bytes
+    }
+
+    /// Checks that `decode` and `decode_vec` both refuse `bytes` with `err`.
+    fn refused<T: Codec + Debug>(bytes: &[u8], err: DecodeError) {
+        assert_eq!(T::decode(bytes).unwrap_err(), err);
+        assert_eq!(T::decode_vec(bytes.to_vec()).unwrap_err(), err);
+    }
+
+    fn wrong_length(expected: usize, found: usize) -> DecodeError {
+        DecodeError::WrongLength { expected, found }
+    }
+
+    #[test]
+    fn integers_are_little_endian_of_their_width() {
+        check_exact(0xab_u8, &[0xab]);
+        check_exact(0x0102_u16, &[2, 1]);
+        check_exact(0x0102_0304_u32, &[4, 3, 2, 1]);
+        check_exact(0x0102_0304_0506_0708_u64, &[8, 7, 6, 5, 4, 3, 2, 1]);
+        check_exact(1_u128, &[1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        check_exact(-1_i8, &[0xff]);
+        check_exact(-2_i16, &[0xfe, 0xff]);
+        check_exact(i32::MIN, &[0, 0, 0, 0x80]);
+        check_exact(-1_i64, &[0xff; 8]);
+        check_exact(i128::MAX, &[[0xff; 15].as_slice(), &[0x7f]].concat());
+        check_exact(u64::MAX, &[0xff; 8]);
+        check_exact(0_u32, &[0; 4]);
+    }
+
+    #[test]
+    fn integers_refuse_any_other_length() {
+        refused::<u8>(&[], wrong_length(1, 0));
+        refused::<u8>(&[1, 2], wrong_length(1, 2));
+        refused::<u16>(&[1], wrong_length(2, 1));
+        refused::<u32>(&[1, 2, 3], wrong_length(4, 3));
+        refused::<u32>(&[0; 8], wrong_length(4, 8));
+        refused::<u64>(&[0; 7], wrong_length(8, 7));
+        refused::<u64>(&[0; 9], wrong_length(8, 9));
+        refused::<u128>(&[0; 8], wrong_length(16, 8));
+        refused::<i8>(&[], wrong_length(1, 0));
+        refused::<i16>(&[0; 3], wrong_length(2, 3));
+        refused::<i32>(&[0; 2], wrong_length(4, 2));
+        refused::<i64>(&[], wrong_length(8, 0));
+        refused::<i128>(&[0; 17], wrong_length(16, 17));
+    }
+
+    #[test]
+    fn floats_are_their_little_endian_bits() {
+        check_exact(1.0_f32, &[0, 0, 0x80, 0x3f]);
+        check_exact(-2.5_f64, &(-2.5_f64).to_bits().to_le_bytes());
+        check_exact(f64::INFINITY, &[0, 0, 0, 0, 0, 0, 0xf0, 0x7f]);
+        // NaN is not equal to itself: compare bits, payload included.
+        let nan = f64::from_bits(0x7ff8_0000_dead_beef);
+        let back = f64::decode(&encoded(&nan)).unwrap();
+        assert_eq!(back.to_bits(), nan.to_bits());
+        // -0.0 keeps its sign.
+        assert_eq!(encoded(&-0.0_f32), [0, 0, 0, 0x80]);
+        refused::<f32>(&[0; 8], wrong_length(4, 8));
+        refused::<f64>(&[0; 4], wrong_length(8, 4));
+    }
+
+    #[test]
+    fn bool_is_one_byte_zero_or_one() {
+        check_exact(false, &[0]);
+        check_exact(true, &[1]);
+        refused::<bool>(
+            &[2],
+            DecodeError::Invalid("bool byte 2, expected 0 or 1".into()),
+        );
+        assert!(matches!(
+            bool::decode(&[0xff]),
+            Err(DecodeError::Invalid(_))
+        ));
+        refused::<bool>(&[], wrong_length(1, 0));
+        refused::<bool>(&[1, 0], wrong_length(1, 2));
+    }
+
+    #[test]
+    fn byte_arrays_are_exactly_their_bytes() {
+        check_exact([1_u8, 2, 3], &[1, 2, 3]);
+        check_exact([0_u8; 0], &[]);
+        check_exact([7_u8; 32], &[7; 32]);
+        refused::<[u8; 3]>(&[1, 2], wrong_length(3, 2));
+        refused::<[u8; 3]>(&[1, 2, 3, 4], wrong_length(3, 4));
+        refused::<[u8; 0]>(&[1], wrong_length(0, 1));
+    }
+
+    #[test]
+    fn byte_strings_are_their_bytes() {
+        let raw = [0_u8, 1, 0xff, 0x80, b'a'];
+        check_exact(raw.to_vec(), &raw);
+        check_exact(Vec::new(), &[]);
+        check_exact(Box::<[u8]>::from(&raw[..]), &raw);
+        check_exact(Box::<[u8]>::from([]), &[]);
+    }
+
+    #[cfg(feature = "bytes")]
+    #[test]
+    fn bytes_are_their_bytes() {
+        let raw = [0_u8, 1, 0xff, 0x80, b'a'];
+        check_exact(bytes::Bytes::copy_from_slice(&raw), &raw);
+        check_exact(bytes::Bytes::new(), &[]);
+        check_exact(bytes::Bytes::from_static(b"static"), b"static");
+    }
+
+    #[test]
+    fn owned_buffers_are_taken_without_copying() {
+        let buf = b"hello".to_vec();
+        let ptr = buf.as_ptr();
+        let taken = Vec::<u8>::decode_vec(buf).unwrap();
+        assert_eq!(taken.as_ptr(), ptr);
+
+        let buf = b"hello".to_vec();
+        let ptr = buf.as_ptr();
+        let taken = String::decode_vec(buf).unwrap();
+        assert_eq!(taken.as_ptr(), ptr);
+
+        // No spare capacity: nothing to reallocate.
+        let buf = b"hello".to_vec().into_boxed_slice().into_vec();
+        let ptr = buf.as_ptr();
+        let taken = Box::<[u8]>::decode_vec(buf).unwrap();
+        assert_eq!(taken.as_ptr(), ptr);
+
+        #[cfg(feature = "bytes")]
+        {
+            let mut buf = Vec::with_capacity(64);
+            buf.extend_from_slice(b"hello");
+            let ptr = buf.as_ptr();
+            let taken = bytes::Bytes::decode_vec(buf).unwrap();
+            assert_eq!(taken.as_ptr(), ptr);
+        }
+    }
+
+    #[test]
+    fn strings_are_utf8_and_checked() {
+        check_exact(String::from("hello, wörld"), "hello, wörld".as_bytes());
+        check_exact(String::new(), &[]);
+        check_exact(String::from("a\0b"), b"a\0b");
+        refused::<String>(b"a\xffb", DecodeError::NotUtf8);
+        refused::<String>(&[0xc3], DecodeError::NotUtf8); // truncated sequence
+        refused::<String>(&[0xed, 0xa0, 0x80], DecodeError::NotUtf8); // surrogate
+    }
+
+    #[test]
+    fn fixed_strings_are_their_text_without_padding() {
+        check_exact(FixedStr::<64>::new("user:42").unwrap(), b"user:42");
+        check_exact(FixedStr::<8>::empty(), &[]);
+        check_exact(FixedStr::<8>::new("1234567").unwrap(), b"1234567");
+        check_exact(FixedStr::<1>::empty(), &[]);
+        // The same bytes as a String: the two codecs agree.
+        let s = FixedStr::<16>::new("wörld").unwrap();
+        assert_eq!(encoded(&s), encoded(&String::from("wörld")));
+    }
+
+    #[test]
+    fn fixed_strings_refuse_what_new_refuses() {
+        refused::<FixedStr<8>>(b"12345678", DecodeError::TooLong { max: 7, found: 8 });
+        refused::<FixedStr<64>>(&[b'x'; 70], DecodeError::TooLong { max: 63, found: 70 });
+        refused::<FixedStr<1>>(b"a", DecodeError::TooLong { max: 0, found: 1 });
+        refused::<FixedStr<8>>(b"a\xffb", DecodeError::NotUtf8);
+        refused::<FixedStr<8>>(
+            b"ab\0cd",
+            DecodeError::Invalid("text contains a NUL byte at position 2".into()),
+        );
+        refused::<FixedStr<8>>(
+            b"\0",
+            DecodeError::Invalid("text contains a NUL byte at position 0".into()),
+        );
+    }
+
+    #[test]
+    fn raw_is_the_bytes_in_memory() {
+        let p = Point {
+            x: 0x0102_0304,
+            y: -1,
+            z: 7,
+        };
+        let bytes = round_trip(&Raw(p));
+        assert_eq!(bytes, bytemuck::bytes_of(&p));
+        #[cfg(target_endian = "little")]
+        assert_eq!(bytes, [4, 3, 2, 1, 0xff, 0xff, 7, 0]);
+        check_exact(Raw(0x0102_u16), &0x0102_u16.to_ne_bytes());
+        check_exact(Raw([1_u8, 2, 3]), &[1, 2, 3]);
+        check_exact(Raw(()), &[]);
+    }
+
+    #[test]
+    fn raw_decodes_from_unaligned_bytes() {
+        let p = Point {
+            x: 0xdead_beef,
+            y: -300,
+            z: 300,
+        };
+        let val = 0x1122_3344_5566_7788_u64;
+        for offset in 0..8 {
+            let mut buf = vec![0_u8; offset];
+            Raw(p).encode(&mut buf);
+            assert_eq!(Raw::<Point>::decode(&buf[offset..]), Ok(Raw(p)));
+            let mut buf = vec![0_u8; offset];
+            Raw(val).encode(&mut buf);
+            assert_eq!(Raw::<u64>::decode(&buf[offset..]), Ok(Raw(val)));
+        }
+    }
+
+    #[test]
+    fn raw_refuses_any_other_length() {
+        refused::<Raw<Point>>(&[0; 7], wrong_length(8, 7));
+        refused::<Raw<Point>>(&[0; 9], wrong_length(8, 9));
+        refused::<Raw<u64>>(&[], wrong_length(8, 0));
+        refused::<Raw<()>>(&[0], wrong_length(0, 1));
+    }
+
+    #[test]
+    fn with_encoded_matches_encode_for_every_type() {
+        encoded(&0_u8);
+        encoded(&u16::MAX);
+        encoded(&0x0102_0304_u32);
+        encoded(&u64::MAX);
+        encoded(&u128::MAX);
+        encoded(&i8::MIN);
+        encoded(&-2_i16);
+        encoded(&i32::MIN);
+        encoded(&-1_i64);
+        encoded(&i128::MIN);
+        encoded(&1.5_f32);
+        encoded(&-1.5_f64);
+        encoded(&true);
+        encoded(&false);
+        encoded(&[1_u8, 2, 3, 4]);
+        encoded(&vec![1_u8, 2, 3]);
+        encoded(&Box::<[u8]>::from(&[9_u8, 8][..]));
+        encoded(&String::from("héllo"));
+        encoded(&FixedStr::<64>::new("key").unwrap());
+        encoded(&Raw(Point { x: 1, y: 2, z: 3 }));
+        #[cfg(feature = "bytes")]
+        encoded(&bytes::Bytes::from_static(b"bytes"));
+        #[cfg(feature = "serde")]
+        encoded(&Serde(serde_tests::Record::sample()));
+    }
+
+    #[test]
+    fn messages_follow_a_subject() {
+        assert_eq!(
+            format!("value {}", wrong_length(8, 3)),
+            "value is 3 bytes, expected 8"
+        );
+        assert_eq!(
+            format!("key {}", DecodeError::TooLong { max: 63, found: 70 }),
+            "key is 70 bytes, the limit is 63"
+        );
+        assert_eq!(
+            format!("value {}", DecodeError::NotUtf8),
+            "value is not valid UTF-8"
+        );
+        assert_eq!(
+            format!(
+                "value {}",
+                DecodeError::Invalid("bool byte 2, expected 0 or 1".into())
+            ),
+            "value is invalid: bool byte 2, expected 0 or 1"
+        );
+        assert_eq!(
+            format!("value {}", DecodeError::Serde("oops".into())),
+            "value does not decode with serde: oops"
+        );
+    }
+
+    #[test]
+    fn other_codecs_bytes_are_refused_or_reinterpreted() {
+        let bytes = encoded(&0x0102_0304_0506_0708_u64);
+        assert_eq!(i64::decode(&bytes), Ok(0x0102_0304_0506_0708));
+        assert_eq!(<[u8; 8]>::decode(&bytes), Ok([8, 7, 6, 5, 4, 3, 2, 1]));
+        assert_eq!(
+            f64::decode(&bytes).map(f64::to_bits),
+            Ok(0x0102_0304_0506_0708)
+        );
+        assert_eq!(u32::decode(&bytes), Err(wrong_length(4, 8)));
+        assert_eq!(bool::decode(&bytes), Err(wrong_length(1, 8)));
+        // Control characters, but UTF-8 all the same.
+        assert!(String::decode(&bytes).is_ok());
+        assert_eq!(
+            u64::decode(&encoded(&String::from("abc"))),
+            Err(wrong_length(8, 3))
+        );
+    }
+
+    #[cfg(feature = "serde")]
+    mod serde_tests {
+        use serde::{Deserialize, Serialize};
+
+        use super::*;
+
+        /// A small serde struct with a `String` and a `Vec`.
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        pub(super) struct Record {
+            pub(super) name: String,
+            pub(super) tags: Vec<u32>,
+        }
+
+        impl Record {
+            pub(super) fn sample() -> Self {
+                Record {
+                    name: "ada".into(),
+                    tags: vec![1, 300],
+                }
+            }
+        }
+
+        #[test]
+        fn serde_is_postcard() {
+            check_exact(
+                Serde(Record::sample()),
+                &[3, b'a', b'd', b'a', 2, 1, 0xac, 0x02],
+            );
+            // Postcard writes integers as varints: not the `u64` codec.
+            check_exact(Serde(300_u64), &[0xac, 0x02]);
+            check_exact(Serde(String::from("hi")), &[2, b'h', b'i']);
+            check_exact(Serde(Some(true)), &[1, 1]);
+            check_exact(Serde(()), &[]);
+        }
+
+        #[test]
+        fn serde_refuses_short_bad_and_trailing_bytes() {
+            // Cut short: the name says 3 bytes, there are 2.
+            assert!(matches!(
+                Serde::<Record>::decode(&[3, b'a', b'd']),
+                Err(DecodeError::Serde(_))
+            ));
+            // The name is not UTF-8.
+            assert!(matches!(
+                Serde::<Record>::decode(&[1, 0xff, 0]),
+                Err(DecodeError::Serde(_))
+            ));
+            // A bool byte of 2.
+            assert!(matches!(
+                Serde::<bool>::decode(&[2]),
+                Err(DecodeError::Serde(_))
+            ));
+            // Bytes left over after the value.
+            refused::<Serde<Record>>(&[1, b'a', 0, 9, 9], wrong_length(3, 5));
+            refused::<Serde<()>>(&[0], wrong_length(0, 1));
+            let err = Serde::<Record>::decode(&[]).unwrap_err();
+            assert!(
+                err.to_string().starts_with("does not decode with serde: "),
+                "{err}"
+            );
+        }
+
+        /// Serializes a sequence without telling its length, which postcard
+        /// cannot encode.
+        struct UnknownLength;
+
+        impl Serialize for UnknownLength {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                use serde::ser::SerializeSeq;
+                let seq = s.serialize_seq(None)?;
+                seq.end()
+            }
+        }
+
+        impl<'de> Deserialize<'de> for UnknownLength {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                <()>::deserialize(d).map(|()| UnknownLength)
+            }
+        }
+
+        #[test]
+        #[should_panic(expected = "cannot encode a")]
+        fn serde_encode_panics_when_postcard_cannot_serialize() {
+            Serde(UnknownLength).encode(&mut Vec::new());
+        }
+    }
+}
