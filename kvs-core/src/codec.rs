@@ -383,7 +383,9 @@ impl<T: bytemuck::Pod> Codec for Raw<T> {
 /// Postcard's format is stable across its 1.x versions, and does not depend
 /// on the machine. It is not self-describing: the reader must use the same
 /// `T` (or one with the same serde shape). Decoding refuses bytes left over
-/// after the value.
+/// after the value, but accepts integers written in more bytes than needed,
+/// which `encode` never writes: bytes from elsewhere may decode to a value
+/// that encodes to other bytes.
 ///
 /// # Panics
 ///
@@ -451,6 +453,9 @@ impl<T: serde::Serialize + serde::de::DeserializeOwned> Codec for Serde<T> {
 #[cfg(test)]
 mod tests {
     use std::fmt::Debug;
+
+    use proptest::prelude::*;
+    use proptest::test_runner::TestCaseError;
 
     use super::*;
 
@@ -773,6 +778,93 @@ mod tests {
         );
     }
 
+    /// Decodes `bytes` as `T` both ways; they must agree, and a value they
+    /// give must encode back to `bytes`.
+    fn decode_agrees<T: Codec + PartialEq + Debug>(bytes: &[u8]) -> Result<(), TestCaseError> {
+        let decoded = T::decode(bytes);
+        prop_assert_eq!(&T::decode_vec(bytes.to_vec()), &decoded);
+        if let Ok(value) = decoded {
+            prop_assert_eq!(encoded(&value), bytes);
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn integers_round_trip(
+            a in any::<u8>(), b in any::<u16>(), c in any::<u32>(), d in any::<u64>(),
+            e in any::<u128>(), f in any::<i8>(), g in any::<i16>(), h in any::<i32>(),
+            i in any::<i64>(), j in any::<i128>(),
+        ) {
+            prop_assert_eq!(round_trip(&a), a.to_le_bytes());
+            prop_assert_eq!(round_trip(&b), b.to_le_bytes());
+            prop_assert_eq!(round_trip(&c), c.to_le_bytes());
+            prop_assert_eq!(round_trip(&d), d.to_le_bytes());
+            prop_assert_eq!(round_trip(&e), e.to_le_bytes());
+            prop_assert_eq!(round_trip(&f), f.to_le_bytes());
+            prop_assert_eq!(round_trip(&g), g.to_le_bytes());
+            prop_assert_eq!(round_trip(&h), h.to_le_bytes());
+            prop_assert_eq!(round_trip(&i), i.to_le_bytes());
+            prop_assert_eq!(round_trip(&j), j.to_le_bytes());
+        }
+
+        #[test]
+        fn floats_round_trip_bit_for_bit(x in any::<u32>(), y in any::<u64>()) {
+            let (x, y) = (f32::from_bits(x), f64::from_bits(y));
+            prop_assert_eq!(f32::decode(&encoded(&x)).map(f32::to_bits), Ok(x.to_bits()));
+            prop_assert_eq!(f64::decode(&encoded(&y)).map(f64::to_bits), Ok(y.to_bits()));
+        }
+
+        #[test]
+        fn byte_strings_round_trip(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+            prop_assert_eq!(round_trip(&bytes), &bytes[..]);
+            prop_assert_eq!(round_trip(&bytes.clone().into_boxed_slice()), &bytes[..]);
+            #[cfg(feature = "bytes")]
+            prop_assert_eq!(round_trip(&bytes::Bytes::from(bytes.clone())), &bytes[..]);
+        }
+
+        #[test]
+        fn strings_round_trip(s in any::<String>()) {
+            prop_assert_eq!(round_trip(&s), s.as_bytes());
+        }
+
+        #[test]
+        fn fixed_strings_round_trip(s in "[^\\x00]{0,15}") {
+            // At most 15 chars of at most 4 bytes: always fits 63.
+            let fixed = FixedStr::<64>::new(&s).unwrap();
+            prop_assert_eq!(round_trip(&fixed), s.as_bytes());
+        }
+
+        #[test]
+        fn raw_round_trips(x in any::<u32>(), y in any::<i16>(), z in any::<u16>()) {
+            let p = Point { x, y, z };
+            prop_assert_eq!(round_trip(&Raw(p)), bytemuck::bytes_of(&p));
+        }
+
+        #[test]
+        fn arbitrary_bytes_decode_or_are_refused_consistently(
+            bytes in prop::collection::vec(any::<u8>(), 0..20),
+        ) {
+            decode_agrees::<u8>(&bytes)?;
+            decode_agrees::<u32>(&bytes)?;
+            decode_agrees::<i64>(&bytes)?;
+            decode_agrees::<u128>(&bytes)?;
+            decode_agrees::<bool>(&bytes)?;
+            decode_agrees::<[u8; 4]>(&bytes)?;
+            decode_agrees::<Vec<u8>>(&bytes)?;
+            decode_agrees::<String>(&bytes)?;
+            decode_agrees::<FixedStr<8>>(&bytes)?;
+            decode_agrees::<Raw<Point>>(&bytes)?;
+            // FixedStr decodes exactly what `from_bytes` accepts.
+            prop_assert_eq!(
+                FixedStr::<8>::decode(&bytes).is_ok(),
+                FixedStr::<8>::from_bytes(&bytes).is_ok()
+            );
+        }
+    }
+
     #[cfg(feature = "serde")]
     mod serde_tests {
         use serde::{Deserialize, Serialize};
@@ -806,6 +898,9 @@ mod tests {
             check_exact(Serde(String::from("hi")), &[2, b'h', b'i']);
             check_exact(Serde(Some(true)), &[1, 1]);
             check_exact(Serde(()), &[]);
+            // An overlong varint is read, and written back in its short form.
+            assert_eq!(Serde::<u32>::decode(&[0x80, 0x00]), Ok(Serde(0)));
+            assert_eq!(encoded(&Serde(0_u32)), [0]);
         }
 
         #[test]
@@ -833,6 +928,37 @@ mod tests {
                 err.to_string().starts_with("does not decode with serde: "),
                 "{err}"
             );
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(64))]
+
+            #[test]
+            fn serde_round_trips(
+                name in any::<String>(),
+                tags in prop::collection::vec(any::<u32>(), 0..16),
+            ) {
+                let record = Serde(Record { name, tags });
+                let bytes = round_trip(&record);
+                // The same bytes as postcard's own `to_slice` writes.
+                let mut buf = [0_u8; 1024];
+                let direct = postcard::to_slice(&record.0, &mut buf).unwrap();
+                prop_assert_eq!(&bytes[..], &direct[..]);
+            }
+
+            #[test]
+            fn serde_arbitrary_bytes_never_panic(
+                bytes in prop::collection::vec(any::<u8>(), 0..24),
+            ) {
+                // Postcard also reads overlong varints (`[0x80, 0x00]` for 0),
+                // so the bytes need not be those `encode` writes: check the
+                // value instead.
+                let decoded = Serde::<Record>::decode(&bytes);
+                prop_assert_eq!(&Serde::<Record>::decode_vec(bytes.clone()), &decoded);
+                if let Ok(value) = decoded {
+                    prop_assert_eq!(Serde::<Record>::decode(&encoded(&value)), Ok(value));
+                }
+            }
         }
 
         /// Serializes a sequence without telling its length, which postcard
