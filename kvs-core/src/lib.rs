@@ -16,6 +16,7 @@
 //! * [`protocol`]: op codes, status codes, request and response records;
 //! * [`fixed_str`]: fixed-capacity `Pod` strings for text keys and values;
 //! * [`text`]: the key type and value size classes the binaries use;
+//! * [`codec`]: how typed keys and values become the stored bytes, and back;
 //! * [`clock`]: the wall clock, precise and coarse;
 //! * [`store`]: the store in the shared region: striped index, entry
 //!   blocks, allocator, lock-free reads;
@@ -32,6 +33,8 @@
 pub mod bulk;
 #[cfg(not(loom))]
 pub mod clock;
+#[cfg(not(loom))]
+pub mod codec;
 #[cfg(not(loom))]
 pub mod error;
 #[cfg(not(loom))]
