@@ -58,6 +58,8 @@ pub mod wait;
 pub mod word;
 
 #[cfg(not(loom))]
+pub use codec::{Codec, DecodeError};
+#[cfg(not(loom))]
 pub use error::{RegionCreateError, RegionOpenError};
 #[cfg(not(loom))]
 pub use fixed_str::{FixedStr, FixedStrError};

@@ -81,6 +81,7 @@ pub mod alloc;
 pub mod block;
 pub mod hash;
 pub mod layout;
+pub mod publish;
 pub mod read;
 #[cfg(not(loom))]
 pub mod segment;

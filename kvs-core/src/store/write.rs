@@ -23,16 +23,17 @@
 //! back to the allocator only if the allocator says it is live.
 
 use super::alloc::{AllocConfig, Allocator};
-use super::block::{self, Meta, ValueSource, GENERATION};
+use super::block::{self, Meta, ValueSource};
 use super::hash::KeyHash;
 use super::layout::{hdr, stripe, Geometry};
+use super::publish;
 use super::read::StoreView;
 use super::segment::{Segment, SegmentArena};
 use super::table::{Slot, TableWord, EMPTY, MIN_LOG2_CAPACITY, TOMBSTONE};
 use super::words::Words;
 use crossbeam_utils::CachePadded;
 use parking_lot::Mutex;
-use std::sync::atomic::{fence, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Versions are reserved in the header this many at a time, so a restarted
 /// server never hands out a version twice.
@@ -362,52 +363,36 @@ impl<S: Segment> StoreWriter<S> {
         Probe::Absent { slot: insert_at }
     }
 
-    /// Takes a block of at least `bytes` and readies it for writing: its
-    /// generation bumped, then a Release fence (rule 4: a reader whose copy
-    /// sees any of the new owner's stores sees the new generation).
+    /// Takes a block of at least `bytes`, readied for writing (its
+    /// generation bumped, then a Release fence: see [`publish::prepare_block`]).
     fn take_block(&self, bytes: u64) -> Result<u64, WriteError> {
         let block = self
             .alloc
             .lock()
             .alloc(&self.arena(), bytes)
             .map_err(|_| WriteError::MemoryFull)?;
-        self.bump_generation(block.offset, Ordering::Relaxed);
-        fence(Ordering::Release);
+        publish::prepare_block(&self.words(), block.offset);
         Ok(block.offset)
     }
 
-    fn bump_generation(&self, offset: u64, order: Ordering) {
-        let words = self.words();
-        let g = words.load(offset + GENERATION).unwrap_or(0).wrapping_add(1);
-        // Generations start at 1: a punched (zeroed) block never matches.
-        words.store_with(offset + GENERATION, g.max(1), order);
-    }
-
-    /// Hands back a block unlinked by a write (rule 3): its generation is
-    /// bumped first (Release), so a reader still copying it retries.
+    /// Hands back a block unlinked by a write (rule 3), retired first.
     fn free_block(&self, offset: u64) {
-        self.bump_generation(offset, Ordering::Release);
+        publish::retire_block(&self.words(), offset);
         let _ = self.alloc.lock().free(&self.arena(), offset);
     }
 
     /// Stores `word` at `at` inside the stripe's `seq` bracket (rule 2).
     fn publish(&self, stripe_index: u64, st: &mut StripeState, at: u64, word: u64) {
-        let words = self.words();
-        let seq_at = self.geometry.stripe_word(stripe_index, stripe::SEQ);
-        st.seq = st.seq.wrapping_add(1);
-        words.store(seq_at, st.seq);
-        // Orders the odd `seq` before the slot store: a reader that sees
-        // the slot (and then fences) sees `seq` moved.
-        fence(Ordering::Release);
-        words.store(at, word);
-        words.store(
-            self.geometry.stripe_word(stripe_index, stripe::ENTRIES),
-            st.live,
+        let live = st.live;
+        publish::publish(
+            &self.words(),
+            &self.geometry,
+            stripe_index,
+            &mut st.seq,
+            at,
+            word,
+            live,
         );
-        st.seq = st.seq.wrapping_add(1);
-        // Release: a reader that acquires this even value sees the block
-        // and the slot.
-        words.store_with(seq_at, st.seq, Ordering::Release);
     }
 
     /// Builds a table of `2^log2` slots holding every live entry of `old`
