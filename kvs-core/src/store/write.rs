@@ -107,7 +107,12 @@ pub struct BlockValue<'a> {
     len: u64,
 }
 
-impl BlockValue<'_> {
+impl<'a> BlockValue<'a> {
+    /// The `len` bytes at `offset` of `words`.
+    pub fn new(words: Words<'a>, offset: u64, len: u64) -> Self {
+        Self { words, offset, len }
+    }
+
     /// Its length.
     pub fn len(&self) -> u64 {
         self.len
