@@ -45,6 +45,8 @@ pub mod response_table;
 pub mod ring;
 #[cfg(not(loom))]
 pub mod secure_fs;
+#[cfg(not(loom))]
+pub mod store;
 mod sync;
 #[cfg(not(loom))]
 pub mod text;
