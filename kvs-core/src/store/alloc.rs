@@ -1075,3 +1075,1448 @@ impl Arena for HeapArena {
         self.carved_end.store(end, Ordering::Relaxed);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const KIB: u64 = 1024;
+    const MIB: u64 = 1024 * 1024;
+    const GIB: u64 = 1024 * MIB;
+    /// A data area that does not start at 0, as in the real segment.
+    const DS: u64 = 3 * PAGE_SIZE;
+
+    /// The class sizes as rule 1 words them, built by brute force.
+    fn reference_classes() -> Vec<u64> {
+        let mut classes = Vec::new();
+        let mut base = MIN_CLASS;
+        while base <= MAX_BLOCK_LIMIT {
+            for k in 0..4 {
+                let class = base + k * base / 4;
+                let unit = if class <= 64 * KIB { 16 } else { 4096 };
+                classes.push(class.div_ceil(unit) * unit);
+            }
+            base *= 2;
+        }
+        classes.retain(|&c| c <= MAX_BLOCK_LIMIT);
+        classes
+    }
+
+    /// The smallest reference class that holds `size`, if `size <= max_block`.
+    fn reference_class_for(size: u64, max_block: u64) -> Option<u64> {
+        if size > max_block {
+            return None;
+        }
+        reference_classes().into_iter().find(|&c| c >= size)
+    }
+
+    /// The slab size of a class size as rule 2 words it.
+    fn reference_slab(class: u64) -> u64 {
+        if class <= 4 * KIB {
+            64 * KIB
+        } else if class <= 64 * KIB {
+            (4 * class).div_ceil(PAGE_SIZE) * PAGE_SIZE
+        } else {
+            class
+        }
+    }
+
+    fn area_config(area: u64) -> AllocConfig {
+        AllocConfig {
+            data_start: DS,
+            data_end: DS + area,
+            max_memory: u64::MAX,
+            max_block: MIB,
+            commit_step: MIB,
+        }
+    }
+
+    fn setup(config: AllocConfig) -> (HeapArena, Allocator) {
+        let arena = HeapArena::new(config.data_start, config.data_end);
+        let allocator = Allocator::new(config, &arena);
+        (arena, allocator)
+    }
+
+    /// Which class each page belongs to, per the arena's page map: `(slab
+    /// start, class size)` of the valid slab containing `offset` below
+    /// `carved_end`, found independently of the allocator's walk.
+    fn slab_of(arena: &HeapArena, carved_end: u64, offset: u64) -> Option<(u64, u64)> {
+        if offset < DS || offset >= carved_end {
+            return None;
+        }
+        let pages = (carved_end - DS) / PAGE_SIZE;
+        let entry = arena.page_entry((offset - DS) / PAGE_SIZE);
+        let tag = entry & 0xFFFF;
+        if entry & 0x7FFF_0000 != 0 || tag == 0 || tag as usize > CLASS_COUNT {
+            return None;
+        }
+        let mut start = (offset - DS) / PAGE_SIZE;
+        loop {
+            let e = arena.page_entry(start);
+            if e == tag | SLAB_START {
+                break;
+            }
+            if e != tag || start == 0 {
+                return None;
+            }
+            start -= 1;
+        }
+        let class = reference_classes()[tag as usize - 1];
+        let slab_pages = reference_slab(class) / PAGE_SIZE;
+        if start + slab_pages > pages {
+            return None;
+        }
+        if (start + 1..start + slab_pages).any(|p| arena.page_entry(p) != tag) {
+            return None;
+        }
+        Some((DS + start * PAGE_SIZE, class))
+    }
+
+    /// The class size if `offset` is a block start of a valid slab.
+    fn block_class(arena: &HeapArena, carved_end: u64, offset: u64) -> Option<u64> {
+        let (start, class) = slab_of(arena, carved_end, offset)?;
+        let rel = offset - start;
+        (rel % class == 0 && rel + class <= reference_slab(class)).then_some(class)
+    }
+
+    // ---- Rule 1: size classes ----
+
+    #[test]
+    fn rule1_classes_start_at_64_with_four_per_power_of_two() {
+        let first: Vec<u64> = (0..12).map(|id| class_size(id).unwrap()).collect();
+        assert_eq!(
+            first,
+            [64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384, 448]
+        );
+        let reference = reference_classes();
+        assert_eq!(reference.len(), CLASS_COUNT);
+        for (id, &size) in reference.iter().enumerate() {
+            assert_eq!(class_size(id as u16), Some(size), "class {id}");
+        }
+        assert_eq!(class_size(CLASS_COUNT as u16), None);
+        assert_eq!(class_size(u16::MAX), None);
+        assert_eq!(reference[CLASS_COUNT - 1], MAX_BLOCK_LIMIT);
+    }
+
+    #[test]
+    fn rule1_classes_are_rounded_multiples() {
+        for id in 0..CLASS_COUNT as u16 {
+            let size = class_size(id).unwrap();
+            assert_eq!(size % BLOCK_ALIGN, 0, "class {size}");
+            if size > 64 * KIB {
+                assert_eq!(size % PAGE_SIZE, 0, "class {size}");
+            }
+        }
+    }
+
+    #[test]
+    fn rule1_class_for_is_the_smallest_class_that_holds_the_size() {
+        let reference = reference_classes();
+        let mut sizes: Vec<u64> = (0..=70_000).collect();
+        for &c in &reference {
+            sizes.extend([c - 1, c, c + 1]);
+        }
+        for size in sizes {
+            let expected = reference
+                .iter()
+                .position(|&c| c >= size)
+                .filter(|_| size <= MAX_BLOCK_LIMIT)
+                .map(|i| (i as u16, reference[i]));
+            assert_eq!(class_for(size, MAX_BLOCK_LIMIT), expected, "size {size}");
+        }
+        assert_eq!(class_for(0, 1), Some((0, 64)));
+        assert_eq!(class_for(u64::MAX, u64::MAX), None);
+    }
+
+    #[test]
+    fn rule1_max_block_bounds_the_sizes_not_the_classes() {
+        // Every size up to max_block fits, in a class that may be larger.
+        assert_eq!(class_for(1_000_000, 1_000_000), Some((56, MIB)));
+        assert_eq!(class_for(1_000_001, 1_000_000), None);
+        assert_eq!(class_for(GIB, GIB), Some((96, GIB)));
+        assert_eq!(class_for(GIB + 1, GIB), None);
+
+        let (arena, mut allocator) = setup(area_config(16 * MIB));
+        assert_eq!(
+            allocator.alloc(&arena, MIB + 1),
+            Err(AllocError::TooLarge {
+                size: MIB + 1,
+                max: MIB
+            })
+        );
+        assert_eq!(allocator.stats().carved_end, DS);
+    }
+
+    #[test]
+    fn rule1_a_one_gib_block_is_possible() {
+        let config = AllocConfig {
+            max_block: GIB,
+            ..area_config(4 * GIB)
+        };
+        let (arena, mut allocator) = setup(config);
+        let small = allocator.alloc(&arena, 10).unwrap();
+        let big = allocator.alloc(&arena, GIB).unwrap();
+        assert_eq!(big.capacity, GIB);
+        assert_eq!(big.offset % PAGE_SIZE, 0);
+        assert!(arena.is_committed(big.offset, GIB));
+        assert_eq!(allocator.free(&arena, big.offset), Ok(GIB));
+        assert!(arena.is_released(big.offset, GIB));
+        assert_eq!(allocator.capacity_of_live(small.offset), Some(64));
+    }
+
+    #[test]
+    fn rule1_blocks_are_16_byte_aligned() {
+        let (arena, mut allocator) = setup(area_config(64 * MIB));
+        for size in (0..300_000).step_by(997) {
+            let block = allocator.alloc(&arena, size).unwrap();
+            assert_eq!(block.offset % BLOCK_ALIGN, 0);
+            assert!(block.capacity >= size);
+        }
+    }
+
+    // ---- Rule 2: slabs ----
+
+    #[test]
+    fn rule2_slab_sizes_and_page_alignment() {
+        let (arena, mut allocator) = setup(area_config(64 * MIB));
+        // (size asked, class, slab size)
+        let cases = [
+            (1, 64, 64 * KIB),
+            (100, 112, 64 * KIB),
+            (4096, 4096, 64 * KIB),
+            (4097, 5 * KIB, 20 * KIB),
+            (7000, 7 * KIB, 28 * KIB),
+            (64 * KIB, 64 * KIB, 256 * KIB),
+            (64 * KIB + 1, 80 * KIB, 80 * KIB),
+            (MIB, MIB, MIB),
+        ];
+        for (size, class, slab) in cases {
+            let before = allocator.stats();
+            let block = allocator.alloc(&arena, size).unwrap();
+            let after = allocator.stats();
+            assert_eq!(block.capacity, class, "size {size}");
+            assert_eq!(
+                block.offset, before.carved_end,
+                "a new slab starts at carved_end"
+            );
+            assert_eq!(block.offset % PAGE_SIZE, 0);
+            assert_eq!(after.carved_end - before.carved_end, slab, "size {size}");
+            assert_eq!(
+                after.free_blocks - before.free_blocks,
+                slab / class - 1,
+                "the rest of the slab is free"
+            );
+        }
+    }
+
+    #[test]
+    fn rule2_block_starts_keep_their_class() {
+        // Many allocations and frees of mixed classes in a small area with a
+        // memory limit, with rebuilds in between: an offset once handed out as
+        // a block start of class c is only ever handed out as class c again.
+        let config = AllocConfig {
+            max_memory: 3 * MIB,
+            commit_step: 64 * KIB,
+            ..area_config(4 * MIB)
+        };
+        let (mut arena, mut allocator) = setup(config);
+        let mut class_at: HashMap<u64, u64> = HashMap::new();
+        let mut live: Vec<u64> = Vec::new();
+        let mut carved_end = DS;
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for round in 0..20_000 {
+            if round % 5_000 == 4_999 {
+                let copy = arena.clone();
+                let (rebuilt, report) = Allocator::rebuild(config, &copy, live.iter().copied());
+                assert!(report.rejected.is_empty());
+                (arena, allocator) = (copy, rebuilt);
+            }
+            if live.is_empty() || next() % 3 != 0 {
+                let size = match next() % 8 {
+                    0..=4 => next() % 4097,
+                    5 | 6 => next() % (64 * KIB),
+                    _ => next() % (400 * KIB),
+                };
+                let Ok(block) = allocator.alloc(&arena, size) else {
+                    continue;
+                };
+                let class = *class_at.entry(block.offset).or_insert(block.capacity);
+                assert_eq!(
+                    class, block.capacity,
+                    "offset {} changed class",
+                    block.offset
+                );
+                live.push(block.offset);
+            } else {
+                let offset = live.swap_remove((next() % live.len() as u64) as usize);
+                allocator.free(&arena, offset).unwrap();
+            }
+            let end = allocator.stats().carved_end;
+            assert!(end >= carved_end, "carved_end only grows");
+            carved_end = end;
+        }
+        assert!(class_at.len() > 100);
+    }
+
+    // ---- Rule 3: page map ----
+
+    #[test]
+    fn rule3_page_map_records_each_slab() {
+        let (arena, mut allocator) = setup(area_config(16 * MIB));
+        let a = allocator.alloc(&arena, 64).unwrap(); // class 0, 16 pages
+        let b = allocator.alloc(&arena, 5000).unwrap(); // class 25 (5 KiB), 5 pages
+        let c = allocator.alloc(&arena, 100 * KIB).unwrap(); // class 43 (112 KiB), 28 pages
+        assert_eq!(
+            (a.offset, b.offset, c.offset),
+            (DS, DS + 64 * KIB, DS + 84 * KIB)
+        );
+        let mut expected = vec![0x8000_0001];
+        expected.extend([1; 15]);
+        expected.push(0x8000_001A);
+        expected.extend([0x1A; 4]);
+        expected.push(0x8000_002C);
+        expected.extend([0x2C; 27]);
+        expected.push(0);
+        let got: Vec<u32> = (0..expected.len() as u64)
+            .map(|p| arena.page_entry(p))
+            .collect();
+        assert_eq!(got, expected);
+        assert_eq!(arena.carved_end(), DS + (16 + 5 + 28) * PAGE_SIZE);
+        // Reusing a free block writes nothing.
+        allocator.free(&arena, a.offset).unwrap();
+        allocator.alloc(&arena, 1).unwrap();
+        assert_eq!(arena.page_entry(expected.len() as u64 - 1), 0);
+    }
+
+    // ---- Rule 4: allocation ----
+
+    #[test]
+    fn rule4_free_list_is_lifo() {
+        let (arena, mut allocator) = setup(area_config(16 * MIB));
+        let a = allocator.alloc(&arena, 100).unwrap();
+        let b = allocator.alloc(&arena, 100).unwrap();
+        assert_eq!(
+            b.offset,
+            a.offset + 112,
+            "a fresh slab hands out ascending offsets"
+        );
+        allocator.free(&arena, a.offset).unwrap();
+        allocator.free(&arena, b.offset).unwrap();
+        assert_eq!(allocator.alloc(&arena, 97).unwrap().offset, b.offset);
+        assert_eq!(allocator.alloc(&arena, 112).unwrap().offset, a.offset);
+        // Large blocks too.
+        let c = allocator.alloc(&arena, 200 * KIB).unwrap();
+        let d = allocator.alloc(&arena, 200 * KIB).unwrap();
+        allocator.free(&arena, c.offset).unwrap();
+        allocator.free(&arena, d.offset).unwrap();
+        assert_eq!(allocator.alloc(&arena, 200 * KIB).unwrap().offset, d.offset);
+    }
+
+    #[test]
+    fn rule4_commits_before_carving_in_steps() {
+        let (arena, mut allocator) = setup(area_config(16 * MIB));
+        allocator.alloc(&arena, 64).unwrap();
+        assert_eq!(
+            arena.events(),
+            [ArenaEvent::Commit {
+                offset: DS,
+                len: MIB
+            }]
+        );
+        // 15 more small slabs (of other classes) fit in the first step.
+        for size in (1..16).map(|id| class_size(id).unwrap()) {
+            allocator.alloc(&arena, size).unwrap();
+        }
+        assert_eq!(allocator.stats().carved_end, DS + MIB);
+        assert_eq!(arena.events().len(), 1);
+        allocator.alloc(&arena, 4000).unwrap();
+        assert_eq!(
+            arena.events()[1],
+            ArenaEvent::Commit {
+                offset: DS + MIB,
+                len: MIB
+            }
+        );
+        // A large slab takes the committed step ahead, then exactly what it needs.
+        arena.clear_events();
+        let big = allocator.alloc(&arena, 1000 * KIB).unwrap();
+        assert_eq!(big.offset, DS + MIB + 64 * KIB);
+        let end = big.offset + MIB;
+        assert_eq!(
+            arena.events(),
+            [ArenaEvent::Commit {
+                offset: DS + 2 * MIB,
+                len: end - (DS + 2 * MIB)
+            }]
+        );
+        assert_eq!(allocator.stats().commit_end, end);
+        assert!(arena.is_committed(DS, end - DS));
+    }
+
+    #[test]
+    fn rule4_commit_ahead_stays_within_the_data_area_and_budget() {
+        let config = AllocConfig {
+            max_memory: 100 * KIB,
+            ..area_config(16 * MIB)
+        };
+        let (arena, mut allocator) = setup(config);
+        allocator.alloc(&arena, 64).unwrap();
+        assert_eq!(
+            arena.events(),
+            [ArenaEvent::Commit {
+                offset: DS,
+                len: 100 * KIB
+            }]
+        );
+
+        let (arena, mut allocator) = setup(area_config(96 * KIB));
+        allocator.alloc(&arena, 64).unwrap();
+        assert_eq!(
+            arena.events(),
+            [ArenaEvent::Commit {
+                offset: DS,
+                len: 96 * KIB
+            }]
+        );
+    }
+
+    #[test]
+    fn rule4_full_at_the_memory_limit() {
+        let config = AllocConfig {
+            max_memory: 208 * KIB,
+            ..area_config(16 * MIB)
+        };
+        let (arena, mut allocator) = setup(config);
+        let a = allocator.alloc(&arena, 64).unwrap(); // 64 KiB committed
+        allocator.alloc(&arena, 80).unwrap(); // 128 KiB
+        let before = allocator.stats();
+        // A 64 KiB block needs a 256 KiB slab.
+        assert_eq!(
+            allocator.alloc(&arena, 64 * KIB),
+            Err(AllocError::Full {
+                size: 64 * KIB,
+                cause: FullCause::MemoryLimit,
+            })
+        );
+        assert_eq!(allocator.stats(), before, "Full changes nothing");
+        // An 80 KiB one-block slab fits exactly; a second one does not.
+        let big = allocator.alloc(&arena, 70 * KIB).unwrap();
+        assert_eq!(big.capacity, 80 * KIB);
+        assert_eq!(allocator.stats().committed_bytes, 208 * KIB);
+        assert!(allocator.alloc(&arena, 70 * KIB).is_err());
+        // Free blocks of carved slabs are still handed out.
+        allocator.free(&arena, a.offset).unwrap();
+        assert_eq!(allocator.alloc(&arena, 64).unwrap().offset, a.offset);
+        // Freeing the big block gives its memory back; handing it out again
+        // needs the budget again.
+        allocator.free(&arena, big.offset).unwrap();
+        assert_eq!(allocator.stats().committed_bytes, 128 * KIB);
+        assert_eq!(
+            allocator.alloc(&arena, 80 * KIB).unwrap().offset,
+            big.offset
+        );
+        allocator.free(&arena, big.offset).unwrap();
+        // Another small slab takes 64 KiB of the budget; now it does not fit.
+        allocator.alloc(&arena, 96).unwrap();
+        assert_eq!(allocator.stats().committed_bytes, 192 * KIB);
+        let before = allocator.stats();
+        assert_eq!(
+            allocator.alloc(&arena, 80 * KIB),
+            Err(AllocError::Full {
+                size: 80 * KIB,
+                cause: FullCause::MemoryLimit,
+            })
+        );
+        assert_eq!(allocator.stats(), before);
+    }
+
+    #[test]
+    fn rule4_full_at_the_segment_end() {
+        let config = AllocConfig {
+            data_end: DS + 92 * KIB + 5, // rounded down to 92 KiB
+            ..area_config(0)
+        };
+        let (arena, mut allocator) = setup(config);
+        assert_eq!(allocator.config().data_end, DS + 92 * KIB);
+        allocator.alloc(&arena, 64).unwrap();
+        let before = allocator.stats();
+        // 28 KiB are left: not enough for a small slab.
+        assert_eq!(
+            allocator.alloc(&arena, 80),
+            Err(AllocError::Full {
+                size: 80,
+                cause: FullCause::SegmentEnd
+            })
+        );
+        assert_eq!(allocator.stats(), before);
+        // Four 7 KiB blocks fill them exactly.
+        for _ in 0..4 {
+            allocator.alloc(&arena, 7 * KIB).unwrap();
+        }
+        assert_eq!(allocator.stats().carved_end, DS + 92 * KIB);
+        assert!(allocator.alloc(&arena, 7 * KIB).is_err());
+        assert!(allocator.alloc(&arena, 5 * KIB).is_err());
+        // An empty data area is always full.
+        let (arena, mut allocator) = setup(area_config(0));
+        assert!(allocator.alloc(&arena, 1).is_err());
+    }
+
+    #[test]
+    fn rule4_full_when_commit_fails() {
+        let (arena, mut allocator) = setup(area_config(16 * MIB));
+        arena.set_commit_limit(Some(0));
+        let before = allocator.stats();
+        assert_eq!(
+            allocator.alloc(&arena, 1),
+            Err(AllocError::Full {
+                size: 1,
+                cause: FullCause::CommitFailed(io::ErrorKind::StorageFull)
+            })
+        );
+        assert_eq!(allocator.stats(), before);
+        assert_eq!(arena.page_entry(0), 0);
+        assert_eq!(arena.carved_end(), DS);
+        // A whole step does not fit, the slab alone does.
+        arena.set_commit_limit(Some(64 * KIB));
+        let a = allocator.alloc(&arena, 1).unwrap();
+        assert_eq!(allocator.stats().commit_end, DS + 64 * KIB);
+        assert!(allocator.alloc(&arena, 80).is_err());
+        // A released large block whose commit fails stays free.
+        arena.set_commit_limit(None);
+        let big = allocator.alloc(&arena, 100 * KIB).unwrap();
+        allocator.free(&arena, big.offset).unwrap();
+        arena.set_commit_limit(Some(arena.committed_bytes()));
+        let before = allocator.stats();
+        assert!(allocator.alloc(&arena, 100 * KIB).is_err());
+        assert_eq!(allocator.stats(), before);
+        arena.set_commit_limit(None);
+        assert_eq!(
+            allocator.alloc(&arena, 100 * KIB).unwrap().offset,
+            big.offset
+        );
+        assert_eq!(allocator.capacity_of_live(a.offset), Some(64));
+    }
+
+    // ---- Rule 5: free ----
+
+    #[test]
+    fn rule5_free_rejects_what_is_not_live() {
+        let (arena, mut allocator) = setup(area_config(16 * MIB));
+        let a = allocator.alloc(&arena, 64).unwrap();
+        let b = allocator.alloc(&arena, 64).unwrap();
+        let big = allocator.alloc(&arena, 100 * KIB).unwrap();
+        allocator.free(&arena, a.offset).unwrap();
+        let end = allocator.stats().carved_end;
+        let garbage = [
+            a.offset,      // freed already
+            b.offset + 16, // inside a live block
+            b.offset + 1,
+            b.offset + 64, // a block start that is free
+            big.offset + PAGE_SIZE,
+            big.offset + 16,
+            DS - 16,
+            0,
+            end,
+            end + 64,
+            u64::MAX,
+            u64::MAX - 15,
+        ];
+        let before = allocator.stats();
+        let events = arena.events();
+        for offset in garbage {
+            assert_eq!(
+                allocator.free(&arena, offset),
+                Err(FreeError::NotLive { offset }),
+                "offset {offset}"
+            );
+            assert_eq!(allocator.capacity_of_live(offset), None);
+        }
+        assert_eq!(allocator.stats(), before);
+        assert_eq!(arena.events(), events);
+        assert_eq!(allocator.free(&arena, b.offset), Ok(64));
+        assert_eq!(
+            allocator.free(&arena, b.offset),
+            Err(FreeError::NotLive { offset: b.offset })
+        );
+    }
+
+    #[test]
+    fn rule5_large_blocks_are_released_and_committed_again() {
+        let (arena, mut allocator) = setup(area_config(16 * MIB));
+        let big = allocator.alloc(&arena, 200 * KIB).unwrap();
+        assert_eq!(big.capacity, 224 * KIB);
+        let committed = allocator.stats().committed_bytes;
+        arena.clear_events();
+        assert_eq!(allocator.free(&arena, big.offset), Ok(224 * KIB));
+        assert_eq!(
+            arena.events(),
+            [ArenaEvent::Release {
+                offset: big.offset,
+                len: 224 * KIB
+            }]
+        );
+        assert!(arena.is_released(big.offset, 224 * KIB));
+        assert_eq!(allocator.stats().committed_bytes, committed - 224 * KIB);
+        arena.clear_events();
+        assert_eq!(allocator.alloc(&arena, 210 * KIB).unwrap(), big);
+        assert_eq!(
+            arena.events(),
+            [ArenaEvent::Commit {
+                offset: big.offset,
+                len: 224 * KIB
+            }]
+        );
+        assert_eq!(allocator.stats().committed_bytes, committed);
+        // Small and middle blocks stay committed.
+        let small = allocator.alloc(&arena, 10 * KIB).unwrap();
+        arena.clear_events();
+        allocator.free(&arena, small.offset).unwrap();
+        assert!(arena.events().is_empty());
+    }
+
+    // ---- Rule 6: accounting ----
+
+    #[test]
+    fn rule6_accounting() {
+        let (arena, mut allocator) = setup(area_config(16 * MIB));
+        let a = allocator.alloc(&arena, 100).unwrap(); // 112 in a 64 KiB slab of 585
+        let b = allocator.alloc(&arena, 5000).unwrap(); // 5 KiB in a 20 KiB slab of 4
+        let c = allocator.alloc(&arena, 100 * KIB).unwrap(); // 112 KiB, one block
+        let stats = allocator.stats();
+        assert_eq!(stats.live_blocks, 3);
+        assert_eq!(stats.live_bytes, 112 + 5 * KIB + 112 * KIB);
+        assert_eq!(stats.committed_bytes, 64 * KIB + 20 * KIB + 112 * KIB);
+        assert_eq!(stats.free_blocks, 584 + 3);
+        assert_eq!(stats.carved_end, DS + 196 * KIB);
+        assert_eq!(stats.commit_end, DS + MIB);
+        allocator.free(&arena, c.offset).unwrap();
+        allocator.free(&arena, a.offset).unwrap();
+        let stats = allocator.stats();
+        assert_eq!(stats.live_blocks, 1);
+        assert_eq!(stats.live_bytes, 5 * KIB);
+        assert_eq!(stats.committed_bytes, 84 * KIB);
+        assert_eq!(stats.free_blocks, 585 + 3 + 1);
+        assert_eq!(arena.committed_bytes(), MIB - 112 * KIB);
+        assert_eq!(allocator.capacity_of_live(b.offset), Some(5 * KIB));
+    }
+
+    // ---- Rule 7: rebuild ----
+
+    /// The free offsets per class, as sets.
+    fn free_sets(allocator: &Allocator) -> Vec<BTreeSet<u64>> {
+        allocator
+            .free
+            .iter()
+            .map(|list| list.iter().copied().collect())
+            .collect()
+    }
+
+    #[test]
+    fn rule7_rebuild_restores_live_and_free_blocks() {
+        let (arena, mut allocator) = setup(area_config(16 * MIB));
+        let mut live = Vec::new();
+        for size in [
+            10,
+            100,
+            100,
+            3000,
+            5000,
+            9000,
+            50 * KIB,
+            70 * KIB,
+            300 * KIB,
+        ] {
+            live.push(allocator.alloc(&arena, size).unwrap());
+            live.push(allocator.alloc(&arena, size).unwrap());
+        }
+        for block in live.drain(..).step_by(2).collect::<Vec<_>>() {
+            allocator.free(&arena, block.offset).unwrap();
+        }
+        let live: Vec<Block> = (0..allocator.stats().carved_end)
+            .step_by(16)
+            .filter_map(|o| {
+                allocator.capacity_of_live(o).map(|c| Block {
+                    offset: o,
+                    capacity: c,
+                })
+            })
+            .collect();
+        assert_eq!(live.len(), 9);
+
+        let copy = arena.clone();
+        let (rebuilt, report) =
+            Allocator::rebuild(allocator.config(), &copy, live.iter().map(|b| b.offset));
+        let stats = allocator.stats();
+        assert_eq!(
+            report,
+            RebuildReport {
+                live_blocks: 9,
+                free_blocks: stats.free_blocks,
+                ..RebuildReport::default()
+            }
+        );
+        let rebuilt_stats = rebuilt.stats();
+        assert_eq!(rebuilt_stats.commit_end, rebuilt_stats.carved_end);
+        assert_eq!(
+            AllocStats {
+                commit_end: 0,
+                ..rebuilt_stats
+            },
+            AllocStats {
+                commit_end: 0,
+                ..stats
+            }
+        );
+        for block in &live {
+            assert_eq!(rebuilt.capacity_of_live(block.offset), Some(block.capacity));
+        }
+        assert_eq!(free_sets(&rebuilt), free_sets(&allocator));
+        // What was committed ahead is released: the arena holds what is counted.
+        assert_eq!(copy.committed_bytes(), rebuilt_stats.committed_bytes);
+    }
+
+    #[test]
+    fn rule7_rebuild_rejects_with_reasons() {
+        let (arena, mut allocator) = setup(area_config(16 * MIB));
+        let a = allocator.alloc(&arena, 100).unwrap(); // 112-byte blocks, 585 per slab
+        let b = allocator.alloc(&arena, 5000).unwrap();
+        let c = allocator.alloc(&arena, 100).unwrap();
+        let end = allocator.stats().carved_end;
+        // A slab the page map no longer vouches for.
+        arena.set_page_entry((b.offset - DS) / PAGE_SIZE + 1, 0x8000_0001);
+        let reachable = [
+            a.offset,
+            a.offset,             // twice
+            a.offset + 16,        // inside a block
+            a.offset + 585 * 112, // where a block would not fit the slab
+            c.offset,             // the next block of a's slab
+            b.offset,             // its slab is broken now
+            DS - 16,              // below the data area
+            end,                  // at the carved end
+            u64::MAX,             //
+        ];
+        let (rebuilt, report) = Allocator::rebuild(allocator.config(), &arena, reachable);
+        use RejectReason::*;
+        assert_eq!(
+            report.rejected,
+            [
+                (a.offset, Duplicate),
+                (a.offset + 16, NotBlockStart),
+                (a.offset + 585 * 112, NotBlockStart),
+                (b.offset, NotInSlab),
+                (DS - 16, OutsideCarvedArea),
+                (end, OutsideCarvedArea),
+                (u64::MAX, OutsideCarvedArea),
+            ]
+        );
+        assert_eq!(report.live_blocks, 2);
+        // b's slab start (one page) is unusable; the broken start page
+        // after it and its 3 continuation pages too.
+        assert_eq!(report.page_map_problems, 2 + 3);
+        assert_eq!(report.unusable_bytes, 5 * PAGE_SIZE);
+        assert!(arena.is_released(b.offset, 20 * KIB));
+        assert_eq!(rebuilt.capacity_of_live(a.offset), Some(112));
+        assert_eq!(rebuilt.capacity_of_live(b.offset), None);
+        // 585 blocks in a's slab, 2 live.
+        assert_eq!(report.free_blocks, 585 - 2);
+    }
+
+    #[test]
+    fn rule7_rebuild_releases_free_large_blocks_and_what_was_committed_ahead() {
+        let (arena, mut allocator) = setup(area_config(16 * MIB));
+        let a = allocator.alloc(&arena, 100 * KIB).unwrap();
+        let b = allocator.alloc(&arena, 100 * KIB).unwrap();
+        let small = allocator.alloc(&arena, 64).unwrap();
+        let end = allocator.stats().carved_end;
+        assert_eq!(allocator.stats().commit_end, DS + MIB);
+        arena.clear_events();
+        let (rebuilt, report) =
+            Allocator::rebuild(allocator.config(), &arena, [b.offset, small.offset]);
+        assert_eq!(report.live_blocks, 2);
+        assert_eq!(
+            arena.events(),
+            [
+                ArenaEvent::Release {
+                    offset: a.offset,
+                    len: 112 * KIB
+                },
+                ArenaEvent::Release {
+                    offset: end,
+                    len: DS + MIB - end
+                },
+            ]
+        );
+        assert_eq!(rebuilt.stats().committed_bytes, 112 * KIB + 64 * KIB);
+        assert_eq!(arena.committed_bytes(), 112 * KIB + 64 * KIB);
+        // The released block is committed again when handed out.
+        let mut rebuilt = rebuilt;
+        assert_eq!(rebuilt.alloc(&arena, 100 * KIB).unwrap().offset, a.offset);
+        assert!(arena.is_committed(a.offset, 112 * KIB));
+    }
+
+    #[test]
+    fn rule7_rebuild_of_a_fresh_segment() {
+        let config = area_config(16 * MIB);
+        let arena = HeapArena::new(DS, DS + 16 * MIB);
+        // Allocator::new never ran: carved_end reads 0.
+        let (mut rebuilt, report) = Allocator::rebuild(config, &arena, []);
+        assert_eq!(report.page_map_problems, 1);
+        assert_eq!(report.live_blocks + report.free_blocks, 0);
+        assert_eq!(arena.carved_end(), DS, "the repaired end is written back");
+        let (_, report) = Allocator::rebuild(config, &arena, []);
+        assert_eq!(report, RebuildReport::default());
+        assert_eq!(rebuilt.alloc(&arena, 1).unwrap().offset, DS);
+    }
+
+    // ---- Rule 8: untrusted input ----
+
+    #[test]
+    fn rule8_rebuild_survives_garbage() {
+        let config = area_config(MIB);
+        let pages = MIB / PAGE_SIZE;
+        // carved_end far beyond the data area, nothing carved.
+        let arena = HeapArena::new(DS, DS + MIB);
+        arena.set_carved_end(u64::MAX);
+        let (rebuilt, report) = Allocator::rebuild(config, &arena, [DS, u64::MAX]);
+        assert_eq!(rebuilt.stats().carved_end, DS);
+        assert_eq!(report.page_map_problems, 2); // clamped, then trimmed
+        assert_eq!(report.rejected.len(), 2);
+
+        // A misaligned carved_end after one valid slab is rounded up, then trimmed.
+        let arena = HeapArena::new(DS, DS + MIB);
+        arena.set_page_entry(0, 0x8000_0001);
+        (1..16).for_each(|p| arena.set_page_entry(p, 1));
+        arena.set_carved_end(DS + 64 * KIB + 5);
+        let (rebuilt, report) = Allocator::rebuild(config, &arena, [DS + 64]);
+        assert_eq!(rebuilt.stats().carved_end, DS + 64 * KIB);
+        assert_eq!(report.page_map_problems, 2);
+        assert_eq!(report.live_blocks, 1);
+
+        // Every kind of bad entry, then a valid slab.
+        let arena = HeapArena::new(DS, DS + MIB);
+        let entries: Vec<u32> = [
+            vec![0x8001_0001],                            // reserved bits
+            vec![0x8000_0000 | (CLASS_COUNT as u32 + 1)], // unknown class
+            vec![0x8000_0000],                            // class 0 is "not carved"
+            vec![1, 1],                                   // continuations without a start
+            vec![0],                                      // a hole
+            vec![0x8000_001A, 0x1A],                      // a 5 KiB slab cut short ...
+            vec![0x8000_001A, 0x1A, 0x1A, 0x1A, 0x1A],    // ... by a valid one
+            vec![0xFFFF_FFFF],
+            vec![0x8000_0001], // a small slab cut short by the end
+            vec![1; 3],
+        ]
+        .concat();
+        for (page, &entry) in entries.iter().enumerate() {
+            arena.set_page_entry(page as u64, entry);
+        }
+        arena.set_carved_end(DS + entries.len() as u64 * PAGE_SIZE);
+        let (mut rebuilt, report) =
+            Allocator::rebuild(config, &arena, (0..pages * 4).map(|i| DS + i * 1024));
+        assert_eq!(report.page_map_problems, 9);
+        assert_eq!(
+            report.unusable_bytes,
+            (entries.len() as u64 - 5) * PAGE_SIZE
+        );
+        // Only the valid slab's 4 blocks were accepted.
+        let valid = DS + 8 * PAGE_SIZE;
+        assert_eq!(report.live_blocks, 4);
+        for i in 0..4 {
+            assert_eq!(rebuilt.capacity_of_live(valid + i * 5 * KIB), Some(5 * KIB));
+        }
+        // New slabs go at the carved end, never into unusable pages.
+        let end = rebuilt.stats().carved_end;
+        assert_eq!(end, DS + entries.len() as u64 * PAGE_SIZE);
+        assert_eq!(rebuilt.alloc(&arena, 64).unwrap().offset, end);
+        assert_eq!(
+            rebuilt.alloc(&arena, 5 * KIB).unwrap().offset,
+            end + 64 * KIB
+        );
+    }
+
+    #[test]
+    fn config_is_normalized() {
+        let config = AllocConfig {
+            data_start: 5,
+            data_end: 3 * PAGE_SIZE - 1,
+            max_memory: 0,
+            max_block: u64::MAX,
+            commit_step: 0,
+        };
+        let (arena, mut allocator) = setup(config);
+        assert_eq!(
+            allocator.config(),
+            AllocConfig {
+                data_start: PAGE_SIZE,
+                data_end: 2 * PAGE_SIZE,
+                max_memory: 0,
+                max_block: MAX_BLOCK_LIMIT,
+                commit_step: PAGE_SIZE,
+            }
+        );
+        assert!(allocator.alloc(&arena, 1).is_err());
+        let inverted = AllocConfig::new(10 * PAGE_SIZE, PAGE_SIZE).normalized();
+        assert_eq!(inverted.data_end, inverted.data_start);
+    }
+
+    #[test]
+    fn heap_arena_tracks_committed_ranges() {
+        let arena = HeapArena::new(0, MIB);
+        arena.commit(0, 10).unwrap();
+        arena.commit(20, 10).unwrap();
+        arena.commit(10, 10).unwrap();
+        assert_eq!(arena.committed_bytes(), 30);
+        assert!(arena.is_committed(0, 30));
+        arena.commit(5, 100).unwrap();
+        assert_eq!(arena.committed_bytes(), 105);
+        arena.release(50, 10);
+        assert_eq!(arena.committed_bytes(), 95);
+        assert!(arena.is_committed(0, 50) && arena.is_committed(60, 45));
+        assert!(arena.is_released(50, 10) && !arena.is_released(45, 10));
+        arena.set_commit_limit(Some(100));
+        assert!(arena.commit(50, 5).is_ok());
+        assert!(arena.commit(200, 6).is_err());
+        assert_eq!(arena.committed_bytes(), 100);
+        assert_eq!(arena.page_entry(u64::MAX), 0);
+        arena.set_page_entry(u64::MAX, 7);
+        assert_eq!(arena.page_count(), MIB / PAGE_SIZE);
+    }
+
+    // ---- Properties ----
+
+    /// One step of a random workload.
+    #[derive(Debug, Clone)]
+    enum Op {
+        Alloc(u64),
+        /// Frees the n-th live block (modulo their number).
+        Free(usize),
+        /// Frees an offset inside the n-th live block (never its start).
+        FreeInterior(usize, u64),
+        /// Frees an arbitrary offset.
+        FreeGarbage(u64),
+        /// Frees an offset freed before.
+        FreeFreed(usize),
+    }
+
+    fn size_strategy() -> impl Strategy<Value = u64> {
+        prop_oneof![
+            8 => 0..=4 * KIB,
+            3 => 4 * KIB + 1..=64 * KIB,
+            2 => 64 * KIB + 1..=MIB + 10,
+        ]
+    }
+
+    fn op_strategy() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            8 => size_strategy().prop_map(Op::Alloc),
+            5 => any::<usize>().prop_map(Op::Free),
+            1 => (any::<usize>(), any::<u64>()).prop_map(|(i, d)| Op::FreeInterior(i, d)),
+            1 => any::<u64>().prop_map(Op::FreeGarbage),
+            1 => any::<usize>().prop_map(Op::FreeFreed),
+        ]
+    }
+
+    fn config_strategy() -> impl Strategy<Value = AllocConfig> {
+        (
+            prop::sample::select(vec![4 * MIB, 16 * MIB]),
+            prop::sample::select(vec![256 * KIB, MIB, 3 * MIB, u64::MAX]),
+            prop::sample::select(vec![64 * KIB, MIB]),
+            prop::sample::select(vec![PAGE_SIZE, 64 * KIB, MIB]),
+        )
+            .prop_map(|(area, max_memory, max_block, commit_step)| AllocConfig {
+                data_start: DS,
+                data_end: DS + area,
+                max_memory,
+                max_block,
+                commit_step,
+            })
+    }
+
+    /// What the allocator should hold, kept the simple way.
+    #[derive(Debug, Clone, Default)]
+    struct Model {
+        /// Live blocks: offset -> capacity.
+        live: BTreeMap<u64, u64>,
+        /// Free blocks per class size.
+        free: BTreeMap<u64, BTreeSet<u64>>,
+        /// Carved slabs: start -> (class size, slab size).
+        slabs: BTreeMap<u64, (u64, u64)>,
+        carved_end: u64,
+        committed: u64,
+        /// Offsets freed so far.
+        freed: Vec<u64>,
+        /// The class of every offset ever handed out (rule 2).
+        class_at: HashMap<u64, u64>,
+    }
+
+    /// An allocator, its arena and the model it is checked against.
+    #[derive(Debug)]
+    struct Harness {
+        config: AllocConfig,
+        arena: HeapArena,
+        allocator: Allocator,
+        model: Model,
+    }
+
+    impl Harness {
+        fn new(config: AllocConfig) -> Self {
+            let (arena, allocator) = setup(config);
+            let model = Model {
+                carved_end: DS,
+                ..Model::default()
+            };
+            Self {
+                config: allocator.config(),
+                arena,
+                allocator,
+                model,
+            }
+        }
+
+        fn alloc(&mut self, size: u64) -> Result<Result<Block, AllocError>, TestCaseError> {
+            let result = self.allocator.alloc(&self.arena, size);
+            let config = self.config;
+            let m = &mut self.model;
+            let Some(class) = reference_class_for(size, config.max_block) else {
+                prop_assert_eq!(
+                    result,
+                    Err(AllocError::TooLarge {
+                        size,
+                        max: config.max_block
+                    })
+                );
+                return Ok(result);
+            };
+            let full = |cause| Err(AllocError::Full { size, cause });
+            let large = class > 64 * KIB;
+            let free = m.free.entry(class).or_default();
+            let block = if !free.is_empty() {
+                if large && m.committed.saturating_add(class) > config.max_memory {
+                    prop_assert_eq!(result, full(FullCause::MemoryLimit));
+                    return Ok(result);
+                }
+                let block = result.map_err(|e| TestCaseError::fail(format!("{e}")))?;
+                prop_assert_eq!(block.capacity, class);
+                prop_assert!(free.remove(&block.offset), "{:?} was not free", block);
+                if large {
+                    m.committed += class;
+                }
+                block
+            } else {
+                let slab = reference_slab(class);
+                if m.carved_end + slab > config.data_end {
+                    prop_assert_eq!(result, full(FullCause::SegmentEnd));
+                    return Ok(result);
+                }
+                if m.committed.saturating_add(slab) > config.max_memory {
+                    prop_assert_eq!(result, full(FullCause::MemoryLimit));
+                    return Ok(result);
+                }
+                let block = result.map_err(|e| TestCaseError::fail(format!("{e}")))?;
+                prop_assert_eq!(
+                    block,
+                    Block {
+                        offset: m.carved_end,
+                        capacity: class
+                    }
+                );
+                m.slabs.insert(m.carved_end, (class, slab));
+                free.extend((1..slab / class).map(|i| m.carved_end + i * class));
+                m.carved_end += slab;
+                m.committed += slab;
+                block
+            };
+            if let Some((&offset, &capacity)) = m.live.range(..block.offset).next_back() {
+                prop_assert!(offset + capacity <= block.offset, "overlap");
+            }
+            if let Some((&offset, _)) = m.live.range(block.offset..).next() {
+                prop_assert!(block.offset + class <= offset, "overlap");
+            }
+            m.live.insert(block.offset, class);
+            let first = *m.class_at.entry(block.offset).or_insert(class);
+            prop_assert_eq!(first, class, "a block start changed class");
+            Ok(result)
+        }
+
+        fn free(&mut self, offset: u64) -> Result<Result<u64, FreeError>, TestCaseError> {
+            let before = self.allocator.stats();
+            let events = self.arena.events().len();
+            let result = self.allocator.free(&self.arena, offset);
+            let m = &mut self.model;
+            match m.live.remove(&offset) {
+                Some(class) => {
+                    prop_assert_eq!(result, Ok(class));
+                    m.free.entry(class).or_default().insert(offset);
+                    if class > 64 * KIB {
+                        m.committed -= class;
+                        prop_assert!(self.arena.is_released(offset, class));
+                    }
+                    m.freed.push(offset);
+                }
+                None => {
+                    prop_assert_eq!(result, Err(FreeError::NotLive { offset }));
+                    prop_assert_eq!(self.allocator.stats(), before);
+                    prop_assert_eq!(self.arena.events().len(), events);
+                }
+            }
+            Ok(result)
+        }
+
+        fn apply(&mut self, op: &Op) -> Result<(), TestCaseError> {
+            let nth = |live: &BTreeMap<u64, u64>, i: usize| {
+                (!live.is_empty())
+                    .then(|| live.iter().nth(i % live.len()).map(|(&o, &c)| (o, c)))?
+            };
+            match *op {
+                Op::Alloc(size) => {
+                    let _checked = self.alloc(size)?;
+                }
+                Op::Free(i) => {
+                    if let Some((offset, _)) = nth(&self.model.live, i) {
+                        let _checked = self.free(offset)?;
+                    }
+                }
+                Op::FreeInterior(i, d) => {
+                    if let Some((offset, capacity)) = nth(&self.model.live, i) {
+                        let _checked = self.free(offset + 1 + d % (capacity - 1))?;
+                    }
+                }
+                Op::FreeGarbage(offset) => {
+                    if !self.model.live.contains_key(&offset) {
+                        let _checked = self.free(offset)?;
+                    }
+                }
+                Op::FreeFreed(i) => {
+                    let freed = &self.model.freed;
+                    if let Some(&offset) = freed.get(i % freed.len().max(1)) {
+                        if !self.model.live.contains_key(&offset) {
+                            let _checked = self.free(offset)?;
+                        }
+                    }
+                }
+            }
+            self.check()
+        }
+
+        /// The allocator agrees with the model; the arena holds what it should.
+        fn check(&self) -> Result<(), TestCaseError> {
+            let stats = self.allocator.stats();
+            let m = &self.model;
+            prop_assert_eq!(stats.live_blocks, m.live.len() as u64);
+            prop_assert_eq!(stats.live_bytes, m.live.values().sum::<u64>());
+            prop_assert_eq!(stats.committed_bytes, m.committed);
+            prop_assert!(stats.committed_bytes <= self.config.max_memory);
+            prop_assert_eq!(stats.carved_end, m.carved_end);
+            prop_assert_eq!(self.arena.carved_end(), m.carved_end);
+            let free: u64 = m.free.values().map(|set| set.len() as u64).sum();
+            prop_assert_eq!(stats.free_blocks, free);
+            prop_assert!(stats.carved_end <= stats.commit_end);
+            prop_assert!(stats.commit_end <= self.config.data_end);
+            prop_assert_eq!(
+                self.arena.committed_bytes(),
+                stats.committed_bytes + (stats.commit_end - stats.carved_end)
+            );
+            let mut previous_end = DS;
+            for (&offset, &class) in &m.live {
+                prop_assert!(offset >= previous_end, "overlap at {}", offset);
+                previous_end = offset + class;
+                let (&start, &(slab_class, slab)) = m.slabs.range(..=offset).next_back().unwrap();
+                prop_assert_eq!(slab_class, class);
+                prop_assert_eq!((offset - start) % class, 0);
+                prop_assert!(offset + class <= start + slab);
+                prop_assert!(start + slab <= m.carved_end);
+                prop_assert_eq!(self.allocator.capacity_of_live(offset), Some(class));
+                prop_assert!(self.arena.is_committed(offset, class));
+            }
+            Ok(())
+        }
+
+        /// The page map shows the model's slabs (rule 3).
+        fn check_page_map(&self) -> Result<(), TestCaseError> {
+            let end = self.model.carved_end;
+            for (&start, &(class, slab)) in &self.model.slabs {
+                for offset in (start..start + slab).step_by(PAGE_SIZE as usize) {
+                    prop_assert_eq!(slab_of(&self.arena, end, offset), Some((start, class)));
+                }
+            }
+            prop_assert_eq!(self.arena.page_entry((end - DS) / PAGE_SIZE), 0);
+            for (&offset, &class) in &self.model.live {
+                prop_assert_eq!(block_class(&self.arena, end, offset), Some(class));
+            }
+            Ok(())
+        }
+
+        /// Rebuilds from a copy of the arena and the model's live set.
+        fn rebuild(&self) -> Result<Self, TestCaseError> {
+            let arena = self.arena.clone();
+            let reachable: Vec<u64> = self.model.live.keys().rev().copied().collect();
+            let (allocator, report) = Allocator::rebuild(self.config, &arena, reachable);
+            let stats = self.allocator.stats();
+            prop_assert_eq!(
+                report,
+                RebuildReport {
+                    live_blocks: stats.live_blocks,
+                    free_blocks: stats.free_blocks,
+                    ..RebuildReport::default()
+                }
+            );
+            let rebuilt = allocator.stats();
+            prop_assert_eq!(rebuilt.commit_end, rebuilt.carved_end);
+            prop_assert_eq!(
+                AllocStats {
+                    commit_end: 0,
+                    ..rebuilt
+                },
+                AllocStats {
+                    commit_end: 0,
+                    ..stats
+                }
+            );
+            prop_assert_eq!(free_sets(&allocator), free_sets(&self.allocator));
+            let copy = Self {
+                config: self.config,
+                arena,
+                allocator,
+                model: self.model.clone(),
+            };
+            copy.check()?;
+            Ok(copy)
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+        #[test]
+        fn behaves_like_the_model(
+            config in config_strategy(),
+            ops in prop::collection::vec(op_strategy(), 1..160),
+        ) {
+            let mut h = Harness::new(config);
+            for op in &ops {
+                h.apply(op)?;
+            }
+            h.check_page_map()?;
+        }
+
+        #[test]
+        fn rebuild_gives_an_equivalent_allocator(
+            config in config_strategy(),
+            ops in prop::collection::vec(op_strategy(), 1..120),
+            more in prop::collection::vec(op_strategy(), 0..80),
+        ) {
+            let mut h = Harness::new(config);
+            for op in &ops {
+                h.apply(op)?;
+            }
+            let mut r = h.rebuild()?;
+            // Both go on in step: blocks correspond pairwise.
+            let mut pairs: Vec<(u64, u64)> = h.model.live.keys().map(|&o| (o, o)).collect();
+            for op in &more {
+                match *op {
+                    Op::Alloc(size) => {
+                        let (a, b) = (h.alloc(size)?, r.alloc(size)?);
+                        prop_assert_eq!(a.map(|x| x.capacity), b.map(|x| x.capacity));
+                        if let (Ok(a), Ok(b)) = (a, b) {
+                            pairs.push((a.offset, b.offset));
+                        }
+                    }
+                    Op::Free(i) if !pairs.is_empty() => {
+                        let (a, b) = pairs.swap_remove(i % pairs.len());
+                        prop_assert_eq!(h.free(a)?, r.free(b)?);
+                    }
+                    _ => {}
+                }
+                h.check()?;
+                r.check()?;
+                let (hs, rs) = (h.allocator.stats(), r.allocator.stats());
+                prop_assert_eq!(AllocStats { commit_end: 0, ..hs }, AllocStats { commit_end: 0, ..rs });
+            }
+            r.check_page_map()?;
+        }
+    }
+
+    /// A piece of a page map laid down for the garbage test.
+    #[derive(Debug, Clone)]
+    enum Piece {
+        /// A whole, valid slab of a class.
+        Slab(u16),
+        /// Pages never carved.
+        Zeros(u64),
+        /// One arbitrary entry.
+        Word(u32),
+    }
+
+    /// Pages of the garbage test's data area (1 MiB).
+    const GARBAGE_PAGES: u64 = 256;
+
+    fn entry_strategy() -> impl Strategy<Value = u32> {
+        let tags = 0..=CLASS_COUNT as u32 + 2;
+        prop_oneof![
+            Just(0),
+            tags.clone().prop_map(|tag| tag | SLAB_START),
+            tags,
+            any::<u32>(),
+        ]
+    }
+
+    fn piece_strategy() -> impl Strategy<Value = Piece> {
+        prop_oneof![
+            // Classes up to 256 KiB: slabs of at most 64 pages.
+            6 => (0_u16..=48).prop_map(Piece::Slab),
+            1 => (1_u64..8).prop_map(Piece::Zeros),
+            1 => entry_strategy().prop_map(Piece::Word),
+        ]
+    }
+
+    fn carved_end_strategy() -> impl Strategy<Value = u64> {
+        prop_oneof![
+            4 => (0..=GARBAGE_PAGES + 4).prop_map(|p| DS + p * PAGE_SIZE),
+            1 => (0..(GARBAGE_PAGES + 4) * PAGE_SIZE).prop_map(|x| DS + x),
+            1 => Just(0),
+            1 => any::<u64>(),
+        ]
+    }
+
+    fn offset_strategy() -> impl Strategy<Value = u64> {
+        let area = GARBAGE_PAGES * PAGE_SIZE;
+        prop_oneof![
+            (0..area / 16).prop_map(|k| DS + 16 * k),
+            (0..area / 64).prop_map(|k| DS + 64 * k),
+            (0..GARBAGE_PAGES).prop_map(|p| DS + p * PAGE_SIZE),
+            any::<u64>(),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+        #[test]
+        fn rebuild_never_trusts_garbage(
+            pieces in prop::collection::vec(piece_strategy(), 0..40),
+            corruptions in prop::collection::vec((0..GARBAGE_PAGES + 8, entry_strategy()), 0..8),
+            carved_end in carved_end_strategy(),
+            mut reachable in prop::collection::vec(offset_strategy(), 0..64),
+            picks in prop::collection::vec((any::<usize>(), any::<u64>()), 0..32),
+            sizes in prop::collection::vec(0..300 * KIB, 0..24),
+        ) {
+            let config = AllocConfig {
+                data_start: DS,
+                data_end: DS + GARBAGE_PAGES * PAGE_SIZE,
+                max_memory: u64::MAX,
+                max_block: 256 * KIB,
+                commit_step: 64 * KIB,
+            };
+            let arena = HeapArena::new(config.data_start, config.data_end);
+            let mut page = 0;
+            let mut laid_slabs = Vec::new();
+            for piece in pieces {
+                match piece {
+                    Piece::Slab(id) => {
+                        let tag = u32::from(id) + 1;
+                        let pages = slab_size(id).unwrap() / PAGE_SIZE;
+                        laid_slabs.push((DS + page * PAGE_SIZE, id));
+                        arena.set_page_entry(page, tag | SLAB_START);
+                        (1..pages).for_each(|i| arena.set_page_entry(page + i, tag));
+                        page += pages;
+                    }
+                    Piece::Zeros(pages) => page += pages,
+                    Piece::Word(entry) => {
+                        arena.set_page_entry(page, entry);
+                        page += 1;
+                    }
+                }
+            }
+            for (page, entry) in corruptions {
+                arena.set_page_entry(page, entry);
+            }
+            arena.set_carved_end(carved_end);
+            // Block starts of the slabs laid down (some broken since).
+            if !laid_slabs.is_empty() {
+                for (i, k) in picks {
+                    let (start, id) = laid_slabs[i % laid_slabs.len()];
+                    let class = class_size(id).unwrap();
+                    reachable.push(start + k % (slab_size(id).unwrap() / class) * class);
+                }
+            }
+            let half = reachable.len() / 2;
+            reachable.extend_from_within(..half); // duplicates
+            let page_map: Vec<u32> = (0..GARBAGE_PAGES).map(|p| arena.page_entry(p)).collect();
+
+            let (mut rebuilt, report) = Allocator::rebuild(config, &arena, reachable.iter().copied());
+
+            let end = rebuilt.stats().carved_end;
+            prop_assert!((DS..=config.data_end).contains(&end));
+            prop_assert_eq!((end - DS) % PAGE_SIZE, 0);
+            prop_assert_eq!(arena.carved_end(), end);
+            // Accepted exactly the valid block starts, each once.
+            let mut live: BTreeMap<u64, u64> = BTreeMap::new();
+            let mut rejected = report.rejected.iter();
+            for &offset in &reachable {
+                match block_class(&arena, end, offset) {
+                    Some(class) if !live.contains_key(&offset) => {
+                        live.insert(offset, class);
+                        prop_assert_eq!(rebuilt.capacity_of_live(offset), Some(class));
+                    }
+                    valid => {
+                        let &(at, reason) = rejected.next().expect("a rejection");
+                        prop_assert_eq!(at, offset);
+                        if valid.is_some() {
+                            prop_assert_eq!(reason, RejectReason::Duplicate);
+                        } else if offset < DS || offset >= end {
+                            prop_assert_eq!(reason, RejectReason::OutsideCarvedArea);
+                        } else {
+                            prop_assert!(
+                                matches!(reason, RejectReason::NotInSlab | RejectReason::NotBlockStart),
+                                "{:?}", reason
+                            );
+                        }
+                    }
+                }
+            }
+            prop_assert!(rejected.next().is_none());
+            prop_assert_eq!(report.live_blocks, live.len() as u64);
+            prop_assert_eq!(rebuilt.stats().live_blocks, live.len() as u64);
+            prop_assert_eq!(rebuilt.stats().live_bytes, live.values().sum::<u64>());
+
+            // Going on: new blocks are valid block starts of their class,
+            // never overlap live ones, and the old page map stays as it was.
+            for size in sizes {
+                match rebuilt.alloc(&arena, size) {
+                    Ok(block) => {
+                        let now = arena.carved_end();
+                        prop_assert_eq!(block_class(&arena, now, block.offset), Some(block.capacity));
+                        if let Some((&o, &c)) = live.range(..block.offset).next_back() {
+                            prop_assert!(o + c <= block.offset);
+                        }
+                        if let Some((&o, _)) = live.range(block.offset..).next() {
+                            prop_assert!(block.offset + block.capacity <= o);
+                        }
+                        live.insert(block.offset, block.capacity);
+                    }
+                    Err(AllocError::TooLarge { .. }) => prop_assert!(size > 256 * KIB),
+                    Err(AllocError::Full { cause, .. }) => {
+                        prop_assert_eq!(cause, FullCause::SegmentEnd);
+                    }
+                }
+            }
+            for (page, &entry) in page_map.iter().enumerate().take(((end - DS) / PAGE_SIZE) as usize) {
+                prop_assert_eq!(arena.page_entry(page as u64), entry);
+            }
+            for (&offset, &class) in &live {
+                prop_assert_eq!(rebuilt.free(&arena, offset), Ok(class));
+            }
+            prop_assert_eq!(rebuilt.stats().live_bytes, 0);
+        }
+    }
+}
