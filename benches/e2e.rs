@@ -52,11 +52,7 @@ fn serve(spec: &str) {
         panic!("{SERVE_VAR} must be NAME,TYPES,WORKERS");
     };
     let workers: usize = workers.parse().expect("worker count");
-    fn run<K, V>(name: &str, workers: usize)
-    where
-        K: bytemuck::Pod + Eq + std::hash::Hash + Send + Sync,
-        V: bytemuck::Pod + Send + Sync,
-    {
+    fn run<K: kvs::Codec, V: kvs::Codec>(name: &str, workers: usize) {
         let mut server = KVSServer::<K, V>::builder(name)
             .workers(workers)
             .build()

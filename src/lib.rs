@@ -24,8 +24,9 @@
 #![warn(missing_docs)]
 
 pub use kvs_client::{
-    BackupInfo, ChangeEvent, ClientError, ClientOptions, KVSClient, ListCursor, ListPage,
-    ListedEntry, Op, Reply, StoreStatus, Subscription, Ticket, Versioned,
+    BackupInfo, BytesClient, ChangeEvent, ClientError, ClientOptions, Codec, DecodeError,
+    KVSClient, ListCursor, ListPage, ListedEntry, Op, Raw, RawEntry, Reply, StoreStatus,
+    Subscription, Ticket, Versioned,
 };
 pub use kvs_core as core;
 pub use kvs_core::{FixedStr, FixedStrError};

@@ -69,8 +69,20 @@ fn kvs_server_refuses_hostile_arguments_in_one_line() {
         vec!["--mode", "-1"],
         vec!["--mode", "644"],
         vec!["--mode", "60000000000000000000"],
-        vec!["--value-size", "0"],
+        // Gone: values are bytes of any length up to --max-value-size.
         vec!["--value-size", "5000"],
+        vec!["--max-key-size", "0"],
+        vec!["--max-key-size", "1T"],
+        vec!["--max-key-size", "12Q"],
+        vec!["--max-value-size", "2G"],
+        vec!["--max-value-size", "-1"],
+        vec!["--max-memory", "0"],
+        vec!["--max-memory", "99999T"],
+        vec!["--max-memory", "18446744073709551616"],
+        vec!["--staging-buffers", "0"],
+        vec!["--staging-buffers", "1000"],
+        // Valid alone, too large together: 64 buffers of 1 GiB values.
+        vec!["--max-value-size", "1G", "--staging-buffers", "64"],
         vec!["--max-entries", "-1"],
         vec!["--subscribers", "100000"],
         vec!["--subscriber-queue", "3"],
@@ -90,7 +102,9 @@ fn kvs_server_refuses_hostile_arguments_in_one_line() {
         check(server_bin(), &args, &[]);
         // A failed start leaves nothing behind.
         assert!(
-            !socket_path(&name).exists() && !lock_path(&name).exists(),
+            !socket_path(&name).exists()
+                && !lock_path(&name).exists()
+                && !keeper_path(&name).exists(),
             "{case:?} left files behind"
         );
     }
@@ -102,7 +116,7 @@ fn kvs_server_refuses_hostile_arguments_in_one_line() {
 #[test]
 fn kvs_client_refuses_hostile_arguments_in_one_line() {
     let name = unique_name("args-client");
-    let _server = ServerGuard::start(&name, &[]);
+    let _server = ServerGuard::start(&name, &["--max-key-size", "63", "--max-value-size", "255"]);
     let long_key = "k".repeat(64);
     let long_value = "v".repeat(300);
     let long_prefix = "p".repeat(100);
@@ -130,6 +144,9 @@ fn kvs_client_refuses_hostile_arguments_in_one_line() {
         vec!["bench", "--mix", "a:b"],
         vec!["bench", "--value-size", "99999999999999999999"],
         vec!["bench", "--value-size", "100000"],
+        vec!["set", "k", "--file", "/nonexistent/value"],
+        vec!["set", "k", "--file", "/etc"],
+        vec!["set", "k", "v", "--file", "/etc/hostname"],
         vec!["bench", "--keys", "10", "--depth", "100"],
         vec!["list", "--prefix", &long_prefix],
         vec!["backup", "../escape.snap"],

@@ -12,6 +12,7 @@ mod common;
 use common::gateway::*;
 use common::*;
 use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::json;
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -207,7 +208,7 @@ async fn drive(client: &Client, base: &str, name: &str) {
             )
             .await
             .unwrap(),
-        "255 B"
+        "1 MiB"
     );
 
     // 1. Set a key through the form: it appears in the table.
@@ -222,7 +223,7 @@ async fn drive(client: &Client, base: &str, name: &str) {
     .await;
     assert_eq!(
         kvs_client(name, &["get", "from-browser"]).stdout,
-        b"typed in a form\n"
+        b"typed in a form"
     );
 
     // 2. Set keys from kvs_client: the table updates live (the page does
@@ -326,6 +327,65 @@ async fn drive(client: &Client, base: &str, name: &str) {
         "the entry count after the deletes",
     )
     .await;
+    // 6. Bytes that are not text: a binary value shows as its size, a
+    //    binary key in base64 (and its row deletes it); a value too large
+    //    for an event is read by the page and shown cut short.
+    let set = post_json(
+        &format!("{base}/set"),
+        &json!({"key": "blob", "value_base64": "/wABAg=="}),
+    );
+    assert_eq!(set.status, 200, "{set:?}");
+    wait_until(
+        client,
+        &row_shows("blob", "(4 bytes of binary)"),
+        "the binary value",
+    )
+    .await;
+    let set = post_json(
+        &format!("{base}/set"),
+        &json!({"key_base64": "/w==", "value": "under a binary key"}),
+    );
+    assert_eq!(set.status, 200, "{set:?}");
+    let binary_row = "document.querySelector('tr[data-key-base64=\"/w==\"]')";
+    wait_until(
+        client,
+        &format!(
+            "{binary_row} && {binary_row}.querySelector('td.key').textContent === 'base64:/w==' && {binary_row}.querySelector('td.value').textContent === 'under a binary key'"
+        ),
+        "the binary key",
+    )
+    .await;
+    let put = put_bytes(&format!("{base}/raw/large"), &[b'y'; 20_000]);
+    assert_eq!(put.status, 200, "{put:?}");
+    wait_until(
+        client,
+        &format!(
+            "{r} && {r}.querySelector('td.value').textContent === '{}… (20000 bytes)'",
+            "y".repeat(300),
+            r = row("large")
+        ),
+        "the large value, read after its event",
+    )
+    .await;
+    client
+        .execute(
+            &format!("{binary_row}.querySelector('button').click()"),
+            vec![],
+        )
+        .await
+        .unwrap();
+    wait_until(client, &format!("!{binary_row}"), "the binary key deleted").await;
+    assert_eq!(
+        get(&format!("{base}/get?key_base64=%2Fw%3D%3D")).status,
+        404
+    );
+    wait_until(
+        client,
+        "document.getElementById('count').textContent === '4'",
+        "the entry count with the binary entries",
+    )
+    .await;
+
     // No error left on the page, and no token asked for.
     wait_until(
         client,
@@ -340,7 +400,7 @@ async fn drive(client: &Client, base: &str, name: &str) {
         )
         .await
         .unwrap();
-    assert!(version.as_u64().unwrap() >= 7, "version {version}");
+    assert!(version.as_u64().unwrap() >= 10, "version {version}");
 
     let shot = target_dir().join("browser-screenshot.png");
     std::fs::write(&shot, client.screenshot().await.unwrap()).unwrap();
@@ -351,8 +411,8 @@ async fn drive(client: &Client, base: &str, name: &str) {
     client.goto(&format!("{base}/docs/")).await.unwrap();
     wait_until(
         client,
-        "document.querySelector('.swagger-ui .info .title') && document.querySelector('.swagger-ui .info .title').textContent.includes('kvs_http') && document.querySelectorAll('.opblock').length === 6",
-        "Swagger UI with the six operations",
+        "document.querySelector('.swagger-ui .info .title') && document.querySelector('.swagger-ui .info .title').textContent.includes('kvs_http') && document.querySelectorAll('.opblock').length === 12",
+        "Swagger UI with the twelve operations",
     )
     .await;
     let docs = target_dir().join("browser-docs.png");

@@ -50,6 +50,10 @@ fn child_entry() {
         "paused-server" => paused_server(&name),
         "stalled-writer" => stalled_writer(&name),
         "forking-client" => forking_client(&name),
+        "warm-writer" => {
+            let id: usize = std::env::var("KVS_CHILD_ID").unwrap().parse().unwrap();
+            warm_writer(&name, id)
+        }
         other => panic!("unknown role {other}"),
     }
 }
@@ -225,6 +229,177 @@ fn paused_server(name: &str) {
     std::thread::sleep(Duration::from_secs(60));
 }
 
+/// The value writer `id` writes for its `i`-th key: its own bytes, 40
+/// long, or 3000 for every 7th (through a staging buffer).
+fn warm_value(id: usize, i: u64) -> Vec<u8> {
+    let len = if i % 7 == 0 { 3000 } else { 40 };
+    format!("{id}:{i}:").bytes().cycle().take(len).collect()
+}
+
+/// Writes keys `w{id}-{i}` (and the key `w{id}-hot` = `i`) in order until
+/// killed, printing `ACK i` after each acknowledged pair. When the server
+/// dies it reconnects (to the restarted server) and writes the pair again.
+fn warm_writer(name: &str, id: usize) {
+    let options = ClientOptions {
+        timeout: Duration::from_secs(5),
+        ..ClientOptions::default()
+    };
+    let connect = || {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match KVSClient::<Vec<u8>, Vec<u8>>::connect_with(name, options.clone()) {
+                Ok(c) => return c,
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                Err(e) => {
+                    println!("ERROR connect: {e}");
+                    std::process::exit(4);
+                }
+            }
+        }
+    };
+    let mut client = connect();
+    println!("STARTED");
+    let mut out = std::io::stdout().lock();
+    let mut i = 0u64;
+    loop {
+        let key = format!("w{id}-{i}").into_bytes();
+        let hot = format!("w{id}-hot").into_bytes();
+        let written = client
+            .set(&key, &warm_value(id, i))
+            .and_then(|()| client.set(&hot, &i.to_le_bytes().to_vec()));
+        match written {
+            Ok(()) => {
+                writeln!(out, "ACK {i}").unwrap();
+                out.flush().unwrap();
+                i += 1;
+            }
+            Err(ClientError::ServerGone | ClientError::Timeout { .. }) => {
+                // Not acknowledged: written again once a server is back.
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while client.reconnect().is_err() {
+                    if Instant::now() > deadline {
+                        println!("ERROR no server came back");
+                        std::process::exit(4);
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+            Err(e) => {
+                println!("ERROR {e}");
+                std::process::exit(4);
+            }
+        }
+    }
+}
+
+/// Warm restart: four writer processes write without pause while the
+/// server is SIGKILLed at random moments, three times; each time a new
+/// `kvs_server` of the name adopts the store from the keeper, the writers
+/// reconnect and go on. In the end every write acknowledged to a writer,
+/// before or after any kill, is in the store with its exact bytes, and
+/// each writer's hot key holds its last acknowledged write or the one it
+/// was making when it was stopped.
+#[test]
+fn every_acknowledged_write_survives_server_kills() {
+    const WRITERS: usize = 4;
+    let name = unique_name("warm");
+    let mut servers = vec![ServerGuard::start(&name, &[])];
+    let mut writers = Children(Vec::new());
+    let mut lines = Vec::new();
+    for id in 0..WRITERS {
+        let mut child = spawn_self(
+            "child_entry",
+            &[
+                ("KVS_CHILD_ROLE", "warm-writer".to_string()),
+                ("KVS_TEST_REGION", name.clone()),
+                ("KVS_CHILD_ID", id.to_string()),
+            ],
+        );
+        let rx = stdout_lines(&mut child);
+        writers.0.push(child);
+        expect_line(&rx, "STARTED", Duration::from_secs(20));
+        lines.push(rx);
+    }
+    let mut acked = vec![None::<u64>; WRITERS];
+    let drain = |acked: &mut Vec<Option<u64>>| {
+        for (id, rx) in lines.iter().enumerate() {
+            for line in rx.try_iter() {
+                if let Some(i) = line.strip_prefix("ACK ") {
+                    let i: u64 = i.parse().unwrap();
+                    assert_eq!(acked[id].map_or(0, |a| a + 1), i, "writer {id} skipped");
+                    acked[id] = Some(i);
+                } else {
+                    assert!(!line.contains("ERROR"), "writer {id}: {line}");
+                }
+            }
+        }
+    };
+    let mut rng = rand::rng();
+    for round in 0..3 {
+        std::thread::sleep(Duration::from_millis(rng.random_range(150..600)));
+        let server = servers.last_mut().unwrap();
+        let _ = server.signal_and_wait(Signal::SIGKILL);
+        drain(&mut acked);
+        let restarted = ServerGuard::start(&name, &[]);
+        assert!(
+            restarted.ready_line.contains("adopted"),
+            "round {round}: {}",
+            restarted.ready_line
+        );
+        eprintln!(
+            "round {round}: acked so far {acked:?}; {}",
+            restarted.ready_line
+        );
+        servers.push(restarted);
+    }
+    // Let the writers make progress against the last server, then stop
+    // them (SIGKILL: possibly mid-write).
+    let before = acked.clone();
+    let progressed = poll_until(Duration::from_secs(20), || {
+        drain(&mut acked);
+        acked.iter().zip(&before).all(|(a, b)| a > b)
+    });
+    assert!(
+        progressed.is_some(),
+        "writers stalled after the restarts: {acked:?}"
+    );
+    for w in &mut writers.0 {
+        let _ = w.kill();
+        let _ = w.wait();
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    drain(&mut acked);
+
+    let client = KVSClient::<Vec<u8>, Vec<u8>>::connect(&name).unwrap();
+    let mut checked = 0;
+    for (id, last) in acked.iter().enumerate() {
+        let last = last.expect("every writer had a write acknowledged");
+        for i in 0..=last {
+            let got = client.get(&format!("w{id}-{i}").into_bytes()).unwrap();
+            assert_eq!(
+                got,
+                Some(warm_value(id, i)),
+                "writer {id} write {i} (acknowledged)"
+            );
+            checked += 1;
+        }
+        let hot = client
+            .get(&format!("w{id}-hot").into_bytes())
+            .unwrap()
+            .unwrap();
+        let hot = u64::from_le_bytes(hot.try_into().unwrap());
+        assert!(
+            hot == last || hot == last + 1,
+            "writer {id}: hot {hot}, last ack {last}"
+        );
+    }
+    eprintln!("{checked} acknowledged writes all present after 3 kills");
+    let last = servers.last_mut().unwrap();
+    assert_eq!(last.signal_and_wait(Signal::SIGTERM).code(), Some(0));
+}
+
 /// Forwards every stdout line of `child` to a channel.
 fn stdout_lines(child: &mut Child) -> mpsc::Receiver<String> {
     let stdout = child.stdout.take().unwrap();
@@ -355,7 +530,7 @@ fn killed_clients_leave_no_slot_behind() {
         assert_eq!(killed, WAVES * PER_WAVE);
         // While the survivors run on: the dead clients' registrations and
         // slots come back (the housekeeper looks every 100 ms).
-        let region = probe::<TextKey, Value256>(&name);
+        let region = probe(&name);
         let slots = region.slots();
         let reclaimed = poll_until(Duration::from_secs(5), || {
             region.clients().used().count() == 2 && slots.free_count() + 2 >= slots.len()
@@ -388,7 +563,7 @@ fn killed_clients_leave_no_slot_behind() {
     }
 
     // Every slot and every registration comes back (housekeeper: 100 ms).
-    let region = probe::<TextKey, Value256>(&name);
+    let region = probe(&name);
     let slots = region.slots();
     let reclaim = poll_until(Duration::from_secs(5), || {
         slots.free_count() == slots.len() && region.clients().used().count() == 0
@@ -422,8 +597,8 @@ fn killed_clients_leave_no_slot_behind() {
 }
 
 /// A client waiting on a SIGKILLed server returns `ServerGone` well within
-/// its timeout: the server's lock byte is released by the kernel, and the
-/// waiter re-checks it at least every 20 ms.
+/// its timeout: its connection ends with the server, and the waiter
+/// re-checks it at least every 20 ms.
 #[test]
 fn waiting_client_sees_a_killed_server_as_gone() {
     const ROUNDS: usize = 3;
@@ -443,8 +618,9 @@ fn waiting_client_sees_a_killed_server_as_gone() {
         expect_line(&rx, "PAUSED-SERVER READY", Duration::from_secs(20));
         let client = KVSClient::<TextKey, Value256>::connect(&name).unwrap();
         let killed = std::thread::scope(|s| {
+            // A write: reads need no worker (they read the store directly).
             let waiter = s.spawn(|| {
-                let r = client.get_timeout(&key("k"), Duration::from_secs(10));
+                let r = client.set_timeout(&key("k"), &val("v"), Duration::from_secs(10));
                 (r, Instant::now())
             });
             // The request is pending; give the waiter time to fall asleep.
@@ -529,7 +705,9 @@ fn start_server_capturing(
 }
 
 /// `kvs_server` on the name of a SIGKILLed server takes the region over,
-/// says so in one log line, serves, and exits 0 on SIGTERM.
+/// says so in one log line, adopts the dead server's store from its keeper
+/// (warm restart) and says so too, serves, and exits 0 on SIGTERM, which
+/// discards the store for good.
 #[test]
 fn server_takes_over_a_dead_servers_region() {
     let name = unique_name("takeover");
@@ -542,20 +720,32 @@ fn server_takes_over_a_dead_servers_region() {
     child.wait().unwrap();
     assert!(socket_path(&name).exists() && lock_path(&name).exists());
 
+    assert!(keeper_path(&name).exists(), "the keeper holds the store");
+
     let (mut second, stderr) = start_server_capturing(&name, &[], "info");
-    let out = kvs_client(&name, &["get", "k"]);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "the new region starts empty: {out:?}"
+    assert!(
+        second.ready_line.contains("adopted 1 entries"),
+        "{}",
+        second.ready_line
     );
+    let out = kvs_client(&name, &["get", "k"]);
+    assert_eq!(stdout(&out), "old", "the dead server's data: {out:?}");
     let out = kvs_client(&name, &["set", "k", "new"]);
     assert!(out.status.success(), "{out:?}");
     let out = kvs_client(&name, &["get", "k"]);
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "new");
+    assert_eq!(stdout(&out), "new");
     let status = second.signal_and_wait(Signal::SIGTERM);
     assert_eq!(status.code(), Some(0), "{status}");
+    assert!(
+        !keeper_path(&name).exists(),
+        "a clean stop discards the store"
+    );
     let lines: Vec<String> = stderr.iter().collect();
+    assert_eq!(
+        lines.iter().filter(|l| l.contains("warm restart")).count(),
+        2,
+        "{lines:?}"
+    );
     let takeover: Vec<&String> = lines.iter().filter(|l| l.contains("stale")).collect();
     assert_eq!(takeover.len(), 1, "expected one takeover line: {lines:?}");
     assert!(
@@ -565,6 +755,64 @@ fn server_takes_over_a_dead_servers_region() {
     eprintln!("takeover line: {}", takeover[0]);
     assert!(!socket_path(&name).exists() && !lock_path(&name).exists());
     drop(first);
+    // After the clean stop, the next server starts empty.
+    let _third = ServerGuard::start(&name, &[]);
+    assert_eq!(kvs_client(&name, &["get", "k"]).status.code(), Some(1));
+}
+
+/// The keeper a `kvs_server` starts ends on SIGTERM like any process,
+/// although the server blocks SIGTERM for itself (a blocked mask survives
+/// exec), and ignores the terminal's SIGINT and SIGHUP.
+#[test]
+fn the_keeper_of_a_killed_server_ends_on_sigterm() {
+    let name = unique_name("keeper-term");
+    let mut server = ServerGuard::start(&name, &[]);
+    let pid: i32 = server
+        .ready_line
+        .split("keeper pid ")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no keeper pid in {}", server.ready_line));
+    let _ = server.signal_and_wait(Signal::SIGKILL);
+    let keeper = nix::unistd::Pid::from_raw(pid);
+    for sig in [Signal::SIGINT, Signal::SIGHUP] {
+        nix::sys::signal::kill(keeper, sig).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        keeper_path(&name).exists(),
+        "the keeper ended on SIGINT or SIGHUP"
+    );
+    nix::sys::signal::kill(keeper, Signal::SIGTERM).unwrap();
+    let gone = poll_until(Duration::from_secs(5), || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map_or(true, |s| s.split(' ').nth(2) == Some("Z"))
+    });
+    assert!(gone.is_some(), "the keeper ignored SIGTERM");
+}
+
+/// Without a keeper (`--no-keeper`) a SIGKILLed server's data is gone: the
+/// next server starts empty, and says nothing of a warm restart.
+#[test]
+fn without_a_keeper_a_killed_servers_data_is_gone() {
+    let name = unique_name("nokeeper");
+    let mut first = ServerGuard::start(&name, &["--no-keeper"]);
+    assert!(
+        first.ready_line.contains("no keeper"),
+        "{}",
+        first.ready_line
+    );
+    assert!(!keeper_path(&name).exists());
+    assert!(kvs_client(&name, &["set", "k", "old"]).status.success());
+    let _ = first.signal_and_wait(Signal::SIGKILL);
+    let second = ServerGuard::start(&name, &[]);
+    assert!(
+        !second.ready_line.contains("adopted"),
+        "{}",
+        second.ready_line
+    );
+    assert_eq!(kvs_client(&name, &["get", "k"]).status.code(), Some(1));
 }
 
 /// A second `kvs_server` on a live server's name exits 2 with one line
@@ -724,9 +972,10 @@ fn registration_churn_never_costs_a_live_client_its_slots() {
 }
 
 /// After a SIGKILLed server's successor takes over the name, a client of
-/// the old server gets `ServerGone` at once (its connection ended with the
-/// old server), never waits out its timeout, and `reconnect` gets it
-/// working against the successor.
+/// the old server gets `ServerGone` for writes at once (its connection
+/// ended with the old server), never waits out its timeout, and
+/// `reconnect` gets it working against the successor. Its reads go on
+/// meanwhile: they read the store, which the successor adopted.
 #[test]
 fn old_clients_see_a_successor_as_gone_and_reconnect() {
     let name = unique_name("successor");
@@ -735,10 +984,11 @@ fn old_clients_see_a_successor_as_gone_and_reconnect() {
     client.set(&key("k"), &val("old")).unwrap();
     let _ = first.signal_and_wait(Signal::SIGKILL);
     let _second = ServerGuard::start(&name, &[]);
+    assert_eq!(client.get(&key("k")).unwrap(), Some(val("old")));
     for attempt in 0..3 {
         let start = Instant::now();
         let err = client
-            .get_timeout(&key("k"), Duration::from_secs(10))
+            .set_timeout(&key("k"), &val("lost"), Duration::from_secs(10))
             .unwrap_err();
         let took = start.elapsed();
         assert!(matches!(err, ClientError::ServerGone), "{err}");
@@ -750,8 +1000,8 @@ fn old_clients_see_a_successor_as_gone_and_reconnect() {
     client.reconnect().unwrap();
     assert_eq!(
         client.get(&key("k")).unwrap(),
-        None,
-        "a new server starts empty"
+        Some(val("old")),
+        "the successor adopted the store"
     );
     client.set(&key("k"), &val("new")).unwrap();
     assert_eq!(client.get(&key("k")).unwrap(), Some(val("new")));
@@ -821,32 +1071,29 @@ fn shutdown_answers_what_it_accepted_and_refuses_the_rest_at_once() {
     assert!(snap.exists(), "the snapshot was not saved");
 }
 
-/// A key type whose `Hash` panics for one value: that request is answered
-/// `Failed` (the panic is contained and counted), and the worker keeps
-/// serving everything else.
+/// A request whose execution panics (the test-hooks key makes a worker
+/// panic) is answered `Failed` (the panic is contained and counted), and
+/// the worker keeps serving everything else.
 #[test]
 fn a_panicking_request_is_answered_failed_and_the_worker_serves_on() {
-    #[repr(C)]
-    #[derive(Clone, Copy, PartialEq, Eq, Debug, bytemuck::Pod, bytemuck::Zeroable)]
-    struct Touchy(u64);
-    impl std::hash::Hash for Touchy {
-        fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
-            assert_ne!(self.0, 13, "unlucky key");
-            self.0.hash(h);
-        }
-    }
     let name = unique_name("panic");
-    let mut server = KVSServer::<Touchy, u64>::builder(&name)
+    let mut server = KVSServer::<Vec<u8>, u64>::builder(&name)
         .workers(1)
         .build()
         .unwrap();
     server.start(1).unwrap();
-    let client = KVSClient::<Touchy, u64>::connect(&name).unwrap();
-    for round in 0..3 {
-        let err = client.set(&Touchy(13), &1).unwrap_err();
+    let client = KVSClient::<Vec<u8>, u64>::connect(&name).unwrap();
+    let touchy = b"__kvs_test_panic__".to_vec();
+    assert!(
+        kvs::core::test_panic_key(&touchy),
+        "built without test-hooks"
+    );
+    for round in 0..3u64 {
+        let err = client.set(&touchy, &1).unwrap_err();
         assert!(err.to_string().contains("failed"), "round {round}: {err}");
-        client.set(&Touchy(round), &round).unwrap();
-        assert_eq!(client.get(&Touchy(round)).unwrap(), Some(round));
+        let k = round.to_le_bytes().to_vec();
+        client.set(&k, &round).unwrap();
+        assert_eq!(client.get(&k).unwrap(), Some(round));
     }
     assert_eq!(
         server.region().header().live.panics.load(Ordering::Relaxed),
@@ -891,5 +1138,5 @@ fn a_forked_child_is_refused_and_keeps_no_dead_parent_alive() {
         "{verdict}"
     );
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(grandchild), Signal::SIGKILL);
-    assert_eq!(stdout(&kvs_client(&name, &["get", "parent"])), "was here\n");
+    assert_eq!(stdout(&kvs_client(&name, &["get", "parent"])), "was here");
 }

@@ -81,7 +81,7 @@ impl BenchArgs {
         let fail = |message: String| Err(BenchError::InvalidArgs(message));
         if self.value_size > capacity {
             return fail(format!(
-                "--value-size {} is above the server's value size {capacity}",
+                "--value-size {} is above the server's largest value ({capacity} bytes, kvs_server --max-value-size)",
                 self.value_size
             ));
         }
@@ -308,7 +308,10 @@ mod tests {
         let a = parse(&["--keys", "100", "--threads", "2"]).unwrap();
         assert_eq!(a.check(32, &info).unwrap(), 50);
         let e = a.check(16, &info).unwrap_err().to_string();
-        assert_eq!(e, "--value-size 32 is above the server's value size 16");
+        assert_eq!(
+            e,
+            "--value-size 32 is above the server's largest value (16 bytes, kvs_server --max-value-size)"
+        );
         let a = parse(&["--keys", "10", "--depth", "8"]).unwrap();
         let e = a.check(32, &info).unwrap_err().to_string();
         assert!(e.contains("needs at least 2 x --depth (16)"), "{e}");

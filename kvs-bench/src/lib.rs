@@ -79,13 +79,15 @@ use std::sync::Arc;
 /// A [`BenchError`] for bad arguments, a thread or client process that
 /// could not start, the server gone, or a run with errors (the report is
 /// printed first).
-pub fn run<V: BenchValue>(
+pub fn run(
     name: &str,
     options: ClientOptions,
     args: &BenchArgs,
     info: &RegionInfo,
 ) -> Result<(), BenchError> {
-    let keys_per_thread = args.check(V::CAPACITY, info)?;
+    type V = Vec<u8>;
+    let keys_per_thread =
+        args.check(usize::try_from(info.max_value).unwrap_or(usize::MAX), info)?;
     let plan = Plan {
         name: name.to_string(),
         options,

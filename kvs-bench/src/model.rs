@@ -18,7 +18,6 @@
 use crate::tally::Tally;
 use crate::workload::{claimed_seq, fill_value, BenchValue, Kind};
 use kvs_client::ClientError;
-use kvs_core::text::TextKey;
 
 /// A key whose state is unknown.
 const UNKNOWN: u32 = u32::MAX;
@@ -46,7 +45,7 @@ pub(crate) struct Model {
     /// The thread's index over all processes (written into its values).
     thread: u64,
     value_size: usize,
-    keys: Vec<TextKey>,
+    keys: Vec<Vec<u8>>,
     /// The sequence number of the value each key holds; 0 when absent,
     /// [`UNKNOWN`] after a failed call.
     expected: Vec<u32>,
@@ -61,10 +60,7 @@ impl Model {
     /// `bench:RUN:THREAD:I` for `I` in `0..n`, all absent (until filled).
     pub(crate) fn new(run_id: u32, thread: u64, n: u64, value_size: usize) -> Self {
         let keys = (0..n)
-            .map(|i| {
-                TextKey::new(&format!("bench:{run_id:08x}:{thread}:{i}"))
-                    .expect("a short ASCII key fits")
-            })
+            .map(|i| format!("bench:{run_id:08x}:{thread}:{i}").into_bytes())
             .collect();
         Self {
             thread,
@@ -83,8 +79,8 @@ impl Model {
     }
 
     /// Key `k`.
-    pub(crate) fn key(&self, k: usize) -> TextKey {
-        self.keys[k]
+    pub(crate) fn key(&self, k: usize) -> &Vec<u8> {
+        &self.keys[k]
     }
 
     /// A fresh sequence number for a write (never 0, which means absent).
@@ -120,7 +116,7 @@ impl Model {
             eprintln!(
                 "kvs_client bench: {} {:?} failed: {e}",
                 kind.name(),
-                self.keys[key].to_string_lossy()
+                String::from_utf8_lossy(&self.keys[key])
             );
         }
         // The outcome is unknown (a timed-out SET may still land): re-learn
@@ -136,7 +132,7 @@ impl Model {
             eprintln!(
                 "kvs_client bench: wrong answer to {} {:?}: {what}",
                 kind.name(),
-                self.keys[key].to_string_lossy()
+                String::from_utf8_lossy(&self.keys[key])
             );
         }
     }
@@ -229,10 +225,9 @@ impl Model {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kvs_core::FixedStr;
     use std::time::Duration;
 
-    type V = FixedStr<64>;
+    type V = Vec<u8>;
 
     /// A model of 4 keys, all absent.
     fn model() -> Model {
@@ -256,7 +251,7 @@ mod tests {
     fn keys_name_the_run_and_thread() {
         let m = model();
         assert_eq!(m.len(), 4);
-        assert_eq!(m.key(2).to_string_lossy(), "bench:000000ab:3:2");
+        assert_eq!(m.key(2), b"bench:000000ab:3:2");
     }
 
     #[test]

@@ -9,7 +9,6 @@
 //! cheap: choosing must not cost more than the operation measured).
 
 use crate::args::{BenchArgs, KeyDist, Mix};
-use kvs_core::FixedStr;
 use rand::distr::weighted::WeightedIndex;
 use rand::distr::{Distribution, Uniform};
 use rand::rngs::SmallRng;
@@ -41,24 +40,20 @@ impl Kind {
 }
 
 /// What a value type must offer the generator.
-pub trait BenchValue: bytemuck::Pod + Send + Sync {
-    /// Longest value in bytes.
-    const CAPACITY: usize;
-    /// The value holding `bytes` (ASCII, at most `CAPACITY`).
+pub trait BenchValue: kvs_client::Codec + Send + Sync {
+    /// The value holding `bytes` (ASCII, at most `--value-size`).
     fn from_ascii(bytes: &[u8]) -> Self;
     /// The value's bytes.
     fn bytes(&self) -> &[u8];
 }
 
-impl<const N: usize> BenchValue for FixedStr<N> {
-    const CAPACITY: usize = FixedStr::<N>::CAPACITY;
-
+impl BenchValue for Vec<u8> {
     fn from_ascii(bytes: &[u8]) -> Self {
-        FixedStr::<N>::from_bytes(bytes).unwrap_or_default()
+        bytes.to_vec()
     }
 
     fn bytes(&self) -> &[u8] {
-        self.as_bytes()
+        self
     }
 }
 

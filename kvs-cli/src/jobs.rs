@@ -13,17 +13,19 @@
 //! BACKUP                    snapshot the store as NAME-1.bck (then -2, -3 ...) in the server's --backup-dir
 //! ```
 //!
-//! Keys and values are text without `(`, `)`, `,`, `[`, `]`; keys follow the
-//! one rule for keys (`kvs_core::text::check_key`: 1 to 63 bytes, no
-//! control characters). READ, DELETE and SHOW print keys in alphabetical
-//! order, with any control character in stored text escaped. A WRITE pair
+//! Keys and values are text without `(`, `)`, `,`, `[`, `]` or control
+//! characters; a key is 1 byte to the server's `--max-key-size`, a value up
+//! to its `--max-value-size`. READ, DELETE and SHOW print keys in
+//! alphabetical order, with any control character or non-UTF-8 byte in
+//! stored data escaped. A WRITE pair
 //! the server refuses prints `[(k,KVSERROR)]`. Results go to `NAME.out`
 //! beside `NAME.job`. A malformed line (binary garbage included) writes
 //! `error: line N: reason` to the output and `PATH:N: reason` to stderr,
 //! quoting at most 80 characters of it, and the rest of the file still runs.
 //! Only regular files are read, up to [`MAX_JOB_BYTES`].
 
-use kvs_client::text::{escape_for_display, TextClient, TextError};
+use kvs_client::{BytesClient, ClientError};
+use kvs_core::text::escape_bytes_for_display;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -75,8 +77,11 @@ fn check_token(t: &str, what: &str) -> Result<String, String> {
     if t.contains(['(', ')', ',', '[', ']']) {
         return Err(format!("{what} {} contains one of ( ) , [ ]", quote(t)));
     }
-    if what == "key" {
-        kvs_core::text::check_key(t).map_err(|e| format!("{e} ({})", quote(t)))?;
+    if let Some((at, c)) = t.char_indices().find(|(_, c)| c.is_control()) {
+        return Err(format!(
+            "{what} {} contains a control character ({c:?} at byte {at})",
+            quote(t)
+        ));
     }
     Ok(t.to_string())
 }
@@ -228,10 +233,20 @@ fn read_job(path: &Path) -> std::io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// `s` if it is a good key, or the line's error.
-fn key_of(s: &str) -> Result<&str, String> {
-    TextClient::check_key(s).map_err(|e| format!("{e} ({})", quote(s)))?;
-    Ok(s)
+/// The bytes of key `s` if the store takes it, or the line's error.
+fn key_of(client: &BytesClient, s: &str) -> Result<Vec<u8>, String> {
+    let max = client.limits().0;
+    if s.is_empty() {
+        return Err("a key must not be empty".into());
+    }
+    if s.len() as u64 > max {
+        return Err(format!(
+            "key is {} bytes, the limit is {max} ({})",
+            s.len(),
+            quote(s)
+        ));
+    }
+    Ok(s.as_bytes().to_vec())
 }
 
 /// Runs the job file at `path`, writing `NAME.out` beside it.
@@ -240,7 +255,7 @@ fn key_of(s: &str) -> Result<&str, String> {
 ///
 /// Only I/O errors reading the job or writing its output; command failures
 /// are written to the output.
-pub fn run_job(client: &TextClient, path: &Path) -> std::io::Result<JobReport> {
+pub fn run_job(client: &BytesClient, path: &Path) -> std::io::Result<JobReport> {
     let bytes = read_job(path)?;
     let out_path = path.with_extension("out");
     let stem = path
@@ -288,20 +303,23 @@ pub fn run_job(client: &TextClient, path: &Path) -> std::io::Result<JobReport> {
 }
 
 fn execute(
-    client: &TextClient,
+    client: &BytesClient,
     cmd: JobCommand,
     out: &mut String,
     stem: &str,
     backups: &mut u32,
     failed_ops: &mut usize,
 ) -> Result<(), String> {
-    let shown = |t: &str| escape_for_display(t).into_owned();
+    let shown = |t: &[u8]| escape_bytes_for_display(t).into_owned();
     match cmd {
         JobCommand::Write(pairs) => {
             let mut failed = Vec::new();
+            let max = client.limits().1;
             for (k, v) in pairs {
-                client.check_value(&v).map_err(|e| e.to_string())?;
-                if client.set(key_of(&k)?, &v).is_err() {
+                if v.len() as u64 > max {
+                    return Err(format!("value is {} bytes, the limit is {max}", v.len()));
+                }
+                if client.set(&key_of(client, &k)?, &v.into_bytes()).is_err() {
                     *failed_ops += 1;
                     failed.push(k);
                 }
@@ -316,9 +334,9 @@ fn execute(
             keys.sort();
             let mut items = String::new();
             for k in keys {
-                match client.get(key_of(&k)?) {
-                    Ok(Some(e)) => {
-                        let _ = write!(items, "({k},{})", shown(&e.value));
+                match client.get(&key_of(client, &k)?) {
+                    Ok(Some(value)) => {
+                        let _ = write!(items, "({k},{})", shown(&value));
                     }
                     Ok(None) => {
                         let _ = write!(items, "({k},KVSERROR)");
@@ -335,7 +353,7 @@ fn execute(
             keys.sort();
             let mut missing = String::new();
             for k in keys {
-                match client.del(key_of(&k)?) {
+                match client.del(&key_of(client, &k)?) {
                     Ok(true) => {}
                     Ok(false) => {
                         let _ = write!(missing, "({k},KVSMISSING)");
@@ -352,12 +370,9 @@ fn execute(
         }
         JobCommand::Show => {
             let mut all = client
-                .list("")
-                .and_then(|entries| {
-                    entries
-                        .map(|r| r.map(|e| (e.key, e.value)))
-                        .collect::<Result<Vec<_>, TextError>>()
-                })
+                .list(b"")
+                .map(|r| r.map(|e| (e.key, e.value)))
+                .collect::<Result<Vec<_>, ClientError>>()
                 .map_err(|e| format!("SHOW failed: {e}"))?;
             all.sort();
             for (k, v) in all {

@@ -4,8 +4,6 @@
 use crate::support::{init_logging, parse_args};
 use clap::Parser;
 use kvs_core::region::Takeover;
-use kvs_core::text::{TextKey, ValueClass};
-use kvs_core::with_value_class;
 use kvs_server::{KVSServer, ServerError};
 use nix::sys::signal::{SigSet, Signal};
 use std::io::Write;
@@ -14,9 +12,11 @@ use std::process::ExitCode;
 /// Serve a kvs key-value store over POSIX shared memory.
 ///
 /// Creates the shared region NAME (clients find it through the socket
-/// DIR/NAME.sock, see --socket-dir), prints one line when it
-/// is ready, and serves text keys (up to 63 bytes) and values until SIGINT or
-/// SIGTERM; then drains in-flight requests, removes the region and exits 0.
+/// DIR/NAME.sock, see --socket-dir), prints one line when it is ready, and
+/// serves keys and values of any bytes (up to --max-key-size and
+/// --max-value-size) until SIGINT or SIGTERM; then drains in-flight
+/// requests, removes the region and exits 0. Sizes take K, M, G suffixes
+/// (powers of 1024): 64M, 1G.
 /// Exits 2 with one line on stderr if it cannot start (for example when a live
 /// server already owns NAME). Logs go to stderr; set RUST_LOG=debug for more.
 #[derive(Debug, Parser)]
@@ -28,8 +28,9 @@ pub struct Args {
     /// Worker threads serving requests.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub workers: u16,
-    /// Lock stripes of the map (a power of two).
-    #[arg(long, default_value_t = 64)]
+    /// Stripes of the store (a power of two up to 65536): each has its own
+    /// lock and sequence counter.
+    #[arg(long, default_value_t = 1024)]
     pub stripes: usize,
     /// Cells in the request ring (a power of two).
     #[arg(long, default_value_t = 1024)]
@@ -43,9 +44,23 @@ pub struct Args {
     /// Permission bits of the region, in octal (0600: only this user).
     #[arg(long, default_value = "600", value_parser = parse_mode)]
     pub mode: u32,
-    /// Longest value in bytes; picks the size class 255, 1023 or 4095.
-    #[arg(long, default_value_t = 255, value_parser = clap::value_parser!(u64).range(1..=4095))]
-    pub value_size: u64,
+    /// The largest key, in bytes (at most 64K).
+    #[arg(long, default_value = "1K", value_parser = parse_key_size)]
+    pub max_key_size: u64,
+    /// The largest value, in bytes (at most 1G).
+    #[arg(long, default_value = "1M", value_parser = parse_value_size)]
+    pub max_value_size: u64,
+    /// The store's memory limit: entries and index together (default: half
+    /// of this machine's memory). New keys beyond it fail with "store full".
+    #[arg(long, value_parser = parse_memory)]
+    pub max_memory: Option<u64>,
+    /// Staging buffers: writes of a key and value too large for a response
+    /// slot (1 KiB) in flight at once (each holds the largest key and value).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub staging_buffers: u16,
+    /// Gone: values are now bytes of any length up to --max-value-size.
+    #[arg(long, hide = true)]
+    pub value_size: Option<String>,
     /// Entry limit: SET or POST of a new key beyond it fails with "store full".
     #[arg(long)]
     pub max_entries: Option<u64>,
@@ -79,6 +94,41 @@ pub struct Args {
     /// the same. It must belong to this user and be writable by no one else.
     #[arg(long, env = "KVS_SOCKET_DIR", value_name = "DIR")]
     pub socket_dir: Option<std::path::PathBuf>,
+    /// Start no keeper. By default a small keeper process (kvs-keeper)
+    /// holds the store while this server runs, so that if the server
+    /// crashes the next kvs_server of the same name adopts the data (warm
+    /// restart); a clean stop discards it. A store a keeper already holds
+    /// is adopted either way.
+    #[arg(long)]
+    pub no_keeper: bool,
+}
+
+/// A byte size: digits with an optional K, M, G or T (powers of 1024).
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    parse_size::Config::new()
+        .with_binary()
+        .parse_size(s)
+        .map_err(|e| format!("{s:?} is not a size such as 4096, 64K, 1M or 2G ({e})"))
+}
+
+fn parse_bounded(s: &str, max: u64, min: u64) -> Result<u64, String> {
+    let n = parse_bytes(s)?;
+    if !(min..=max).contains(&n) {
+        return Err(format!("{n} bytes is outside {min} to {max}"));
+    }
+    Ok(n)
+}
+
+fn parse_key_size(s: &str) -> Result<u64, String> {
+    parse_bounded(s, kvs_core::region::config::MAX_KEY_LIMIT, 1)
+}
+
+fn parse_value_size(s: &str) -> Result<u64, String> {
+    parse_bounded(s, kvs_core::region::config::MAX_VALUE_LIMIT, 0)
+}
+
+fn parse_memory(s: &str) -> Result<u64, String> {
+    parse_bounded(s, kvs_core::region::config::MAX_MEMORY_LIMIT, 1 << 20)
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {
@@ -88,6 +138,11 @@ fn parse_mode(s: &str) -> Result<u32, String> {
 
 /// Runs `kvs_server` with the process's arguments.
 pub fn main() -> ExitCode {
+    // Keeper mode (see `kvs_server::keeper`): before anything else opens a
+    // descriptor.
+    if std::env::args_os().nth(1).as_deref() == Some("--keeper".as_ref()) {
+        kvs_server::keeper::run_keeper();
+    }
     let args = match parse_args::<Args>("kvs_server") {
         Ok(a) => a,
         Err(code) => return code,
@@ -106,8 +161,12 @@ fn run(args: Args) -> Result<(), String> {
     if args.cleanup {
         return cleanup(&args);
     }
-    let class = ValueClass::for_len(args.value_size as usize)
-        .ok_or_else(|| format!("--value-size {} is above 4095", args.value_size))?;
+    if args.value_size.is_some() {
+        return Err(
+            "--value-size is gone: values are bytes of any length up to --max-value-size (default 1M)"
+                .into(),
+        );
+    }
     // Other processes of this user may not read our memory or open our
     // descriptors (the region's memfd) through /proc or ptrace. This also
     // disables core dumps.
@@ -121,13 +180,10 @@ fn run(args: Args) -> Result<(), String> {
     signals
         .thread_block()
         .map_err(|e| format!("blocking signals: {e}"))?;
-    with_value_class!(class, V => serve::<V>(&args, class, &signals))
+    serve(&args, &signals)
 }
 
-fn serve<V>(args: &Args, class: ValueClass, signals: &SigSet) -> Result<(), String>
-where
-    V: bytemuck::Pod + Send + Sync,
-{
+fn serve(args: &Args, signals: &SigSet) -> Result<(), String> {
     // Open the save-on-exit directory now: a bad one must fail at start,
     // not lose the data at the stop.
     let save_on_exit = match &args.save_on_exit {
@@ -136,7 +192,7 @@ where
         ),
         None => None,
     };
-    let mut server: KVSServer<TextKey, V> = KVSServer::<TextKey, V>::builder(&args.name)
+    let mut builder = KVSServer::<Vec<u8>, Vec<u8>>::builder(&args.name)
         .workers(args.workers as usize)
         .stripes(args.stripes)
         .ring_capacity(args.queue_capacity)
@@ -147,9 +203,24 @@ where
         .subscribers(args.subscribers, args.subscriber_queue)
         .backup_dir(args.backup_dir.clone())
         .socket_dir(args.socket_dir.clone())
-        .build()
-        .map_err(|e| e.to_string())?;
-    if let Some(path) = &args.load {
+        .max_key_size(args.max_key_size)
+        .max_value_size(args.max_value_size)
+        .staging_buffers(usize::from(args.staging_buffers))
+        .keeper((!args.no_keeper).then(kvs_server::KeeperProgram::this_binary));
+    if let Some(m) = args.max_memory {
+        builder = builder.max_memory(m);
+    }
+    let mut server = builder.build().map_err(|e| e.to_string())?;
+    if let Some(report) = server.adoption() {
+        tracing::info!(
+            entries = report.entries,
+            dropped = report.dropped,
+            "warm restart: serving the store the crashed server left"
+        );
+    }
+    if let (Some(path), Some(_)) = (&args.load, server.adoption()) {
+        tracing::warn!(path = %path.display(), "--load skipped: the store of the crashed server was adopted, and it is newer than any snapshot");
+    } else if let Some(path) = &args.load {
         let info = server.load_snapshot(path).map_err(|e| e.to_string())?;
         tracing::info!(path = %path.display(), entries = info.entries, version = info.version, "snapshot loaded");
     }
@@ -167,13 +238,20 @@ where
         let mut out = std::io::stdout().lock();
         let _ = writeln!(
             out,
-            "kvs_server ready: region {} (socket {}), values up to {} bytes, {} workers, {} slots, mode {:o}, pid {}",
+            "kvs_server ready: region {} (socket {}), keys up to {} bytes, values up to {} bytes, memory up to {} MiB, {} workers, {} slots, mode {:o}, {}, pid {}",
             server.name(),
             server.socket_path().display(),
-            class.capacity(),
+            server.region().info().max_key,
+            server.region().info().max_value,
+            server.region().info().max_memory >> 20,
             args.workers,
             args.slots,
             args.mode,
+            match (server.adoption(), server.keeper_pid()) {
+                (Some(r), _) => format!("adopted {} entries of the crashed server", r.entries),
+                (None, Some(pid)) => format!("keeper pid {pid}"),
+                (None, None) => "no keeper".to_string(),
+            },
             std::process::id()
         );
         let _ = out.flush();
@@ -219,6 +297,15 @@ fn cleanup(args: &Args) -> Result<(), String> {
                 for path in &paths {
                     println!("removed {}", path.display());
                     said_anything = true;
+                }
+                let socket_dir = kvs_core::region::endpoint::server_dir(dir);
+                match kvs_server::keeper::discard_orphan(&name, &socket_dir) {
+                    Ok(true) => {
+                        println!("discarded the store a keeper held for {name}");
+                        said_anything = true;
+                    }
+                    Ok(false) => {}
+                    Err(e) => return Err(format!("discarding the keeper of {name}: {e}")),
                 }
             }
         }

@@ -29,9 +29,29 @@ pub enum ClientError {
     /// Connecting failed: no server, wrong types or version, permissions.
     #[error(transparent)]
     Connect(#[from] RegionOpenError),
-    /// A bad argument (a key or value too long, say).
+    /// A bad argument.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// A key that is empty or longer than the store allows.
+    #[error("a key is 1 to {max} bytes, this one is {len}")]
+    KeyLength {
+        /// Its length.
+        len: usize,
+        /// The store's limit (`kvs_server --max-key-size`).
+        max: u64,
+    },
+    /// A value longer than the store allows.
+    #[error("a value is at most {max} bytes, this one is {len}")]
+    ValueLength {
+        /// Its length.
+        len: usize,
+        /// The store's limit (`kvs_server --max-value-size`).
+        max: u64,
+    },
+    /// Stored bytes that do not decode as the client's type (another
+    /// client wrote them with another codec).
+    #[error("the stored value does not decode: {0}")]
+    Decode(kvs_core::DecodeError),
     /// SET or POST of a new key beyond the server's entry limit.
     #[error("store full: the server's entry limit is reached")]
     StoreFull,
@@ -39,8 +59,12 @@ pub enum ClientError {
     /// refused the request as malformed.
     #[error("protocol error: {0}")]
     Protocol(String),
-    /// Every bulk buffer (listing pages, snapshots in flight) is in use.
-    #[error("no free bulk buffer (too many listings or backups in flight)")]
+    /// Every staging buffer (requests with a large key or value, listing
+    /// pages, backups in flight) stayed in use until the deadline.
+    #[error(
+        "no free staging buffer: too many requests with large keys or values, listings \
+         or backups in flight (the server's --staging-buffers)"
+    )]
     NoBulkBuffer,
     /// Every subscription entry is in use, or too many keys were named.
     #[error("cannot subscribe: {0}")]

@@ -1,5 +1,9 @@
 //! `KVSClient<K, V>`: typed, synchronous and asynchronous access to a kvs
 //! server over shared memory, from any number of processes and threads.
+//! Reads go to the shared store directly (no round trip); writes go
+//! through the server's workers. Keys and values are bytes in the store;
+//! the client's types go through a [`Codec`] (`u64`, `String`, `Vec<u8>`,
+//! `bytes::Bytes`, [`Raw`]`<T: Pod>`, serde types behind a feature).
 //!
 //! ```no_run
 //! use kvs_client::KVSClient;
@@ -21,26 +25,28 @@
 //! The crate is the client library and nothing else (the command lines are
 //! in `kvs-cli`, the load generator in `kvs-bench`):
 //!
-//! * `client`: [`KVSClient`]: connecting, the synchronous calls, batches,
-//!   and the submit/wait protocol over the region;
+//! * `conn`: the byte-level connection: the request protocol (slots,
+//!   staging buffers, the ring, waiting) and the direct read;
+//! * `client`: [`KVSClient`]: typed calls over the connection, batches;
 //! * `ticket`: the asynchronous calls and their [`Ticket`]s;
-//! * `listing`: listing pages and backups through the bulk buffers;
+//! * `listing`: listing (read directly, stripe by stripe) and backups;
 //! * [`status`]: the status view, also through a probe;
 //! * `subscription`: change events;
-//! * [`text`]: [`TextClient`], text keys and values over the server's value
-//!   class, for tools and the HTTP gateway;
 //! * `fork`: refusing a forked child's use of its parent's connection;
 //! * `error`: [`ClientError`].
+//!
+//! Tools and the HTTP gateway use [`BytesClient`] (`KVSClient<Vec<u8>,
+//! Vec<u8>>`): the bytes as stored.
 
 #![warn(missing_docs, unsafe_op_in_unsafe_fn)]
 
 mod client;
+mod conn;
 mod error;
 mod fork;
 mod listing;
 pub mod status;
 mod subscription;
-pub mod text;
 mod ticket;
 
 /// Checks a region name against the naming rule (1 to 64 of `A-Z a-z 0-9 . _ -`,
@@ -53,10 +59,17 @@ pub fn check_name(name: &str) -> std::result::Result<String, String> {
     kvs_core::region::normalize_name(name)
 }
 
-pub use client::{ClientOptions, KVSClient, Op, Reply, Versioned};
+pub use client::{KVSClient, Op, Reply, Versioned};
+pub use conn::{ClientOptions, RawEntry};
 pub use error::{ClientError, Result};
-pub use listing::{BackupInfo, ListCursor, ListIter, ListPage, ListedEntry, BACKUP_TIMEOUT};
+pub use kvs_core::codec::{Codec, DecodeError, Raw};
+pub use listing::{
+    BackupInfo, ListCursor, ListIter, ListPage, ListedEntry, BACKUP_TIMEOUT, DEFAULT_PAGE,
+};
 pub use status::StoreStatus;
 pub use subscription::{ChangeEvent, Subscription};
-pub use text::TextClient;
 pub use ticket::Ticket;
+
+/// A client of the bytes as stored: what tools, scripts and the HTTP
+/// gateway use.
+pub type BytesClient = KVSClient<Vec<u8>, Vec<u8>>;

@@ -1,19 +1,33 @@
-//! Listing and snapshots: requests whose results travel through a bulk
-//! buffer in the region (see `kvs_core::bulk` for why).
+//! Listing and snapshots.
+//!
+//! A listing walks the store's stripes in order. A stripe's keys are read
+//! directly under its sequence counter (a validated copy, see
+//! `kvs_core::store::read::StoreView::stripe_keys`), or, when writers keep
+//! it busy, by a worker into a staging buffer; they are sorted, and each
+//! value is then read like any GET. So an entry present for the whole
+//! listing is returned exactly once, with a value and version that belong
+//! together; the listing is not one point in time (a backup is). The
+//! cursor is the stripe and the last key returned.
+//!
+//! A backup is one request: the server writes the snapshot into its
+//! backup directory and answers with the path.
 
-use crate::client::{Deadline, KVSClient};
+use crate::client::{decode_value, KVSClient};
+use crate::conn::Deadline;
 use crate::error::{ClientError, Result};
-use kvs_core::bulk::{BulkClaim, BulkParams, BulkTable, ListRecord, PREFIX_MAX};
-use kvs_core::protocol::{OpCode, Response, StatusCode};
+use kvs_core::codec::Codec;
+use kvs_core::protocol::{OpCode, StatusCode, MORE};
 use std::fmt;
-use std::hash::Hash;
 use std::os::unix::ffi::OsStringExt;
 use std::path::PathBuf;
 use std::str::FromStr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+/// Entries of a page when the caller asks for 0.
+pub const DEFAULT_PAGE: usize = 1000;
 
 /// One entry of a listing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListedEntry<K, V> {
     /// The key.
     pub key: K,
@@ -25,15 +39,23 @@ pub struct ListedEntry<K, V> {
     pub modified_ns: u64,
 }
 
-/// Where a listing resumes; opaque, valid while the server runs.
+/// Where a listing resumes: a stripe and the last key returned from it.
 ///
-/// Printed and parsed as 16 hex digits, for `?cursor=` in URLs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct ListCursor(u64);
+/// Printed and parsed as hex (the stripe in 8 digits, then the key's
+/// bytes), for `?cursor=` in URLs.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ListCursor {
+    stripe: u32,
+    after: Vec<u8>,
+}
 
 impl fmt::Display for ListCursor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:016x}", self.0)
+        write!(f, "{:08x}", self.stripe)?;
+        for b in &self.after {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
     }
 }
 
@@ -41,16 +63,23 @@ impl FromStr for ListCursor {
     type Err = ClientError;
 
     fn from_str(s: &str) -> Result<Self> {
-        u64::from_str_radix(s, 16)
-            .map(ListCursor)
-            .map_err(|_| ClientError::InvalidArgument(format!("{s:?} is not a listing cursor")))
+        let bad = || ClientError::InvalidArgument(format!("{s:?} is not a listing cursor"));
+        if s.len() < 8 || s.len() % 2 != 0 || !s.is_ascii() {
+            return Err(bad());
+        }
+        let stripe = u32::from_str_radix(&s[..8], 16).map_err(|_| bad())?;
+        let after = (8..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).map_err(|_| bad()))
+            .collect::<Result<Vec<u8>>>()?;
+        Ok(Self { stripe, after })
     }
 }
 
 /// One page of a listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListPage<K, V> {
-    /// The entries, in scan order.
+    /// The entries: stripe by stripe, keys in byte order within a stripe.
     pub entries: Vec<ListedEntry<K, V>>,
     /// Where the next page starts; `None` when the listing is complete.
     pub next: Option<ListCursor>,
@@ -72,62 +101,126 @@ pub struct BackupInfo {
 /// Default timeout of a backup (writing a large store takes a while).
 pub const BACKUP_TIMEOUT: Duration = Duration::from_secs(120);
 
-impl<K, V> KVSClient<K, V>
-where
-    K: bytemuck::Pod + Eq + Hash,
-    V: bytemuck::Pod,
-{
+/// Parses a worker's key records: length (8 bytes), the key padded to 8.
+fn parse_keys(data: &[u8], count: usize, out: &mut Vec<Vec<u8>>) -> Result<()> {
+    let bad = || ClientError::Protocol("a garbled listing page".into());
+    let mut at = 0usize;
+    for _ in 0..count {
+        let len = data
+            .get(at..at + 8)
+            .map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()))
+            .ok_or_else(bad)? as usize;
+        let end = (at + 8).checked_add(len).ok_or_else(bad)?;
+        let key = data.get(at + 8..end).ok_or_else(bad)?;
+        out.push(key.to_vec());
+        at = (at + 8).saturating_add(len.div_ceil(8) * 8);
+    }
+    Ok(())
+}
+
+impl<K: Codec, V: Codec> KVSClient<K, V> {
+    /// The keys of stripe `stripe`, sorted: read directly, or by a worker.
+    fn stripe_keys(&self, stripe: u32, timeout: Duration) -> Result<Vec<Vec<u8>>> {
+        if let Some(view) = self.region().store_view() {
+            if let Some(mut keys) = view.stripe_keys(u64::from(stripe)) {
+                keys.sort_unstable();
+                return Ok(keys);
+            }
+        }
+        let deadline = Deadline::after(timeout);
+        let mut keys = Vec::new();
+        let mut after = Vec::new();
+        loop {
+            let answer = self.conn.call_staged(
+                OpCode::ListPage,
+                &after,
+                None,
+                u64::from(stripe),
+                &deadline,
+                true,
+            )?;
+            match crate::conn::check_status(OpCode::ListPage, &answer.response)? {
+                StatusCode::Ok => {}
+                s => return Err(ClientError::Protocol(format!("unexpected {s:?} for list"))),
+            }
+            let before = keys.len();
+            parse_keys(&answer.value, answer.response.aux as usize, &mut keys)?;
+            if answer.response.flags & MORE == 0 || keys.len() == before {
+                break;
+            }
+            after = keys.last().cloned().unwrap_or_default();
+        }
+        keys.sort_unstable();
+        keys.dedup();
+        Ok(keys)
+    }
+
     /// One page of the entries whose key bytes start with `prefix`: up to
-    /// `limit` entries (0: as many as fit one bulk buffer), from `cursor`
-    /// (`None`: the beginning).
-    ///
-    /// Entries present for the whole listing are returned exactly once; the
-    /// server holds one stripe's lock at a time, so writers are never held
-    /// up for long. For text keys the key bytes are the text.
+    /// `limit` entries (0: [`DEFAULT_PAGE`]), from `cursor` (`None`: the
+    /// beginning). Read directly; see the module docs for what a listing
+    /// promises.
     ///
     /// # Errors
     ///
-    /// [`ClientError::InvalidArgument`] for a prefix over 64 bytes, no free
-    /// bulk buffer, and the errors of any request.
+    /// [`ClientError::InvalidArgument`] for a prefix longer than a key or a
+    /// cursor of another store, [`ClientError::Decode`] for an entry that is
+    /// not a `K`/`V`, and the errors of requests when a stripe is busy.
     pub fn list_page(
         &self,
         prefix: &[u8],
         cursor: Option<ListCursor>,
         limit: usize,
     ) -> Result<ListPage<K, V>> {
-        if prefix.len() > PREFIX_MAX {
+        let (max_key, _) = self.limits();
+        if prefix.len() as u64 > max_key {
             return Err(ClientError::InvalidArgument(format!(
-                "a listing prefix is at most {PREFIX_MAX} bytes, got {}",
+                "a listing prefix is at most {max_key} bytes (the largest key), got {}",
                 prefix.len()
             )));
         }
-        let mut params = bytemuck::Zeroable::zeroed();
-        let p: &mut BulkParams = &mut params;
-        p.prefix[..prefix.len()].copy_from_slice(prefix);
-        p.prefix_len = prefix.len() as u32;
-        p.limit = limit.min(u32::MAX as usize) as u32;
-        if let Some(c) = cursor {
-            p.cursor = c.0;
-            p.has_cursor = 1;
-        }
+        let limit = if limit == 0 { DEFAULT_PAGE } else { limit };
+        let stripes = self.region().info().stripes;
+        let (mut stripe, mut after) = match cursor {
+            Some(c) if u64::from(c.stripe) < stripes => (c.stripe, c.after),
+            Some(c) => {
+                return Err(ClientError::InvalidArgument(format!(
+                    "cursor {c} names stripe {} of a store with {stripes}",
+                    c.stripe
+                )))
+            }
+            None => (0, Vec::new()),
+        };
         let timeout = self.options().timeout;
-        self.bulk_request(OpCode::ListPage, &params, timeout, |bulk, claim, resp| {
-            check_ok(OpCode::ListPage, &resp, bulk, claim)?;
-            let result = bulk.result(claim);
-            let records: Vec<ListRecord<K, V>> =
-                bulk.read_list_records(claim, result.count as usize);
-            Ok(ListPage {
-                entries: records
-                    .into_iter()
-                    .map(|r| ListedEntry {
-                        key: r.key,
-                        value: r.value,
-                        version: r.version,
-                        modified_ns: r.modified_ns,
-                    })
-                    .collect(),
-                next: (result.more != 0).then_some(ListCursor(result.next_cursor)),
-            })
+        let mut entries = Vec::new();
+        while u64::from(stripe) < stripes {
+            for key in self.stripe_keys(stripe, timeout)? {
+                if !key.starts_with(prefix) || (!after.is_empty() && key <= after) {
+                    continue;
+                }
+                if entries.len() == limit {
+                    return Ok(ListPage {
+                        entries,
+                        next: Some(ListCursor { stripe, after }),
+                    });
+                }
+                // Deleted since the keys were read: skip it.
+                if let Some(e) = self.conn.get(&key, timeout)? {
+                    let v = decode_value::<V>(e)?;
+                    entries.push(ListedEntry {
+                        key: K::decode(&key).map_err(ClientError::Decode)?,
+                        value: v.value,
+                        version: v.version,
+                        modified_ns: v.modified_ns,
+                    });
+                    after = key;
+                }
+            }
+            stripe += 1;
+            after = Vec::new();
+        }
+        Ok(ListPage {
+            entries,
+            next: None,
         })
     }
 
@@ -165,89 +258,26 @@ where
     /// As [`KVSClient::backup`].
     pub fn backup_timeout(&self, name: &str, timeout: Duration) -> Result<BackupInfo> {
         kvs_core::secure_fs::check_file_name(name).map_err(ClientError::InvalidArgument)?;
-        let bytes = name.as_bytes();
-        let mut params: BulkParams = bytemuck::Zeroable::zeroed();
-        params.path[..bytes.len()].copy_from_slice(bytes);
-        params.path_len = bytes.len() as u32;
-        self.bulk_request(OpCode::Backup, &params, timeout, |bulk, claim, resp| {
-            check_ok(OpCode::Backup, &resp, bulk, claim)?;
-            let r = bulk.result(claim);
-            let written = bulk.read_bytes(claim, r.count as usize);
-            Ok(BackupInfo {
-                path: PathBuf::from(std::ffi::OsString::from_vec(written)),
-                entries: r.entries,
-                version: r.version,
-                bytes: r.bytes,
-            })
-        })
-    }
-
-    /// Claims a bulk buffer, sends `op` with it, and hands the answer to
-    /// `read` while the buffer is still ours.
-    fn bulk_request<R>(
-        &self,
-        op: OpCode,
-        params: &BulkParams,
-        timeout: Duration,
-        read: impl FnOnce(&BulkTable<'_>, &BulkClaim, Response<V>) -> Result<R>,
-    ) -> Result<R> {
-        let bulk = self.region().bulk();
         let deadline = Deadline::after(timeout);
-        let claim_until = Instant::now() + Duration::from_millis(200).min(timeout);
-        let claim = loop {
-            if let Some(c) = bulk.claim(self.registration()) {
-                break c;
-            }
-            if Instant::now() >= claim_until {
-                return Err(ClientError::NoBulkBuffer);
-            }
-            self.region().poke_housekeeper();
-            std::thread::sleep(Duration::from_millis(1));
-        };
-        let submitted = self.submit_with(op, &K::zeroed(), None, claim.index, &deadline, |slot| {
-            bulk.prepare(&claim, params, slot.index, slot.generation)
-        });
-        let slot = match submitted {
-            Ok(s) => s,
-            Err(e) => {
-                bulk.release(&claim);
-                return Err(e);
-            }
-        };
-        match self.wait_claim(op, &slot, &deadline) {
-            Ok(resp) => {
-                let out = read(&bulk, &claim, resp);
-                bulk.release(&claim);
-                out
-            }
-            Err(e) => {
-                // The server may still write into the buffer: leave it to the
-                // housekeeper, which frees it once the slot has moved on.
-                bulk.abandon(&claim);
-                Err(e)
-            }
+        let answer = self
+            .conn
+            .call(OpCode::Backup, name.as_bytes(), None, 0, &deadline)?;
+        let r = answer.response;
+        match r.status_code() {
+            Ok(StatusCode::Ok) => Ok(BackupInfo {
+                path: PathBuf::from(std::ffi::OsString::from_vec(answer.value)),
+                entries: r.modified_ns,
+                version: r.version,
+                bytes: r.aux64,
+            }),
+            Ok(StatusCode::Failed) => Err(ClientError::ServerFailed(
+                String::from_utf8_lossy(&answer.value).into_owned(),
+            )),
+            Ok(s) => Err(ClientError::Protocol(format!(
+                "unexpected {s:?} for backup"
+            ))),
+            Err(e) => Err(ClientError::Protocol(e.to_string())),
         }
-    }
-}
-
-fn check_ok<V>(
-    op: OpCode,
-    resp: &Response<V>,
-    bulk: &BulkTable<'_>,
-    claim: &BulkClaim,
-) -> Result<()> {
-    match resp.status_code() {
-        Ok(StatusCode::Ok) => Ok(()),
-        Ok(StatusCode::Failed) => {
-            let n = bulk.result(claim).count as usize;
-            let msg = String::from_utf8_lossy(&bulk.read_bytes(claim, n)).into_owned();
-            Err(ClientError::ServerFailed(msg))
-        }
-        Ok(s) => Err(ClientError::Protocol(format!(
-            "unexpected {s:?} for {}",
-            op.name()
-        ))),
-        Err(e) => Err(ClientError::Protocol(e.to_string())),
     }
 }
 
@@ -269,11 +299,7 @@ impl<K, V> fmt::Debug for ListIter<'_, K, V> {
     }
 }
 
-impl<K, V> Iterator for ListIter<'_, K, V>
-where
-    K: bytemuck::Pod + Eq + Hash,
-    V: bytemuck::Pod,
-{
+impl<K: Codec, V: Codec> Iterator for ListIter<'_, K, V> {
     type Item = Result<ListedEntry<K, V>>;
 
     fn next(&mut self) -> Option<Self::Item> {
@@ -284,7 +310,7 @@ where
             if self.done {
                 return None;
             }
-            match self.client.list_page(&self.prefix, self.next, 0) {
+            match self.client.list_page(&self.prefix, self.next.take(), 0) {
                 Ok(page) => {
                     self.done = page.next.is_none();
                     self.next = page.next;
@@ -296,5 +322,42 @@ where
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_print_and_parse_back() {
+        let c = ListCursor {
+            stripe: 17,
+            after: b"key\x00\xff".to_vec(),
+        };
+        let s = c.to_string();
+        assert_eq!(s, "000000116b657900ff");
+        assert_eq!(s.parse::<ListCursor>().unwrap(), c);
+        for bad in ["", "123", "0000001g", "000000116b6", "zz000000"] {
+            assert!(bad.parse::<ListCursor>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn worker_key_records_parse_and_garbage_is_an_error() {
+        let mut data = Vec::new();
+        for k in [&b"a"[..], b"longer key"] {
+            data.extend_from_slice(&(k.len() as u64).to_le_bytes());
+            data.extend_from_slice(k);
+            data.resize(data.len().div_ceil(8) * 8, 0);
+        }
+        let mut out = Vec::new();
+        parse_keys(&data, 2, &mut out).unwrap();
+        assert_eq!(out, vec![b"a".to_vec(), b"longer key".to_vec()]);
+        let mut out = Vec::new();
+        assert!(parse_keys(&data, 3, &mut out).is_err());
+        let mut huge = u64::MAX.to_le_bytes().to_vec();
+        huge.extend_from_slice(&[0; 8]);
+        assert!(parse_keys(&huge, 1, &mut Vec::new()).is_err());
     }
 }

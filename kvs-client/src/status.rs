@@ -1,20 +1,22 @@
 //! The status view: what the server is doing, read mostly straight from the
-//! region (no round trip), plus one Status request for the map's version and
-//! entry count.
+//! region (no round trip), plus one Status request for the store's version,
+//! entry count and memory.
 
 use crate::client::KVSClient;
+use crate::conn::Deadline;
 use crate::error::{ClientError, Result};
+use kvs_core::codec::Codec;
 use kvs_core::protocol::{OpCode, StatusCode};
 use kvs_core::region::{Region, Session};
 use kvs_core::response_table::SlotState;
 use serde::Serialize;
-use std::hash::Hash;
 use std::sync::atomic::Ordering;
 
 /// Operations served, by kind.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct OpCounts {
-    /// GET requests.
+    /// GET requests answered by a worker (direct reads are not counted:
+    /// they never reach the server).
     pub get: u64,
     /// SET requests.
     pub set: u64,
@@ -39,12 +41,14 @@ pub struct StoreStatus {
     pub entries: u64,
     /// Entry limit, `None` for unlimited.
     pub max_entries: Option<u64>,
-    /// The key type.
-    pub key_type: String,
-    /// The value type.
-    pub value_type: String,
-    /// Bytes of one value.
-    pub value_size: u64,
+    /// The largest key, bytes.
+    pub max_key_size: u64,
+    /// The largest value, bytes.
+    pub max_value_size: u64,
+    /// Bytes the store has committed (entries and index).
+    pub memory_used: u64,
+    /// The store's memory limit.
+    pub max_memory: u64,
     /// Cells in the request ring.
     pub queue_capacity: u64,
     /// Requests in the ring, not yet taken by a worker.
@@ -57,7 +61,7 @@ pub struct StoreStatus {
     pub in_flight: u64,
     /// Worker threads.
     pub workers: u64,
-    /// Map stripes.
+    /// Store stripes.
     pub stripes: u64,
     /// Client registrations in use.
     pub clients: u64,
@@ -87,22 +91,24 @@ pub struct StoreStatus {
     pub region_bytes: u64,
 }
 
-impl<K, V> KVSClient<K, V>
-where
-    K: bytemuck::Pod + Eq + Hash,
-    V: bytemuck::Pod,
-{
+impl<K: Codec, V: Codec> KVSClient<K, V> {
     /// The server's status.
     ///
     /// # Errors
     ///
     /// As any request: timeout, server gone.
     pub fn status(&self) -> Result<StoreStatus> {
-        let resp = self.call(OpCode::Status, &K::zeroed(), None, self.options().timeout)?;
-        if resp.status_code().ok() != Some(StatusCode::Ok) {
+        let deadline = Deadline::after(self.options().timeout);
+        let a = self.conn.call(OpCode::Status, &[], None, 0, &deadline)?;
+        if a.response.status_code().ok() != Some(StatusCode::Ok) {
             return Err(ClientError::Protocol("the server refused status".into()));
         }
-        Ok(status_of(self.region(), resp.version, resp.modified_ns))
+        Ok(status_of(
+            self.region(),
+            a.response.version,
+            a.response.modified_ns,
+            a.response.aux64,
+        ))
     }
 }
 
@@ -112,25 +118,17 @@ where
 ///
 /// # Errors
 ///
-/// [`ClientError::Connect`] when the region holds other types or its
-/// header does not add up.
-pub fn probe_status<K, V>(session: Session) -> Result<StoreStatus>
-where
-    K: bytemuck::Pod,
-    V: bytemuck::Pod,
-{
+/// [`ClientError::Connect`] when the region's headers do not add up.
+pub fn probe_status(session: Session) -> Result<StoreStatus> {
     let (version, entries) = (session.welcome().store_version, session.welcome().entries);
-    let region = Region::<K, V>::attach(session)?;
-    Ok(status_of(&region, version, entries))
+    let region = Region::attach(session)?;
+    let memory = region.store_view().map_or(0, |v| v.carved_bytes());
+    Ok(status_of(&region, version, entries, memory))
 }
 
-/// A status from the region's counters and the server's version and entry
-/// count.
-fn status_of<K, V>(region: &Region<K, V>, version: u64, entries: u64) -> StoreStatus
-where
-    K: bytemuck::Pod,
-    V: bytemuck::Pod,
-{
+/// A status from the region's counters and the server's version, entry
+/// count and memory.
+fn status_of(region: &Region, version: u64, entries: u64, memory_used: u64) -> StoreStatus {
     let info = region.info();
     let live = &region.header().live;
     let counts = region.slots().state_counts();
@@ -141,9 +139,10 @@ where
         version,
         entries,
         max_entries: (info.max_entries > 0).then_some(info.max_entries),
-        key_type: info.key.name(),
-        value_type: info.value.name(),
-        value_size: info.value.size,
+        max_key_size: info.max_key,
+        max_value_size: info.max_value,
+        memory_used,
+        max_memory: info.max_memory,
         queue_capacity: info.ring_capacity,
         queued: region.ring().len() as u64,
         slots: info.slot_count,

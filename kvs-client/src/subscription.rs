@@ -5,18 +5,23 @@
 //! [`ChangeEvent::Missed`] after the events it did receive: it should then
 //! re-read what it cares about. Nobody else is slowed down by a slow or dead
 //! subscriber; the server frees a dead one's queue.
+//!
+//! An event carries the key and, if it fits the event cell (the largest key
+//! plus 256 bytes), the value. A larger value is read from the store when
+//! the event is taken: the value delivered may then be that of a later
+//! change of the key (whose own event follows), never an older one.
 
 use crate::client::KVSClient;
 use crate::error::{ClientError, Result};
-use kvs_core::notify::{EventKind, Notice, SubClaim, MAX_SUB_KEYS};
+use kvs_core::codec::Codec;
+use kvs_core::events::{EventKind, Notice, SubClaim, MAX_SUB_KEYS};
 use kvs_core::wait::{Backoff, FutexParker, SLEEP_SLICE};
 use std::fmt;
-use std::hash::Hash;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// One change seen by a subscription.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ChangeEvent<K, V> {
     /// The key was set (inserted or replaced).
     Changed {
@@ -41,20 +46,15 @@ pub enum ChangeEvent<K, V> {
 }
 
 /// An active subscription; dropping it unsubscribes.
-pub struct Subscription<K, V>
-where
-    K: bytemuck::Pod + Eq + Hash,
-    V: bytemuck::Pod,
-{
+pub struct Subscription<K, V> {
     client: Arc<KVSClient<K, V>>,
     claim: SubClaim,
+    /// The keys asked for, encoded (empty: every key): an event for another
+    /// key with a colliding hash is skipped.
+    keys: Vec<Vec<u8>>,
 }
 
-impl<K, V> fmt::Debug for Subscription<K, V>
-where
-    K: bytemuck::Pod + Eq + Hash,
-    V: bytemuck::Pod,
-{
+impl<K, V> fmt::Debug for Subscription<K, V> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Subscription")
             .field("claim", &self.claim)
@@ -62,11 +62,7 @@ where
     }
 }
 
-impl<K, V> KVSClient<K, V>
-where
-    K: bytemuck::Pod + Eq + Hash,
-    V: bytemuck::Pod,
-{
+impl<K: Codec, V: Codec> KVSClient<K, V> {
     /// Subscribes to changes of `keys` (at most 32), or of every key when
     /// `keys` is empty.
     ///
@@ -81,51 +77,92 @@ where
                 keys.len()
             )));
         }
+        let encoded: Vec<Vec<u8>> = keys
+            .iter()
+            .map(|k| {
+                let mut b = Vec::new();
+                k.encode(&mut b);
+                b
+            })
+            .collect();
+        for k in &encoded {
+            // A key no entry can have would be watched forever in silence.
+            self.conn.check_lengths(k, None)?;
+        }
+        let view = self
+            .region()
+            .store_view()
+            .ok_or_else(|| ClientError::Protocol("no store mapped".into()))?;
+        let hashes: Vec<u64> = encoded.iter().map(|k| view.hash(k).0).collect();
         let subs = self.region().subscriptions();
-        let claim = subs.subscribe(self.registration(), keys).ok_or_else(|| {
-            ClientError::Subscribe(format!(
-                "all {} subscription entries of the region are in use",
-                subs.count()
-            ))
-        })?;
+        let claim = subs
+            .subscribe(self.conn.registration(), &hashes)
+            .ok_or_else(|| {
+                ClientError::Subscribe(format!(
+                    "all {} subscription entries of the region are in use",
+                    subs.count()
+                ))
+            })?;
         Ok(Subscription {
             client: Arc::clone(self),
             claim,
+            keys: encoded,
         })
     }
 }
 
-impl<K, V> Subscription<K, V>
-where
-    K: bytemuck::Pod + Eq + Hash,
-    V: bytemuck::Pod,
-{
-    fn convert(n: Notice<K, V>) -> ChangeEvent<K, V> {
-        match n {
-            Notice::Missed => ChangeEvent::Missed,
-            Notice::Event(e) if e.kind == EventKind::Deleted => ChangeEvent::Deleted {
-                key: e.key,
-                version: e.version,
-            },
-            Notice::Event(e) => ChangeEvent::Changed {
-                key: e.key,
-                value: e.value,
-                version: e.version,
-                modified_ns: e.modified_ns,
-            },
+impl<K: Codec, V: Codec> Subscription<K, V> {
+    /// The event of a notice, decoded; `None` for an event of a key not
+    /// asked for (a hash collision).
+    fn convert(&self, n: Notice) -> Result<Option<ChangeEvent<K, V>>> {
+        let e = match n {
+            Notice::Missed => return Ok(Some(ChangeEvent::Missed)),
+            Notice::Event(e) => e,
+        };
+        if !self.keys.is_empty() && !self.keys.contains(&e.key) {
+            return Ok(None);
         }
+        if e.kind == EventKind::Deleted {
+            return Ok(Some(ChangeEvent::Deleted {
+                key: K::decode_vec(e.key).map_err(ClientError::Decode)?,
+                version: e.version,
+            }));
+        }
+        let (value, version, modified_ns) = match e.value {
+            Some(v) if !e.value_omitted => (v, e.version, e.modified_ns),
+            _ => {
+                // Too large for the event: read what the key holds now.
+                let timeout = self.client.options().timeout;
+                match self.client.conn.get(&e.key, timeout)? {
+                    Some(now) if now.version >= e.version => {
+                        (now.value, now.version, now.modified_ns)
+                    }
+                    // Deleted (or changed and deleted) since: its event follows.
+                    _ => return Ok(None),
+                }
+            }
+        };
+        Ok(Some(ChangeEvent::Changed {
+            key: K::decode_vec(e.key).map_err(ClientError::Decode)?,
+            value: V::decode_vec(value).map_err(ClientError::Decode)?,
+            version,
+            modified_ns,
+        }))
     }
 
     /// The next event if one is queued.
-    pub fn try_next(&mut self) -> Option<ChangeEvent<K, V>> {
-        if self.client.is_forked_copy() {
-            return None;
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Decode`] for an event whose bytes are not a `K`/`V`.
+    pub fn try_next(&mut self) -> Result<Option<ChangeEvent<K, V>>> {
+        self.client.conn.check_process()?;
+        while let Some(n) = self.client.region().subscriptions().poll(&self.claim) {
+            if let Some(e) = self.convert(n)? {
+                return Ok(Some(e));
+            }
         }
-        self.client
-            .region()
-            .subscriptions()
-            .poll(&self.claim)
-            .map(Self::convert)
+        Ok(None)
     }
 
     /// Waits up to `timeout` for the next event; `Ok(None)` on timeout.
@@ -133,16 +170,19 @@ where
     /// # Errors
     ///
     /// [`ClientError::ServerGone`] when the server stopped or died (checked
-    /// at least every 20 ms while waiting).
+    /// at least every 20 ms while waiting); [`ClientError::Decode`] for an
+    /// event whose bytes are not a `K`/`V`.
     pub fn next_timeout(&mut self, timeout: Duration) -> Result<Option<ChangeEvent<K, V>>> {
-        self.client.check_process()?;
-        let deadline = crate::client::deadline_after(timeout);
+        self.client.conn.check_process()?;
+        let deadline = crate::conn::deadline_after(timeout);
         let region = self.client.region();
         let subs = region.subscriptions();
         let mut backoff = Backoff::new();
         loop {
-            if let Some(n) = subs.poll(&self.claim) {
-                return Ok(Some(Self::convert(n)));
+            while let Some(n) = subs.poll(&self.claim) {
+                if let Some(e) = self.convert(n)? {
+                    return Ok(Some(e));
+                }
             }
             if !subs.is_active(&self.claim) || !region.server_alive() {
                 return Err(ClientError::ServerGone);
@@ -160,12 +200,9 @@ where
     }
 }
 
-/// Blocking iteration: ends when the server is gone.
-impl<K, V> Iterator for Subscription<K, V>
-where
-    K: bytemuck::Pod + Eq + Hash,
-    V: bytemuck::Pod,
-{
+/// Blocking iteration: ends when the server is gone (or an event does not
+/// decode).
+impl<K: Codec, V: Codec> Iterator for Subscription<K, V> {
     type Item = ChangeEvent<K, V>;
 
     fn next(&mut self) -> Option<Self::Item> {
@@ -179,15 +216,12 @@ where
     }
 }
 
-impl<K, V> Drop for Subscription<K, V>
-where
-    K: bytemuck::Pod + Eq + Hash,
-    V: bytemuck::Pod,
-{
+impl<K, V> Drop for Subscription<K, V> {
     fn drop(&mut self) {
         // A forked child must not touch the parent's subscription.
-        if !self.client.is_forked_copy() {
+        if !self.client.conn.is_forked_copy() {
             self.client
+                .conn
                 .region()
                 .subscriptions()
                 .unsubscribe(&self.claim);

@@ -1,37 +1,42 @@
-//! Bulk buffers: how results larger than one value travel (listing pages,
-//! snapshot requests).
+//! Staging (bulk) buffers: how keys, values and results that do not fit a
+//! response slot travel (large SETs, large GET answers, listing pages that
+//! a client could not read directly, snapshot requests).
 //!
-//! A response slot holds one value, so a listing of 100,000 entries would
-//! take 100,000 round trips through it. Instead the region has a few bulk
-//! buffers (4 × 1 MiB by default). A client claims one, writes its request
-//! parameters into it (cursor, page size, prefix, or a snapshot path), and
-//! sends an ordinary request whose `arg` names the buffer. The worker checks
-//! that the buffer is owned by the same client as the response slot, fills
-//! the buffer's data area with as many records as fit, and answers through
-//! the slot as usual; the slot's Release/Acquire handover also publishes the
-//! buffer's contents. A page is therefore one round trip however many
-//! entries it carries, and the cursor design (see `StripedMap::scan`) lets
-//! the server hold one stripe's lock at a time.
+//! A slot's data area holds [`INLINE_BYTES`](crate::protocol::INLINE_BYTES);
+//! a 64 MiB value cannot travel in pieces through many requests without
+//! holding a stripe's lock across them. Instead the region has a few
+//! staging buffers, each large enough for the largest key and value
+//! together. A client claims one, writes the payload into its data area,
+//! ties it to the response slot of its request ([`BulkTable::bind`]) and
+//! sends an ordinary request that names it (index and generation in `arg`,
+//! see [`crate::protocol::staging_arg`]). The worker checks that the buffer
+//! is owned, with that generation, by the same client as the slot, copies
+//! from it (word by word, checksumming what it wrote, never what it read:
+//! the owner may still be writing), or fills it with the answer; the
+//! slot's Release/Acquire handover publishes the contents either way.
 //!
 //! Ownership uses the same packed `generation | owner | state` word as the
 //! response slots. A client that gives up on a request marks its buffer
-//! `Abandoned` together with the slot it was used for; the housekeeper frees
-//! it once that slot has moved on (the worker never touches a buffer whose
-//! slot's `begin` failed). Dead owners' buffers are freed like their slots.
+//! `Abandoned` together with the slot; the housekeeper frees it once that
+//! slot has moved on (the worker never touches a buffer whose slot's
+//! `begin` failed). Dead owners' buffers are freed like their slots.
 //!
-//! Everything read from a buffer is copied out and validated (lengths are
-//! clamped, counts bounded by the data size).
+//! The data area is words (`AtomicU64`), accessed only through
+//! [`crate::store::words::Words`]: every length read back is checked
+//! against the data area before anything is copied. The region's memfd is
+//! sparse: a buffer's pages are allocated when first written, and given
+//! back after a large transfer (the region punches them).
+//!
+//! ```text
+//! buffer header (128 bytes): word (generation | owner | state), slot, slot generation
+//! data: data_size bytes (a multiple of 4096), as words
+//! ```
 
-use crate::sync::{AtomicU32, AtomicU64, Ordering, UnsafeCell};
+use crate::store::words::Words;
+use crate::sync::{AtomicU32, AtomicU64, Ordering};
 use crate::word::{pack, try_claim, unpack};
-use bytemuck::{Pod, Zeroable};
 use std::fmt;
 use std::marker::PhantomData;
-
-/// Longest prefix a listing may filter by.
-pub const PREFIX_MAX: usize = 64;
-/// Longest path a snapshot request may carry.
-pub const PATH_MAX: usize = 4096;
 
 /// The state of a bulk buffer, as stored in its word.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,69 +67,6 @@ const FREE: u32 = BufferState::Free as u32;
 const OWNED: u32 = BufferState::Owned as u32;
 const ABANDONED: u32 = BufferState::Abandoned as u32;
 
-/// What a client asks of a bulk request (written by the client before the
-/// request is pushed; copied out by the server).
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-pub struct BulkParams {
-    /// Listing: resume after this cursor (if `has_cursor`).
-    pub cursor: u64,
-    /// 1 if `cursor` is set.
-    pub has_cursor: u32,
-    /// Listing: most records wanted.
-    pub limit: u32,
-    /// Bytes of `prefix` in use.
-    pub prefix_len: u32,
-    /// Bytes of `path` in use.
-    pub path_len: u32,
-    /// Listing: only keys whose bytes start with this.
-    pub prefix: [u8; PREFIX_MAX],
-    /// Snapshot: the absolute path to write.
-    pub path: [u8; PATH_MAX],
-}
-
-impl BulkParams {
-    /// The prefix, clamped to its buffer.
-    pub fn prefix(&self) -> &[u8] {
-        &self.prefix[..(self.prefix_len as usize).min(PREFIX_MAX)]
-    }
-
-    /// The path, clamped to its buffer.
-    pub fn path(&self) -> &[u8] {
-        &self.path[..(self.path_len as usize).min(PATH_MAX)]
-    }
-}
-
-impl fmt::Debug for BulkParams {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("BulkParams")
-            .field("cursor", &self.cursor)
-            .field("has_cursor", &self.has_cursor)
-            .field("limit", &self.limit)
-            .field("prefix", &String::from_utf8_lossy(self.prefix()))
-            .field("path", &String::from_utf8_lossy(self.path()))
-            .finish()
-    }
-}
-
-/// What the server reports of a bulk request.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default, Pod, Zeroable)]
-pub struct BulkResult {
-    /// Records (listing) or message bytes (errors) in the data area.
-    pub count: u32,
-    /// Listing: 1 if more pages follow.
-    pub more: u32,
-    /// Listing: the cursor of the next page.
-    pub next_cursor: u64,
-    /// The global version when the request was served.
-    pub version: u64,
-    /// Snapshot: entries written.
-    pub entries: u64,
-    /// Snapshot: bytes written.
-    pub bytes: u64,
-}
-
 /// The fixed part of one bulk buffer; the data area follows it.
 #[repr(C)]
 #[derive(Debug)]
@@ -133,23 +75,6 @@ pub struct BulkHeader {
     /// The response slot of the request using the buffer, for cleanup.
     slot: AtomicU32,
     slot_generation: AtomicU32,
-    params: UnsafeCell<BulkParams>,
-    result: UnsafeCell<BulkResult>,
-}
-
-/// One listed entry. It travels in a bulk buffer as its four fields packed
-/// one after the other ([`BulkTable::write_list_records`]): never as a whole
-/// struct, whose padding bytes would otherwise be copied into shared memory.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ListRecord<K, V> {
-    /// The key.
-    pub key: K,
-    /// The value.
-    pub value: V,
-    /// The entry's version.
-    pub version: u64,
-    /// Last modification, unix nanoseconds.
-    pub modified_ns: u64,
 }
 
 /// A claimed bulk buffer.
@@ -186,9 +111,10 @@ pub fn data_offset() -> usize {
     std::mem::size_of::<BulkHeader>().next_multiple_of(128)
 }
 
-/// Bytes of one buffer (header, data, padding).
+/// Bytes of one buffer (header, data, padding): whole pages, so a buffer's
+/// data can be given back without touching its neighbours.
 pub fn stride(data_size: usize) -> usize {
-    (data_offset() + data_size).next_multiple_of(128)
+    (data_offset() + data_size).next_multiple_of(4096)
 }
 
 impl<'a> BulkTable<'a> {
@@ -198,7 +124,8 @@ impl<'a> BulkTable<'a> {
     ///
     /// `base` points to `count * stride(data_size)` bytes, 128-aligned,
     /// zero-initialised or previously used as bulk buffers, inside a mapping
-    /// that outlives `'a`.
+    /// that outlives `'a`, accessed only through atomics; `data_size` is a
+    /// multiple of 8.
     pub unsafe fn from_raw(base: *const u8, count: usize, data_size: usize) -> Self {
         Self {
             base,
@@ -224,14 +151,32 @@ impl<'a> BulkTable<'a> {
             return None;
         }
         // SAFETY: in bounds (checked) of the area `from_raw` was given;
-        // 128-aligned; the header holds atomics and `UnsafeCell`s only.
+        // 128-aligned; the header holds atomics only.
         Some(unsafe { &*(self.base.add(index as usize * self.stride) as *const BulkHeader) })
     }
 
-    fn data(&self, index: u32) -> *mut u8 {
-        // SAFETY: callers checked `index` via `header`; the data area lies
-        // within the buffer's stride.
-        unsafe { self.base.add(index as usize * self.stride + data_offset()) as *mut u8 }
+    /// The data area of buffer `index` as words (empty for an index out of
+    /// range). Only the party the ownership protocol lets write it writes
+    /// it; anyone may read it, and must check what it read.
+    pub fn data(&self, index: u32) -> Words<'a> {
+        if self.header(index).is_none() {
+            return Words::new(&[]);
+        }
+        // SAFETY: `index` is in range (checked above), so the data area,
+        // `data_size` bytes (a multiple of 8) after the buffer's 128-aligned
+        // header, lies inside the area `from_raw` was given, which outlives
+        // 'a; it is only ever accessed through atomics.
+        unsafe {
+            let p = self.base.add(index as usize * self.stride + data_offset()) as *const AtomicU64;
+            Words::new(std::slice::from_raw_parts(p, self.data_size / 8))
+        }
+    }
+
+    /// Byte offset of buffer `index`'s data area from the table's start (the
+    /// region punches it after a large transfer).
+    pub fn data_offset_of(&self, index: u32) -> Option<usize> {
+        self.header(index)?;
+        Some(index as usize * self.stride + data_offset())
     }
 
     /// Claims a free buffer for `owner`.
@@ -246,29 +191,63 @@ impl<'a> BulkTable<'a> {
         })
     }
 
-    /// Writes the request parameters and the slot that will carry it.
-    pub fn prepare(&self, claim: &BulkClaim, params: &BulkParams, slot: u32, slot_generation: u32) {
-        let Some(h) = self.header(claim.index) else {
-            return;
-        };
-        h.slot.store(slot, Ordering::Relaxed);
-        h.slot_generation.store(slot_generation, Ordering::Relaxed);
-        // SAFETY: we own the buffer (claimed); the server reads the params
-        // only after the request push, which publishes this write.
-        h.params.with_mut(|p| unsafe { p.write_volatile(*params) });
+    /// Ties a buffer we own to the response slot whose request uses it (so
+    /// the housekeeper can tell when an abandoned buffer is safe to free).
+    pub fn bind(&self, claim: &BulkClaim, slot: u32, slot_generation: u32) {
+        if let Some(h) = self.header(claim.index) {
+            h.slot.store(slot, Ordering::Relaxed);
+            h.slot_generation.store(slot_generation, Ordering::Relaxed);
+        }
     }
 
-    /// Frees a buffer we own.
-    pub fn release(&self, claim: &BulkClaim) {
-        if let Some(h) = self.header(claim.index) {
-            // Release: our reads of the data happen before the next claim.
-            let _ = h.word.compare_exchange(
-                pack(claim.generation, claim.owner, OWNED),
-                pack(claim.generation, claim.owner, FREE),
-                Ordering::Release,
-                Ordering::Relaxed,
-            );
-        }
+    /// Frees a buffer we own. False if it was not ours any more (the
+    /// server freed it once it had read a write's payload, see
+    /// [`consumed`](Self::consumed), or the housekeeper did): then its
+    /// pages must not be touched either.
+    pub fn release(&self, claim: &BulkClaim) -> bool {
+        self.header(claim.index).is_some_and(|h| {
+            // Release: our reads of the data happen before the next claim
+            // (pairs with the Acquire of `try_claim`).
+            h.word
+                .compare_exchange(
+                    pack(claim.generation, claim.owner, OWNED),
+                    pack(claim.generation, claim.owner, FREE),
+                    Ordering::Release,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+        })
+    }
+
+    /// Server side: a worker has read the key and value of a write request
+    /// out of buffer `index` (claimed as `generation` by `owner`, checked
+    /// with [`owned_by`](Self::owned_by)), and the client never reads or
+    /// writes a write's buffer after submitting it. So it is freed now,
+    /// not when the client collects the answer: a client with many large
+    /// writes in flight (async tickets) gets buffers back as the workers
+    /// go, instead of waiting for answers it has not collected yet. An
+    /// abandoned buffer is freed the same way. The client's own later
+    /// [`release`](Self::release) or [`abandon`](Self::abandon) then finds
+    /// another generation or state and does nothing.
+    ///
+    /// Must be called while the worker still holds the request's slot
+    /// (so the housekeeper cannot have reclaimed the buffer meanwhile).
+    pub fn consumed(&self, index: u32, generation: u32, owner: u32) -> bool {
+        let Some(h) = self.header(index) else {
+            return false;
+        };
+        [OWNED, ABANDONED].into_iter().any(|state| {
+            // Release: the worker's reads of the data happen before the
+            // next claimer's writes (pairs with `try_claim`'s Acquire).
+            h.word
+                .compare_exchange(
+                    pack(generation, owner, state),
+                    pack(generation, owner, FREE),
+                    Ordering::Release,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+        })
     }
 
     /// Gives up a buffer whose request was abandoned: the housekeeper frees
@@ -284,191 +263,23 @@ impl<'a> BulkTable<'a> {
         }
     }
 
-    /// Server side: the parameters of buffer `index`, if `owner` owns it.
-    pub fn params_if_owned_by(&self, index: u32, owner: u32) -> Option<BulkParams> {
-        let h = self.header(index)?;
-        let (_, o, state) = unpack(h.word.load(Ordering::Acquire));
-        if state != OWNED || o != owner {
-            return None;
-        }
-        // SAFETY: in bounds; BulkParams is Pod, any bytes are a valid copy.
-        Some(h.params.with(|p| unsafe { p.read_volatile() }))
-    }
-
-    /// Server side: writes the result.
-    pub fn set_result(&self, index: u32, result: &BulkResult) {
-        if let Some(h) = self.header(index) {
-            // SAFETY: in bounds; the owner reads it only after the slot turns
-            // Ready (Release CAS after this write).
-            h.result.with_mut(|p| unsafe { p.write_volatile(*result) });
-        }
-    }
-
-    /// Client side: the result (after the request's slot turned Ready).
-    pub fn result(&self, claim: &BulkClaim) -> BulkResult {
-        self.header(claim.index)
-            // SAFETY: in bounds; Pod.
-            .map(|h| h.result.with(|p| unsafe { p.read_volatile() }))
-            .unwrap_or_default()
-    }
-
-    /// How many records of `T` fit in a data area.
-    pub fn capacity_for<T>(&self) -> usize {
-        self.data_size / std::mem::size_of::<T>().max(1)
-    }
-
-    /// Server side: writes `items` as consecutive records; returns how many
-    /// were written (at most [`BulkTable::capacity_for`]). `T` has no
-    /// padding (`NoUninit`), so no uninitialised byte reaches shared memory:
-    ///
-    /// ```compile_fail
-    /// use kvs_core::bulk::BulkTable;
-    /// #[derive(Clone, Copy)]
-    /// #[repr(C)]
-    /// struct Padded(u8, u64); // 7 bytes of padding
-    /// fn write(t: &BulkTable<'_>) { t.write_records(0, [Padded(1, 2)]); }
-    /// ```
-    pub fn write_records<T: bytemuck::NoUninit>(
+    /// Server side: whether buffer `index` is owned by `owner` with
+    /// `generation` (the claim a request named), and tied to `slot` of
+    /// `slot_generation`. Acquire pairs with the owner's claim.
+    pub fn owned_by(
         &self,
         index: u32,
-        items: impl IntoIterator<Item = T>,
-    ) -> usize {
-        if self.header(index).is_none() {
-            return 0;
-        }
-        let base = self.data(index);
-        let cap = self.capacity_for::<T>();
-        let mut n = 0;
-        for item in items.into_iter().take(cap) {
-            let bytes = bytemuck::bytes_of(&item);
-            // SAFETY: `n < cap` keeps the record inside the data area; `T`
-            // has no uninitialised (padding) bytes to copy into shared
-            // memory, so these are plain initialised bytes.
-            unsafe {
-                std::ptr::copy_nonoverlapping(
-                    bytes.as_ptr(),
-                    base.add(n * std::mem::size_of::<T>()),
-                    bytes.len(),
-                )
-            };
-            n += 1;
-        }
-        n
-    }
-
-    /// Bytes of one listing record in a data area.
-    pub fn list_record_size<K, V>() -> usize {
-        std::mem::size_of::<K>() + std::mem::size_of::<V>() + 16
-    }
-
-    /// How many listing records fit in a data area.
-    pub fn list_capacity<K, V>(&self) -> usize {
-        self.data_size / Self::list_record_size::<K, V>().max(1)
-    }
-
-    /// Server side: writes listing records, each as its fields packed (key,
-    /// value, version, modified time); returns how many were written (at
-    /// most [`BulkTable::list_capacity`]).
-    pub fn write_list_records<K: Pod, V: Pod>(
-        &self,
-        index: u32,
-        items: impl IntoIterator<Item = ListRecord<K, V>>,
-    ) -> usize {
-        if self.header(index).is_none() {
-            return 0;
-        }
-        let size = Self::list_record_size::<K, V>();
-        let base = self.data(index);
-        let mut n = 0;
-        for r in items.into_iter().take(self.list_capacity::<K, V>()) {
-            let mut at = n * size;
-            for part in [
-                bytemuck::bytes_of(&r.key),
-                bytemuck::bytes_of(&r.value),
-                &r.version.to_ne_bytes(),
-                &r.modified_ns.to_ne_bytes(),
-            ] {
-                // SAFETY: `n < list_capacity` keeps the record inside the
-                // data area; the bytes are initialised (`Pod` fields).
-                unsafe { std::ptr::copy_nonoverlapping(part.as_ptr(), base.add(at), part.len()) };
-                at += part.len();
-            }
-            n += 1;
-        }
-        n
-    }
-
-    /// Client side: reads `count` listing records (clamped to the capacity).
-    pub fn read_list_records<K: Pod, V: Pod>(
-        &self,
-        claim: &BulkClaim,
-        count: usize,
-    ) -> Vec<ListRecord<K, V>> {
-        let size = Self::list_record_size::<K, V>();
-        let n = count.min(self.list_capacity::<K, V>());
-        let bytes = self.read_bytes(claim, n * size);
-        bytes
-            .chunks_exact(size)
-            .map(|r| {
-                let (ks, vs) = (std::mem::size_of::<K>(), std::mem::size_of::<V>());
-                let u64_at =
-                    |at: usize| u64::from_ne_bytes(r[at..at + 8].try_into().unwrap_or_default());
-                ListRecord {
-                    key: bytemuck::pod_read_unaligned(&r[..ks]),
-                    value: bytemuck::pod_read_unaligned(&r[ks..ks + vs]),
-                    version: u64_at(ks + vs),
-                    modified_ns: u64_at(ks + vs + 8),
-                }
-            })
-            .collect()
-    }
-
-    /// Server side: writes bytes (an error message) into the data area.
-    pub fn write_bytes(&self, index: u32, bytes: &[u8]) -> usize {
-        if self.header(index).is_none() {
-            return 0;
-        }
-        let n = bytes.len().min(self.data_size);
-        // SAFETY: `n <= data_size`; the data area is ours to write while the
-        // request is being served.
-        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.data(index), n) };
-        n
-    }
-
-    /// Client side: reads `count` records (clamped to the capacity). `T` is
-    /// `Pod`: any bytes another process left form a valid record. A type
-    /// with invalid bit patterns cannot be read this way:
-    ///
-    /// ```compile_fail
-    /// use kvs_core::bulk::{BulkClaim, BulkTable};
-    /// fn read(t: &BulkTable<'_>, c: &BulkClaim) -> Vec<bool> {
-    ///     t.read_records(c, 1) // bool is not Pod: a scribbled byte would be UB
-    /// }
-    /// ```
-    pub fn read_records<T: bytemuck::Pod>(&self, claim: &BulkClaim, count: usize) -> Vec<T> {
-        if self.header(claim.index).is_none() {
-            return Vec::new();
-        }
-        let base = self.data(claim.index);
-        let n = count.min(self.capacity_for::<T>());
-        (0..n)
-            // SAFETY: inside the data area; `T: Pod` is valid for any bits.
-            .map(|i| unsafe {
-                (base.add(i * std::mem::size_of::<T>()) as *const T).read_unaligned()
-            })
-            .collect()
-    }
-
-    /// Client side: reads `len` bytes (clamped).
-    pub fn read_bytes(&self, claim: &BulkClaim, len: usize) -> Vec<u8> {
-        if self.header(claim.index).is_none() {
-            return Vec::new();
-        }
-        let n = len.min(self.data_size);
-        let mut out = vec![0u8; n];
-        // SAFETY: `n <= data_size`, inside the data area.
-        unsafe { std::ptr::copy_nonoverlapping(self.data(claim.index), out.as_mut_ptr(), n) };
-        out
+        generation: u32,
+        owner: u32,
+        slot: u32,
+        slot_generation: u32,
+    ) -> bool {
+        let Some(h) = self.header(index) else {
+            return false;
+        };
+        h.word.load(Ordering::Acquire) == pack(generation, owner, OWNED)
+            && h.slot.load(Ordering::Relaxed) == slot
+            && h.slot_generation.load(Ordering::Relaxed) == slot_generation
     }
 
     /// Housekeeper: frees buffers of dead owners, and abandoned buffers
@@ -519,68 +330,78 @@ unsafe impl Sync for BulkTable<'_> {}
 mod tests {
     use super::*;
 
-    #[repr(C, align(128))]
-    struct Area([u8; 32 * 1024]);
+    #[repr(C, align(4096))]
+    struct Area([u8; 64 * 1024]);
 
-    #[test]
-    fn claim_prepare_result_records_release() {
-        let area = Box::new(Area([0; 32 * 1024]));
-        let data = 1024;
+    fn table(area: &Area, data: usize) -> BulkTable<'_> {
         let count = area.0.len() / stride(data);
         assert!(count >= 2);
-        // SAFETY: the area is 128-aligned, zeroed and large enough.
-        let t = unsafe { BulkTable::from_raw(area.0.as_ptr(), count, data) };
+        // SAFETY: the area is page-aligned, zeroed and holds `count` buffers.
+        unsafe { BulkTable::from_raw(area.0.as_ptr(), count, data) }
+    }
+
+    #[test]
+    fn claim_bind_write_read_release() {
+        let area = Box::new(Area([0; 64 * 1024]));
+        let t = table(&area, 8192);
         let c = t.claim(3).unwrap();
-        let mut p = BulkParams::zeroed();
-        p.limit = 5;
-        p.prefix_len = 200; // garbage length: clamped
-        t.prepare(&c, &p, 9, 1);
-        let got = t.params_if_owned_by(c.index, 3).unwrap();
-        assert_eq!(got.limit, 5);
-        assert_eq!(got.prefix().len(), PREFIX_MAX);
-        assert!(t.params_if_owned_by(c.index, 4).is_none());
-        assert!(t.params_if_owned_by(99, 3).is_none());
-        let n = t.write_records(c.index, (0..1000u64).map(|i| i * 2));
-        assert_eq!(n, t.capacity_for::<u64>());
-        t.set_result(
-            c.index,
-            &BulkResult {
-                count: n as u32,
-                ..Default::default()
-            },
+        t.bind(&c, 9, 1);
+        assert!(t.owned_by(c.index, c.generation, 3, 9, 1));
+        assert!(!t.owned_by(c.index, c.generation, 4, 9, 1), "another owner");
+        assert!(
+            !t.owned_by(c.index, c.generation + 1, 3, 9, 1),
+            "another claim"
         );
-        let back: Vec<u64> = t.read_records(&c, t.result(&c).count as usize + 10_000);
-        assert_eq!(back.len(), n);
-        assert_eq!(back[3], 6);
-        // Listing records of types with padding between them travel packed.
-        let records: Vec<ListRecord<u8, u64>> = (0..5u8)
-            .map(|i| ListRecord {
-                key: i,
-                value: u64::from(i) * 10,
-                version: 7,
-                modified_ns: 8,
-            })
-            .collect();
-        assert_eq!(t.write_list_records(c.index, records.clone()), 5);
-        assert_eq!(t.read_list_records::<u8, u64>(&c, 5), records);
-        t.release(&c);
+        assert!(!t.owned_by(c.index, c.generation, 3, 8, 1), "another slot");
+        assert!(!t.owned_by(99, c.generation, 3, 9, 1));
+        let data = t.data(c.index);
+        data.write_bytes(0, b"a staged value", |_| {}).unwrap();
+        let mut out = Vec::new();
+        data.read_into(0, 14, &mut out).unwrap();
+        assert_eq!(out, b"a staged value");
+        // Lengths beyond the data area are refused, not clamped silently.
+        assert!(data.read_into(0, 8193, &mut out).is_err());
+        assert_eq!(t.data(99).len_bytes(), 0);
+        assert!(t.release(&c));
         assert_eq!(t.in_use(), 0);
     }
 
     #[test]
+    fn a_consumed_write_buffer_is_free_and_the_clients_release_does_nothing() {
+        let area = Box::new(Area([0; 64 * 1024]));
+        let t = table(&area, 4096);
+        let c = t.claim(3).unwrap();
+        t.bind(&c, 9, 1);
+        assert!(t.consumed(c.index, c.generation, 3));
+        assert_eq!(t.in_use(), 0);
+        // Someone else claims it (the same owner's other thread, say): the
+        // first claim's late release and abandon leave the new claim alone.
+        let c2 = t.claim(3).unwrap();
+        assert_eq!(c2.index, c.index);
+        assert!(!t.release(&c), "a stale release");
+        t.abandon(&c);
+        assert!(!t.consumed(c.index, c.generation, 3), "a stale consume");
+        assert_eq!(t.in_use(), 1);
+        // An abandoned buffer is consumed too.
+        t.abandon(&c2);
+        assert!(t.consumed(c2.index, c2.generation, 3));
+        assert_eq!(t.in_use(), 0);
+        assert!(!t.consumed(99, 0, 3));
+    }
+
+    #[test]
     fn abandoned_buffers_wait_for_their_slot() {
-        let area = Box::new(Area([0; 32 * 1024]));
-        assert!(stride(512) <= area.0.len());
-        // SAFETY: as above.
-        let t = unsafe { BulkTable::from_raw(area.0.as_ptr(), 1, 512) };
+        let area = Box::new(Area([0; 64 * 1024]));
+        let t = table(&area, 4096);
         let c = t.claim(1).unwrap();
-        t.prepare(&c, &BulkParams::zeroed(), 4, 7);
+        t.bind(&c, 4, 7);
         t.abandon(&c);
         assert_eq!(t.reclaim(|_| false, |_, _| false), 0);
         assert_eq!(t.reclaim(|_| false, |s, g| s == 4 && g == 7), 1);
         assert_eq!(t.in_use(), 0);
         let c2 = t.claim(2).unwrap();
+        t.bind(&c2, 5, 1);
         assert_eq!(t.reclaim(|o| o == 2, |_, _| true), 1);
-        assert!(t.params_if_owned_by(c2.index, 2).is_none());
+        assert!(!t.owned_by(c2.index, c2.generation, 2, 5, 1));
     }
 }

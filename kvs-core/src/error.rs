@@ -132,20 +132,6 @@ pub enum RegionOpenError {
         /// Ours.
         expected: u32,
     },
-    /// Other key or value types.
-    #[error("region {name} holds {found_key} -> {found_value}, this client expects {expected_key} -> {expected_value}")]
-    TypeMismatch {
-        /// The region name.
-        name: String,
-        /// The region's key type.
-        found_key: String,
-        /// The region's value type.
-        found_value: String,
-        /// Our key type.
-        expected_key: String,
-        /// Our value type.
-        expected_value: String,
-    },
     /// The server is still initialising the region after the wait.
     #[error("region {name} was not ready after {waited_ms} ms (the server is still starting, or died while starting)")]
     NotReady {

@@ -10,9 +10,9 @@
 //! * [`response_table`]: response slots with generations, so an answer can
 //!   never reach the wrong request;
 //! * [`wait`]: spin-then-futex waiting that makes no syscall on the fast path;
-//! * [`map`]: the server's striped-lock hash map;
-//! * [`bulk`]: bulk buffers for listing pages and snapshot requests;
-//! * [`notify`]: per-subscriber change-event queues;
+//! * [`bulk`]: staging buffers for keys and values too large for a slot,
+//!   listing pages and snapshot requests;
+//! * [`events`]: per-subscriber change-event queues;
 //! * [`protocol`]: op codes, status codes, request and response records;
 //! * [`fixed_str`]: fixed-capacity `Pod` strings for text keys and values;
 //! * [`text`]: the key type and value size classes the binaries use;
@@ -38,11 +38,9 @@ pub mod codec;
 #[cfg(not(loom))]
 pub mod error;
 #[cfg(not(loom))]
+pub mod events;
+#[cfg(not(loom))]
 pub mod fixed_str;
-#[cfg(not(loom))]
-pub mod map;
-#[cfg(not(loom))]
-pub mod notify;
 pub mod protocol;
 #[cfg(not(loom))]
 pub mod region;
@@ -59,12 +57,17 @@ pub mod word;
 
 #[cfg(not(loom))]
 pub use codec::{Codec, DecodeError};
+
+/// The key that makes a worker panic while executing its request, when the
+/// `test-hooks` feature is on (tests of how the server contains a panic);
+/// never matches otherwise.
+pub fn test_panic_key(key: &[u8]) -> bool {
+    cfg!(feature = "test-hooks") && key == b"__kvs_test_panic__"
+}
 #[cfg(not(loom))]
 pub use error::{RegionCreateError, RegionOpenError};
 #[cfg(not(loom))]
 pub use fixed_str::{FixedStr, FixedStrError};
-#[cfg(not(loom))]
-pub use map::StripedMap;
 pub use protocol::{OpCode, Request, Response, StatusCode};
 #[cfg(not(loom))]
 pub use region::{Region, RegionConfig, Session};

@@ -1,40 +1,81 @@
-//! Op codes, status codes, and the request and response records that cross
-//! the region, with the rules of which op carries what.
+//! Op codes, status codes, and the request and answer records that travel
+//! in a response slot, with the rules of which op carries what.
 //!
 //! This module is the one place that knows the wire: which op carries a
-//! value ([`OpCode::carries_value`]), which answer does
-//! ([`OpCode::answer_carries_value`]), and how both records are written
-//! into and read out of a response slot ([`Request::encode`],
-//! [`Request::decode`], [`Response::encode`], [`Response::decode`]). The
-//! client and the server's workers call these and nothing else.
+//! value ([`OpCode::carries_value`]), how a request's and an answer's
+//! header words are packed ([`Request::encode`], [`Request::decode`],
+//! [`Response::encode`], [`Response::decode`]), and where the bytes go
+//! ([`Payload`]). The client and the server's workers call these and
+//! nothing else.
 //!
-//! Both records are `#[repr(C)]` and made of `Pod` fields only, so whatever
-//! another process wrote into them is a valid value. They are copied field
-//! by field (never a padding byte, so no uninitialised byte reaches the
-//! region) and only the fields the op uses: a GET leaves the request's value
-//! lines alone, a SET the answer's. The reader copies a record out of the
-//! region first and then validates the copy ([`Request::op`],
-//! [`StatusCode::try_from`]); it never validates in place and reads again.
+//! A slot holds a header of [`REQUEST_WORDS`] words for the request, one of
+//! [`RESPONSE_WORDS`] for the answer, and a data area of [`INLINE_BYTES`]
+//! shared by both: the request's key then value (each padded to 8 bytes),
+//! later the answer's value. When they do not fit, the client puts them in
+//! a staging buffer it owns ([`crate::bulk`]) and says so with [`STAGED`]
+//! and the buffer's index and generation in `arg`; a GET whose value does
+//! not fit inline is answered [`VALUE_TOO_LARGE`] with the length, and the
+//! client asks again with a staging buffer for it.
+//!
+//! ```text
+//! request  word 0: op (16 bits) | flags (16) | slot generation (32)
+//!          word 1: key length (32) | value length (32)
+//!          word 2: arg   (a staging buffer: index | generation << 32; a stripe; ...)
+//!          word 3: arg2  (op-specific)
+//! answer   word 0: status (16) | flags (16) | slot generation (32)
+//!          word 1: version
+//!          word 2: modified, unix ns (GET); entries (STATUS)
+//!          word 3: value length (32) | aux (32)
+//!          word 4: aux64 (op-specific: memory in use, the next listing position, ...)
+//! ```
+//!
+//! Every word is an `AtomicU64` in the region, written and read once. The
+//! reader copies the header out and then validates the copy
+//! ([`Request::op`], [`StatusCode::try_from`], lengths against the data
+//! area); it never validates in place and reads again.
 //!
 //! ```
-//! use kvs_core::protocol::{OpCode, Request};
+//! use kvs_core::protocol::{OpCode, Request, REQUEST_WORDS};
+//! use std::sync::atomic::AtomicU64;
 //!
-//! let req = Request::<u64, u64>::new(OpCode::Set, 17, 0, 42, 7);
-//! assert_eq!(req.op(), Ok(OpCode::Set));
+//! let words: [AtomicU64; REQUEST_WORDS] = Default::default();
+//! let req = Request { op: OpCode::Set as u16, generation: 17, key_len: 3, value_len: 5, ..Request::default() };
+//! req.encode(&words);
+//! let back = Request::decode(&words);
+//! assert_eq!(back.op(), Ok(OpCode::Set));
+//! assert_eq!((back.generation, back.key_len, back.value_len), (17, 3, 5));
 //! assert!(OpCode::Set.carries_value() && !OpCode::Get.carries_value());
-//! let mut bad = req;
-//! bad.op = 99;
-//! assert!(bad.op().is_err());
 //! ```
 
-use std::fmt;
-use std::ptr::{addr_of, addr_of_mut};
+use crate::sync::{AtomicU64, Ordering};
+
+/// Words of a request header.
+pub const REQUEST_WORDS: usize = 4;
+/// Words of an answer header.
+pub const RESPONSE_WORDS: usize = 5;
+/// Bytes of a slot's data area (shared by the request and its answer).
+#[cfg(not(loom))]
+pub const INLINE_BYTES: usize = 1024;
+/// Bytes of a slot's data area (shared by the request and its answer).
+#[cfg(loom)]
+pub const INLINE_BYTES: usize = 16;
+/// Words of a slot's data area.
+pub const INLINE_WORDS: usize = INLINE_BYTES / 8;
+
+/// Request flag: key and value are in the staging buffer named by `arg`,
+/// not inline. Answer flag: the value is in that staging buffer.
+pub const STAGED: u16 = 1;
+/// Answer flag: the value did not fit the slot and the request named no
+/// staging buffer; `value_len` says how long it is.
+pub const VALUE_TOO_LARGE: u16 = 2;
+/// Answer flag (listing): more remain after this page.
+pub const MORE: u16 = 4;
 
 /// What a request asks the server to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[repr(u32)]
+#[repr(u16)]
 pub enum OpCode {
-    /// Read the value of a key.
+    /// Read the value of a key (when a direct read could not).
     Get = 1,
     /// Insert or replace (upsert).
     Set = 2,
@@ -42,11 +83,11 @@ pub enum OpCode {
     Post = 3,
     /// Remove a key.
     Del = 4,
-    /// Ask for the server's status counters (answered through the region).
+    /// Ask for the store's version, entry count and memory.
     Status = 5,
-    /// Read one page of the listing cursor (see the listing module).
+    /// Keys of one stripe (when a direct read could not).
     ListPage = 6,
-    /// Write a snapshot to the path in the bulk area.
+    /// Write a snapshot to the file named inline.
     Backup = 7,
 }
 
@@ -65,13 +106,6 @@ impl OpCode {
     /// Whether a request of this op carries a value (SET and POST).
     pub fn carries_value(self) -> bool {
         matches!(self, OpCode::Set | OpCode::Post)
-    }
-
-    /// Whether an answer to this op with this status carries a value: a
-    /// GET that found its key. `status` is the raw field, so a garbage
-    /// status never carries one.
-    pub fn answer_carries_value(self, status: u32) -> bool {
-        self == OpCode::Get && status == StatusCode::Ok as u32
     }
 
     /// A lowercase name, as the CLI and the status view print it.
@@ -98,33 +132,33 @@ pub struct UnknownCode {
     pub value: u32,
 }
 
-impl TryFrom<u32> for OpCode {
+impl TryFrom<u16> for OpCode {
     type Error = UnknownCode;
 
-    fn try_from(value: u32) -> Result<Self, Self::Error> {
+    fn try_from(value: u16) -> Result<Self, Self::Error> {
         OpCode::ALL
             .into_iter()
-            .find(|op| *op as u32 == value)
+            .find(|op| *op as u16 == value)
             .ok_or(UnknownCode {
                 what: "op code",
-                value,
+                value: u32::from(value),
             })
     }
 }
 
 /// How the server answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[repr(u32)]
+#[repr(u16)]
 pub enum StatusCode {
-    /// Done; for GET the value is in the response.
+    /// Done; for GET the value is in the answer.
     Ok = 0,
     /// GET or DEL of an absent key.
     NotFound = 1,
     /// POST of a key that exists.
     Exists = 2,
-    /// SET or POST of a new key beyond the entry limit.
+    /// SET or POST of a new key beyond the entry or memory limit.
     StoreFull = 3,
-    /// The request was malformed (unknown op code, bad field).
+    /// The request was malformed (unknown op code, bad field or length).
     Malformed = 4,
     /// The server does not support this op.
     Unsupported = 5,
@@ -144,123 +178,40 @@ impl StatusCode {
     ];
 }
 
-impl TryFrom<u32> for StatusCode {
+impl TryFrom<u16> for StatusCode {
     type Error = UnknownCode;
 
-    fn try_from(value: u32) -> Result<Self, Self::Error> {
+    fn try_from(value: u16) -> Result<Self, Self::Error> {
         StatusCode::ALL
             .into_iter()
-            .find(|s| *s as u32 == value)
+            .find(|s| *s as u16 == value)
             .ok_or(UnknownCode {
                 what: "status code",
-                value,
+                value: u32::from(value),
             })
     }
 }
 
-/// One request, as a client writes it into the response slot it claimed.
-///
-/// `generation` repeats the slot's generation of this use, so a worker can
-/// tell a request written for another use of the slot (a scribble) from the
-/// one it was sent.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct Request<K, V> {
-    /// An [`OpCode`] as `u32`.
-    pub op: u32,
+/// A request header, as a copy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Request {
+    /// An [`OpCode`] as `u16`.
+    pub op: u16,
+    /// [`STAGED`] or 0.
+    pub flags: u16,
     /// Generation of the response slot when the client claimed it.
     pub generation: u32,
-    /// Op-specific argument (a bulk buffer index, for example).
-    pub arg: u32,
-    /// Reserved (0).
-    pub reserved: u32,
-    /// The key (unused by some ops).
-    pub key: K,
-    /// The value (SET and POST).
-    pub value: V,
+    /// Bytes of the key.
+    pub key_len: u32,
+    /// Bytes of the value (SET, POST).
+    pub value_len: u32,
+    /// Op-specific (a staging buffer, a stripe).
+    pub arg: u64,
+    /// Op-specific.
+    pub arg2: u64,
 }
 
-impl<K: bytemuck::Zeroable, V: bytemuck::Zeroable> Request<K, V> {
-    /// A request for `op` in a slot of generation `generation`.
-    pub fn new(op: OpCode, generation: u32, arg: u32, key: K, value: V) -> Self {
-        Self {
-            op: op as u32,
-            generation,
-            arg,
-            reserved: 0,
-            key,
-            value,
-        }
-    }
-}
-
-impl<K: bytemuck::Pod, V: bytemuck::Pod> Request<K, V> {
-    /// Writes a request for `op` to `dst` field by field, the value only if
-    /// `op` [carries one](OpCode::carries_value) (zeros if `value` is
-    /// `None` then), straight from the caller's references.
-    ///
-    /// # Safety
-    ///
-    /// `dst` is valid for writes of `Self` and aligned, and no one else
-    /// accesses the record during the call (in a response slot: the slot is
-    /// claimed by the caller and not yet marked pending).
-    pub unsafe fn encode(
-        dst: *mut Self,
-        op: OpCode,
-        generation: u32,
-        arg: u32,
-        key: &K,
-        value: Option<&V>,
-    ) {
-        // SAFETY: `dst` is valid and exclusive (the caller's contract);
-        // `addr_of_mut!` makes field pointers without references; every
-        // field is `Pod`, written on its own.
-        unsafe {
-            addr_of_mut!((*dst).op).write_volatile(op as u32);
-            addr_of_mut!((*dst).generation).write_volatile(generation);
-            addr_of_mut!((*dst).arg).write_volatile(arg);
-            addr_of_mut!((*dst).reserved).write_volatile(0);
-            addr_of_mut!((*dst).key).write_volatile(*key);
-            if op.carries_value() {
-                let v = value.copied().unwrap_or_else(V::zeroed);
-                addr_of_mut!((*dst).value).write_volatile(v);
-            }
-        }
-    }
-
-    /// Reads a request out of `src` field by field: the op first, then the
-    /// value only if that op carries one (zeros otherwise, and for an
-    /// unknown op). Validate the copy ([`Request::op`]): the bytes may be
-    /// anyone's.
-    ///
-    /// # Safety
-    ///
-    /// `src` is valid for reads of `Self` and aligned, and the writer's
-    /// writes happen before this call (in a response slot: after the
-    /// worker's Acquire CAS to `Completing`). A process that writes anyway
-    /// can only make the copy wrong: every field is `Pod`.
-    pub unsafe fn decode(src: *const Self) -> Self {
-        // SAFETY: `src` is valid (the caller's contract); field pointers
-        // stay inside the record; any bytes form valid `Pod` values.
-        unsafe {
-            let op = addr_of!((*src).op).read_volatile();
-            Request {
-                op,
-                generation: addr_of!((*src).generation).read_volatile(),
-                arg: addr_of!((*src).arg).read_volatile(),
-                reserved: 0,
-                key: addr_of!((*src).key).read_volatile(),
-                value: if OpCode::try_from(op).is_ok_and(OpCode::carries_value) {
-                    addr_of!((*src).value).read_volatile()
-                } else {
-                    V::zeroed()
-                },
-            }
-        }
-    }
-}
-
-impl<K, V> Request<K, V> {
+impl Request {
     /// The decoded op code.
     ///
     /// # Errors
@@ -269,118 +220,77 @@ impl<K, V> Request<K, V> {
     pub fn op(&self) -> Result<OpCode, UnknownCode> {
         OpCode::try_from(self.op)
     }
-}
 
-// SAFETY: `Request` is `#[repr(C)]`, all fields are `Zeroable`, so the all-zero
-// bit pattern is a valid value.
-unsafe impl<K: bytemuck::Zeroable, V: bytemuck::Zeroable> bytemuck::Zeroable for Request<K, V> {}
+    /// Whether key and value are in a staging buffer.
+    pub fn staged(&self) -> bool {
+        self.flags & STAGED != 0
+    }
 
-impl<K: fmt::Debug, V: fmt::Debug> fmt::Debug for Request<K, V> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Request")
-            .field("op", &self.op)
-            .field("generation", &self.generation)
-            .field("arg", &self.arg)
-            .field("key", &self.key)
-            .field("value", &self.value)
-            .finish()
+    /// Where the key and the value are in the data (inline, or a staging
+    /// buffer's data).
+    pub fn payload(&self) -> Payload {
+        Payload::new(u64::from(self.key_len), u64::from(self.value_len))
+    }
+
+    /// Stores the header into `words` (one store per word).
+    pub fn encode(&self, words: &[AtomicU64; REQUEST_WORDS]) {
+        let w = [
+            u64::from(self.op) | u64::from(self.flags) << 16 | u64::from(self.generation) << 32,
+            u64::from(self.key_len) | u64::from(self.value_len) << 32,
+            self.arg,
+            self.arg2,
+        ];
+        for (slot, v) in words.iter().zip(w) {
+            slot.store(v, Ordering::Relaxed);
+        }
+    }
+
+    /// Loads a header from `words` (one load per word). Validate the copy.
+    pub fn decode(words: &[AtomicU64; REQUEST_WORDS]) -> Self {
+        let w: [u64; REQUEST_WORDS] = std::array::from_fn(|i| words[i].load(Ordering::Relaxed));
+        Self {
+            op: w[0] as u16,
+            flags: (w[0] >> 16) as u16,
+            generation: (w[0] >> 32) as u32,
+            key_len: w[1] as u32,
+            value_len: (w[1] >> 32) as u32,
+            arg: w[2],
+            arg2: w[3],
+        }
     }
 }
 
-/// The answer the server writes into a response slot.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct Response<V> {
-    /// A [`StatusCode`] as `u32`.
-    pub status: u32,
+/// An answer header, as a copy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Response {
+    /// A [`StatusCode`] as `u16`.
+    pub status: u16,
+    /// [`STAGED`], [`VALUE_TOO_LARGE`], [`MORE`].
+    pub flags: u16,
     /// The slot generation this answers (set by the slot table; the owner
     /// refuses an answer for another generation).
     pub generation: u32,
-    /// Op-specific small result (entries in a listing page, for example).
-    pub aux: u32,
-    /// Reserved (0).
-    pub reserved: u32,
-    /// The entry's version (GET, SET, POST, DEL) or the op's result.
+    /// The entry's version, or the op's result.
     pub version: u64,
-    /// The entry's last-modified time, unix nanoseconds (GET).
+    /// The entry's last-modified time (GET), or op-specific.
     pub modified_ns: u64,
-    /// The value (GET).
-    pub value: V,
+    /// Bytes of the value.
+    pub value_len: u32,
+    /// Op-specific.
+    pub aux: u32,
+    /// Op-specific.
+    pub aux64: u64,
 }
 
-impl<V: bytemuck::Zeroable> Response<V> {
-    /// A response with only a status.
+impl Response {
+    /// An answer with only a status.
     pub fn status(status: StatusCode) -> Self {
         Self {
-            status: status as u32,
-            generation: 0,
-            aux: 0,
-            reserved: 0,
-            version: 0,
-            modified_ns: 0,
-            value: V::zeroed(),
-        }
-    }
-}
-
-impl<V: bytemuck::Pod> Response<V> {
-    /// Writes `response` to `dst` as the answer to a request of `op` (`None`:
-    /// a request whose op could not be decoded) for slot generation
-    /// `generation`, field by field, the value only if the answer
-    /// [carries one](OpCode::answer_carries_value).
-    ///
-    /// # Safety
-    ///
-    /// `dst` is valid for writes of `Self` and aligned, and no one else
-    /// accesses the record during the call (in a response slot: the worker
-    /// holds it `Completing`).
-    pub unsafe fn encode(dst: *mut Self, op: Option<OpCode>, generation: u32, response: &Self) {
-        // SAFETY: as for `Request::encode`.
-        unsafe {
-            addr_of_mut!((*dst).status).write_volatile(response.status);
-            addr_of_mut!((*dst).generation).write_volatile(generation);
-            addr_of_mut!((*dst).aux).write_volatile(response.aux);
-            addr_of_mut!((*dst).reserved).write_volatile(0);
-            addr_of_mut!((*dst).version).write_volatile(response.version);
-            addr_of_mut!((*dst).modified_ns).write_volatile(response.modified_ns);
-            if op.is_some_and(|op| op.answer_carries_value(response.status)) {
-                addr_of_mut!((*dst).value).write_volatile(response.value);
-            }
+            status: status as u16,
+            ..Self::default()
         }
     }
 
-    /// Reads the answer to a request of `op` out of `src`: the status
-    /// first, then the value only if the answer carries one (zeros
-    /// otherwise). Validate the copy ([`Response::status_code`], the
-    /// generation).
-    ///
-    /// # Safety
-    ///
-    /// `src` is valid for reads of `Self` and aligned, and the writer's
-    /// writes happen before this call (in a response slot: after the
-    /// owner's Acquire load of `Ready`).
-    pub unsafe fn decode(src: *const Self, op: OpCode) -> Self {
-        // SAFETY: as for `Request::decode`.
-        unsafe {
-            let status = addr_of!((*src).status).read_volatile();
-            Response {
-                status,
-                generation: addr_of!((*src).generation).read_volatile(),
-                aux: addr_of!((*src).aux).read_volatile(),
-                reserved: 0,
-                version: addr_of!((*src).version).read_volatile(),
-                modified_ns: addr_of!((*src).modified_ns).read_volatile(),
-                value: if op.answer_carries_value(status) {
-                    addr_of!((*src).value).read_volatile()
-                } else {
-                    V::zeroed()
-                },
-            }
-        }
-    }
-}
-
-impl<V> Response<V> {
     /// The decoded status code.
     ///
     /// # Errors
@@ -389,22 +299,83 @@ impl<V> Response<V> {
     pub fn status_code(&self) -> Result<StatusCode, UnknownCode> {
         StatusCode::try_from(self.status)
     }
+
+    /// Whether the value is in the slot's data area (and fits it).
+    pub fn value_inline(&self) -> bool {
+        self.flags & (STAGED | VALUE_TOO_LARGE) == 0 && self.value_len as usize <= INLINE_BYTES
+    }
+
+    /// Stores the header into `words` with the slot's `generation`.
+    pub fn encode(&self, words: &[AtomicU64; RESPONSE_WORDS], generation: u32) {
+        let w = [
+            u64::from(self.status) | u64::from(self.flags) << 16 | u64::from(generation) << 32,
+            self.version,
+            self.modified_ns,
+            u64::from(self.value_len) | u64::from(self.aux) << 32,
+            self.aux64,
+        ];
+        for (slot, v) in words.iter().zip(w) {
+            slot.store(v, Ordering::Relaxed);
+        }
+    }
+
+    /// Loads a header from `words`. Validate the copy.
+    pub fn decode(words: &[AtomicU64; RESPONSE_WORDS]) -> Self {
+        let w: [u64; RESPONSE_WORDS] = std::array::from_fn(|i| words[i].load(Ordering::Relaxed));
+        Self {
+            status: w[0] as u16,
+            flags: (w[0] >> 16) as u16,
+            generation: (w[0] >> 32) as u32,
+            version: w[1],
+            modified_ns: w[2],
+            value_len: w[3] as u32,
+            aux: (w[3] >> 32) as u32,
+            aux64: w[4],
+        }
+    }
 }
 
-// SAFETY: `#[repr(C)]`, all fields `Zeroable`.
-unsafe impl<V: bytemuck::Zeroable> bytemuck::Zeroable for Response<V> {}
+/// Where a request's key and value lie in a data area: the key at 0, the
+/// value after it, each padded to 8 bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Payload {
+    /// Bytes of the key.
+    pub key_len: u64,
+    /// Bytes of the value.
+    pub value_len: u64,
+}
 
-impl<V: fmt::Debug> fmt::Debug for Response<V> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Response")
-            .field("status", &self.status)
-            .field("generation", &self.generation)
-            .field("aux", &self.aux)
-            .field("version", &self.version)
-            .field("modified_ns", &self.modified_ns)
-            .field("value", &self.value)
-            .finish()
+impl Payload {
+    /// The layout of a key and a value.
+    pub const fn new(key_len: u64, value_len: u64) -> Self {
+        Self { key_len, value_len }
     }
+
+    /// Offset of the value.
+    pub const fn value_at(&self) -> u64 {
+        self.key_len.div_ceil(8) * 8
+    }
+
+    /// Bytes of the whole payload.
+    pub const fn bytes(&self) -> u64 {
+        self.value_at() + self.value_len.div_ceil(8) * 8
+    }
+
+    /// Whether it fits a slot's data area.
+    pub const fn fits_inline(&self) -> bool {
+        self.bytes() <= INLINE_BYTES as u64
+    }
+}
+
+/// A staging buffer's reference as it travels in `arg`: its index and the
+/// generation of its claim.
+pub const fn staging_arg(index: u32, generation: u32) -> u64 {
+    index as u64 | (generation as u64) << 32
+}
+
+/// The index and generation in a staging `arg`.
+pub const fn staging_of(arg: u64) -> (u32, u32) {
+    (arg as u32, (arg >> 32) as u32)
 }
 
 #[cfg(all(test, not(loom)))]
@@ -415,52 +386,10 @@ mod tests {
     #[test]
     fn op_codes_round_trip() {
         for op in OpCode::ALL {
-            assert_eq!(OpCode::try_from(op as u32), Ok(op));
+            assert_eq!(OpCode::try_from(op as u16), Ok(op));
         }
         assert!(OpCode::try_from(0).is_err());
-        assert!(OpCode::try_from(u32::MAX).is_err());
-    }
-
-    #[test]
-    fn status_codes_round_trip() {
-        for s in StatusCode::ALL {
-            assert_eq!(StatusCode::try_from(s as u32), Ok(s));
-        }
-        assert!(StatusCode::try_from(7).is_err());
-    }
-
-    /// A record full of 0xee bytes, to see which fields an encode touched.
-    fn poisoned<T: bytemuck::Zeroable>() -> std::mem::MaybeUninit<T> {
-        let mut m = std::mem::MaybeUninit::<T>::uninit();
-        // SAFETY: writes size_of::<T>() bytes into the MaybeUninit's storage.
-        unsafe {
-            m.as_mut_ptr()
-                .cast::<u8>()
-                .write_bytes(0xee, std::mem::size_of::<T>())
-        };
-        m
-    }
-
-    #[test]
-    fn requests_round_trip_and_only_set_and_post_carry_a_value() {
-        for op in OpCode::ALL {
-            let mut m = poisoned::<Request<u64, u64>>();
-            // SAFETY: `m` is a local, aligned, exclusively ours; every
-            // field of `Request<u64, u64>` is initialised by the poison or
-            // the encode, and any bytes are valid `u64`/`u32`.
-            let (raw, decoded) = unsafe {
-                Request::encode(m.as_mut_ptr(), op, 9, 3, &42, Some(&7));
-                (m.assume_init(), Request::decode(m.as_ptr()))
-            };
-            assert_eq!(decoded.op(), Ok(op));
-            assert_eq!((decoded.generation, decoded.arg, decoded.key), (9, 3, 42));
-            if op.carries_value() {
-                assert_eq!((raw.value, decoded.value), (7, 7), "{op:?}");
-            } else {
-                assert_eq!(raw.value, 0xeeee_eeee_eeee_eeee, "{op:?} wrote a value");
-                assert_eq!(decoded.value, 0, "{op:?} read a value");
-            }
-        }
+        assert!(OpCode::try_from(u16::MAX).is_err());
         assert!(OpCode::ALL
             .iter()
             .filter(|op| op.carries_value())
@@ -468,87 +397,50 @@ mod tests {
     }
 
     #[test]
-    fn a_set_without_a_value_sends_zeros_and_garbage_ops_read_no_value() {
-        let mut m = poisoned::<Request<u64, u64>>();
-        // SAFETY: as above.
-        let decoded = unsafe {
-            Request::<u64, u64>::encode(m.as_mut_ptr(), OpCode::Set, 1, 0, &1, None);
-            Request::decode(m.as_ptr())
-        };
-        assert_eq!(decoded.value, 0);
-        // SAFETY: as above; then a scribbled op code.
-        let decoded = unsafe {
-            Request::<u64, u64>::encode(m.as_mut_ptr(), OpCode::Set, 1, 0, &1, Some(&5));
-            (*m.as_mut_ptr()).op = 99;
-            Request::decode(m.as_ptr())
-        };
-        assert!(decoded.op().is_err());
-        assert_eq!(decoded.value, 0);
+    fn status_codes_round_trip() {
+        for s in StatusCode::ALL {
+            assert_eq!(StatusCode::try_from(s as u16), Ok(s));
+        }
+        assert!(StatusCode::try_from(7).is_err());
     }
 
     #[test]
-    fn only_a_found_get_answers_with_a_value() {
-        let answer = Response::<u64> {
-            version: 4,
-            modified_ns: 5,
-            aux: 6,
-            value: 77,
-            ..Response::status(StatusCode::Ok)
-        };
-        for op in OpCode::ALL {
-            for status in StatusCode::ALL {
-                let sent = Response {
-                    status: status as u32,
-                    ..answer
-                };
-                let mut m = poisoned::<Response<u64>>();
-                // SAFETY: as above, for `Response<u64>`.
-                let (raw, got) = unsafe {
-                    Response::encode(m.as_mut_ptr(), Some(op), 8, &sent);
-                    (m.assume_init(), Response::decode(m.as_ptr(), op))
-                };
-                assert_eq!(got.status_code(), Ok(status));
-                assert_eq!(
-                    (got.generation, got.aux, got.version, got.modified_ns),
-                    (8, 6, 4, 5)
-                );
-                let carries = op == OpCode::Get && status == StatusCode::Ok;
-                assert_eq!(op.answer_carries_value(status as u32), carries);
-                if carries {
-                    assert_eq!((raw.value, got.value), (77, 77));
-                } else {
-                    assert_eq!(raw.value, 0xeeee_eeee_eeee_eeee, "{op:?} {status:?}");
-                    assert_eq!(got.value, 0, "{op:?} {status:?}");
-                }
-            }
-        }
-        // An answer to an undecodable request never carries a value.
-        let mut m = poisoned::<Response<u64>>();
-        // SAFETY: as above.
-        let raw = unsafe {
-            Response::encode(m.as_mut_ptr(), None, 1, &answer);
-            m.assume_init()
-        };
-        assert_eq!(raw.value, 0xeeee_eeee_eeee_eeee);
+    fn payloads_pad_key_and_value_to_words() {
+        let p = Payload::new(3, 9);
+        assert_eq!((p.value_at(), p.bytes()), (8, 24));
+        assert!(p.fits_inline());
+        assert!(!Payload::new(1000, 25).fits_inline());
+        assert!(Payload::new(INLINE_BYTES as u64, 0).fits_inline());
+        assert_eq!(staging_of(staging_arg(7, 9)), (7, 9));
     }
 
     proptest! {
-        /// Decoding arbitrary bytes as a request never panics and accepts
-        /// exactly the known op codes.
+        /// Headers round-trip through their words, field by field.
         #[test]
-        fn decoding_arbitrary_requests_never_panics(bytes in proptest::collection::vec(any::<u8>(), 32)) {
-            let mut req = Request::<u64, u64>::new(OpCode::Get, 0, 0, 0, 0);
-            // Fill the header fields from the bytes.
-            let w = |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
-            req.op = w(0);
-            req.generation = w(8);
-            req.arg = w(12);
-            let decoded = req.op();
-            prop_assert_eq!(decoded.is_ok(), (1..=7).contains(&req.op));
-            let mut resp = Response::<u64>::status(StatusCode::Ok);
-            resp.status = w(16);
-            resp.aux = w(20);
+        fn headers_round_trip(op in any::<u16>(), flags in any::<u16>(), generation in any::<u32>(),
+                              k in any::<u32>(), v in any::<u32>(), a in any::<u64>(), b in any::<u64>()) {
+            let words: [AtomicU64; REQUEST_WORDS] = Default::default();
+            let req = Request { op, flags, generation, key_len: k, value_len: v, arg: a, arg2: b };
+            req.encode(&words);
+            prop_assert_eq!(Request::decode(&words), req);
+            let words: [AtomicU64; RESPONSE_WORDS] = Default::default();
+            let resp = Response { status: op, flags, generation, version: a, modified_ns: b, value_len: k, aux: v, aux64: a ^ b };
+            resp.encode(&words, generation);
+            prop_assert_eq!(Response::decode(&words), resp);
+        }
+
+        /// Decoding arbitrary words never panics and accepts exactly the
+        /// known codes.
+        #[test]
+        fn decoding_arbitrary_words_never_panics(w in proptest::collection::vec(any::<u64>(), 5)) {
+            let req_words: [AtomicU64; REQUEST_WORDS] = std::array::from_fn(|i| AtomicU64::new(w[i]));
+            let req = Request::decode(&req_words);
+            prop_assert_eq!(req.op().is_ok(), (1..=7).contains(&req.op));
+            let resp_words: [AtomicU64; RESPONSE_WORDS] = std::array::from_fn(|i| AtomicU64::new(w[i]));
+            let resp = Response::decode(&resp_words);
             prop_assert_eq!(resp.status_code().is_ok(), resp.status <= 6);
+            let _ = resp.value_inline();
+            let _ = req.payload().bytes();
         }
     }
 }

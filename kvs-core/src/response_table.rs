@@ -74,26 +74,34 @@
 //! value.
 //!
 //! ```
-//! use kvs_core::protocol::{OpCode, Response, StatusCode};
+//! use kvs_core::protocol::{OpCode, Request, Response, StatusCode};
 //! use kvs_core::response_table::{Poll, SlotTableBuffer};
 //! use kvs_core::wait::SpinParker;
 //!
-//! let buf = SlotTableBuffer::<u64, u64>::new(4);
+//! let buf = SlotTableBuffer::new(4);
 //! let table = buf.table();
 //! let claim = table.claim(1).unwrap();
-//! table.write_request(&claim, OpCode::Get, 0, &7, None);
+//! let req = Request { op: OpCode::Get as u16, key_len: 3, ..Request::default() };
+//! assert!(table.write_request(&claim, &req, b"key", b""));
 //! assert!(table.mark_pending(&claim));
 //! // ... the server pops the index and answers:
 //! let begun = table.begin(claim.index).unwrap();
-//! assert_eq!(table.read_request(&begun).key, 7);
-//! let answer = Response { value: 70, ..Response::status(StatusCode::Ok) };
-//! table.complete(begun, Some(OpCode::Get), &answer, &SpinParker);
-//! assert!(matches!(table.poll(&claim, OpCode::Get), Poll::Ready(r) if r.value == 70));
+//! let got = table.read_request(&begun);
+//! let mut key = Vec::new();
+//! table.data(begun.index()).read_into(0, u64::from(got.key_len), &mut key).unwrap();
+//! assert_eq!(key, b"key");
+//! table.data(begun.index()).write_bytes(0, b"value", |_| {}).unwrap();
+//! let answer = Response { value_len: 5, ..Response::status(StatusCode::Ok) };
+//! table.complete(begun, &answer, &SpinParker);
+//! let mut value = Vec::new();
+//! assert!(matches!(table.poll(&claim, Some(&mut value)), Poll::Ready(r) if r.value_len == 5));
+//! assert_eq!(value, b"value");
 //! assert_eq!(table.free_count(), 4);
 //! ```
 
-use crate::protocol::{OpCode, Request, Response};
-use crate::sync::{AtomicU32, AtomicU64, Ordering, UnsafeCell};
+use crate::protocol::{Request, Response, INLINE_WORDS, REQUEST_WORDS, RESPONSE_WORDS};
+use crate::store::words::Words;
+use crate::sync::{AtomicU32, AtomicU64, Ordering};
 use crate::wait::{spin_then_yield, EventCount, Parker, SpinPolicy, SLEEP_SLICE};
 use crossbeam_utils::CachePadded;
 use std::fmt;
@@ -170,39 +178,55 @@ impl SlotWord {
     }
 }
 
-/// One slot: the control word, the owner's futex word, and the request and
-/// answer it carries.
+/// One slot: the control word, the owner's event count, the request and
+/// answer headers, and the data area they share (see [`crate::protocol`]).
+///
+/// ```text
+/// offset  size  field
+///      0     8  word: generation | owner | state
+///      8     8  event count (epoch, waiters)
+///     16     8  owner pid (diagnostics only), reserved
+///     24    32  request header (4 words)
+///     56    40  answer header (5 words)
+///     96  1024  data: the request's key and value, then the answer's value
+/// ```
 #[repr(C)]
 #[derive(Debug)]
-pub struct Slot<K, V> {
+pub struct Slot {
     /// Generation, owner and state; see the module docs.
     word: AtomicU64,
     /// The owner sleeps on it; the worker notifies it.
     ec: EventCount,
     /// The owner's pid, for diagnostics only (never trusted).
     owner_pid: AtomicU32,
+    _reserved: AtomicU32,
     /// Written by the owner while `Claimed`, read by the worker that began it.
-    request: UnsafeCell<Request<K, V>>,
+    request: [AtomicU64; REQUEST_WORDS],
     /// Written by the worker while `Completing`, read by the owner in `Ready`.
-    response: UnsafeCell<Response<V>>,
+    response: [AtomicU64; RESPONSE_WORDS],
+    /// The request's key and value (owner, while `Claimed`), then the
+    /// answer's value (worker, while `Completing`).
+    data: [AtomicU64; INLINE_WORDS],
 }
 
-impl<K, V> Slot<K, V> {
-    /// Byte offset of the request within a slot (for tools and tests that
-    /// reach into the region; see the byte table in `region::layout`).
-    pub const REQUEST_OFFSET: usize = std::mem::offset_of!(Slot<K, V>, request);
-    /// Byte offset of the answer within a slot.
-    pub const RESPONSE_OFFSET: usize = std::mem::offset_of!(Slot<K, V>, response);
-}
+impl Slot {
+    /// Byte offset of the request header within a slot (for tools and tests
+    /// that reach into the region).
+    pub const REQUEST_OFFSET: usize = std::mem::offset_of!(Slot, request);
+    /// Byte offset of the answer header within a slot.
+    pub const RESPONSE_OFFSET: usize = std::mem::offset_of!(Slot, response);
+    /// Byte offset of the data area within a slot.
+    pub const DATA_OFFSET: usize = std::mem::offset_of!(Slot, data);
 
-impl<K: bytemuck::Zeroable, V: bytemuck::Zeroable> Slot<K, V> {
     fn new() -> Self {
         Self {
             word: AtomicU64::new(0),
             ec: EventCount::new(),
             owner_pid: AtomicU32::new(0),
-            request: UnsafeCell::new(bytemuck::Zeroable::zeroed()),
-            response: UnsafeCell::new(bytemuck::Zeroable::zeroed()),
+            _reserved: AtomicU32::new(0),
+            request: std::array::from_fn(|_| AtomicU64::new(0)),
+            response: std::array::from_fn(|_| AtomicU64::new(0)),
+            data: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
 }
@@ -309,9 +333,9 @@ pub enum Completion {
 
 /// What a client's poll found.
 #[derive(Debug, Clone, Copy)]
-pub enum Poll<V> {
+pub enum Poll {
     /// The answer, taken; the slot is free again.
-    Ready(Response<V>),
+    Ready(Response),
     /// Not answered yet.
     Pending,
     /// The slot is no longer ours (reclaimed as if we were dead), or its
@@ -321,9 +345,9 @@ pub enum Poll<V> {
 
 /// How a client's wait ended.
 #[derive(Debug, Clone, Copy)]
-pub enum WaitOutcome<V> {
+pub enum WaitOutcome {
     /// The answer, taken; the slot is free again.
-    Ready(Response<V>),
+    Ready(Response),
     /// The deadline passed; the slot was abandoned.
     TimedOut,
     /// `server_alive` said no; the slot was abandoned.
@@ -349,20 +373,13 @@ impl StateCounts {
 }
 
 /// A view of a response table whose header and slots live elsewhere.
-pub struct SlotTable<'a, K, V> {
+#[derive(Clone, Copy)]
+pub struct SlotTable<'a> {
     header: &'a SlotTableHeader,
-    slots: &'a [CachePadded<Slot<K, V>>],
+    slots: &'a [CachePadded<Slot>],
 }
 
-impl<K, V> Clone for SlotTable<'_, K, V> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-
-impl<K, V> Copy for SlotTable<'_, K, V> {}
-
-impl<K, V> fmt::Debug for SlotTable<'_, K, V> {
+impl fmt::Debug for SlotTable<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SlotTable")
             .field("len", &self.slots.len())
@@ -370,13 +387,13 @@ impl<K, V> fmt::Debug for SlotTable<'_, K, V> {
     }
 }
 
-impl<'a, K: bytemuck::Pod, V: bytemuck::Pod> SlotTable<'a, K, V> {
+impl<'a> SlotTable<'a> {
     /// Wraps an initialised header and slots.
     ///
     /// # Panics
     ///
     /// If there are no slots, or more than `u32::MAX`.
-    pub fn new(header: &'a SlotTableHeader, slots: &'a [CachePadded<Slot<K, V>>]) -> Self {
+    pub fn new(header: &'a SlotTableHeader, slots: &'a [CachePadded<Slot>]) -> Self {
         assert!(
             !slots.is_empty(),
             "a response table needs at least one slot"
@@ -390,7 +407,7 @@ impl<'a, K: bytemuck::Pod, V: bytemuck::Pod> SlotTable<'a, K, V> {
     /// # Safety
     ///
     /// * `header` points to a `SlotTableHeader` and `slots` to `len`
-    ///   consecutive `CachePadded<Slot<K, V>>`, properly aligned, inside a
+    ///   consecutive `CachePadded<Slot>`, properly aligned, inside a
     ///   mapping that outlives `'a`;
     /// * every byte is initialised (zero-filled is a valid empty table) and
     ///   only accessed through atomics or this protocol;
@@ -398,11 +415,11 @@ impl<'a, K: bytemuck::Pod, V: bytemuck::Pod> SlotTable<'a, K, V> {
     #[cfg(not(loom))]
     pub unsafe fn from_raw(
         header: *const SlotTableHeader,
-        slots: *const CachePadded<Slot<K, V>>,
+        slots: *const CachePadded<Slot>,
         len: usize,
     ) -> Self {
-        // SAFETY: guaranteed by the caller; every field is an atomic or an
-        // `UnsafeCell`, so shared references allow cross-process mutation.
+        // SAFETY: guaranteed by the caller; every field is an atomic, so
+        // shared references allow cross-process mutation.
         let (header, slots) = unsafe { (&*header, std::slice::from_raw_parts(slots, len)) };
         Self::new(header, slots)
     }
@@ -430,7 +447,7 @@ impl<'a, K: bytemuck::Pod, V: bytemuck::Pod> SlotTable<'a, K, V> {
     }
 
     /// The slot at an index we produced ourselves (from a claim).
-    fn own_slot(&self, index: u32) -> &Slot<K, V> {
+    fn own_slot(&self, index: u32) -> &'a Slot {
         debug_assert!((index as usize) < self.slots.len());
         &self.slots[index as usize]
     }
@@ -478,16 +495,46 @@ impl<'a, K: bytemuck::Pod, V: bytemuck::Pod> SlotTable<'a, K, V> {
         None
     }
 
-    /// Writes a request for `op` into a claimed slot, straight from
-    /// references (no intermediate copy; see [`Request::encode`]: only the
-    /// fields `op` carries). Call before [`SlotTable::mark_pending`].
-    pub fn write_request(&self, claim: &Claim, op: OpCode, arg: u32, key: &K, value: Option<&V>) {
-        // SAFETY: the slot is `Claimed` by us (the caller's claim), so no
-        // worker reads the request until our Release CAS to `Pending`; the
-        // cell gives a valid, aligned pointer to the request.
-        self.own_slot(claim.index).request.with_mut(|p| unsafe {
-            Request::encode(p, op, claim.generation, arg, key, value);
-        });
+    /// Writes a request into a claimed slot: the header (with the claim's
+    /// generation) and, unless it is [`STAGED`](crate::protocol::STAGED),
+    /// the key and the value inline, straight from the caller's bytes. Call
+    /// before [`SlotTable::mark_pending`]. False (nothing usable written) if
+    /// an inline payload does not fit the data area.
+    pub fn write_request(
+        &self,
+        claim: &Claim,
+        request: &Request,
+        key: &[u8],
+        value: &[u8],
+    ) -> bool {
+        let slot = self.own_slot(claim.index);
+        let req = Request {
+            generation: claim.generation,
+            ..*request
+        };
+        if !req.staged() {
+            let data = Words::new(&slot.data);
+            let payload = req.payload();
+            if data.write_bytes(0, key, |_| {}).is_err()
+                || data.write_bytes(payload.value_at(), value, |_| {}).is_err()
+            {
+                return false;
+            }
+        }
+        // The slot is `Claimed` by us: no worker reads it until our Release
+        // CAS to `Pending` (mark_pending), which orders these stores.
+        req.encode(&slot.request);
+        true
+    }
+
+    /// The data area of slot `index` (the key and value of a request a
+    /// worker began, the answer it writes; the owner's own slot). Only the
+    /// party the slot protocol lets write it may write it.
+    pub fn data(&self, index: u32) -> Words<'a> {
+        match self.slots.get(index as usize) {
+            Some(slot) => Words::new(&slot.data),
+            None => Words::new(&[]),
+        }
     }
 
     /// Marks a claimed slot `Pending` (CAS `Claimed(g) -> Pending(g)`); call
@@ -534,28 +581,35 @@ impl<'a, K: bytemuck::Pod, V: bytemuck::Pod> SlotTable<'a, K, V> {
             || word == pack(claim.generation, claim.owner, SlotState::Completing)
     }
 
-    /// Takes the answer to a request of `op` if it is ready (its value only
-    /// if it carries one, see [`Response::decode`]).
-    pub fn poll(&self, claim: &Claim, op: OpCode) -> Poll<V> {
+    /// Takes the answer if it is ready, copying an inline value into
+    /// `value` (when given; cleared if the answer has none inline).
+    pub fn poll(&self, claim: &Claim, value: Option<&mut Vec<u8>>) -> Poll {
         let slot = self.own_slot(claim.index);
         // Acquire pairs with the server's Release (SeqCst) CAS to Ready.
         let word = slot.word.load(Ordering::Acquire);
         if Self::unanswered(word, claim) {
             Poll::Pending
         } else if word == pack(claim.generation, claim.owner, SlotState::Ready) {
-            self.take(slot, claim, op)
+            self.take(slot, claim, value)
         } else {
             Poll::Lost
         }
     }
 
-    /// Copies the answer out and frees the slot. The word is `Ready(g)`.
-    fn take(&self, slot: &Slot<K, V>, claim: &Claim, op: OpCode) -> Poll<V> {
-        // SAFETY: the word is `Ready` for our generation, so the server has
-        // finished writing (its Release CAS, our Acquire load) and nobody
-        // writes the answer until the slot is claimed again, which needs the
-        // `Free` we store below. The cell gives a valid, aligned pointer.
-        let response = slot.response.with(|p| unsafe { Response::decode(p, op) });
+    /// Copies the answer (and an inline value, into `value`) out and frees
+    /// the slot. The word is `Ready(g)`.
+    fn take(&self, slot: &Slot, claim: &Claim, value: Option<&mut Vec<u8>>) -> Poll {
+        // The word is `Ready` for our generation, so the server has finished
+        // writing (its Release CAS, our Acquire load) and nobody writes the
+        // answer until the slot is claimed again, which needs the `Free` we
+        // store below.
+        let response = Response::decode(&slot.response);
+        if let Some(out) = value {
+            out.clear();
+            if response.value_inline() && response.generation == claim.generation {
+                let _ = Words::new(&slot.data).read_into(0, u64::from(response.value_len), out);
+            }
+        }
         // Release: our read of the answer happens before the next claim.
         slot.word.store(
             pack(claim.generation, claim.owner, SlotState::Free),
@@ -570,9 +624,9 @@ impl<'a, K: bytemuck::Pod, V: bytemuck::Pod> SlotTable<'a, K, V> {
         }
     }
 
-    /// Gives up on a submitted request of `op`. If the answer arrived
-    /// meanwhile it is taken and returned.
-    pub fn abandon(&self, claim: &Claim, op: OpCode) -> Option<Response<V>> {
+    /// Gives up on a submitted request. If the answer arrived meanwhile it
+    /// is taken and returned (its value is dropped).
+    pub fn abandon(&self, claim: &Claim) -> Option<Response> {
         let slot = self.own_slot(claim.index);
         let abandoned = pack(claim.generation, claim.owner, SlotState::Abandoned);
         let mut current = slot.word.load(Ordering::Acquire);
@@ -590,7 +644,7 @@ impl<'a, K: bytemuck::Pod, V: bytemuck::Pod> SlotTable<'a, K, V> {
                     Err(w) => current = w,
                 }
             } else if current == pack(claim.generation, claim.owner, SlotState::Ready) {
-                return match self.take(slot, claim, op) {
+                return match self.take(slot, claim, None) {
                     Poll::Ready(r) => Some(r),
                     _ => None,
                 };
@@ -604,19 +658,19 @@ impl<'a, K: bytemuck::Pod, V: bytemuck::Pod> SlotTable<'a, K, V> {
 
     /// Waits for the answer: spins per `policy`, then sleeps on the slot's
     /// event count in slices of [`SLEEP_SLICE`], checking `server_alive` and
-    /// the deadline between slices; takes the answer to `op` as [`poll`](Self::poll)
+    /// the deadline between slices; takes the answer as [`poll`](Self::poll)
     /// does. The deadline is asked for only once the spinning is
     /// over (so a call answered while spinning reads no clock). On timeout
     /// or a dead server the request is abandoned.
     pub fn wait<P: Parker>(
         &self,
         claim: &Claim,
-        op: OpCode,
+        value: Option<&mut Vec<u8>>,
         policy: SpinPolicy,
         parker: &P,
         deadline: impl FnOnce() -> Option<Instant>,
         mut server_alive: impl FnMut() -> bool,
-    ) -> WaitOutcome<V> {
+    ) -> WaitOutcome {
         let slot = self.own_slot(claim.index);
         let answered = || !Self::unanswered(slot.word.load(Ordering::Acquire), claim);
         if !spin_then_yield(policy, answered) {
@@ -634,7 +688,7 @@ impl<'a, K: bytemuck::Pod, V: bytemuck::Pod> SlotTable<'a, K, V> {
                         let left = d.saturating_duration_since(Instant::now());
                         if left.is_zero() {
                             slot.ec.cancel();
-                            return self.give_up(claim, op, WaitOutcome::TimedOut);
+                            return self.give_up(claim, WaitOutcome::TimedOut);
                         }
                         left.min(SLEEP_SLICE)
                     }
@@ -645,20 +699,20 @@ impl<'a, K: bytemuck::Pod, V: bytemuck::Pod> SlotTable<'a, K, V> {
                     break;
                 }
                 if !server_alive() {
-                    return self.give_up(claim, op, WaitOutcome::ServerGone);
+                    return self.give_up(claim, WaitOutcome::ServerGone);
                 }
             }
         }
-        match self.poll(claim, op) {
+        match self.poll(claim, value) {
             Poll::Ready(r) => WaitOutcome::Ready(r),
             Poll::Lost => WaitOutcome::Lost,
             // Cannot happen after the word changed, but be total.
-            Poll::Pending => self.give_up(claim, op, WaitOutcome::Lost),
+            Poll::Pending => self.give_up(claim, WaitOutcome::Lost),
         }
     }
 
-    fn give_up(&self, claim: &Claim, op: OpCode, outcome: WaitOutcome<V>) -> WaitOutcome<V> {
-        match self.abandon(claim, op) {
+    fn give_up(&self, claim: &Claim, outcome: WaitOutcome) -> WaitOutcome {
+        match self.abandon(claim) {
             Some(r) => WaitOutcome::Ready(r),
             None => outcome,
         }
@@ -722,19 +776,16 @@ impl<'a, K: bytemuck::Pod, V: bytemuck::Pod> SlotTable<'a, K, V> {
         })
     }
 
-    /// Server side: the request of a begun slot, copied out (see
-    /// [`Request::decode`]). Validate the copy: a hostile process may have
-    /// written anything.
-    pub fn read_request(&self, begun: &Begun) -> Request<K, V> {
-        // SAFETY: we hold the slot (`Completing`, after an Acquire that pairs
-        // with the owner's Release), so the owner's writes are visible; the
-        // cell gives a valid, aligned pointer to the request.
-        self.own_slot(begun.index)
-            .request
-            .with(|p| unsafe { Request::decode(p) })
+    /// Server side: the request header of a begun slot, copied out (its key
+    /// and value are in [`data`](Self::data) or a staging buffer). Validate
+    /// the copy: a hostile process may have written anything.
+    pub fn read_request(&self, begun: &Begun) -> Request {
+        // We hold the slot (`Completing`, after an Acquire that pairs with
+        // the owner's Release), so the owner's stores are visible.
+        Request::decode(&self.own_slot(begun.index).request)
     }
 
-    fn free_abandoned(&self, slot: &Slot<K, V>, abandoned: u64) -> bool {
+    fn free_abandoned(&self, slot: &Slot, abandoned: u64) -> bool {
         let w = SlotWord::unpack(abandoned);
         // Release pairs with the next claimer's Acquire.
         slot.word
@@ -747,22 +798,14 @@ impl<'a, K: bytemuck::Pod, V: bytemuck::Pod> SlotTable<'a, K, V> {
             .is_ok()
     }
 
-    /// Server side: writes the answer to a request of `op` (`None`: the
-    /// request could not be decoded; see [`Response::encode`]), tagged with
-    /// the generation, and hands it to the owner, waking it if it sleeps.
-    pub fn complete<P: Parker>(
-        &self,
-        begun: Begun,
-        op: Option<OpCode>,
-        response: &Response<V>,
-        parker: &P,
-    ) -> Completion {
+    /// Server side: writes the answer header (tagged with the generation;
+    /// an inline value was written into [`data`](Self::data) before) and
+    /// hands it to the owner, waking it if it sleeps.
+    pub fn complete<P: Parker>(&self, begun: Begun, response: &Response, parker: &P) -> Completion {
         let slot = self.own_slot(begun.index);
-        // SAFETY: we hold the slot (`Completing` since `begin`): no one else
-        // writes the answer, and the owner reads it only after our CAS to
-        // `Ready` below. The cell gives a valid, aligned pointer.
-        slot.response
-            .with_mut(|p| unsafe { Response::encode(p, op, begun.generation, response) });
+        // We hold the slot (`Completing` since `begin`): no one else writes
+        // the answer, and the owner reads it only after our CAS to `Ready`.
+        response.encode(&slot.response, begun.generation);
         let ready = pack(begun.generation, begun.owner, SlotState::Ready);
         // SeqCst: Release publishes the answer (pairs with the owner's
         // Acquire in `poll`/`wait`), and SeqCst makes it the condition write
@@ -880,12 +923,12 @@ impl<'a, K: bytemuck::Pod, V: bytemuck::Pod> SlotTable<'a, K, V> {
 }
 
 /// A heap-backed response table: for tests and loom models.
-pub struct SlotTableBuffer<K, V> {
+pub struct SlotTableBuffer {
     header: SlotTableHeader,
-    slots: Box<[CachePadded<Slot<K, V>>]>,
+    slots: Box<[CachePadded<Slot>]>,
 }
 
-impl<K, V> fmt::Debug for SlotTableBuffer<K, V> {
+impl fmt::Debug for SlotTableBuffer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SlotTableBuffer")
             .field("len", &self.slots.len())
@@ -893,7 +936,7 @@ impl<K, V> fmt::Debug for SlotTableBuffer<K, V> {
     }
 }
 
-impl<K: bytemuck::Pod, V: bytemuck::Pod> SlotTableBuffer<K, V> {
+impl SlotTableBuffer {
     /// A table of `len` free slots.
     ///
     /// # Panics
@@ -908,7 +951,7 @@ impl<K: bytemuck::Pod, V: bytemuck::Pod> SlotTableBuffer<K, V> {
     }
 
     /// The table over this buffer.
-    pub fn table(&self) -> SlotTable<'_, K, V> {
+    pub fn table(&self) -> SlotTable<'_> {
         SlotTable::new(&self.header, &self.slots)
     }
 
@@ -922,89 +965,117 @@ impl<K: bytemuck::Pod, V: bytemuck::Pod> SlotTableBuffer<K, V> {
     }
 }
 
-// SAFETY: requests and answers are handed between threads only through the
-// slot protocol (Release/Acquire on the word); they are `Pod` data.
-unsafe impl<K: bytemuck::Pod + Send, V: bytemuck::Pod + Send> Sync for SlotTableBuffer<K, V> {}
-// SAFETY: as above.
-unsafe impl<K: bytemuck::Pod + Send, V: bytemuck::Pod + Send> Send for SlotTable<'_, K, V> {}
-// SAFETY: as above.
-unsafe impl<K: bytemuck::Pod + Send, V: bytemuck::Pod + Send> Sync for SlotTable<'_, K, V> {}
-
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
-    use crate::protocol::StatusCode;
+    use crate::protocol::{OpCode, StatusCode};
     use crate::wait::{FutexParker, SpinParker};
     use std::time::Duration;
 
-    type Table<'a> = SlotTable<'a, u64, u64>;
+    type Table<'a> = SlotTable<'a>;
 
-    fn ok(v: u64) -> Response<u64> {
+    fn ok(v: u64) -> Response {
         Response {
-            value: v,
-            version: 1,
+            version: v,
             ..Response::status(StatusCode::Ok)
+        }
+    }
+
+    /// A GET whose "key" travels in `arg` (the table does not look at it).
+    fn get_req(key: u64) -> Request {
+        Request {
+            op: OpCode::Get as u16,
+            arg: key,
+            ..Request::default()
         }
     }
 
     /// Claims and submits a GET of `key`.
     fn submit(t: &Table<'_>, owner: u32, key: u64) -> Claim {
         let c = t.claim(owner).unwrap();
-        t.write_request(&c, OpCode::Get, 0, &key, None);
+        t.write_request(&c, &get_req(key), b"", b"");
         assert!(t.mark_pending(&c));
         c
     }
 
     #[test]
     fn full_cycle_frees_the_slot() {
-        let buf = SlotTableBuffer::<u64, u64>::new(2);
+        let buf = SlotTableBuffer::new(2);
         let t = buf.table();
         let c = submit(&t, 3, 42);
         assert_eq!(c.generation, 1);
-        assert!(matches!(t.poll(&c, OpCode::Get), Poll::Pending));
+        assert!(matches!(t.poll(&c, None), Poll::Pending));
         let b = t.begin(c.index).unwrap();
         assert_eq!(b.owner(), 3);
         let req = t.read_request(&b);
         assert_eq!(
-            (req.op(), req.key, req.generation),
+            (req.op(), req.arg, req.generation),
             (Ok(OpCode::Get), 42, 1)
         );
         assert!(
-            matches!(t.poll(&c, OpCode::Get), Poll::Pending),
+            matches!(t.poll(&c, None), Poll::Pending),
             "Completing is unanswered"
         );
-        assert_eq!(
-            t.complete(b, Some(OpCode::Get), &ok(9), &SpinParker),
-            Completion::Delivered
-        );
-        match t.poll(&c, OpCode::Get) {
-            Poll::Ready(r) => assert_eq!((r.value, r.generation), (9, 1)),
+        assert_eq!(t.complete(b, &ok(9), &SpinParker), Completion::Delivered);
+        match t.poll(&c, None) {
+            Poll::Ready(r) => assert_eq!((r.version, r.generation), (9, 1)),
             other => panic!("{other:?}"),
         }
         assert_eq!(t.free_count(), 2);
     }
 
     #[test]
-    fn only_ops_with_a_value_carry_one() {
-        let buf = SlotTableBuffer::<u64, u64>::new(1);
+    fn keys_values_and_answers_travel_inline() {
+        let buf = SlotTableBuffer::new(1);
         let t = buf.table();
         let c = t.claim(0).unwrap();
-        t.write_request(&c, OpCode::Set, 0, &1, Some(&77));
+        let req = Request {
+            op: OpCode::Set as u16,
+            key_len: 3,
+            value_len: 11,
+            ..Request::default()
+        };
+        assert!(t.write_request(&c, &req, b"key", b"hello world"));
         assert!(t.mark_pending(&c));
         let b = t.begin(c.index).unwrap();
-        assert_eq!(t.read_request(&b).value, 77);
-        t.complete(b, Some(OpCode::Set), &ok(5), &SpinParker);
-        assert!(matches!(t.poll(&c, OpCode::Set), Poll::Ready(r) if r.value == 0));
+        let got = t.read_request(&b);
+        assert_eq!(
+            (got.op(), got.generation, got.key_len, got.value_len),
+            (Ok(OpCode::Set), c.generation, 3, 11)
+        );
+        let (mut k, mut v) = (Vec::new(), Vec::new());
+        let data = t.data(b.index());
+        data.read_into(0, 3, &mut k).unwrap();
+        data.read_into(got.payload().value_at(), 11, &mut v)
+            .unwrap();
+        assert_eq!(
+            (k.as_slice(), v.as_slice()),
+            (&b"key"[..], &b"hello world"[..])
+        );
+        data.write_bytes(0, b"answer", |_| {}).unwrap();
+        let answer = Response {
+            value_len: 6,
+            ..Response::status(StatusCode::Ok)
+        };
+        t.complete(b, &answer, &SpinParker);
+        let mut out = vec![1, 2, 3];
+        assert!(matches!(t.poll(&c, Some(&mut out)), Poll::Ready(r) if r.value_len == 6));
+        assert_eq!(out, b"answer");
+        // A payload that does not fit inline is refused, not truncated.
         let c = t.claim(0).unwrap();
-        t.write_request(&c, OpCode::Del, 0, &1, None);
-        assert!(t.mark_pending(&c));
-        let b = t.begin(c.index).unwrap();
-        assert_eq!(t.read_request(&b).value, 0, "DEL carries no value");
+        let big = vec![0u8; crate::protocol::INLINE_BYTES];
+        let req = Request {
+            op: OpCode::Set as u16,
+            key_len: 1,
+            value_len: big.len() as u32,
+            ..Request::default()
+        };
+        assert!(!t.write_request(&c, &req, b"k", &big));
     }
 
     #[test]
     fn claim_returns_none_when_all_slots_are_in_use() {
-        let buf = SlotTableBuffer::<u64, u64>::new(3);
+        let buf = SlotTableBuffer::new(3);
         let t = buf.table();
         let claims: Vec<_> = (0..3).map(|_| t.claim(0).unwrap()).collect();
         assert!(t.claim(0).is_none());
@@ -1017,7 +1088,7 @@ mod tests {
 
     #[test]
     fn mark_pending_refuses_a_slot_that_moved_on() {
-        let buf = SlotTableBuffer::<u64, u64>::new(1);
+        let buf = SlotTableBuffer::new(1);
         let t = buf.table();
         let c = t.claim(0).unwrap();
         buf.set_word(0, c.generation, c.owner, SlotState::Free as u32);
@@ -1027,38 +1098,32 @@ mod tests {
 
     #[test]
     fn server_drops_answer_of_abandoned_request() {
-        let buf = SlotTableBuffer::<u64, u64>::new(1);
+        let buf = SlotTableBuffer::new(1);
         let t = buf.table();
         let c = submit(&t, 0, 1);
         let b = t.begin(c.index).unwrap();
-        assert!(
-            t.abandon(&c, OpCode::Get).is_none(),
-            "abandoned while Completing"
-        );
-        assert_eq!(
-            t.complete(b, Some(OpCode::Get), &ok(1), &SpinParker),
-            Completion::Abandoned
-        );
+        assert!(t.abandon(&c).is_none(), "abandoned while Completing");
+        assert_eq!(t.complete(b, &ok(1), &SpinParker), Completion::Abandoned);
         assert_eq!(t.free_count(), 1);
     }
 
     #[test]
     fn abandon_after_ready_takes_the_answer() {
-        let buf = SlotTableBuffer::<u64, u64>::new(1);
+        let buf = SlotTableBuffer::new(1);
         let t = buf.table();
         let c = submit(&t, 0, 1);
         let b = t.begin(c.index).unwrap();
-        t.complete(b, Some(OpCode::Get), &ok(5), &SpinParker);
-        assert_eq!(t.abandon(&c, OpCode::Get).map(|r| r.value), Some(5));
+        t.complete(b, &ok(5), &SpinParker);
+        assert_eq!(t.abandon(&c).map(|r| r.version), Some(5));
         assert_eq!(t.free_count(), 1);
     }
 
     #[test]
     fn begin_takes_a_request_once_and_frees_abandoned_ones() {
-        let buf = SlotTableBuffer::<u64, u64>::new(2);
+        let buf = SlotTableBuffer::new(2);
         let t = buf.table();
         let c = submit(&t, 0, 1);
-        t.abandon(&c, OpCode::Get);
+        t.abandon(&c);
         assert_eq!(t.begin(c.index), Err(SlotError::Abandoned));
         assert_eq!(t.free_count(), 2);
         // The same index again: nothing pending.
@@ -1087,7 +1152,7 @@ mod tests {
     /// is refused.
     #[test]
     fn a_forged_word_never_hands_a_client_another_requests_answer() {
-        let buf = SlotTableBuffer::<u64, u64>::new(1);
+        let buf = SlotTableBuffer::new(1);
         let t = buf.table();
         let old = submit(&t, 0, 1);
         // Forged before the worker begins: nothing to begin, nothing written.
@@ -1095,8 +1160,8 @@ mod tests {
         assert!(t.begin(old.index).is_err());
         let honest = submit(&t, 1, 2);
         let b = t.begin(honest.index).unwrap();
-        t.complete(b, Some(OpCode::Get), &ok(22), &SpinParker);
-        assert!(matches!(t.poll(&honest, OpCode::Get), Poll::Ready(r) if r.value == 22));
+        t.complete(b, &ok(22), &SpinParker);
+        assert!(matches!(t.poll(&honest, None), Poll::Ready(r) if r.version == 22));
 
         // Forged while a worker holds it: the late answer is written into
         // the new owner's slot before its own worker begins, and refused.
@@ -1104,24 +1169,21 @@ mod tests {
         let late = t.begin(old.index).unwrap();
         buf.set_word(0, old.generation, 0, SlotState::Free as u32);
         let honest = submit(&t, 1, 4);
-        assert_eq!(
-            t.complete(late, Some(OpCode::Get), &ok(666), &SpinParker),
-            Completion::Stale
-        );
+        assert_eq!(t.complete(late, &ok(666), &SpinParker), Completion::Stale);
         // The late worker's bytes sit in the slot, but the word is Pending
         // for the honest client: nothing is taken yet...
-        assert!(matches!(t.poll(&honest, OpCode::Get), Poll::Pending));
+        assert!(matches!(t.poll(&honest, None), Poll::Pending));
         // ... and even a forged Ready cannot pass the old answer off.
         buf.set_word(0, honest.generation, 1, SlotState::Ready as u32);
-        assert!(matches!(t.poll(&honest, OpCode::Get), Poll::Lost));
+        assert!(matches!(t.poll(&honest, None), Poll::Lost));
     }
 
     #[test]
     fn stale_answer_never_reaches_a_later_claim() {
-        let buf = SlotTableBuffer::<u64, u64>::new(1);
+        let buf = SlotTableBuffer::new(1);
         let t = buf.table();
         let old = submit(&t, 0, 1);
-        t.abandon(&old, OpCode::Get);
+        t.abandon(&old);
         // The reclaimer frees the abandoned slot; a new client claims it.
         assert_eq!(t.reclaim(|_| false, |_| false), 1);
         let new = submit(&t, 1, 2);
@@ -1130,14 +1192,14 @@ mod tests {
         // The old index arrives late: it begins the current request, which
         // is the new client's own (written by it, answered to it).
         let b = t.begin(old.index).unwrap();
-        assert_eq!(t.read_request(&b).key, 2);
-        t.complete(b, Some(OpCode::Get), &ok(2), &SpinParker);
-        assert!(matches!(t.poll(&new, OpCode::Get), Poll::Ready(r) if r.value == 2));
+        assert_eq!(t.read_request(&b).arg, 2);
+        t.complete(b, &ok(2), &SpinParker);
+        assert!(matches!(t.poll(&new, None), Poll::Ready(r) if r.version == 2));
     }
 
     #[test]
     fn generation_wraps() {
-        let buf = SlotTableBuffer::<u64, u64>::new(1);
+        let buf = SlotTableBuffer::new(1);
         buf.set_word(0, u32::MAX, 0, SlotState::Free as u32);
         let t = buf.table();
         let c = submit(&t, 0, 1);
@@ -1148,7 +1210,7 @@ mod tests {
 
     #[test]
     fn reclaim_frees_what_dead_owners_left() {
-        let buf = SlotTableBuffer::<u64, u64>::new(6);
+        let buf = SlotTableBuffer::new(6);
         buf.set_word(0, 4, 7, SlotState::Claimed as u32);
         buf.set_word(1, 4, 7, SlotState::Pending as u32);
         buf.set_word(2, 4, 7, SlotState::Ready as u32);
@@ -1165,7 +1227,7 @@ mod tests {
 
     #[test]
     fn reclaim_leaves_slots_a_worker_is_answering() {
-        let buf = SlotTableBuffer::<u64, u64>::new(2);
+        let buf = SlotTableBuffer::new(2);
         buf.set_word(0, 4, 7, SlotState::Pending as u32);
         buf.set_word(1, 4, 7, SlotState::Completing as u32);
         let t = buf.table();
@@ -1176,7 +1238,7 @@ mod tests {
 
     #[test]
     fn wait_times_out_and_frees_after_server_answers() {
-        let buf = SlotTableBuffer::<u64, u64>::new(1);
+        let buf = SlotTableBuffer::new(1);
         let t = buf.table();
         let c = submit(&t, 0, 1);
         let deadline = Some(Instant::now() + Duration::from_millis(30));
@@ -1184,7 +1246,7 @@ mod tests {
             spins: 10,
             yields: 1,
         };
-        let out = t.wait(&c, OpCode::Get, policy, &FutexParker, || deadline, || true);
+        let out = t.wait(&c, None, policy, &FutexParker, || deadline, || true);
         assert!(matches!(out, WaitOutcome::TimedOut));
         assert_eq!(t.begin(c.index), Err(SlotError::Abandoned));
         assert_eq!(t.free_count(), 1);
@@ -1192,35 +1254,35 @@ mod tests {
 
     #[test]
     fn wait_reports_a_dead_server() {
-        let buf = SlotTableBuffer::<u64, u64>::new(1);
+        let buf = SlotTableBuffer::new(1);
         let t = buf.table();
         let c = submit(&t, 0, 1);
         let policy = SpinPolicy {
             spins: 10,
             yields: 1,
         };
-        let out = t.wait(&c, OpCode::Get, policy, &FutexParker, || None, || false);
+        let out = t.wait(&c, None, policy, &FutexParker, || None, || false);
         assert!(matches!(out, WaitOutcome::ServerGone));
     }
 
     #[test]
     fn sleeping_waiter_is_woken_by_complete() {
-        let buf = SlotTableBuffer::<u64, u64>::new(1);
+        let buf = SlotTableBuffer::new(1);
         let t = buf.table();
         let c = submit(&t, 0, 1);
         std::thread::scope(|s| {
             s.spawn(|| {
                 std::thread::sleep(Duration::from_millis(50));
                 let b = t.begin(c.index).unwrap();
-                t.complete(b, Some(OpCode::Get), &ok(11), &FutexParker);
+                t.complete(b, &ok(11), &FutexParker);
             });
             let policy = SpinPolicy {
                 spins: 1,
                 yields: 0,
             };
             let deadline = Some(Instant::now() + Duration::from_secs(10));
-            let out = t.wait(&c, OpCode::Get, policy, &FutexParker, || deadline, || true);
-            assert!(matches!(out, WaitOutcome::Ready(r) if r.value == 11));
+            let out = t.wait(&c, None, policy, &FutexParker, || deadline, || true);
+            assert!(matches!(out, WaitOutcome::Ready(r) if r.version == 11));
         });
     }
 }
@@ -1228,22 +1290,30 @@ mod tests {
 #[cfg(all(test, loom))]
 mod loom_tests {
     use super::*;
-    use crate::protocol::StatusCode;
+    use crate::protocol::{OpCode, StatusCode};
     use crate::wait::loom_tests::ParkParker;
     use crate::wait::SpinParker;
     use loom::sync::Arc;
     use loom::thread;
 
-    fn resp(v: u64) -> Response<u64> {
+    fn resp(v: u64) -> Response {
         Response {
-            value: v,
+            version: v,
             ..Response::status(StatusCode::Ok)
         }
     }
 
-    fn submit(t: &SlotTable<'_, u64, u64>, owner: u32, key: u64) -> Claim {
+    fn get_req(key: u64) -> Request {
+        Request {
+            op: OpCode::Get as u16,
+            arg: key,
+            ..Request::default()
+        }
+    }
+
+    fn submit(t: &SlotTable<'_>, owner: u32, key: u64) -> Claim {
         let c = t.claim(owner).unwrap();
-        t.write_request(&c, OpCode::Get, 0, &key, None);
+        t.write_request(&c, &get_req(key), b"", b"");
         assert!(t.mark_pending(&c));
         c
     }
@@ -1254,7 +1324,7 @@ mod loom_tests {
     #[test]
     fn sleeping_waiter_is_never_left_asleep() {
         loom::model(|| {
-            let buf = Arc::new(SlotTableBuffer::<u64, u64>::new(1));
+            let buf = Arc::new(SlotTableBuffer::new(1));
             let parker = Arc::new(ParkParker {
                 waiter: loom::sync::Mutex::new(None),
             });
@@ -1264,7 +1334,7 @@ mod loom_tests {
             let server = thread::spawn(move || {
                 let t = b2.table();
                 let b = t.begin(c.index).unwrap();
-                t.complete(b, Some(OpCode::Get), &resp(3), &*p2)
+                t.complete(b, &resp(3), &*p2)
             });
             let no_spin = SpinPolicy {
                 spins: 0,
@@ -1272,8 +1342,8 @@ mod loom_tests {
             };
             let out = buf
                 .table()
-                .wait(&c, OpCode::Get, no_spin, &*parker, || None, || true);
-            assert!(matches!(out, WaitOutcome::Ready(r) if r.value == 3));
+                .wait(&c, None, no_spin, &*parker, || None, || true);
+            assert!(matches!(out, WaitOutcome::Ready(r) if r.version == 3));
             assert_eq!(server.join().unwrap(), Completion::Delivered);
         });
     }
@@ -1284,20 +1354,20 @@ mod loom_tests {
     #[test]
     fn complete_races_abandon() {
         loom::model(|| {
-            let buf = Arc::new(SlotTableBuffer::<u64, u64>::new(1));
+            let buf = Arc::new(SlotTableBuffer::new(1));
             let c = submit(&buf.table(), 0, 1);
             let b2 = Arc::clone(&buf);
             let server = thread::spawn(move || {
                 let t = b2.table();
                 match t.begin(c.index) {
-                    Ok(b) => Some(t.complete(b, Some(OpCode::Get), &resp(7), &SpinParker)),
+                    Ok(b) => Some(t.complete(b, &resp(7), &SpinParker)),
                     Err(_) => None,
                 }
             });
-            let got = buf.table().abandon(&c, OpCode::Get);
+            let got = buf.table().abandon(&c);
             let completion = server.join().unwrap();
             match (got, completion) {
-                (Some(r), Some(Completion::Delivered)) => assert_eq!(r.value, 7),
+                (Some(r), Some(Completion::Delivered)) => assert_eq!(r.version, 7),
                 (None, Some(Completion::Abandoned)) | (None, None) => {}
                 other => panic!("unexpected outcome {other:?}"),
             }
@@ -1311,15 +1381,15 @@ mod loom_tests {
     #[test]
     fn claim_after_free_never_sees_stale_answer() {
         loom::model(|| {
-            let buf = Arc::new(SlotTableBuffer::<u64, u64>::new(1));
+            let buf = Arc::new(SlotTableBuffer::new(1));
             let old = submit(&buf.table(), 0, 666);
-            buf.table().abandon(&old, OpCode::Get);
+            buf.table().abandon(&old);
             let b2 = Arc::clone(&buf);
             let server = thread::spawn(move || {
                 let t = b2.table();
                 if let Ok(b) = t.begin(old.index) {
-                    let key = t.read_request(&b).key;
-                    t.complete(b, Some(OpCode::Get), &resp(key), &SpinParker);
+                    let key = t.read_request(&b).arg;
+                    t.complete(b, &resp(key), &SpinParker);
                 }
             });
             let b3 = Arc::clone(&buf);
@@ -1330,7 +1400,7 @@ mod loom_tests {
             let mut new = None;
             for _ in 0..3 {
                 if let Some(c) = t.claim(1) {
-                    t.write_request(&c, OpCode::Get, 0, &1, None);
+                    t.write_request(&c, &get_req(1), b"", b"");
                     t.mark_pending(&c);
                     new = Some(c);
                     break;
@@ -1341,15 +1411,13 @@ mod loom_tests {
             reclaimer.join().unwrap();
             if let Some(new) = new {
                 assert_ne!(new.generation, old.generation);
-                match t.poll(&new, OpCode::Get) {
+                match t.poll(&new, None) {
                     // The late worker began the new request: its own key.
-                    Poll::Ready(r) => assert_eq!(r.value, 1),
+                    Poll::Ready(r) => assert_eq!(r.version, 1),
                     Poll::Pending => {
                         let b = t.begin(new.index).unwrap();
-                        t.complete(b, Some(OpCode::Get), &resp(1), &SpinParker);
-                        assert!(
-                            matches!(t.poll(&new, OpCode::Get), Poll::Ready(r) if r.value == 1)
-                        );
+                        t.complete(b, &resp(1), &SpinParker);
+                        assert!(matches!(t.poll(&new, None), Poll::Ready(r) if r.version == 1));
                     }
                     Poll::Lost => panic!("the new claim was lost"),
                 }
@@ -1362,7 +1430,7 @@ mod loom_tests {
     #[test]
     fn generation_wrap() {
         loom::model(|| {
-            let buf = Arc::new(SlotTableBuffer::<u64, u64>::new(1));
+            let buf = Arc::new(SlotTableBuffer::new(1));
             buf.set_word(0, u32::MAX, 0, SlotState::Pending as u32);
             let b2 = Arc::clone(&buf);
             let client = thread::spawn(move || {
@@ -1372,10 +1440,10 @@ mod loom_tests {
                     generation: u32::MAX,
                     owner: 0,
                 };
-                t.abandon(&stale, OpCode::Get);
+                t.abandon(&stale);
                 let c = t.claim(0);
                 if let Some(c) = c {
-                    t.write_request(&c, OpCode::Get, 0, &5, None);
+                    t.write_request(&c, &get_req(5), b"", b"");
                     t.mark_pending(&c);
                 }
                 c
@@ -1386,14 +1454,14 @@ mod loom_tests {
             if let Ok(b) = begun {
                 // We began generation u32::MAX before the abandon, or the
                 // new use: either way our completion goes to that use only.
-                let c = t.complete(b, Some(OpCode::Get), &resp(5), &SpinParker);
+                let c = t.complete(b, &resp(5), &SpinParker);
                 if b.generation() == u32::MAX {
                     assert_ne!(c, Completion::Delivered);
                 }
             }
             if let Some(c) = client_claim {
                 assert_eq!(c.generation, 0);
-                match t.poll(&c, OpCode::Get) {
+                match t.poll(&c, None) {
                     Poll::Ready(r) => assert_eq!(r.generation, 0),
                     Poll::Pending => {}
                     Poll::Lost => panic!("the wrapped claim was lost"),

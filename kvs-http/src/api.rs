@@ -1,32 +1,61 @@
 //! The REST API: handlers, the JSON bodies, the error mapping and the
 //! OpenAPI document.
 //!
+//! Keys and values are bytes. In JSON (see [`crate::json`]), bytes that are
+//! valid UTF-8 travel as a string in `key`/`value`, any others as base64
+//! (standard, padded) in `key_base64`/`value_base64`: an answer carries
+//! exactly one field of each pair, and a request must give exactly one
+//! (both or neither is 400).
+//!
 //! | method and path | body in | answer |
 //! |---|---|---|
 //! | `GET /get/{key}` | | 200 [`EntryBody`], 404 |
+//! | `GET /get?key=K` or `?key_base64=B` | | 200 [`EntryBody`], 404 |
 //! | `POST /set` | [`KeyValue`] | 200 [`KeyValue`] |
 //! | `POST /post` | [`KeyValue`] | 201 [`KeyValue`], 409 when the key exists |
 //! | `DELETE /del/{key}` | | 200 [`KeyBody`], 404 |
-//! | `GET /status?cursor=&limit=&prefix=` | | 200 [`StatusBody`] |
+//! | `DELETE /del?key=K` or `?key_base64=B` | | 200 [`KeyBody`], 404 |
+//! | `GET /raw/{key}`, `GET /raw?key=K` or `?key_base64=B` | | 200 the value's bytes, 404 |
+//! | `PUT /raw/{key}`, `PUT /raw?key=K` or `?key_base64=B` | the value's bytes | 200 [`RawSetBody`] |
+//! | `GET /status?cursor=&limit=&prefix=` (or `prefix_base64=`) | | 200 [`StatusBody`] |
 //! | `GET /events` | | a server-sent-events stream (see [`crate::events`]) |
 //!
+//! `{key}` in a path is one percent-encoded segment whose bytes, decoded,
+//! must be UTF-8 (else 400); any other key goes in `?key_base64=`, whose
+//! `+` must be percent-encoded (`%2B`) like any query value (a `+` that
+//! arrives as a space is taken back as `+`: base64 has no spaces).
+//!
+//! `GET /raw` answers the value as it is stored, `Content-Type:
+//! application/octet-stream`, with its version in `X-Kvs-Version` and its
+//! last change (unix milliseconds) in `X-Kvs-Modified-Ms`. `PUT /raw` sets
+//! the key to the request body's bytes, whatever its content type.
+//!
+//! Request bodies are limited by the store's limits (see `limits` in
+//! `/status`, and [`crate::app`]): a `PUT /raw` body to the largest value,
+//! a JSON body to twice the largest key and value plus 64 KiB (room for
+//! base64 and escapes). A `/status` page holds at most `limit` entries, and
+//! fewer when their keys and values add up to more than [`PAGE_BYTES`].
+//!
 //! Every error answers `{"error": "..."}` ([`ErrorBody`]) with: 400 a
-//! malformed request, 401 a missing or wrong token, 404 absent, 409 exists,
-//! 413 key or value too long, 502 an answer the gateway cannot interpret,
-//! 503 the store is not reachable, 507 the store is full.
+//! malformed request (an empty key included), 401 a missing or wrong
+//! token, 404 absent, 409 exists, 413 key, value or body too long, 502 an
+//! answer the gateway cannot interpret, 503 the store is not reachable,
+//! 507 the store is full.
 //!
 //! Store calls block for microseconds while the server is up, and up to the
 //! client's timeout when it hangs, so each one runs on tokio's blocking pool.
 
 use crate::events::{self, GatewayEvent, PumpState};
+use crate::json::{self, FieldError};
 use crate::store::Connector;
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::header::{CONTENT_TYPE, X_CONTENT_TYPE_OPTIONS};
+use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use kvs_client::text::{KeyError, TextClient, TextEntry, TextError, ValueError};
-use kvs_client::ClientError;
+use kvs_client::{BytesClient, ClientError, ListCursor, ListedEntry};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use tokio::sync::{broadcast, watch};
@@ -45,57 +74,147 @@ pub struct AppState {
     pub pump: watch::Receiver<PumpState>,
 }
 
-/// A key and its value (the body of `/set` and `/post`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+/// A key and its value: the body of `/set` and `/post`, and their answer
+/// (where each comes back as text when it is UTF-8, else as base64).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"key": "greeting", "value": "hello world"}))]
 pub struct KeyValue {
-    /// The key: UTF-8 text, at most 63 bytes, no NUL.
+    /// The key as text (UTF-8), 1 byte up to the store's largest key (see
+    /// `limits` in `/status`). Give this or `key_base64`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(example = "greeting")]
-    pub key: String,
-    /// The value: UTF-8 text, at most the server's value size (255 bytes by
-    /// default, see `limits` in `/status`), no NUL.
+    pub key: Option<String>,
+    /// The key's bytes in standard, padded base64, for a key that is not
+    /// UTF-8. Give this or `key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(format = Byte)]
+    pub key_base64: Option<String>,
+    /// The value as text (UTF-8), up to the store's largest value. Give
+    /// this or `value_base64`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(example = "hello world")]
-    pub value: String,
+    pub value: Option<String>,
+    /// The value's bytes in standard, padded base64, for a value that is
+    /// not UTF-8. Give this or `value`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(format = Byte)]
+    pub value_base64: Option<String>,
 }
 
-/// A key (the answer of `/del`).
+impl KeyValue {
+    /// `key` and `value` in their JSON form.
+    pub fn from_bytes(key: Vec<u8>, value: Vec<u8>) -> Self {
+        let (key, key_base64) = json::to_fields(key);
+        let (value, value_base64) = json::to_fields(value);
+        Self {
+            key,
+            key_base64,
+            value,
+            value_base64,
+        }
+    }
+
+    /// The key's and the value's bytes.
+    ///
+    /// # Errors
+    ///
+    /// [`FieldError`] when a pair has both fields, neither, or bad base64.
+    pub fn to_bytes(&self) -> Result<(Vec<u8>, Vec<u8>), FieldError> {
+        let key = json::from_fields("key", self.key.as_deref(), self.key_base64.as_deref())?;
+        let value =
+            json::from_fields("value", self.value.as_deref(), self.value_base64.as_deref())?;
+        Ok((key, value))
+    }
+}
+
+/// A key: the answer of `/del` (text when UTF-8, else base64).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct KeyBody {
-    /// The key.
-    pub key: String,
+    /// The key, when it is UTF-8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// The key's bytes in base64, when it is not UTF-8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(format = Byte)]
+    pub key_base64: Option<String>,
 }
 
-/// An entry with its metadata.
+impl KeyBody {
+    /// `key` in its JSON form.
+    pub fn from_bytes(key: Vec<u8>) -> Self {
+        let (key, key_base64) = json::to_fields(key);
+        Self { key, key_base64 }
+    }
+}
+
+/// The answer of `PUT /raw`: the key, and how many bytes its value now has.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RawSetBody {
+    /// The key, when it is UTF-8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// The key's bytes in base64, when it is not UTF-8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(format = Byte)]
+    pub key_base64: Option<String>,
+    /// Bytes of the value stored.
+    pub value_bytes: u64,
+}
+
+/// An entry with its metadata (text fields when UTF-8, else base64).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"key": "greeting", "value_base64": "/wA=", "version": 42, "modified_ms": 1_700_000_000_000u64}))]
 pub struct EntryBody {
-    /// The key.
-    pub key: String,
-    /// The value.
-    pub value: String,
+    /// The key, when it is UTF-8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// The key's bytes in base64, when it is not UTF-8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(format = Byte)]
+    pub key_base64: Option<String>,
+    /// The value, when it is UTF-8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// The value's bytes in base64, when it is not UTF-8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(format = Byte)]
+    pub value_base64: Option<String>,
     /// The entry's version: the store's version at its last change.
     pub version: u64,
     /// Last change, unix milliseconds.
     pub modified_ms: u64,
 }
 
-impl From<TextEntry> for EntryBody {
-    fn from(e: TextEntry) -> Self {
+impl EntryBody {
+    /// An entry in its JSON form.
+    pub fn new(key: Vec<u8>, value: Vec<u8>, version: u64, modified_ns: u64) -> Self {
+        let (key, key_base64) = json::to_fields(key);
+        let (value, value_base64) = json::to_fields(value);
         Self {
-            key: e.key,
-            value: e.value,
-            version: e.version,
-            modified_ms: e.modified_ns / 1_000_000,
+            key,
+            key_base64,
+            value,
+            value_base64,
+            version,
+            modified_ms: modified_ns / 1_000_000,
         }
+    }
+}
+
+impl From<ListedEntry<Vec<u8>, Vec<u8>>> for EntryBody {
+    fn from(e: ListedEntry<Vec<u8>, Vec<u8>>) -> Self {
+        Self::new(e.key, e.value, e.version, e.modified_ns)
     }
 }
 
 /// The longest key and value the store accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct LimitsBody {
-    /// Longest key, in bytes.
-    pub key_max_bytes: usize,
-    /// Longest value, in bytes.
-    pub value_max_bytes: usize,
+    /// Longest key, in bytes (`kvs_server --max-key-size`).
+    pub key_max_bytes: u64,
+    /// Longest value, in bytes (`kvs_server --max-value-size`).
+    pub value_max_bytes: u64,
 }
 
 /// The store's state and one page of its entries.
@@ -120,13 +239,43 @@ pub struct StatusBody {
 /// The query of `/status`.
 #[derive(Debug, Clone, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct StatusQuery {
     /// The `next_cursor` of the previous page; absent for the first page.
     pub cursor: Option<String>,
-    /// Entries per page: 1 to 5000, 500 when absent.
+    /// Entries per page: 1 to 5000, 500 when absent (a page of large
+    /// values holds fewer, see `next_cursor`).
     pub limit: Option<usize>,
-    /// Only keys that start with this prefix.
+    /// Only keys that start with this text.
     pub prefix: Option<String>,
+    /// Only keys that start with these bytes (standard padded base64);
+    /// instead of `prefix`.
+    pub prefix_base64: Option<String>,
+}
+
+/// The query that names a key: `key` (text) or `key_base64`, one of them.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct KeyQuery {
+    /// The key as text.
+    pub key: Option<String>,
+    /// The key's bytes in standard, padded base64 (percent-encode `+`, `/`
+    /// and `=`).
+    pub key_base64: Option<String>,
+}
+
+impl KeyQuery {
+    /// The key's bytes. A query decodes `+` as a space, and base64 has no
+    /// spaces, so a space in `key_base64` is read as the `+` it was.
+    ///
+    /// # Errors
+    ///
+    /// [`FieldError`] for both fields, neither, or bad base64.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, FieldError> {
+        let base64 = self.key_base64.as_ref().map(|b| b.replace(' ', "+"));
+        json::from_fields("key", self.key.as_deref(), base64.as_deref())
+    }
 }
 
 /// The body of every error.
@@ -141,6 +290,14 @@ pub struct ErrorBody {
 pub const DEFAULT_PAGE: usize = 500;
 /// The largest `limit` of `/status`.
 pub const MAX_PAGE: usize = 5000;
+/// A `/status` page ends once its keys and values add up to this many
+/// bytes (it may go over by one entry): values may be large.
+pub const PAGE_BYTES: u64 = 8 << 20;
+
+/// The header of a raw answer that carries the entry's version.
+pub const VERSION_HEADER: &str = "x-kvs-version";
+/// The header of a raw answer that carries the last change, unix ms.
+pub const MODIFIED_HEADER: &str = "x-kvs-modified-ms";
 
 /// An error answer: a status code and a message, sent as [`ErrorBody`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -185,43 +342,55 @@ impl IntoResponse for ApiError {
     }
 }
 
-fn value_status(e: ValueError) -> StatusCode {
-    match e {
-        ValueError::TooLong { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-        ValueError::ContainsNul { .. } | ValueError::NotUtf8 => StatusCode::BAD_REQUEST,
-    }
-}
-
-impl From<TextError> for ApiError {
-    fn from(e: TextError) -> Self {
+impl From<ClientError> for ApiError {
+    fn from(e: ClientError) -> Self {
         let status = match &e {
-            TextError::Key(KeyError::TooLong { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
-            TextError::Key(_) => StatusCode::BAD_REQUEST,
-            TextError::Value(f) => value_status(*f),
-            TextError::Cursor(_) => StatusCode::BAD_REQUEST,
-            TextError::Prefix { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            TextError::NotText { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            TextError::Client(c) => match c {
-                ClientError::StoreFull => StatusCode::INSUFFICIENT_STORAGE,
-                ClientError::InvalidArgument(_) => StatusCode::BAD_REQUEST,
-                ClientError::Protocol(_) => StatusCode::BAD_GATEWAY,
-                // Connect, ServerGone, Timeout, RingFull, NoFreeSlot,
-                // SlotLost: the store is down, restarting or overloaded.
-                _ => StatusCode::SERVICE_UNAVAILABLE,
-            },
+            // An empty key is malformed, not too long.
+            ClientError::KeyLength { len: 0, .. } => StatusCode::BAD_REQUEST,
+            ClientError::KeyLength { .. } | ClientError::ValueLength { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
+            // A bad cursor, a prefix longer than any key.
+            ClientError::InvalidArgument(_) => StatusCode::BAD_REQUEST,
+            ClientError::StoreFull => StatusCode::INSUFFICIENT_STORAGE,
+            // Decode cannot happen with bytes; if it does, the answer was
+            // not what the gateway expects.
+            ClientError::Protocol(_) | ClientError::Decode(_) | ClientError::ServerFailed(_) => {
+                StatusCode::BAD_GATEWAY
+            }
+            // Connect, ServerGone, Timeout, RingFull, NoFreeSlot, SlotLost,
+            // NoBulkBuffer, Subscribe, Forked: the store is down,
+            // restarting or overloaded.
+            _ => StatusCode::SERVICE_UNAVAILABLE,
         };
         let message = match &e {
-            TextError::Client(
-                ClientError::Connect(_) | ClientError::ServerGone | ClientError::SlotLost,
-            ) => format!("the store is not reachable: {e}"),
+            ClientError::Connect(_) | ClientError::ServerGone | ClientError::SlotLost => {
+                format!("the store is not reachable: {e}")
+            }
             _ => e.to_string(),
         };
         Self::new(status, message)
     }
 }
 
+impl From<FieldError> for ApiError {
+    fn from(e: FieldError) -> Self {
+        Self::bad_request(e.to_string())
+    }
+}
+
 impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {
+        let status = match r.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => StatusCode::PAYLOAD_TOO_LARGE,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        Self::new(status, r.body_text())
+    }
+}
+
+impl From<BytesRejection> for ApiError {
+    fn from(r: BytesRejection) -> Self {
         let status = match r.status() {
             StatusCode::PAYLOAD_TOO_LARGE => StatusCode::PAYLOAD_TOO_LARGE,
             _ => StatusCode::BAD_REQUEST,
@@ -248,13 +417,13 @@ impl From<QueryRejection> for ApiError {
 async fn with_store<T, F>(state: &AppState, f: F) -> Result<T, ApiError>
 where
     T: Send + 'static,
-    F: FnOnce(&TextClient) -> Result<T, TextError> + Send + 'static,
+    F: FnOnce(&BytesClient) -> Result<T, ClientError> + Send + 'static,
 {
     let connector = Arc::clone(&state.connector);
     tokio::task::spawn_blocking(move || {
         let store = connector.store()?;
         let result = f(&store);
-        if let Err(TextError::Client(ClientError::ServerGone | ClientError::SlotLost)) = &result {
+        if let Err(ClientError::ServerGone | ClientError::SlotLost) = &result {
             connector.forget(&store);
         }
         result
@@ -269,16 +438,24 @@ where
     .map_err(ApiError::from)
 }
 
-/// The error answers of a call that names one key in the path.
+/// The error answers of a call that names one key.
 #[derive(utoipa::IntoResponses)]
 #[allow(dead_code)] // a description for the OpenAPI document only
 enum KeyErrors {
-    #[response(status = 400, description = "Malformed key")]
+    #[response(
+        status = 400,
+        description = "Malformed key (empty, not UTF-8 in a path, bad base64, both or neither of key and key_base64)"
+    )]
     Malformed(ErrorBody),
     #[response(status = 404, description = "No such key")]
     Absent(ErrorBody),
     #[response(status = 413, description = "Key too long")]
     TooLong(ErrorBody),
+    #[response(
+        status = 502,
+        description = "An answer from the store the gateway cannot interpret"
+    )]
+    Protocol(ErrorBody),
     #[response(status = 503, description = "Store not reachable")]
     Unreachable(ErrorBody),
 }
@@ -287,21 +464,55 @@ enum KeyErrors {
 #[derive(utoipa::IntoResponses)]
 #[allow(dead_code)] // a description for the OpenAPI document only
 enum WriteErrors {
-    #[response(status = 400, description = "Malformed request")]
+    #[response(
+        status = 400,
+        description = "Malformed request (bad JSON, both or neither of a field and its _base64, bad base64, an empty key)"
+    )]
     Malformed(ErrorBody),
-    #[response(status = 413, description = "Key or value too long")]
+    #[response(status = 413, description = "Key, value or request body too long")]
     TooLong(ErrorBody),
+    #[response(
+        status = 502,
+        description = "An answer from the store the gateway cannot interpret"
+    )]
+    Protocol(ErrorBody),
     #[response(status = 503, description = "Store not reachable")]
     Unreachable(ErrorBody),
     #[response(
         status = 507,
-        description = "Store full (a new key beyond the entry limit)"
+        description = "Store full (a new key beyond the entry or memory limit)"
     )]
     Full(ErrorBody),
 }
 
-fn not_found(key: &str) -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, format!("key {key:?} not found"))
+fn not_found(key: &[u8]) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("key {} not found", json::describe(key)),
+    )
+}
+
+fn path_key(key: Result<Path<String>, PathRejection>) -> Result<Vec<u8>, ApiError> {
+    let Path(key) = key?;
+    Ok(key.into_bytes())
+}
+
+fn query_key(query: Result<Query<KeyQuery>, QueryRejection>) -> Result<Vec<u8>, ApiError> {
+    let Query(q) = query?;
+    Ok(q.to_bytes()?)
+}
+
+/// The entry of `key`, or 404.
+async fn read_entry(state: &AppState, key: Vec<u8>) -> Result<EntryBody, ApiError> {
+    let (key, entry) = with_store(state, move |s| {
+        let entry = s.get_entry(&key)?;
+        Ok((key, entry))
+    })
+    .await?;
+    match entry {
+        Some(e) => Ok(EntryBody::new(key, e.value, e.version, e.modified_ns)),
+        None => Err(not_found(&key)),
+    }
 }
 
 /// The value of a key.
@@ -309,19 +520,29 @@ fn not_found(key: &str) -> ApiError {
     get,
     path = "/get/{key}",
     tag = "store",
-    params(("key" = String, Path, description = "The key (percent-encoded)")),
+    params(("key" = String, Path, description = "The key: UTF-8 text, percent-encoded (other bytes: GET /get?key_base64=)")),
     responses((status = 200, description = "The entry", body = EntryBody), KeyErrors)
 )]
 pub async fn get_key(
     State(state): State<AppState>,
     key: Result<Path<String>, PathRejection>,
 ) -> Result<Json<EntryBody>, ApiError> {
-    let Path(key) = key?;
-    let k = key.clone();
-    match with_store(&state, move |s| s.get(&k)).await? {
-        Some(e) => Ok(Json(e.into())),
-        None => Err(not_found(&key)),
-    }
+    Ok(Json(read_entry(&state, path_key(key)?).await?))
+}
+
+/// The value of a key named in the query (`key_base64` for any bytes).
+#[utoipa::path(
+    get,
+    path = "/get",
+    tag = "store",
+    params(KeyQuery),
+    responses((status = 200, description = "The entry", body = EntryBody), KeyErrors)
+)]
+pub async fn get_key_query(
+    State(state): State<AppState>,
+    query: Result<Query<KeyQuery>, QueryRejection>,
+) -> Result<Json<EntryBody>, ApiError> {
+    Ok(Json(read_entry(&state, query_key(query)?).await?))
 }
 
 /// Sets a key to a value, inserting or replacing.
@@ -337,9 +558,13 @@ pub async fn set_key(
     body: Result<Json<KeyValue>, JsonRejection>,
 ) -> Result<Json<KeyValue>, ApiError> {
     let Json(kv) = body?;
-    let sent = kv.clone();
-    with_store(&state, move |s| s.set(&sent.key, &sent.value)).await?;
-    Ok(Json(kv))
+    let (key, value) = kv.to_bytes()?;
+    let (key, value) = with_store(&state, move |s| {
+        s.set(&key, &value)?;
+        Ok((key, value))
+    })
+    .await?;
+    Ok(Json(KeyValue::from_bytes(key, value)))
 }
 
 /// Inserts a key only if it is absent.
@@ -359,14 +584,33 @@ pub async fn post_key(
     body: Result<Json<KeyValue>, JsonRejection>,
 ) -> Result<(StatusCode, Json<KeyValue>), ApiError> {
     let Json(kv) = body?;
-    let sent = kv.clone();
-    if with_store(&state, move |s| s.post(&sent.key, &sent.value)).await? {
-        Ok((StatusCode::CREATED, Json(kv)))
+    let (key, value) = kv.to_bytes()?;
+    let (inserted, key, value) = with_store(&state, move |s| {
+        let inserted = s.post(&key, &value)?;
+        Ok((inserted, key, value))
+    })
+    .await?;
+    if inserted {
+        Ok((StatusCode::CREATED, Json(KeyValue::from_bytes(key, value))))
     } else {
         Err(ApiError::new(
             StatusCode::CONFLICT,
-            format!("key {:?} already exists", kv.key),
+            format!("key {} already exists", json::describe(&key)),
         ))
+    }
+}
+
+/// Deletes `key`, or 404.
+async fn remove_key(state: &AppState, key: Vec<u8>) -> Result<KeyBody, ApiError> {
+    let (deleted, key) = with_store(state, move |s| {
+        let deleted = s.del(&key)?;
+        Ok((deleted, key))
+    })
+    .await?;
+    if deleted {
+        Ok(KeyBody::from_bytes(key))
+    } else {
+        Err(not_found(&key))
     }
 }
 
@@ -375,19 +619,196 @@ pub async fn post_key(
     delete,
     path = "/del/{key}",
     tag = "store",
-    params(("key" = String, Path, description = "The key (percent-encoded)")),
+    params(("key" = String, Path, description = "The key: UTF-8 text, percent-encoded (other bytes: DELETE /del?key_base64=)")),
     responses((status = 200, description = "Deleted", body = KeyBody), KeyErrors)
 )]
 pub async fn del_key(
     State(state): State<AppState>,
     key: Result<Path<String>, PathRejection>,
 ) -> Result<Json<KeyBody>, ApiError> {
-    let Path(key) = key?;
-    let k = key.clone();
-    if with_store(&state, move |s| s.del(&k)).await? {
-        Ok(Json(KeyBody { key }))
-    } else {
-        Err(not_found(&key))
+    Ok(Json(remove_key(&state, path_key(key)?).await?))
+}
+
+/// Deletes a key named in the query (`key_base64` for any bytes).
+#[utoipa::path(
+    delete,
+    path = "/del",
+    tag = "store",
+    params(KeyQuery),
+    responses((status = 200, description = "Deleted", body = KeyBody), KeyErrors)
+)]
+pub async fn del_key_query(
+    State(state): State<AppState>,
+    query: Result<Query<KeyQuery>, QueryRejection>,
+) -> Result<Json<KeyBody>, ApiError> {
+    Ok(Json(remove_key(&state, query_key(query)?).await?))
+}
+
+// The body of `GET` and `PUT /raw`, for the OpenAPI document only: the
+// handlers take and answer the bytes themselves.
+/// A value's bytes, as stored.
+#[derive(ToSchema)]
+#[schema(value_type = String, format = Binary)]
+#[allow(dead_code)]
+struct RawBytes(Vec<u8>);
+
+/// The value of `key` as an `application/octet-stream` answer, or 404.
+async fn read_raw(state: &AppState, key: Vec<u8>) -> Result<Response, ApiError> {
+    let (key, entry) = with_store(state, move |s| {
+        let entry = s.get_entry(&key)?;
+        Ok((key, entry))
+    })
+    .await?;
+    let Some(e) = entry else {
+        return Err(not_found(&key));
+    };
+    Ok((
+        [
+            (
+                CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            ),
+            (X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")),
+            (
+                HeaderName::from_static(VERSION_HEADER),
+                HeaderValue::from(e.version),
+            ),
+            (
+                HeaderName::from_static(MODIFIED_HEADER),
+                HeaderValue::from(e.modified_ns / 1_000_000),
+            ),
+        ],
+        e.value,
+    )
+        .into_response())
+}
+
+/// Sets `key` to the body's bytes.
+async fn write_raw(
+    state: &AppState,
+    key: Vec<u8>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<RawSetBody, ApiError> {
+    let value = Vec::from(body?);
+    let (key, value_bytes) = with_store(state, move |s| {
+        s.set(&key, &value)?;
+        Ok((key, value.len() as u64))
+    })
+    .await?;
+    let (key, key_base64) = json::to_fields(key);
+    Ok(RawSetBody {
+        key,
+        key_base64,
+        value_bytes,
+    })
+}
+
+/// The value of a key as it is stored, as bytes.
+#[utoipa::path(
+    get,
+    path = "/raw/{key}",
+    tag = "raw",
+    params(("key" = String, Path, description = "The key: UTF-8 text, percent-encoded (other bytes: GET /raw?key_base64=)")),
+    responses(
+        (status = 200, description = "The value's bytes", content_type = "application/octet-stream", body = inline(RawBytes),
+            headers(
+                ("X-Kvs-Version" = u64, description = "The entry's version"),
+                ("X-Kvs-Modified-Ms" = u64, description = "Its last change, unix milliseconds"),
+            )),
+        KeyErrors
+    )
+)]
+pub async fn raw_get(
+    State(state): State<AppState>,
+    key: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    read_raw(&state, path_key(key)?).await
+}
+
+/// The value of a key named in the query, as bytes.
+#[utoipa::path(
+    get,
+    path = "/raw",
+    tag = "raw",
+    params(KeyQuery),
+    responses(
+        (status = 200, description = "The value's bytes", content_type = "application/octet-stream", body = inline(RawBytes),
+            headers(
+                ("X-Kvs-Version" = u64, description = "The entry's version"),
+                ("X-Kvs-Modified-Ms" = u64, description = "Its last change, unix milliseconds"),
+            )),
+        KeyErrors
+    )
+)]
+pub async fn raw_get_query(
+    State(state): State<AppState>,
+    query: Result<Query<KeyQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    read_raw(&state, query_key(query)?).await
+}
+
+/// Sets a key to the request body's bytes (any content type), inserting or
+/// replacing. The body is at most the store's largest value.
+#[utoipa::path(
+    put,
+    path = "/raw/{key}",
+    tag = "raw",
+    params(("key" = String, Path, description = "The key: UTF-8 text, percent-encoded (other bytes: PUT /raw?key_base64=)")),
+    request_body(content = inline(RawBytes), content_type = "application/octet-stream", description = "The value's bytes"),
+    responses((status = 200, description = "Set", body = RawSetBody), WriteErrors)
+)]
+pub async fn raw_put(
+    State(state): State<AppState>,
+    key: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<RawSetBody>, ApiError> {
+    Ok(Json(write_raw(&state, path_key(key)?, body).await?))
+}
+
+/// Sets a key named in the query to the request body's bytes.
+#[utoipa::path(
+    put,
+    path = "/raw",
+    tag = "raw",
+    params(KeyQuery),
+    request_body(content = inline(RawBytes), content_type = "application/octet-stream", description = "The value's bytes"),
+    responses((status = 200, description = "Set", body = RawSetBody), WriteErrors)
+)]
+pub async fn raw_put_query(
+    State(state): State<AppState>,
+    query: Result<Query<KeyQuery>, QueryRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<RawSetBody>, ApiError> {
+    Ok(Json(write_raw(&state, query_key(query)?, body).await?))
+}
+
+/// Up to `limit` entries from `cursor`, fewer once they add up to
+/// [`PAGE_BYTES`]: the listing is read in pieces small enough that even
+/// values of the largest size cannot take it far over.
+fn list_bounded(
+    s: &BytesClient,
+    prefix: &[u8],
+    mut cursor: Option<ListCursor>,
+    limit: usize,
+) -> Result<(Vec<EntryBody>, Option<ListCursor>), ClientError> {
+    let (max_key, max_value) = s.limits();
+    let largest = max_key.saturating_add(max_value).max(1);
+    let mut entries = Vec::new();
+    let mut bytes = 0u64;
+    loop {
+        let room = PAGE_BYTES.saturating_sub(bytes);
+        let piece = usize::try_from(room / largest)
+            .unwrap_or(usize::MAX)
+            .clamp(1, limit - entries.len());
+        let page = s.list_page(prefix, cursor, piece)?;
+        for e in page.entries {
+            bytes = bytes.saturating_add((e.key.len() + e.value.len()) as u64);
+            entries.push(EntryBody::from(e));
+        }
+        cursor = page.next;
+        if cursor.is_none() || entries.len() >= limit || bytes >= PAGE_BYTES {
+            return Ok((entries, cursor));
+        }
     }
 }
 
@@ -399,7 +820,8 @@ pub async fn del_key(
     params(StatusQuery),
     responses(
         (status = 200, description = "Status and entries", body = StatusBody),
-        (status = 400, description = "Malformed query or cursor", body = ErrorBody),
+        (status = 400, description = "Malformed query, cursor or prefix", body = ErrorBody),
+        (status = 502, description = "An answer from the store the gateway cannot interpret", body = ErrorBody),
         (status = 503, description = "Store not reachable", body = ErrorBody),
     )
 )]
@@ -414,25 +836,34 @@ pub async fn status(
             "limit must be between 1 and {MAX_PAGE}, not {limit}"
         )));
     }
+    let prefix = match (q.prefix, q.prefix_base64) {
+        (None, None) => Vec::new(),
+        (text, base64) => json::from_fields(
+            "prefix",
+            text.as_deref(),
+            base64.map(|b| b.replace(' ', "+")).as_deref(),
+        )?,
+    };
+    let cursor = q
+        .cursor
+        .as_deref()
+        .map(str::parse::<ListCursor>)
+        .transpose()?;
     with_store(&state, move |s| {
         let st = s.status()?;
-        let page = s.list_page(
-            q.prefix.as_deref().unwrap_or(""),
-            q.cursor.as_deref(),
-            limit,
-        )?;
-        let limits = s.limits();
+        let (entries, next) = list_bounded(s, &prefix, cursor, limit)?;
+        let (key_max_bytes, value_max_bytes) = s.limits();
         Ok(StatusBody {
             region: st.region,
             version: st.version,
             entry_count: st.entries,
             max_entries: st.max_entries,
             limits: LimitsBody {
-                key_max_bytes: limits.key_max_bytes,
-                value_max_bytes: limits.value_max_bytes,
+                key_max_bytes,
+                value_max_bytes,
             },
-            entries: page.entries.into_iter().map(EntryBody::from).collect(),
-            next_cursor: page.next,
+            entries,
+            next_cursor: next.map(|c| c.to_string()),
         })
     })
     .await
@@ -442,8 +873,10 @@ pub async fn status(
 /// A server-sent-events stream of changes.
 ///
 /// Events: `ready` (subscribed: load the table now; every change after it
-/// is delivered), `change`
-/// (`{"key","value","version","modified_ms"}`), `delete` (`{"key","version"}`), `resync`
+/// is delivered), `change` (`{"key" or "key_base64", "value" or
+/// "value_base64", "value_bytes", "version", "modified_ms"}`; a value over
+/// 16 KiB comes without `value`/`value_base64`: read it with `/get` or
+/// `/raw`), `delete` (`{"key" or "key_base64", "version"}`), `resync`
 /// (changes were missed or the server restarted: reload from `/status`),
 /// `unavailable` (`{"error"}`: the store is not reachable).
 #[utoipa::path(
@@ -483,12 +916,36 @@ impl utoipa::Modify for BearerToken {
 #[openapi(
     info(
         title = "kvs_http",
-        description = "REST gateway of a kvs store: text keys (up to 63 bytes) and values (up to the server's value size). Every error answers {\"error\": \"...\"}. When the gateway runs with --token, every request needs `Authorization: Bearer TOKEN`."
+        description = "REST gateway of a kvs store. Keys (1 byte up to the server's --max-key-size) and values (up to its --max-value-size) are bytes: in JSON, bytes that are UTF-8 travel as a string in `key`/`value`, others as standard padded base64 in `key_base64`/`value_base64` (exactly one of each pair); /raw reads and writes a value's bytes as application/octet-stream. Every error answers {\"error\": \"...\"}. When the gateway runs with --token, every request needs `Authorization: Bearer TOKEN`."
     ),
-    paths(get_key, set_key, post_key, del_key, status, events),
-    components(schemas(KeyValue, KeyBody, EntryBody, LimitsBody, StatusBody, ErrorBody)),
+    paths(
+        get_key,
+        get_key_query,
+        set_key,
+        post_key,
+        del_key,
+        del_key_query,
+        raw_get,
+        raw_get_query,
+        raw_put,
+        raw_put_query,
+        status,
+        events
+    ),
+    components(schemas(
+        KeyValue,
+        KeyBody,
+        RawSetBody,
+        EntryBody,
+        LimitsBody,
+        StatusBody,
+        ErrorBody
+    )),
     modifiers(&BearerToken),
-    tags((name = "store", description = "The key-value store"))
+    tags(
+        (name = "store", description = "The key-value store, in JSON"),
+        (name = "raw", description = "Values as bytes (application/octet-stream)")
+    )
 )]
 pub struct ApiDoc;
 
@@ -497,30 +954,36 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    fn status_of(e: TextError) -> StatusCode {
+    fn status_of(e: ClientError) -> StatusCode {
         ApiError::from(e).status
     }
 
     #[test]
     fn store_errors_map_to_the_documented_codes() {
-        let too_long = ValueError::TooLong { len: 64, max: 63 };
         assert_eq!(
-            status_of(TextError::Key(KeyError::TooLong { len: 64, max: 63 })),
+            status_of(ClientError::KeyLength {
+                len: 2000,
+                max: 1024
+            }),
             StatusCode::PAYLOAD_TOO_LARGE
         );
         assert_eq!(
-            status_of(TextError::Value(too_long)),
+            status_of(ClientError::ValueLength {
+                len: 2000,
+                max: 1024
+            }),
             StatusCode::PAYLOAD_TOO_LARGE
         );
-        for bad in [KeyError::Empty, KeyError::Control { found: '\0', at: 1 }] {
-            assert_eq!(status_of(TextError::Key(bad)), StatusCode::BAD_REQUEST);
-        }
         assert_eq!(
-            status_of(TextError::Cursor("x".into())),
+            status_of(ClientError::KeyLength { len: 0, max: 1024 }),
             StatusCode::BAD_REQUEST
         );
         assert_eq!(
-            status_of(TextError::Client(ClientError::StoreFull)),
+            status_of(ClientError::InvalidArgument("cursor".into())),
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            status_of(ClientError::StoreFull),
             StatusCode::INSUFFICIENT_STORAGE
         );
         for unreachable in [
@@ -528,20 +991,93 @@ mod tests {
             ClientError::SlotLost,
             ClientError::RingFull,
             ClientError::NoFreeSlot,
+            ClientError::NoBulkBuffer,
+            ClientError::Forked { pid: 1 },
             ClientError::Timeout {
                 op: "get",
                 after: Duration::from_secs(1),
             },
         ] {
-            assert_eq!(
-                status_of(TextError::Client(unreachable)),
-                StatusCode::SERVICE_UNAVAILABLE
-            );
+            assert_eq!(status_of(unreachable), StatusCode::SERVICE_UNAVAILABLE);
         }
+        for protocol in [
+            ClientError::Protocol("?".into()),
+            ClientError::ServerFailed("?".into()),
+            ClientError::Decode(kvs_client::DecodeError::WrongLength {
+                expected: 8,
+                found: 3,
+            }),
+        ] {
+            assert_eq!(status_of(protocol), StatusCode::BAD_GATEWAY);
+        }
+    }
+
+    #[test]
+    fn field_errors_are_400() {
+        for e in [
+            FieldError::Both { name: "key" },
+            FieldError::Neither { name: "value" },
+            FieldError::Base64 {
+                name: "key",
+                reason: "x".into(),
+            },
+        ] {
+            assert_eq!(ApiError::from(e).status, StatusCode::BAD_REQUEST);
+        }
+    }
+
+    #[test]
+    fn bodies_take_text_or_base64_and_answer_the_same_way() {
+        let kv: KeyValue = serde_json::from_str(r#"{"key": "k", "value_base64": "/wA="}"#).unwrap();
+        assert_eq!(kv.to_bytes().unwrap(), (b"k".to_vec(), vec![0xff, 0]));
+        let back =
+            serde_json::to_value(KeyValue::from_bytes(b"k".to_vec(), vec![0xff, 0])).unwrap();
         assert_eq!(
-            status_of(TextError::Client(ClientError::Protocol("?".into()))),
-            StatusCode::BAD_GATEWAY
+            back,
+            serde_json::json!({"key": "k", "value_base64": "/wA="})
         );
+        // Base64 of text comes back as text.
+        let kv: KeyValue = serde_json::from_str(r#"{"key_base64": "aGk=", "value": "v"}"#).unwrap();
+        let (k, v) = kv.to_bytes().unwrap();
+        assert_eq!(
+            serde_json::to_value(KeyValue::from_bytes(k, v)).unwrap(),
+            serde_json::json!({"key": "hi", "value": "v"})
+        );
+        for bad in [
+            r#"{"key": "k", "key_base64": "aw==", "value": "v"}"#,
+            r#"{"value": "v"}"#,
+            r#"{"key": "k"}"#,
+            r#"{"key": "k", "value": "v", "value_base64": "dg=="}"#,
+            r#"{"key": "k", "value_base64": "not base64"}"#,
+        ] {
+            let kv: KeyValue = serde_json::from_str(bad).unwrap();
+            assert!(kv.to_bytes().is_err(), "{bad}");
+        }
+        assert!(
+            serde_json::from_str::<KeyValue>(r#"{"key": "k", "value": "v", "ttl": 1}"#).is_err()
+        );
+        let entry =
+            serde_json::to_value(EntryBody::new(vec![0x80], b"v".to_vec(), 3, 4_000_000)).unwrap();
+        assert_eq!(
+            entry,
+            serde_json::json!({"key_base64": "gA==", "value": "v", "version": 3, "modified_ms": 4})
+        );
+    }
+
+    #[test]
+    fn a_query_key_survives_a_plus_read_as_a_space() {
+        // "+/8=" sent unencoded arrives as " /8=".
+        let q = KeyQuery {
+            key: None,
+            key_base64: Some(" /8=".into()),
+        };
+        assert_eq!(q.to_bytes().unwrap(), vec![0xfb, 0xff]);
+        let q = KeyQuery {
+            key: Some("a b".into()),
+            key_base64: None,
+        };
+        assert_eq!(q.to_bytes().unwrap(), b"a b".to_vec());
+        assert!(KeyQuery::default().to_bytes().is_err());
     }
 
     #[test]
@@ -557,25 +1093,61 @@ mod tests {
             c.sort();
             c
         };
-        assert_eq!(
-            codes("/get/{key}", "get"),
-            ["200", "400", "404", "413", "503"]
-        );
-        assert_eq!(
-            codes("/del/{key}", "delete"),
-            ["200", "400", "404", "413", "503"]
-        );
-        assert_eq!(codes("/set", "post"), ["200", "400", "413", "503", "507"]);
+        let key_calls = ["200", "400", "404", "413", "502", "503"];
+        for (path, method) in [
+            ("/get/{key}", "get"),
+            ("/get", "get"),
+            ("/del/{key}", "delete"),
+            ("/del", "delete"),
+            ("/raw/{key}", "get"),
+            ("/raw", "get"),
+        ] {
+            assert_eq!(codes(path, method), key_calls, "{method} {path}");
+        }
+        let writes = ["200", "400", "413", "502", "503", "507"];
+        for (path, method) in [("/set", "post"), ("/raw/{key}", "put"), ("/raw", "put")] {
+            assert_eq!(codes(path, method), writes, "{method} {path}");
+        }
         assert_eq!(
             codes("/post", "post"),
-            ["201", "400", "409", "413", "503", "507"]
+            ["201", "400", "409", "413", "502", "503", "507"]
         );
-        assert_eq!(codes("/status", "get"), ["200", "400", "503"]);
+        assert_eq!(codes("/status", "get"), ["200", "400", "502", "503"]);
+        assert_eq!(codes("/events", "get"), ["200"]);
+        // Every call of the document is one the gateway serves, and the
+        // raw answers say what they are.
+        let calls: usize = doc["paths"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|p| p.as_object().unwrap().len())
+            .sum();
+        assert_eq!(calls, 12);
+        let raw = &doc["paths"]["/raw/{key}"]["get"]["responses"]["200"];
+        assert!(
+            raw["content"]["application/octet-stream"].is_object(),
+            "{raw}"
+        );
+        assert!(raw["headers"]["X-Kvs-Version"].is_object(), "{raw}");
+        assert!(raw["headers"]["X-Kvs-Modified-Ms"].is_object(), "{raw}");
+        assert_eq!(
+            raw["content"]["application/octet-stream"]["schema"]["format"],
+            "binary"
+        );
+        let put = &doc["paths"]["/raw/{key}"]["put"]["requestBody"]["content"];
+        assert_eq!(
+            put["application/octet-stream"]["schema"]["format"], "binary",
+            "{put}"
+        );
+        let kv = &doc["components"]["schemas"]["KeyValue"]["properties"];
+        for field in ["key", "key_base64", "value", "value_base64"] {
+            assert!(kv[field].is_object(), "KeyValue lacks {field}");
+        }
     }
 
     #[test]
     fn unreachable_messages_say_so() {
-        let e = ApiError::from(TextError::Client(ClientError::ServerGone));
+        let e = ApiError::from(ClientError::ServerGone);
         assert_eq!(
             e.message,
             "the store is not reachable: the server is gone (it stopped, died or is shutting down)"

@@ -1,11 +1,17 @@
 //! The whole HTTP application: the API routes (behind the token when one is
 //! set), the page's static files, the OpenAPI document and Swagger UI, and
 //! JSON answers for unknown paths and methods.
+//!
+//! Request bodies are buffered by a middleware up to a limit that follows
+//! the store the gateway is connected to (its `limits()`): a `PUT /raw`
+//! body may be as long as the largest value, a JSON body
+//! [`json_body_limit`]. A longer one is answered 413.
 
 use crate::api::{self, ApiDoc, ApiError, AppState};
 use crate::auth;
+use crate::store::Connector;
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, Request};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::header::{
     CACHE_CONTROL, CONNECTION, CONTENT_LENGTH, CONTENT_SECURITY_POLICY, CONTENT_TYPE,
 };
@@ -15,6 +21,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{middleware, Router};
 use futures_util::StreamExt;
+use http_body::Body as _;
 use std::sync::Arc;
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
@@ -29,41 +36,110 @@ const PAGE_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self';
     connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; \
     frame-ancestors 'none'";
 
-/// Largest request body: a key and a 4 KiB value in JSON, with room.
-const BODY_LIMIT: usize = 64 * 1024;
+/// The limits assumed (`kvs_server`'s defaults: 1 KiB keys, 1 MiB values)
+/// while no server has been reached yet; the handler answers 503 then
+/// anyway.
+pub const DEFAULT_LIMITS: (u64, u64) = (1 << 10, 1 << 20);
 
-/// A body over [`BODY_LIMIT`] is still read (and dropped) up to this many
-/// bytes before the 413 goes out: a server that answers and closes while
+/// Room in a JSON body beyond twice the largest key and value: the field
+/// names, and escapes.
+const JSON_ROOM: u64 = 64 * 1024;
+
+/// A body over its limit is still read (and dropped) up to this many bytes
+/// more before the 413 goes out: a server that answers and closes while
 /// the client is still sending makes the kernel reset the connection, and
 /// the client sees a broken pipe instead of the answer. Bodies declared
-/// larger than this are answered at once, and the connection closed.
-const DRAIN_LIMIT: u64 = 16 * 1024 * 1024;
+/// larger than that are answered at once, and the connection closed.
+const DRAIN_ROOM: u64 = 16 * 1024 * 1024;
 
-fn body_too_large() -> Response {
-    ApiError::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        format!("the request body is over {} KiB", BODY_LIMIT / 1024),
-    )
-    .into_response()
+/// The largest JSON body for a store whose largest key and value are
+/// `max_key` and `max_value` bytes: twice both (base64 takes 4/3, text
+/// with a few escapes a little more), plus 64 KiB.
+pub fn json_body_limit(max_key: u64, max_value: u64) -> u64 {
+    max_key
+        .saturating_add(max_value)
+        .saturating_mul(2)
+        .saturating_add(JSON_ROOM)
 }
 
-/// Middleware: buffers a request body of at most [`BODY_LIMIT`] bytes for
-/// the handler; a longer one is drained and answered 413 (see
-/// [`DRAIN_LIMIT`]). The time a body may take is bounded by the body
-/// timeout of [`crate::serve`].
-async fn limit_body(request: Request, next: Next) -> Response {
+/// Which limit a route's bodies have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyKind {
+    /// A JSON body: [`json_body_limit`].
+    Json,
+    /// A value's bytes (`PUT /raw`): the largest value.
+    Raw,
+}
+
+/// The state of [`limit_body`]: where the limits come from, and which.
+#[derive(Debug, Clone)]
+struct BodyLimit {
+    connector: Arc<Connector>,
+    kind: BodyKind,
+}
+
+impl BodyLimit {
+    /// The limit for the store now: from the live connection, else from a
+    /// new one (the handler would make it anyway), else from the last
+    /// server reached, else [`DEFAULT_LIMITS`].
+    async fn bytes(&self) -> u64 {
+        let (max_key, max_value) = match self.connector.live_limits() {
+            Some(l) => l,
+            None => {
+                let connector = Arc::clone(&self.connector);
+                match tokio::task::spawn_blocking(move || connector.store().map(|s| s.limits()))
+                    .await
+                {
+                    Ok(Ok(l)) => l,
+                    _ => self.connector.last_limits().unwrap_or(DEFAULT_LIMITS),
+                }
+            }
+        };
+        match self.kind {
+            BodyKind::Json => json_body_limit(max_key, max_value),
+            BodyKind::Raw => max_value,
+        }
+    }
+
+    fn too_large(&self, limit: u64) -> Response {
+        let message = match self.kind {
+            BodyKind::Json => format!(
+                "the request body is over {limit} bytes (send a large value with PUT /raw/{{key}})"
+            ),
+            BodyKind::Raw => {
+                format!("the request body is over {limit} bytes, the store's largest value")
+            }
+        };
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, message).into_response()
+    }
+}
+
+fn closing(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
+/// Middleware: buffers a request body of at most the route's limit (see
+/// [`BodyLimit::bytes`]) for the handler; a longer one is drained and
+/// answered 413 (see [`DRAIN_ROOM`]). The time a body may take is bounded
+/// by the body timeout of [`crate::serve`].
+async fn limit_body(State(limit): State<BodyLimit>, request: Request, next: Next) -> Response {
     let (parts, body) = request.into_parts();
+    if body.is_end_stream() {
+        // No body (GET, DELETE): nothing to buffer or bound.
+        return next.run(Request::from_parts(parts, body)).await;
+    }
+    let max = limit.bytes().await;
+    let drain = max.saturating_add(DRAIN_ROOM);
     let declared = parts
         .headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > DRAIN_LIMIT) {
-        let mut response = body_too_large();
-        response
-            .headers_mut()
-            .insert(CONNECTION, HeaderValue::from_static("close"));
-        return response;
+    if declared.is_some_and(|n| n > drain) {
+        return closing(limit.too_large(max));
     }
     let mut body = body.into_data_stream();
     let mut kept = Vec::new();
@@ -90,20 +166,16 @@ async fn limit_body(request: Request, next: Next) -> Response {
                 };
             }
         };
-        total += chunk.len() as u64;
-        if total > DRAIN_LIMIT {
-            let mut response = body_too_large();
-            response
-                .headers_mut()
-                .insert(CONNECTION, HeaderValue::from_static("close"));
-            return response;
+        total = total.saturating_add(chunk.len() as u64);
+        if total > drain {
+            return closing(limit.too_large(max));
         }
-        if total <= BODY_LIMIT as u64 {
+        if total <= max {
             kept.extend_from_slice(&chunk);
         }
     }
-    if total > BODY_LIMIT as u64 {
-        return body_too_large();
+    if total > max {
+        return limit.too_large(max);
     }
     next.run(Request::from_parts(parts, Body::from(kept))).await
 }
@@ -123,15 +195,33 @@ fn asset(content_type: &'static str, body: &'static str) -> impl IntoResponse {
 /// `loopback_only` (a gateway on loopback without a token), requests must
 /// name a loopback host (see `auth::require_loopback_host`).
 pub fn router(state: AppState, token: Option<Arc<str>>, loopback_only: bool) -> Router {
-    let mut api = Router::new()
+    let limit = |kind| {
+        middleware::from_fn_with_state(
+            BodyLimit {
+                connector: Arc::clone(&state.connector),
+                kind,
+            },
+            limit_body,
+        )
+    };
+    let json = Router::new()
         .route("/get/{key}", get(api::get_key))
+        .route("/get", get(api::get_key_query))
         .route("/set", post(api::set_key))
         .route("/post", post(api::post_key))
         .route("/del/{key}", delete(api::del_key))
+        .route("/del", delete(api::del_key_query))
         .route("/status", get(api::status))
         .route("/events", get(api::events))
-        .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .layer(middleware::from_fn(limit_body))
+        .layer(limit(BodyKind::Json));
+    let raw = Router::new()
+        .route("/raw/{key}", get(api::raw_get).put(api::raw_put))
+        .route("/raw", get(api::raw_get_query).put(api::raw_put_query))
+        .layer(limit(BodyKind::Raw));
+    // limit_body has bounded and buffered every body already.
+    let mut api = json
+        .merge(raw)
+        .layer(DefaultBodyLimit::disable())
         .with_state(state);
     if let Some(token) = token {
         api = api.route_layer(middleware::from_fn_with_state(token, auth::require_token));

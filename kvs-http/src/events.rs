@@ -8,6 +8,12 @@
 //! subscription's queue overflowed, a slow stream lagged behind the channel,
 //! or the server was restarted.
 //!
+//! Keys and values travel as everywhere in the API (see [`crate::json`]):
+//! text when UTF-8, base64 otherwise. A `change` carries the value only up
+//! to [`EVENT_VALUE_MAX`] bytes, and always its size (`value_bytes`): the
+//! channel keeps events until the slowest stream has read them, and values
+//! may be megabytes.
+//!
 //! ```no_run
 //! use kvs_http::events::Pump;
 //! use kvs_http::store::Connector;
@@ -20,9 +26,10 @@
 //! pump.stop();
 //! ```
 
+use crate::json;
 use crate::store::Connector;
 use axum::response::sse::{Event, KeepAlive, Sse};
-use kvs_client::text::{TextChange, TextClient, TextFeed};
+use kvs_client::{BytesClient, ChangeEvent, Subscription};
 use serde::Serialize;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,16 +41,35 @@ use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::{Stream, StreamExt};
 
-/// One event for the `/events` streams.
+/// The largest value a `change` event carries; a larger one is announced
+/// by its size only (the page reads it with `/get`). Events wait in the
+/// fan-out channel until the slowest stream has taken them, so this bounds
+/// the memory that a lagging stream can hold (a few thousand events).
+pub const EVENT_VALUE_MAX: usize = 16 << 10;
+
+/// One event for the `/events` streams. Keys and values follow the JSON
+/// rules of [`crate::json`]: text when UTF-8, else base64.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum GatewayEvent {
     /// A key was set or inserted.
     Change {
-        /// The key.
-        key: String,
-        /// The new value.
-        value: String,
+        /// The key, when it is UTF-8.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        key: Option<String>,
+        /// The key in base64, when it is not UTF-8.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        key_base64: Option<String>,
+        /// The new value, when it is UTF-8 and at most
+        /// [`EVENT_VALUE_MAX`] bytes.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        value: Option<String>,
+        /// The new value in base64, when it is not UTF-8 and at most
+        /// [`EVENT_VALUE_MAX`] bytes.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        value_base64: Option<String>,
+        /// Bytes of the new value (carried or not).
+        value_bytes: u64,
         /// The entry's version.
         version: u64,
         /// When the change was made, unix milliseconds.
@@ -51,8 +77,12 @@ pub enum GatewayEvent {
     },
     /// A key was deleted.
     Delete {
-        /// The key.
-        key: String,
+        /// The key, when it is UTF-8.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        key: Option<String>,
+        /// The key in base64, when it is not UTF-8.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        key_base64: Option<String>,
         /// The store's version at the deletion.
         version: u64,
     },
@@ -68,6 +98,47 @@ pub enum GatewayEvent {
     },
     /// The gateway is shutting down: streams end (not sent to clients).
     Shutdown,
+}
+
+impl From<ChangeEvent<Vec<u8>, Vec<u8>>> for GatewayEvent {
+    fn from(change: ChangeEvent<Vec<u8>, Vec<u8>>) -> Self {
+        match change {
+            ChangeEvent::Changed {
+                key,
+                value,
+                version,
+                modified_ns,
+            } => {
+                let (key, key_base64) = json::to_fields(key);
+                let value_bytes = value.len() as u64;
+                let (value, value_base64) = if value.len() <= EVENT_VALUE_MAX {
+                    json::to_fields(value)
+                } else {
+                    (None, None)
+                };
+                GatewayEvent::Change {
+                    key,
+                    key_base64,
+                    value,
+                    value_base64,
+                    value_bytes,
+                    version,
+                    modified_ms: modified_ns / 1_000_000,
+                }
+            }
+            ChangeEvent::Deleted { key, version } => {
+                let (key, key_base64) = json::to_fields(key);
+                GatewayEvent::Delete {
+                    key,
+                    key_base64,
+                    version,
+                }
+            }
+            ChangeEvent::Missed => GatewayEvent::Resync {
+                reason: "the subscription missed changes".into(),
+            },
+        }
+    }
 }
 
 impl GatewayEvent {
@@ -259,13 +330,16 @@ impl Outage {
     }
 }
 
+/// The pump's subscription to every key.
+type Feed = Subscription<Vec<u8>, Vec<u8>>;
+
 fn run(
     connector: &Connector,
     tx: &broadcast::Sender<GatewayEvent>,
     state: &watch::Sender<PumpState>,
     stop: &AtomicBool,
 ) {
-    let mut feed: Option<(Arc<TextClient>, TextFeed)> = None;
+    let mut feed: Option<(Arc<BytesClient>, Feed)> = None;
     let mut outage = Outage::default();
     // Grows with every failure (subscribing, or a subscription that ends
     // at once) up to MAX_BACKOFF; back to POLL once events flow.
@@ -311,24 +385,7 @@ fn run(
         match sub.next_timeout(POLL) {
             Ok(Some(change)) => {
                 backoff = POLL;
-                let event = match change {
-                    TextChange::Changed {
-                        key,
-                        value,
-                        version,
-                        modified_ns,
-                    } => GatewayEvent::Change {
-                        key,
-                        value,
-                        version,
-                        modified_ms: modified_ns / 1_000_000,
-                    },
-                    TextChange::Deleted { key, version } => GatewayEvent::Delete { key, version },
-                    TextChange::Missed => GatewayEvent::Resync {
-                        reason: "the subscription missed changes".into(),
-                    },
-                };
-                let _ = tx.send(event);
+                let _ = tx.send(GatewayEvent::from(change));
             }
             Ok(None) => {
                 backoff = POLL;
@@ -349,5 +406,49 @@ fn run(
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_carry_text_base64_or_only_the_size() {
+        let change = |key: &[u8], value: Vec<u8>| {
+            serde_json::to_value(GatewayEvent::from(ChangeEvent::Changed {
+                key: key.to_vec(),
+                value,
+                version: 7,
+                modified_ns: 5_000_000,
+            }))
+            .unwrap()
+        };
+        assert_eq!(
+            change(b"k", b"v".to_vec()),
+            serde_json::json!({"type": "change", "key": "k", "value": "v", "value_bytes": 1, "version": 7, "modified_ms": 5})
+        );
+        assert_eq!(
+            change(&[0xff], vec![0, 0xfe]),
+            serde_json::json!({"type": "change", "key_base64": "/w==", "value_base64": "AP4=", "value_bytes": 2, "version": 7, "modified_ms": 5})
+        );
+        let big = change(b"k", vec![b'x'; EVENT_VALUE_MAX + 1]);
+        assert_eq!(
+            big,
+            serde_json::json!({"type": "change", "key": "k", "value_bytes": EVENT_VALUE_MAX + 1, "version": 7, "modified_ms": 5})
+        );
+        assert!(change(b"k", vec![b'x'; EVENT_VALUE_MAX])["value"].is_string());
+        let deleted = GatewayEvent::from(ChangeEvent::<Vec<u8>, Vec<u8>>::Deleted {
+            key: vec![0x80],
+            version: 9,
+        });
+        assert_eq!(
+            serde_json::to_value(deleted).unwrap(),
+            serde_json::json!({"type": "delete", "key_base64": "gA==", "version": 9})
+        );
+        assert_eq!(
+            GatewayEvent::from(ChangeEvent::<Vec<u8>, Vec<u8>>::Missed).name(),
+            "resync"
+        );
     }
 }

@@ -1,17 +1,20 @@
 //! `kvs_http`: a REST gateway and a live web page in front of a kvs server.
 //!
-//! The gateway is an ordinary [`kvs_client::KVSClient`] of the region,
-//! behind an [`axum`] application:
+//! The gateway is an ordinary [`kvs_client::BytesClient`] of the region,
+//! behind an [`axum`] application. Keys and values are bytes: JSON carries
+//! them as strings when they are UTF-8 and as base64 otherwise, and `/raw`
+//! reads and writes a value's bytes as they are.
 //!
-//! * [`store`]: the connection, with the value class erased and reconnection
-//!   when the server restarts;
-//! * [`api`]: the JSON endpoints, the error mapping and the OpenAPI
+//! * [`store`]: the connection, and reconnection when the server restarts;
+//! * [`json`]: bytes in JSON (text, or base64 with a `_base64` field);
+//! * [`api`]: the JSON and raw endpoints, the error mapping and the OpenAPI
 //!   document (served at `/openapi.json`, with Swagger UI at `/docs`);
 //! * [`events`]: the thread that turns one subscription into the `/events`
 //!   server-sent-events streams;
 //! * [`auth`]: the optional bearer token;
-//! * [`app`]: the routes, and the page (`/`, plain HTML, CSS and a small
-//!   script embedded in the binary);
+//! * [`app`]: the routes, the request-body limits that follow the store's,
+//!   and the page (`/`, plain HTML, CSS and a small script embedded in the
+//!   binary);
 //! * [`serve`]: the accept loop, with a connection limit and timeouts for
 //!   request heads, idle keep-alive connections and request bodies;
 //! * [`gateway`]: all of it as one value: bind, then serve until told to
@@ -41,5 +44,6 @@ pub mod app;
 pub mod auth;
 pub mod events;
 pub mod gateway;
+pub mod json;
 pub mod serve;
 pub mod store;

@@ -93,11 +93,7 @@ enum Conn {
     Pidfd { fd: OwnedFd, conn: u64 },
 }
 
-pub(crate) fn spawn<K, V>(shared: Arc<Shared<K, V>>, listener: OwnedFd) -> std::io::Result<Acceptor>
-where
-    K: bytemuck::Pod + Eq + std::hash::Hash + Send + Sync,
-    V: bytemuck::Pod + Send + Sync,
-{
+pub(crate) fn spawn(shared: Arc<Shared>, listener: OwnedFd) -> std::io::Result<Acceptor> {
     let wake = Arc::new(
         EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
             .map_err(std::io::Error::from)?,
@@ -131,8 +127,8 @@ where
     })
 }
 
-struct Loop<'a, K, V> {
-    shared: &'a Shared<K, V>,
+struct Loop<'a> {
+    shared: &'a Shared,
     epoll: Epoll,
     listener: OwnedFd,
     listening: bool,
@@ -147,11 +143,7 @@ struct Loop<'a, K, V> {
     last_full_warning: Option<Instant>,
 }
 
-impl<K, V> Loop<'_, K, V>
-where
-    K: bytemuck::Pod + Eq + std::hash::Hash,
-    V: bytemuck::Pod,
-{
+impl Loop<'_> {
     fn run(&mut self, wake: &EventFd) {
         let mut events = vec![EpollEvent::empty(); 64];
         loop {
@@ -226,7 +218,7 @@ where
                 );
                 let mut w = Welcome::new(Status::Denied);
                 w.server_uid = self.owner_uid;
-                let _ = handshake::send_welcome(fd.as_fd(), &w, None);
+                let _ = handshake::send_welcome(fd.as_fd(), &w, &[]);
                 continue;
             }
             let token = self.token();
@@ -281,19 +273,22 @@ where
             Ok(k) => k,
             Err(why) => {
                 tracing::debug!(pid = peer.pid, "a malformed hello: {why}");
-                let _ = handshake::send_welcome(fd.as_fd(), &Welcome::new(Status::BadHello), None);
+                let _ = handshake::send_welcome(fd.as_fd(), &Welcome::new(Status::BadHello), &[]);
                 return;
             }
         };
         if self.shared.region.server_state() != Some(kvs_core::region::InitState::Ready) {
-            let _ = handshake::send_welcome(fd.as_fd(), &Welcome::new(Status::Closing), None);
+            let _ = handshake::send_welcome(fd.as_fd(), &Welcome::new(Status::Closing), &[]);
             return;
         }
         let mut welcome = self.welcome();
         match kind {
             Kind::Probe => {
-                let _ =
-                    handshake::send_welcome(fd.as_fd(), &welcome, Some(self.shared.region.memfd()));
+                let _ = handshake::send_welcome(
+                    fd.as_fd(),
+                    &welcome,
+                    &[self.shared.region.memfd(), self.shared.store_ro.as_fd()],
+                );
                 // The probe is answered; closing ends it.
             }
             Kind::Client => {
@@ -319,7 +314,7 @@ where
                     }
                     let mut w = Welcome::new(Status::TooManyClients);
                     w.max_clients = welcome.max_clients;
-                    let _ = handshake::send_welcome(fd.as_fd(), &w, None);
+                    let _ = handshake::send_welcome(fd.as_fd(), &w, &[]);
                     return;
                 };
                 welcome.registration = index;
@@ -328,9 +323,11 @@ where
                     .region
                     .clients()
                     .record(index, generation, peer.pid, peer.uid);
-                if let Err(e) =
-                    handshake::send_welcome(fd.as_fd(), &welcome, Some(self.shared.region.memfd()))
-                {
+                if let Err(e) = handshake::send_welcome(
+                    fd.as_fd(),
+                    &welcome,
+                    &[self.shared.region.memfd(), self.shared.store_ro.as_fd()],
+                ) {
                     tracing::debug!(pid = peer.pid, "answering a client: {e}");
                     self.shared.registry.mark_dead(index, generation);
                     self.shared.region.clients().mark_dead(index);
@@ -395,8 +392,9 @@ where
         w.server_pid = std::process::id();
         w.server_uid = self.owner_uid;
         w.region_size = info.total_size;
-        w.store_version = self.shared.map.version();
-        w.entries = self.shared.map.len() as u64;
+        w.store_version = self.shared.store.version();
+        w.entries = self.shared.store.len();
+        w.store_size = self.shared.region.info().store_size;
         w.max_clients = u32::try_from(info.max_clients).unwrap_or(u32::MAX);
         w
     }

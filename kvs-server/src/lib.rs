@@ -1,7 +1,7 @@
 //! `KVSServer<K, V>`: the process that owns a kvs region and serves it.
 //!
 //! The server creates the shared region, runs a pool of worker threads that
-//! pop requests from the ring, execute them on a [`StripedMap`] and write the
+//! pop requests from the ring, execute them on the store in the region and write the
 //! answers into the clients' response slots, and a housekeeper thread that
 //! reclaims what dead clients left behind.
 //!
@@ -20,13 +20,14 @@
 //! `acceptor` (admission over the socket and liveness of clients),
 //! `registry` (who is registered: the server's private table), `reclaim`
 //! (the housekeeper that frees what dead clients held), [`snapshot`] (the
-//! snapshot file format, save and load).
-//!
-//! [`StripedMap`]: kvs_core::map::StripedMap
+//! snapshot file format, save and load), [`keeper`] (the process that holds
+//! the store across a server's crash for a warm restart), `adopt` (checking
+//! and repairing a store an earlier server left).
 
 #![warn(missing_docs, unsafe_op_in_unsafe_fn)]
 
 mod acceptor;
+pub mod keeper;
 mod reclaim;
 mod registry;
 mod server;
@@ -34,5 +35,19 @@ mod shared;
 pub mod snapshot;
 mod worker;
 
-pub use server::{KVSServer, KVSServerBuilder, ServerError, DRAIN_LIMIT};
-pub use snapshot::{SnapshotError, SnapshotInfo};
+pub use kvs_core::store::adopt::AdoptReport;
+pub use server::{KVSServer, KVSServerBuilder, KeeperProgram, ServerError, DRAIN_LIMIT};
+pub use snapshot::{SnapshotEntry, SnapshotError, SnapshotInfo};
+
+/// A point-in-time copy of `store`'s entries for a snapshot file, and the
+/// version it was taken at.
+pub(crate) fn snapshot_entries<S: kvs_core::store::segment::Segment>(
+    store: &kvs_core::store::write::StoreWriter<S>,
+) -> (Vec<SnapshotEntry>, u64) {
+    let (entries, version) = store.snapshot();
+    let entries = entries
+        .into_iter()
+        .map(|(key, value, meta)| SnapshotEntry { key, value, meta })
+        .collect();
+    (entries, version)
+}

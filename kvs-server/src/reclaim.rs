@@ -17,11 +17,7 @@ use std::time::Duration;
 /// How often the housekeeper looks, when nobody pokes it.
 pub(crate) const TICK: Duration = Duration::from_millis(100);
 
-pub(crate) fn spawn<K, V>(shared: Arc<Shared<K, V>>) -> std::io::Result<JoinHandle<()>>
-where
-    K: bytemuck::Pod + Send + Sync,
-    V: bytemuck::Pod + Send + Sync,
-{
+pub(crate) fn spawn(shared: Arc<Shared>) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name("kvs-housekeeper".into())
         .spawn(move || {
@@ -40,11 +36,7 @@ where
 }
 
 /// One pass; returns how many slots were freed.
-pub(crate) fn sweep<K, V>(shared: &Shared<K, V>) -> usize
-where
-    K: bytemuck::Pod,
-    V: bytemuck::Pod,
-{
+pub(crate) fn sweep(shared: &Shared) -> usize {
     let region = &shared.region;
     let slots = region.slots();
     // An owner is dead unless the registry (the server's own table, which

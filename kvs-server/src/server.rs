@@ -1,16 +1,21 @@
 //! The server handle: builder, start, stop.
 
 use crate::acceptor::{self, Acceptor};
+use crate::keeper::{self, Keeper};
 use crate::registry::Registry;
 use crate::shared::Shared;
 pub use crate::shared::DRAIN_LIMIT;
 use crate::{reclaim, worker};
 use crossbeam_utils::CachePadded;
-use kvs_core::map::StripedMap;
-use kvs_core::region::{InitState, Region, RegionConfig, Takeover};
+use kvs_core::codec::{Codec, DecodeError};
+use kvs_core::region::{InitState, Region, RegionConfig, StoreSource, Takeover};
 use kvs_core::secure_fs::Dir;
+use kvs_core::store::adopt::AdoptReport;
+use kvs_core::store::block::ValueSource;
+use kvs_core::store::layout::Geometry;
+use kvs_core::store::read::Lookup;
+use kvs_core::store::write::{StoreWriter, WriteError, WriteMode, Written};
 use kvs_core::RegionCreateError;
-use std::hash::Hash;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -32,14 +37,58 @@ pub enum ServerError {
     /// The backup directory cannot be used.
     #[error("{0}")]
     BackupDir(String),
+    /// A local write was refused (bad length, full store).
+    #[error(transparent)]
+    Write(#[from] WriteError),
+    /// A stored value does not decode as the server's value type.
+    #[error("a stored value does not decode: {0}")]
+    Decode(#[from] DecodeError),
+    /// The keeper (see [`crate::keeper`]) could not be started.
+    #[error(
+        "starting the keeper that holds the store across a crash: {0} \
+         (run without a keeper, --no-keeper, to serve without warm restart)"
+    )]
+    Keeper(std::io::Error),
+    /// The store an earlier server's keeper held is not a store.
+    #[error(
+        "the earlier server's store cannot be adopted ({0}); discard it with kvs_server --cleanup"
+    )]
+    Adopt(String),
+}
+
+/// How a server starts its keeper: a program that calls
+/// [`crate::keeper::run_keeper`] when run with `args` (the server's own
+/// binary, usually: `/proc/self/exe --keeper`).
+#[derive(Debug, Clone)]
+pub struct KeeperProgram {
+    /// The program.
+    pub program: std::path::PathBuf,
+    /// Its arguments that select keeper mode.
+    pub args: Vec<String>,
+    /// How the keeper runs.
+    pub options: crate::keeper::SpawnOptions,
+}
+
+impl KeeperProgram {
+    /// This process's own binary run with `--keeper`: for a binary whose
+    /// `main` calls [`crate::keeper::run_keeper`] when its first argument
+    /// is `--keeper`.
+    pub fn this_binary() -> Self {
+        Self {
+            program: "/proc/self/exe".into(),
+            args: vec!["--keeper".into()],
+            options: crate::keeper::SpawnOptions::default(),
+        }
+    }
 }
 
 /// Builds a [`KVSServer`]; see [`KVSServer::builder`].
 #[must_use]
-pub struct KVSServerBuilder<K, V> {
+pub struct KVSServerBuilder<K = Vec<u8>, V = Vec<u8>> {
     name: String,
     config: RegionConfig,
     backup_dir: Option<std::path::PathBuf>,
+    keeper: Option<KeeperProgram>,
     _types: std::marker::PhantomData<fn() -> (K, V)>,
 }
 
@@ -52,19 +101,26 @@ impl<K, V> std::fmt::Debug for KVSServerBuilder<K, V> {
     }
 }
 
-impl<K, V> KVSServerBuilder<K, V>
-where
-    K: bytemuck::Pod + Eq + Hash + Send + Sync,
-    V: bytemuck::Pod + Send + Sync,
-{
+impl<K: Codec, V: Codec> KVSServerBuilder<K, V> {
     /// A builder for a server on region `name` with default capacities.
     pub fn new(name: &str) -> Self {
         Self {
             name: name.to_string(),
             config: RegionConfig::default(),
             backup_dir: None,
+            keeper: None,
             _types: std::marker::PhantomData,
         }
+    }
+
+    /// Start a keeper that holds the store across a crash of this server,
+    /// so that the next server of the name adopts it (warm restart; see
+    /// [`crate::keeper`]). `None` (the default): no keeper is started, and
+    /// the data dies with the process. A store that an earlier server's
+    /// keeper holds is adopted either way.
+    pub fn keeper(mut self, program: Option<KeeperProgram>) -> Self {
+        self.keeper = program;
+        self
     }
 
     /// Worker threads (also the default for [`KVSServer::start`]).
@@ -73,7 +129,7 @@ where
         self
     }
 
-    /// Stripes of the map (a power of two).
+    /// Stripes of the store (a power of two up to 65536; default 1024).
     pub fn stripes(mut self, n: usize) -> Self {
         self.config.stripes = n;
         self
@@ -111,11 +167,31 @@ where
         self
     }
 
-    /// Bulk buffers (listings and backups in flight at once) and the data
-    /// bytes of each (bounds one listing page).
-    pub fn bulk_buffers(mut self, count: usize, bytes: usize) -> Self {
+    /// Staging buffers: requests whose key and value do not fit a response
+    /// slot (and listings and backups) in flight at once; each holds the
+    /// largest key and value.
+    pub fn staging_buffers(mut self, count: usize) -> Self {
         self.config.bulk_buffers = count;
-        self.config.bulk_size = bytes;
+        self
+    }
+
+    /// The largest key, bytes (default 1 KiB).
+    pub fn max_key_size(mut self, bytes: u64) -> Self {
+        self.config.max_key = bytes;
+        self
+    }
+
+    /// The largest value, bytes (default 1 MiB, at most 1 GiB).
+    pub fn max_value_size(mut self, bytes: u64) -> Self {
+        self.config.max_value = bytes;
+        self
+    }
+
+    /// The store's memory limit: entries and index together, in committed
+    /// bytes (default half of this machine's memory). New keys beyond it
+    /// fail with "store full".
+    pub fn max_memory(mut self, bytes: u64) -> Self {
+        self.config.max_memory = bytes;
         self
     }
 
@@ -159,14 +235,98 @@ where
             }
             None => None,
         };
+        let mut adopted: Option<(u64, Keeper)> = None;
         let (region, listener, takeover) =
-            Region::<K, V>::create_reporting(&self.name, &self.config)?;
-        let limit = (self.config.max_entries > 0).then_some(self.config.max_entries as usize);
-        let map = StripedMap::with_capacity_and_stripe_amount(0, self.config.stripes)
-            .with_max_entries(limit);
+            Region::create_with_store(&self.name, &self.config, |name, dir| {
+                Ok(match keeper::adopt(name, dir)? {
+                    Some((fd, id, keeper)) => {
+                        adopted = Some((id, keeper));
+                        StoreSource::Adopt(fd)
+                    }
+                    None => StoreSource::Fresh,
+                })
+            })?;
+        let info = *region.info();
+        let limit = (info.max_entries > 0).then_some(info.max_entries);
+        let (store, keeper, adoption) = match adopted {
+            Some((id, keeper)) => {
+                if id != info.store_id {
+                    tracing::warn!(
+                        keeper_id = id,
+                        store_id = info.store_id,
+                        "the keeper's store id differs from the store's header"
+                    );
+                }
+                // A failure drops the keeper handle: the keeper goes on
+                // holding the store, as after a crash.
+                let (store, report) =
+                    StoreWriter::adopt(Arc::clone(region.store()), info.max_memory, limit)
+                        .map_err(|e| ServerError::Adopt(e.to_string()))?;
+                (store, Some(keeper), Some(report))
+            }
+            None => {
+                let geometry = Geometry::new(
+                    info.store_size,
+                    info.stripes.trailing_zeros(),
+                    info.max_key,
+                    info.max_value,
+                    kvs_core::secure_fs::random_u64(),
+                );
+                let store = StoreWriter::create(
+                    Arc::clone(region.store()),
+                    geometry,
+                    info.max_memory,
+                    limit,
+                    info.store_id,
+                );
+                let keeper = match &self.keeper {
+                    Some(p) => {
+                        let dir = kvs_core::region::endpoint::server_dir(
+                            self.config.socket_dir.as_deref(),
+                        );
+                        let args: Vec<&str> = p.args.iter().map(String::as_str).collect();
+                        Some(
+                            Keeper::spawn_with(
+                                &p.program,
+                                &args,
+                                region.name(),
+                                &dir,
+                                region.store().fd(),
+                                info.store_id,
+                                &p.options,
+                            )
+                            .map_err(ServerError::Keeper)?,
+                        )
+                    }
+                    None => None,
+                };
+                (store, keeper, None)
+            }
+        };
+        if let Some(r) = &adoption {
+            tracing::info!(
+                region = region.name(),
+                entries = r.entries,
+                dropped = r.dropped,
+                tables_rebuilt = r.tables_rebuilt,
+                seqs_fixed = r.seqs_fixed,
+                free_blocks = r.free_blocks,
+                unusable_bytes = r.unusable_bytes,
+                page_map_problems = r.page_map_problems,
+                "adopted the store of the earlier server (warm restart)"
+            );
+        }
+        let store_ro = region.store().read_only_fd().map_err(|source| {
+            ServerError::Create(RegionCreateError::Io {
+                name: self.name.clone(),
+                context: "reopening the store read-only for clients",
+                source,
+            })
+        })?;
         let shared = Arc::new(Shared {
             region,
-            map,
+            store,
+            store_ro,
             stop_workers: AtomicBool::new(false),
             stop_since_ns: AtomicU64::new(0),
             shutdown: AtomicBool::new(false),
@@ -189,21 +349,33 @@ where
             acceptor: Some(acceptor),
             default_workers: self.config.workers,
             takeover,
+            keeper,
+            adoption,
             started: Instant::now(),
+            _types: std::marker::PhantomData,
         })
     }
 }
 
 /// A server over one region. Dropping it stops the workers, closes the
 /// region and removes it.
-pub struct KVSServer<K, V> {
-    shared: Arc<Shared<K, V>>,
+///
+/// `K` and `V` are the types of its local calls ([`KVSServer::get`],
+/// [`KVSServer::set`]); the store itself holds bytes (see
+/// `kvs_core::codec`), so clients of any types may use it.
+pub struct KVSServer<K = Vec<u8>, V = Vec<u8>> {
+    shared: Arc<Shared>,
     workers: Vec<JoinHandle<()>>,
     housekeeper: Option<JoinHandle<()>>,
     acceptor: Option<Acceptor>,
     default_workers: usize,
     takeover: Takeover,
+    /// The keeper holding the store across a crash, if any.
+    keeper: Option<Keeper>,
+    /// What adopting an earlier server's store found, if this server did.
+    adoption: Option<AdoptReport>,
     started: Instant,
+    _types: std::marker::PhantomData<fn() -> (K, V)>,
 }
 
 impl<K, V> std::fmt::Debug for KVSServer<K, V> {
@@ -215,11 +387,7 @@ impl<K, V> std::fmt::Debug for KVSServer<K, V> {
     }
 }
 
-impl<K, V> KVSServer<K, V>
-where
-    K: bytemuck::Pod + Eq + Hash + Send + Sync,
-    V: bytemuck::Pod + Send + Sync,
-{
+impl<K: Codec, V: Codec> KVSServer<K, V> {
     /// A builder for a server on region `name` (`/name` or `name`).
     pub fn builder(name: &str) -> KVSServerBuilder<K, V> {
         KVSServerBuilder::new(name)
@@ -317,12 +485,57 @@ where
 
     /// Entries in the store.
     pub fn storage_size(&self) -> usize {
-        self.shared.map.len()
+        self.shared.store.len() as usize
     }
 
-    /// The store itself (for embedding: read or preload without the ring).
-    pub fn map(&self) -> &StripedMap<K, V> {
-        &self.shared.map
+    /// The store's last version.
+    pub fn version(&self) -> u64 {
+        self.shared.store.version()
+    }
+
+    /// Reads `key` directly from the store (no ring).
+    ///
+    /// # Errors
+    ///
+    /// [`ServerError::Decode`] when the stored bytes are not a `V`.
+    pub fn get(&self, key: &K) -> Result<Option<V>, ServerError> {
+        let found = key.with_encoded(|k| self.shared.store.view().get(k));
+        match found {
+            Lookup::Found { value, .. } => Ok(Some(V::decode_vec(value)?)),
+            Lookup::Absent => Ok(None),
+            // The server's own read of its own store: under the stripe's
+            // lock when writers keep it busy.
+            Lookup::Busy | Lookup::Corrupt(_) => key.with_encoded(|k| {
+                self.shared.store.with_entry(k, |e| match e {
+                    Some((_, v)) => {
+                        let mut bytes = Vec::new();
+                        v.read_into(&mut bytes);
+                        V::decode_vec(bytes).map(Some).map_err(ServerError::from)
+                    }
+                    None => Ok(None),
+                })
+            }),
+        }
+    }
+
+    /// Sets `key` to `value` directly in the store (no ring; subscribers
+    /// are not told). Returns the version of the write.
+    ///
+    /// # Errors
+    ///
+    /// [`ServerError::Write`]: a key or value too long, a full store.
+    pub fn set(&self, key: &K, value: &V) -> Result<u64, ServerError> {
+        let mut bytes = Vec::new();
+        value.encode(&mut bytes);
+        let written = key.with_encoded(|k| {
+            self.shared
+                .store
+                .set(k, ValueSource::Bytes(&bytes), WriteMode::Upsert, |_| {})
+        })?;
+        Ok(match written {
+            Written::Inserted(v) | Written::Replaced(v) => v,
+            Written::Exists => self.version(),
+        })
     }
 
     /// The region's name.
@@ -336,7 +549,7 @@ where
     }
 
     /// The region (for status views and tests).
-    pub fn region(&self) -> &Region<K, V> {
+    pub fn region(&self) -> &Region {
         &self.shared.region
     }
 
@@ -372,7 +585,7 @@ where
         dir: &Dir,
         name: &str,
     ) -> Result<crate::SnapshotInfo, crate::SnapshotError> {
-        let (entries, version) = self.shared.map.snapshot();
+        let (entries, version) = crate::snapshot_entries(&self.shared.store);
         crate::snapshot::write_into(dir, name, &entries, version, self.shared.snapshot_mode)
     }
 
@@ -381,18 +594,37 @@ where
     ///
     /// # Errors
     ///
-    /// [`SnapshotError`](crate::SnapshotError) for a missing, corrupt,
-    /// truncated or mistyped file; the store is then unchanged.
+    /// [`SnapshotError`](crate::SnapshotError) for a missing, corrupt or
+    /// truncated file, or one with entries above this store's limits; the
+    /// store is then unchanged. A full store stops the load part way.
     pub fn load_snapshot(
         &self,
         path: &std::path::Path,
     ) -> Result<crate::SnapshotInfo, crate::SnapshotError> {
-        let (entries, info) = crate::snapshot::load::<K, V>(path)?;
-        for (k, e) in entries {
-            self.shared.map.insert_entry(k, e);
-        }
-        self.shared.map.set_version_at_least(info.version);
+        let g = self.shared.store.geometry();
+        let limits = crate::snapshot::LoadLimits {
+            max_key: g.max_key,
+            max_value: g.max_value,
+        };
+        let store = &self.shared.store;
+        let info = crate::snapshot::load(path, limits, |e| {
+            store
+                .insert_loaded(&e.key, &e.value, e.meta)
+                .map_err(|e| e.to_string())
+        })?;
+        store.set_version_at_least(info.version);
         Ok(info)
+    }
+
+    /// What adopting the store of an earlier server of this name found
+    /// (warm restart), or `None` if this server started with a fresh store.
+    pub fn adoption(&self) -> Option<&AdoptReport> {
+        self.adoption.as_ref()
+    }
+
+    /// The pid of the keeper holding the store across a crash, if any.
+    pub fn keeper_pid(&self) -> Option<u32> {
+        self.keeper.as_ref().map(Keeper::pid)
     }
 
     /// Time since the server was built.
@@ -432,6 +664,13 @@ impl<K, V> Drop for KVSServer<K, V> {
         self.shared.region.poke_housekeeper();
         if let Some(h) = self.housekeeper.take() {
             let _ = h.join();
+        }
+        // A clean stop: the data goes with this server (a snapshot is how
+        // it outlives one), so the keeper lets the store go.
+        if let Some(keeper) = self.keeper.take() {
+            if let Err(e) = keeper.discard() {
+                tracing::warn!(error = %e, "the keeper did not confirm discarding the store");
+            }
         }
         // The last Arc drops the region, which removes its name.
     }

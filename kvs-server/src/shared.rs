@@ -3,19 +3,23 @@
 
 use crate::registry::Registry;
 use crossbeam_utils::CachePadded;
-use kvs_core::map::StripedMap;
-use kvs_core::region::Region;
+use kvs_core::region::{Region, StoreSegment};
 use kvs_core::secure_fs::Dir;
+use kvs_core::store::write::StoreWriter;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 
 /// How long stopping workers keep draining requests that clients keep
 /// pushing (a stop under sustained load still returns).
 pub const DRAIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// State shared by the handle, the workers and the housekeeper.
-pub(crate) struct Shared<K, V> {
-    pub(crate) region: Region<K, V>,
-    pub(crate) map: StripedMap<K, V>,
+pub(crate) struct Shared {
+    pub(crate) region: Region,
+    /// The store in the region's store segment (the only writer).
+    pub(crate) store: StoreWriter<Arc<StoreSegment>>,
+    /// A read-only descriptor of the store segment, handed to clients.
+    pub(crate) store_ro: std::os::fd::OwnedFd,
     /// Workers drain the ring and exit when set.
     pub(crate) stop_workers: AtomicBool,
     /// When the stop was asked for (unix ns; 0: not asked): workers give
@@ -39,7 +43,7 @@ pub(crate) struct Shared<K, V> {
     pub(crate) snapshot_mode: u32,
 }
 
-impl<K, V> Shared<K, V> {
+impl Shared {
     pub(crate) fn is_busy(&self, slot: u32) -> bool {
         let mark = u64::from(slot) + 1;
         // SeqCst: the reclaimer's half of the Dekker pair with the worker's

@@ -1,5 +1,5 @@
-//! One worker thread: pop a slot index, take the request from its slot,
-//! execute it on the map, answer, wake.
+//! One worker thread: pop a slot index, take the request from its slot (or
+//! the staging buffer it names), execute it on the store, answer, wake.
 //!
 //! Idle strategy (tuned in `BENCHMARKS.md`): spin on a cheap "is the head
 //! published?" check, then yield, then sleep on the ring's futex in bounded
@@ -7,21 +7,23 @@
 //! half-published cell to wait for; a head cell that holds garbage is
 //! repaired on the spot.
 //!
-//! A panic while executing one request (a key type whose `Hash` panics, a
-//! bug) is contained: that request is answered `Failed`, the panic is
+//! A panic while executing one request (a bug) is contained: that request is answered `Failed`, the panic is
 //! logged, and the worker keeps serving. A panic anywhere else in the loop
 //! would leave a server that looks alive but answers less; it aborts the
 //! process instead, with one line on stderr, so clients see the server
 //! gone at once.
 
 use crate::shared::Shared;
-use kvs_core::bulk::{BulkResult, BulkTable, ListRecord};
-use kvs_core::map::{Entry, MapError, SetOutcome};
-use kvs_core::notify::EventKind;
-use kvs_core::protocol::{OpCode, Request, Response, StatusCode};
+use kvs_core::events::EventKind;
+use kvs_core::protocol::{
+    staging_of, OpCode, Request, Response, StatusCode, INLINE_BYTES, MORE, STAGED, VALUE_TOO_LARGE,
+};
+use kvs_core::response_table::Begun;
 use kvs_core::ring::PopError;
+use kvs_core::store::block::ValueSource;
+use kvs_core::store::words::Words;
+use kvs_core::store::write::{Change, WriteError, WriteMode, Written};
 use kvs_core::wait::{spin_then_yield, FutexParker, SpinPolicy};
-use std::hash::Hash;
 use std::os::unix::ffi::OsStrExt;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
@@ -31,11 +33,7 @@ use std::time::Duration;
 const IDLE_SLICE: Duration = Duration::from_millis(100);
 
 /// A worker's loop; a panic that escapes a request aborts the process.
-pub(crate) fn run<K, V>(shared: &Shared<K, V>, id: usize)
-where
-    K: bytemuck::Pod + Eq + Hash,
-    V: bytemuck::Pod,
-{
+pub(crate) fn run(shared: &Shared, id: usize) {
     if let Err(panic) = std::panic::catch_unwind(AssertUnwindSafe(|| serve_loop(shared, id))) {
         let what = panic_message(&*panic);
         tracing::error!(worker = id, "worker panicked outside a request: {what}");
@@ -53,11 +51,7 @@ pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "a panic without a message".into())
 }
 
-fn serve_loop<K, V>(shared: &Shared<K, V>, id: usize)
-where
-    K: bytemuck::Pod + Eq + Hash,
-    V: bytemuck::Pod,
-{
+fn serve_loop(shared: &Shared, id: usize) {
     let region = &shared.region;
     let ring = region.ring();
     let stats = &region.worker_stats()[id];
@@ -103,7 +97,7 @@ where
 }
 
 /// Whether a stopping worker has drained for [`crate::shared::DRAIN_LIMIT`].
-fn drained_long_enough<K, V>(shared: &Shared<K, V>) -> bool {
+fn drained_long_enough(shared: &Shared) -> bool {
     let since = shared.stop_since_ns.load(Ordering::Relaxed);
     since != 0
         && kvs_core::unix_now_ns().saturating_sub(since)
@@ -121,11 +115,7 @@ impl Drop for BusyMark<'_> {
     }
 }
 
-fn serve<K, V>(shared: &Shared<K, V>, id: usize, stats: &kvs_core::region::WorkerStats, index: u32)
-where
-    K: bytemuck::Pod + Eq + Hash,
-    V: bytemuck::Pod,
-{
+fn serve(shared: &Shared, id: usize, stats: &kvs_core::region::WorkerStats, index: u32) {
     let slots = shared.region.slots();
     let busy = &shared.busy[id];
     // SeqCst: the worker's half of the Dekker pair with the reclaimer, which
@@ -149,9 +139,8 @@ where
     };
     let (response, op) = match op {
         Ok(op) => {
-            let run = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                execute(shared, op, &req, begun.owner())
-            }));
+            let run =
+                std::panic::catch_unwind(AssertUnwindSafe(|| execute(shared, op, &req, &begun)));
             match run {
                 Ok(response) => (response, Some(op)),
                 Err(panic) => {
@@ -181,40 +170,73 @@ where
             (Response::status(StatusCode::Malformed), None)
         }
     };
-    slots.complete(begun, op, &response, &FutexParker);
+    slots.complete(begun, &response, &FutexParker);
     match op {
         Some(op) => stats.count(op),
         None => stats.count_dropped(),
     }
 }
 
-fn execute<K, V>(shared: &Shared<K, V>, op: OpCode, req: &Request<K, V>, owner: u32) -> Response<V>
-where
-    K: bytemuck::Pod + Eq + Hash,
-    V: bytemuck::Pod,
-{
-    let map = &shared.map;
-    let subs = shared.region.subscriptions();
-    // Runs under the key's stripe lock (see `StripedMap::*_then`), so every
-    // subscriber sees one key's changes in version order. One load when
-    // nobody subscribes.
-    let changed = |k: &K, e: &Entry<V>| {
-        subs.publish(
-            EventKind::Changed,
-            k,
-            &e.value,
-            e.version,
-            e.modified_ns,
-            &FutexParker,
-        );
+/// Where a request's key and value are: the slot's data area, or the
+/// staging buffer it names (checked to be the slot owner's, tied to this
+/// request).
+fn payload<'a>(shared: &'a Shared, req: &Request, begun: &Begun) -> Option<Words<'a>> {
+    let words = if req.staged() {
+        let (index, generation) = staging_of(req.arg);
+        let bulk = shared.region.bulk();
+        if !bulk.owned_by(
+            index,
+            generation,
+            begun.owner(),
+            begun.index(),
+            begun.generation(),
+        ) {
+            return None;
+        }
+        bulk.data(index)
+    } else {
+        shared.region.slots().data(begun.index())
     };
-    let deleted = |k: &K, version: u64| {
+    (req.payload().bytes() <= words.len_bytes()).then_some(words)
+}
+
+/// Staged payloads larger than this have their buffer's pages given back
+/// to the system once consumed (smaller ones keep them for the next use).
+const RELEASE_PAGES_ABOVE: u64 = 1 << 20;
+
+fn malformed() -> Response {
+    Response::status(StatusCode::Malformed)
+}
+
+fn execute(shared: &Shared, op: OpCode, req: &Request, begun: &Begun) -> Response {
+    let Some(data) = payload(shared, req, begun) else {
+        return malformed();
+    };
+    let key_len = u64::from(req.key_len);
+    let mut key = Vec::new();
+    if data.read_into(0, key_len, &mut key).is_err() {
+        return malformed();
+    }
+    if kvs_core::test_panic_key(&key) {
+        panic!("a test asked this worker to panic");
+    }
+    let store = &shared.store;
+    let subs = shared.region.subscriptions();
+    // Runs under the key's stripe lock, so every subscriber sees one key's
+    // changes in version order. One load when nobody subscribes.
+    let publish = |c: &Change<'_>| {
+        let kind = if c.value.is_some() {
+            EventKind::Changed
+        } else {
+            EventKind::Deleted
+        };
         subs.publish(
-            EventKind::Deleted,
-            k,
-            &V::zeroed(),
-            version,
-            0,
+            kind,
+            c.key,
+            c.hash.0,
+            c.value,
+            c.version,
+            c.modified_ns,
             &FutexParker,
         );
     };
@@ -222,155 +244,176 @@ where
         version,
         ..Response::status(StatusCode::Ok)
     };
+    let refused = |e: WriteError| match e {
+        WriteError::MemoryFull | WriteError::EntriesFull => Response::status(StatusCode::StoreFull),
+        WriteError::KeyLength { .. } | WriteError::ValueLength { .. } => malformed(),
+    };
     match op {
-        OpCode::Get => match map.get(&req.key) {
-            Some(e) => Response {
-                version: e.version,
-                modified_ns: e.modified_ns,
-                value: e.value,
-                ..Response::status(StatusCode::Ok)
-            },
+        OpCode::Get => get(shared, req, begun, &key),
+        OpCode::Set | OpCode::Post => {
+            let value = ValueSource::Words {
+                src: &data,
+                offset: req.payload().value_at(),
+                len: u64::from(req.value_len),
+            };
+            let mode = if op == OpCode::Set {
+                WriteMode::Upsert
+            } else {
+                WriteMode::InsertOnly
+            };
+            let written = store.set(&key, value, mode, publish);
+            if req.staged() {
+                // The payload is in the store (or refused): the client's
+                // buffer is free from now on (see `Bulk::consumed`), its
+                // pages given back first after a large transfer.
+                let (index, generation) = staging_of(req.arg);
+                if req.payload().bytes() > RELEASE_PAGES_ABOVE {
+                    shared.region.release_bulk_pages(index);
+                }
+                shared
+                    .region
+                    .bulk()
+                    .consumed(index, generation, begun.owner());
+            }
+            match written {
+                Ok(Written::Inserted(v)) => Response { aux: 1, ..ok(v) },
+                Ok(Written::Replaced(v)) => ok(v),
+                Ok(Written::Exists) => Response::status(StatusCode::Exists),
+                Err(e) => refused(e),
+            }
+        }
+        OpCode::Del => match store.del(&key, publish) {
+            Some(v) => ok(v),
             None => Response::status(StatusCode::NotFound),
         },
-        OpCode::Set => match map.insert_or_assign_then(req.key, req.value, changed) {
-            Ok((outcome, version)) => Response {
-                aux: u32::from(outcome == SetOutcome::Inserted),
-                ..ok(version)
-            },
-            Err(MapError::Full { .. }) => Response::status(StatusCode::StoreFull),
-        },
-        OpCode::Post => match map.insert_if_absent_then(req.key, req.value, changed) {
-            Ok(Some(version)) => ok(version),
-            Ok(None) => Response::status(StatusCode::Exists),
-            Err(MapError::Full { .. }) => Response::status(StatusCode::StoreFull),
-        },
-        OpCode::Del => match map.remove_then(&req.key, deleted) {
-            Some((_, version)) => ok(version),
-            None => Response::status(StatusCode::NotFound),
-        },
-        OpCode::Status => Response {
-            // The entry count travels in `modified_ns` (documented on
-            // `OpCode::Status`): the value type may be too small for it.
-            modified_ns: map.len() as u64,
-            ..ok(map.version())
-        },
-        OpCode::ListPage => list_page(shared, req.arg, owner),
-        OpCode::Backup => backup(shared, req.arg, owner),
+        OpCode::Status => {
+            let st = store.stats();
+            Response {
+                modified_ns: st.entries,
+                aux64: st.committed_bytes,
+                ..ok(st.version)
+            }
+        }
+        OpCode::ListPage => list_page(shared, req, &data, key),
+        OpCode::Backup => backup(shared, begun, &key),
     }
 }
 
-/// Fills the client's bulk buffer with one page of the listing.
-fn list_page<K, V>(shared: &Shared<K, V>, bulk_index: u32, owner: u32) -> Response<V>
-where
-    K: bytemuck::Pod + Eq + Hash,
-    V: bytemuck::Pod,
-{
-    let bulk = shared.region.bulk();
-    // The buffer must belong to the client that owns the response slot.
-    let Some(params) = bulk.params_if_owned_by(bulk_index, owner) else {
-        return Response::status(StatusCode::Malformed);
-    };
-    let capacity = bulk.list_capacity::<K, V>();
-    let limit = match params.limit as usize {
-        0 => capacity,
-        n => n.min(capacity),
-    };
-    let prefix = params.prefix();
-    let after = (params.has_cursor != 0).then_some(params.cursor);
-    let mut records = Vec::with_capacity(limit.min(4096));
-    let next = shared.map.scan(
-        after,
-        limit,
-        |k| bytemuck::bytes_of(k).starts_with(prefix),
-        |k, e| {
-            records.push(ListRecord {
-                key: *k,
-                value: e.value,
-                version: e.version,
-                modified_ns: e.modified_ns,
-            })
-        },
-    );
-    let count = bulk.write_list_records(bulk_index, records);
-    bulk.set_result(
-        bulk_index,
-        &BulkResult {
-            count: count as u32,
-            more: u32::from(next.is_some()),
-            next_cursor: next.unwrap_or(0),
-            version: shared.map.version(),
-            ..BulkResult::default()
-        },
-    );
+/// A GET a client could not do directly: the value inline if it fits,
+/// else in the staging buffer the request brought, else its length only.
+fn get(shared: &Shared, req: &Request, begun: &Begun, key: &[u8]) -> Response {
+    let slot_data = shared.region.slots().data(begun.index());
+    shared.store.with_entry(key, |entry| {
+        let Some((meta, value)) = entry else {
+            return Response::status(StatusCode::NotFound);
+        };
+        let mut answer = Response {
+            version: meta.version,
+            modified_ns: meta.modified_ns,
+            value_len: value.len() as u32,
+            aux64: meta.deadline,
+            ..Response::status(StatusCode::Ok)
+        };
+        if value.len() <= INLINE_BYTES as u64 {
+            if value.copy_to(&slot_data, 0).is_err() {
+                return Response::status(StatusCode::Failed);
+            }
+        } else if req.staged() {
+            let (index, _) = staging_of(req.arg);
+            if value.copy_to(&shared.region.bulk().data(index), 0).is_err() {
+                answer.flags |= VALUE_TOO_LARGE;
+            } else {
+                answer.flags |= STAGED;
+            }
+        } else {
+            answer.flags |= VALUE_TOO_LARGE;
+        }
+        answer
+    })
+}
+
+/// The keys of one stripe after a given key, in byte order, into the
+/// request's staging buffer: a listing a client could not read directly.
+/// Records: key length (u32), the key, padded to 8.
+fn list_page(shared: &Shared, req: &Request, data: &Words<'_>, after: Vec<u8>) -> Response {
+    if !req.staged() {
+        return malformed();
+    }
+    let stripe = req.arg2;
+    let mut keys = Vec::new();
+    if !shared
+        .store
+        .for_each_in_stripe(stripe, |k, _, _| keys.push(k.to_vec()))
+    {
+        return malformed();
+    }
+    keys.sort_unstable();
+    let start = keys.partition_point(|k| after.is_empty() || *k <= after);
+    let capacity = data.len_bytes();
+    let mut at = 0u64;
+    let mut count = 0u32;
+    let mut flags = 0;
+    for k in &keys[start..] {
+        let need = 8 + (k.len() as u64).div_ceil(8) * 8;
+        if at + need > capacity {
+            flags |= MORE;
+            break;
+        }
+        data.store(at, k.len() as u64);
+        let _ = data.write_bytes(at + 8, k, |_| {});
+        at += need;
+        count += 1;
+    }
     Response {
-        aux: count as u32,
+        flags: flags | STAGED,
+        value_len: at as u32,
+        aux: count,
         ..Response::status(StatusCode::Ok)
     }
 }
 
-/// Writes a snapshot to the path in the client's bulk buffer.
-///
-/// The copy holds every stripe's read lock for as long as a memory copy
-/// takes; the file is written after they are released, by this worker, while
-/// the other workers keep serving.
-fn backup<K, V>(shared: &Shared<K, V>, bulk_index: u32, owner: u32) -> Response<V>
-where
-    K: bytemuck::Pod + Eq + Hash,
-    V: bytemuck::Pod,
-{
-    let bulk = shared.region.bulk();
-    let Some(params) = bulk.params_if_owned_by(bulk_index, owner) else {
-        return Response::status(StatusCode::Malformed);
+/// Writes a snapshot as the file named inline, into `--backup-dir`. The
+/// copy holds every stripe's lock for as long as a memory copy takes; the
+/// file is written after they are released, by this worker, while the
+/// other workers keep serving. The answer's data carries the path written,
+/// or the reason for `Failed`.
+fn backup(shared: &Shared, begun: &Begun, name: &[u8]) -> Response {
+    let slot_data = shared.region.slots().data(begun.index());
+    let say = |status: StatusCode, text: &[u8]| {
+        let n = text.len().min(INLINE_BYTES);
+        let _ = slot_data.write_bytes(0, &text[..n], |_| {});
+        Response {
+            value_len: n as u32,
+            ..Response::status(status)
+        }
     };
     let Some(dir) = &shared.backup_dir else {
-        return failed(
-            &bulk,
-            bulk_index,
-            "backups are disabled on this server: start kvs_server with --backup-dir DIR",
+        return say(
+            StatusCode::Failed,
+            b"backups are disabled on this server: start kvs_server with --backup-dir DIR",
         );
     };
-    let Ok(name) = std::str::from_utf8(params.path()) else {
-        return failed(&bulk, bulk_index, "the backup file name is not UTF-8");
+    let Ok(name) = std::str::from_utf8(name) else {
+        return say(StatusCode::Failed, b"the backup file name is not UTF-8");
     };
     if let Err(why) = kvs_core::secure_fs::check_file_name(name) {
-        return failed(&bulk, bulk_index, &why);
+        return say(StatusCode::Failed, why.as_bytes());
     }
-    let (entries, version) = shared.map.snapshot();
+    let (entries, version) = crate::snapshot_entries(&shared.store);
     match crate::snapshot::write_into(dir, name, &entries, version, shared.snapshot_mode) {
         Ok(info) => {
             let path = dir.path().join(name);
             tracing::info!(path = %path.display(), entries = info.entries, bytes = info.bytes, "snapshot written");
-            // The data area carries the full path written, for the client
-            // to show.
-            let written = bulk.write_bytes(bulk_index, path.as_os_str().as_bytes());
-            bulk.set_result(
-                bulk_index,
-                &BulkResult {
-                    count: written as u32,
-                    version: info.version,
-                    entries: info.entries,
-                    bytes: info.bytes,
-                    ..BulkResult::default()
-                },
-            );
-            Response::status(StatusCode::Ok)
+            Response {
+                version: info.version,
+                modified_ns: info.entries,
+                aux64: info.bytes,
+                ..say(StatusCode::Ok, path.as_os_str().as_bytes())
+            }
         }
         Err(e) => {
             tracing::warn!(error = %e, "snapshot failed");
-            failed(&bulk, bulk_index, &e.to_string())
+            say(StatusCode::Failed, e.to_string().as_bytes())
         }
     }
-}
-
-/// Answers `Failed`, with `message` in the client's bulk buffer.
-fn failed<V: bytemuck::Zeroable>(bulk: &BulkTable<'_>, index: u32, message: &str) -> Response<V> {
-    let n = bulk.write_bytes(index, message.as_bytes());
-    bulk.set_result(
-        index,
-        &BulkResult {
-            count: n as u32,
-            ..BulkResult::default()
-        },
-    );
-    Response::status(StatusCode::Failed)
 }

@@ -107,9 +107,16 @@ impl Drop for Gateway {
 #[derive(Debug)]
 pub struct Answer {
     pub status: u16,
+    /// The body, lossily as text.
     pub body: String,
+    /// The body's bytes.
+    pub bytes: Vec<u8>,
     pub content_type: String,
     pub www_authenticate: Option<String>,
+    /// `X-Kvs-Version` of a raw answer.
+    pub version: Option<u64>,
+    /// `X-Kvs-Modified-Ms` of a raw answer.
+    pub modified_ms: Option<u64>,
 }
 
 impl Answer {
@@ -137,12 +144,29 @@ fn agent() -> ureq::Agent {
 
 /// Sends `method url` with optional JSON `body` and extra headers.
 pub fn request(method: &str, url: &str, body: Option<&str>, headers: &[(&str, &str)]) -> Answer {
+    let mut all = vec![("Content-Type", "application/json")];
+    all.extend_from_slice(headers);
+    match body {
+        Some(b) => request_bytes(method, url, Some(b.as_bytes()), &all),
+        None => request_bytes(method, url, None, headers),
+    }
+}
+
+/// Sends `method url` with an optional body of bytes and extra headers
+/// (a later header of the same name replaces an earlier one).
+pub fn request_bytes(
+    method: &str,
+    url: &str,
+    body: Option<&[u8]>,
+    headers: &[(&str, &str)],
+) -> Answer {
+    use std::io::Read;
     let mut req = agent().request(method, url);
     for (k, v) in headers {
         req = req.set(k, v);
     }
     let result = match body {
-        Some(b) => req.set("Content-Type", "application/json").send_string(b),
+        Some(b) => req.send_bytes(b),
         None => req.call(),
     };
     let response = match result {
@@ -150,12 +174,59 @@ pub fn request(method: &str, url: &str, body: Option<&str>, headers: &[(&str, &s
         Err(ureq::Error::Status(_, r)) => r,
         Err(e) => panic!("{method} {url}: {e}"),
     };
+    let number = |name: &str| {
+        response.header(name).map(|v| {
+            v.parse::<u64>()
+                .unwrap_or_else(|e| panic!("{name}: {v:?}: {e}"))
+        })
+    };
+    let (version, modified_ms) = (number("X-Kvs-Version"), number("X-Kvs-Modified-Ms"));
+    let status = response.status();
+    let content_type = response.content_type().to_string();
+    let www_authenticate = response.header("WWW-Authenticate").map(str::to_string);
+    let mut bytes = Vec::new();
+    response.into_reader().read_to_end(&mut bytes).unwrap();
     Answer {
-        status: response.status(),
-        content_type: response.content_type().to_string(),
-        www_authenticate: response.header("WWW-Authenticate").map(str::to_string),
-        body: response.into_string().unwrap(),
+        status,
+        body: String::from_utf8_lossy(&bytes).into_owned(),
+        bytes,
+        content_type,
+        www_authenticate,
+        version,
+        modified_ms,
     }
+}
+
+/// `PUT url` with a body of bytes (`application/octet-stream`).
+pub fn put_bytes(url: &str, body: &[u8]) -> Answer {
+    request_bytes(
+        "PUT",
+        url,
+        Some(body),
+        &[("Content-Type", "application/octet-stream")],
+    )
+}
+
+/// Standard, padded base64 (the tests' own, to check the gateway's).
+pub fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 /// `GET url`.
@@ -173,10 +244,10 @@ pub fn delete(url: &str) -> Answer {
     request("DELETE", url, None, &[])
 }
 
-/// Percent-encodes a path segment.
-pub fn encode(segment: &str) -> String {
+/// Percent-encodes a path segment or a query value (any bytes).
+pub fn encode(segment: impl AsRef<[u8]>) -> String {
     let mut out = String::new();
-    for b in segment.bytes() {
+    for &b in segment.as_ref() {
         if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
             out.push(b as char);
         } else {

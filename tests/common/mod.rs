@@ -102,9 +102,22 @@ impl Drop for ServerGuard {
             let _ = child.kill();
             let _ = child.wait();
         }
+        discard_keeper(&self.name);
         let _ = std::fs::remove_file(socket_path(&self.name));
         let _ = std::fs::remove_file(lock_path(&self.name));
     }
+}
+
+/// Lets go of the store a keeper may still hold for region `name` (a
+/// server killed by a test leaves its keeper holding the store for a warm
+/// restart).
+pub fn discard_keeper(name: &str) {
+    let _ = kvs::server::keeper::discard_orphan(name, &socket_dir());
+}
+
+/// `DIR/NAME.keeper`: the socket of region NAME's keeper.
+pub fn keeper_path(name: &str) -> PathBuf {
+    socket_dir().join(format!("{}.keeper", name.trim_start_matches('/')))
 }
 
 /// The first line a child prints on its (piped) stdout, waiting at most
@@ -135,7 +148,7 @@ pub fn val(s: &str) -> Value256 {
 
 /// The region of `name` mapped through a probe (no registration taken),
 /// for tests that look at its counters.
-pub fn probe<K: bytemuck::Pod, V: bytemuck::Pod>(name: &str) -> kvs::core::Region<K, V> {
+pub fn probe(name: &str) -> kvs::core::Region {
     let session = kvs::core::region::Session::connect(
         name,
         kvs::core::region::handshake::Kind::Probe,
@@ -242,11 +255,38 @@ pub fn kvs_client_command<S: AsRef<std::ffi::OsStr>>(
 }
 
 /// Runs a command to completion (30 s at most, else it is killed and the
-/// test fails).
+/// test fails). Its output is read while it runs, so a child that writes
+/// more than a pipe holds never blocks.
 pub fn output_within(mut cmd: Command) -> std::io::Result<Output> {
+    use std::io::Read;
     let mut child = cmd.spawn()?;
-    wait_with_deadline(&mut child, Duration::from_secs(30)).expect("command hung");
-    child.wait_with_output()
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    };
+    let out = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let err = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let status = wait_with_deadline(&mut child, Duration::from_secs(30)).expect("command hung");
+    Ok(Output {
+        status,
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+    })
 }
 
 /// Runs `kvs_client --name NAME ARGS...` to completion (30 s at most).

@@ -15,7 +15,6 @@ use crate::model::{Answer, Model};
 use crate::tally::Tally;
 use crate::workload::{BenchValue, Kind, Workload};
 use kvs_client::{ClientError, KVSClient, Op, Ticket};
-use kvs_core::text::TextKey;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
@@ -91,10 +90,10 @@ pub(crate) fn run_threads<V: BenchValue>(
 
 /// A request in flight on the async path.
 enum Pending<'c, V: BenchValue> {
-    Get(Ticket<'c, TextKey, V, Option<V>>),
-    Set(Ticket<'c, TextKey, V, ()>),
-    Post(Ticket<'c, TextKey, V, bool>),
-    Del(Ticket<'c, TextKey, V, bool>),
+    Get(Ticket<'c, Vec<u8>, V, Option<V>>),
+    Set(Ticket<'c, Vec<u8>, V, ()>),
+    Post(Ticket<'c, Vec<u8>, V, bool>),
+    Del(Ticket<'c, Vec<u8>, V, bool>),
 }
 
 impl<V: BenchValue> Pending<'_, V> {
@@ -121,7 +120,7 @@ struct InFlight<'c, V: BenchValue> {
 
 /// One benchmark thread: its connection, keys and model.
 struct Worker<V: BenchValue> {
-    client: KVSClient<TextKey, V>,
+    client: KVSClient<Vec<u8>, V>,
     plan: Plan,
     /// This thread's index over all processes.
     global: u64,
@@ -140,7 +139,7 @@ impl<V: BenchValue> Worker<V> {
     }
 
     fn connect(plan: &Plan, global: u64) -> Result<Self, ClientError> {
-        let client = KVSClient::<TextKey, V>::connect_with(&plan.name, plan.options.clone())?;
+        let client = KVSClient::<Vec<u8>, V>::connect_with(&plan.name, plan.options.clone())?;
         let n = plan.keys_per_thread;
         Ok(Self {
             client,
@@ -162,7 +161,8 @@ impl<V: BenchValue> Worker<V> {
             let mut seqs = Vec::with_capacity(end - start);
             for k in start..end {
                 let seq = self.model.take_seq();
-                ops.push(Op::Set(self.model.key(k), self.model.value(k, seq)));
+                let value = self.model.value(k, seq);
+                ops.push(Op::Set(self.model.key(k).clone(), value));
                 seqs.push(seq);
             }
             let results = self.client.batch(&ops, self.plan.options.timeout);
@@ -200,14 +200,14 @@ impl<V: BenchValue> Worker<V> {
             }
             let kind = self.workload.op();
             let k = self.workload.key();
-            let key = self.model.key(k);
             let (seq, value) = next_write(&mut self.model, kind, k);
+            let key = self.model.key(k);
             let t = Instant::now();
             let answer = match kind {
-                Kind::Get => self.client.get(&key).map(Answer::Value),
-                Kind::Set => self.client.set(&key, &value).map(|()| Answer::Done),
-                Kind::Post => self.client.post(&key, &value).map(Answer::Changed),
-                Kind::Del => self.client.del(&key).map(Answer::Changed),
+                Kind::Get => self.client.get(key).map(Answer::Value),
+                Kind::Set => self.client.set(key, &value).map(|()| Answer::Done),
+                Kind::Post => self.client.post(key, &value).map(Answer::Changed),
+                Kind::Del => self.client.del(key).map(Answer::Changed),
             };
             now = Instant::now();
             tally.record(kind, now.duration_since(t).as_nanos() as u64);
@@ -252,14 +252,14 @@ impl<V: BenchValue> Worker<V> {
                 }
                 let kind = workload.op();
                 let k = pick_free_key(workload, busy);
-                let key = model.key(k);
                 let (seq, value) = next_write(model, kind, k);
+                let key = model.key(k);
                 let since = Instant::now();
                 let pending = match kind {
-                    Kind::Get => client.get_async(&key).map(Pending::Get),
-                    Kind::Set => client.set_async(&key, &value).map(Pending::Set),
-                    Kind::Post => client.post_async(&key, &value).map(Pending::Post),
-                    Kind::Del => client.del_async(&key).map(Pending::Del),
+                    Kind::Get => client.get_async(key).map(Pending::Get),
+                    Kind::Set => client.set_async(key, &value).map(Pending::Set),
+                    Kind::Post => client.post_async(key, &value).map(Pending::Post),
+                    Kind::Del => client.del_async(key).map(Pending::Del),
                 };
                 submitted += 1;
                 match pending {
@@ -311,7 +311,7 @@ fn next_write<V: BenchValue>(model: &mut Model, kind: Kind, key: usize) -> (u32,
         let seq = model.take_seq();
         (seq, model.value(key, seq))
     } else {
-        (0, V::zeroed())
+        (0, V::from_ascii(b""))
     }
 }
 

@@ -3,16 +3,19 @@
 
 use crate::support::Failure;
 use clap::{Parser, Subcommand};
-use kvs_client::text::{TextClient, TextError};
-use kvs_client::ClientOptions;
+use kvs_client::{BytesClient, ClientOptions};
 use std::ffi::OsString;
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Talk to a running kvs_server over shared memory.
 ///
-/// Keys are text of up to 63 bytes; values are text up to the server's value
-/// size (255 bytes unless the server was started with a larger
-/// --value-size). A found value is printed to stdout alone.
+/// Keys and values are bytes, taken from the arguments as they are (up to
+/// the server's --max-key-size and --max-value-size); a value can also come
+/// from standard input (`-`) or a file (--file). `get` writes the value's
+/// bytes to stdout as they are.
 ///
 /// Exit status: 0 done; 1 key not found (get, del) or already exists (post);
 /// 2 any error (no server, timeout, too-long key or value, bad arguments).
@@ -36,7 +39,11 @@ pub struct Args {
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Print the value of KEY (exit 1 if absent).
+    /// Write the value of KEY, exactly its bytes (exit 1 if absent): `get
+    /// KEY > file` round-trips with `set KEY --file file`. On a terminal it
+    /// is shown instead with control characters and bytes that are not
+    /// UTF-8 escaped (\n, \u{1b}, \xff) and a newline, so a stored value
+    /// never drives the terminal.
     Get {
         /// The key.
         key: OsString,
@@ -45,15 +52,17 @@ pub enum Command {
     Set {
         /// The key.
         key: OsString,
-        /// The value.
-        value: OsString,
+        /// The value (VALUE, `-` for standard input, or --file PATH).
+        #[command(flatten)]
+        value: ValueArg,
     },
     /// Insert KEY with VALUE only if KEY is absent (exit 1 if it exists).
     Post {
         /// The key.
         key: OsString,
-        /// The value.
-        value: OsString,
+        /// The value (VALUE, `-` for standard input, or --file PATH).
+        #[command(flatten)]
+        value: ValueArg,
     },
     /// Delete KEY (exit 1 if absent).
     Del {
@@ -71,9 +80,9 @@ pub enum Command {
     Bench(kvs_bench::BenchArgs),
     /// List entries (key, value, version, last modified), page by page.
     List {
-        /// Only keys starting with this text.
+        /// Only keys starting with these bytes.
         #[arg(long, default_value = "")]
-        prefix: String,
+        prefix: OsString,
         /// One JSON object per line instead of a table.
         #[arg(long)]
         json: bool,
@@ -107,19 +116,58 @@ pub enum Command {
         keys: Vec<OsString>,
     },
 }
-/// Text from an argument: must be UTF-8.
-pub fn text_arg(what: &str, arg: &OsString) -> Result<String, Failure> {
-    arg.to_str()
-        .map(str::to_owned)
-        .ok_or_else(|| Failure::error(format!("{what} is not valid UTF-8")))
+/// Where a SET's or POST's value comes from.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ValueArg {
+    /// The value; `-` reads it from standard input.
+    #[arg(required_unless_present = "file")]
+    pub value: Option<OsString>,
+    /// Read the value from this file instead.
+    #[arg(long, value_name = "PATH", conflicts_with = "value")]
+    pub file: Option<PathBuf>,
 }
 
-/// A key from an argument, checked against the one rule for keys
-/// (`kvs_core::text::check_key`).
-pub fn key_arg(arg: &OsString) -> Result<String, Failure> {
-    let text = text_arg("key", arg)?;
-    TextClient::check_key(&text).map_err(|e| Failure::error(e.to_string()))?;
-    Ok(text)
+impl ValueArg {
+    /// The value's bytes, read from the argument, stdin or the file (at
+    /// most `max` bytes: more is an error, not a truncation).
+    pub fn bytes(&self, max: u64) -> Result<Vec<u8>, Failure> {
+        let too_long = |len: u64| {
+            Failure::error(format!(
+                "the value is {len} bytes or more, the server allows {max} (kvs_server --max-value-size)"
+            ))
+        };
+        let read_all = |r: &mut dyn Read, what: &str| -> Result<Vec<u8>, Failure> {
+            let mut buf = Vec::new();
+            r.take(max.saturating_add(1))
+                .read_to_end(&mut buf)
+                .map_err(|e| Failure::error(format!("reading {what}: {e}")))?;
+            if buf.len() as u64 > max {
+                return Err(too_long(buf.len() as u64));
+            }
+            Ok(buf)
+        };
+        match (&self.value, &self.file) {
+            (_, Some(path)) => {
+                let (mut file, _) = kvs_core::secure_fs::open_regular(path)
+                    .map_err(|e| Failure::error(format!("{}: {e}", path.display())))?;
+                read_all(&mut file, &path.display().to_string())
+            }
+            (Some(v), None) if v.as_bytes() == b"-" => {
+                read_all(&mut std::io::stdin().lock(), "standard input")
+            }
+            (Some(v), None) => Ok(v.as_bytes().to_vec()),
+            (None, None) => Err(Failure::error("no value given (VALUE, - or --file)")),
+        }
+    }
+}
+
+/// A key from an argument: its bytes as they are (the server's limit is
+/// checked by the client before anything is sent).
+pub fn key_arg(arg: &OsString) -> Result<Vec<u8>, Failure> {
+    if arg.is_empty() {
+        return Err(Failure::error("a key must not be empty"));
+    }
+    Ok(arg.as_bytes().to_vec())
 }
 
 /// The client options the global flags ask for.
@@ -131,12 +179,7 @@ pub fn options(args: &Args) -> ClientOptions {
     }
 }
 
-/// Connects the text client the commands use.
-pub fn connect(args: &Args) -> Result<TextClient, Failure> {
-    TextClient::connect_with(&args.name, options(args)).map_err(|e| Failure::error(e.to_string()))
-}
-impl From<TextError> for Failure {
-    fn from(e: TextError) -> Self {
-        Failure::error(e.to_string())
-    }
+/// Connects the bytes client the commands use.
+pub fn connect(args: &Args) -> Result<BytesClient, Failure> {
+    BytesClient::connect_with(&args.name, options(args)).map_err(|e| Failure::error(e.to_string()))
 }

@@ -1,42 +1,55 @@
 //! The single-key commands (get, set, post, del), status and bench.
 
-use super::args::{connect, key_arg, options, text_arg, Args};
+use super::args::{connect, key_arg, options, Args, ValueArg};
 use crate::support::Failure;
-use kvs_client::text::TextClient;
 use kvs_core::region::peek_info;
-use kvs_core::text::ValueClass;
-use kvs_core::with_value_class;
+use kvs_core::text::escape_bytes_for_display as text_for_display;
 use std::ffi::OsString;
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 
-/// `kvs_client get KEY`: the value alone on stdout; exit 1 if absent.
+/// `kvs_client get KEY`: the value's bytes on stdout, as they are (with a
+/// newline after text when stdout is a terminal); exit 1 if absent.
 pub(super) fn get(args: &Args, key: &OsString) -> Result<(), Failure> {
     let k = key_arg(key)?;
     match connect(args)?.get(&k)? {
-        Some(e) => {
+        Some(value) => {
             let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "{}", e.value);
-            let _ = out.flush();
-            Ok(())
+            let written = if out.is_terminal() {
+                writeln!(out, "{}", kvs_core::text::escape_bytes_for_display(&value))
+            } else {
+                out.write_all(&value)
+            };
+            written
+                .and_then(|()| out.flush())
+                .map_err(|e| Failure::error(format!("writing the value: {e}")))
         }
-        None => Err(Failure::miss(format!("key {k:?} not found"))),
+        None => Err(Failure::miss(format!(
+            "key {} not found",
+            text_for_display(&k)
+        ))),
     }
 }
 
-/// `kvs_client set KEY VALUE`.
-pub(super) fn set(args: &Args, key: &OsString, value: &OsString) -> Result<(), Failure> {
-    // Check every argument before connecting: a bad one writes nothing.
-    let (k, v) = (key_arg(key)?, text_arg("value", value)?);
-    Ok(connect(args)?.set(&k, &v)?)
+/// `kvs_client set KEY VALUE` (or `-`, or `--file PATH`).
+pub(super) fn set(args: &Args, key: &OsString, value: &ValueArg) -> Result<(), Failure> {
+    let k = key_arg(key)?;
+    let client = connect(args)?;
+    let v = value.bytes(client.limits().1)?;
+    Ok(client.set(&k, &v)?)
 }
 
 /// `kvs_client post KEY VALUE`: exit 1 if the key exists.
-pub(super) fn post(args: &Args, key: &OsString, value: &OsString) -> Result<(), Failure> {
-    let (k, v) = (key_arg(key)?, text_arg("value", value)?);
-    if connect(args)?.post(&k, &v)? {
+pub(super) fn post(args: &Args, key: &OsString, value: &ValueArg) -> Result<(), Failure> {
+    let k = key_arg(key)?;
+    let client = connect(args)?;
+    let v = value.bytes(client.limits().1)?;
+    if client.post(&k, &v)? {
         Ok(())
     } else {
-        Err(Failure::miss(format!("key {k:?} already exists")))
+        Err(Failure::miss(format!(
+            "key {} already exists",
+            text_for_display(&k)
+        )))
     }
 }
 
@@ -46,30 +59,27 @@ pub(super) fn del(args: &Args, key: &OsString) -> Result<(), Failure> {
     if connect(args)?.del(&k)? {
         Ok(())
     } else {
-        Err(Failure::miss(format!("key {k:?} not found")))
+        Err(Failure::miss(format!(
+            "key {} not found",
+            text_for_display(&k)
+        )))
     }
 }
 
-/// `kvs_client bench`: the load generator runs a typed client of the
-/// server's value class (a text client would measure its own conversions).
+/// `kvs_client bench`.
 pub(super) fn bench(args: &Args, bench: &kvs_bench::BenchArgs) -> Result<(), Failure> {
     let (info, _) = peek_info(&args.name, &options(args).connect_options())
         .map_err(|e| Failure::error(e.to_string()))?;
-    let class = ValueClass::from_type_size(info.value.size).ok_or_else(|| {
-        Failure::error(format!(
-            "region {} holds values of type {}, which kvs_client bench cannot drive (it drives text regions made by kvs_server)",
-            args.name,
-            info.value.name()
-        ))
-    })?;
-    with_value_class!(class, V => kvs_bench::run::<V>(&args.name, options(args), bench, &info))
+    kvs_bench::run(&args.name, options(args), bench, &info)
         .map_err(|e| Failure::error(e.to_string()))
 }
 
 /// `kvs_client status`: from a probe, so it works even when every client
 /// registration is taken.
 pub(super) fn status(args: &Args, json: bool) -> Result<(), Failure> {
-    let s = TextClient::probe_status(&args.name, &options(args))?;
+    let (_, session) = peek_info(&args.name, &options(args).connect_options())
+        .map_err(|e| Failure::error(e.to_string()))?;
+    let s = kvs_client::status::probe_status(session)?;
     let mut out = std::io::stdout().lock();
     if json {
         let _ = writeln!(out, "{}", serde_json::to_string(&s).unwrap_or_default());
@@ -89,7 +99,17 @@ fn print_status(out: &mut impl Write, s: &kvs_client::StoreStatus) {
         "region        {}  ({} bytes, server pid {})",
         s.region, s.region_bytes, s.server_pid
     );
-    let _ = writeln!(out, "types         {} -> {}", s.key_type, s.value_type);
+    let _ = writeln!(
+        out,
+        "limits        keys up to {} bytes, values up to {} bytes",
+        s.max_key_size, s.max_value_size
+    );
+    let _ = writeln!(
+        out,
+        "memory        {} MiB used of {} MiB",
+        s.memory_used >> 20,
+        s.max_memory >> 20
+    );
     let _ = writeln!(out, "version       {}", s.version);
     let _ = writeln!(out, "entries       {} (limit {limit})", s.entries);
     let _ = writeln!(out, "uptime        {:.1} s", s.uptime_secs);

@@ -4,29 +4,45 @@
 use super::args::{connect, key_arg, Args};
 use crate::jobs::{collect_jobs, run_job};
 use crate::support::Failure;
-use kvs_client::text::{escape_for_display, TextChange};
+use base64::Engine as _;
+use kvs_client::ChangeEvent;
+use kvs_core::text::escape_bytes_for_display as escape_for_display;
 use std::ffi::OsString;
 use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// Puts `bytes` into a JSON object as `name` (a string, when they are
+/// UTF-8) or `name_base64` (standard base64, otherwise): the gateway's rule.
+fn json_bytes(obj: &mut serde_json::Map<String, serde_json::Value>, name: &str, bytes: &[u8]) {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => {
+            obj.insert(name.into(), text.into());
+        }
+        Err(_) => {
+            let b64 = base64::engine::general_purpose::STANDARD.encode(bytes);
+            obj.insert(format!("{name}_base64"), b64.into());
+        }
+    }
+}
+
 /// `kvs_client list`.
-pub(crate) fn list(args: &Args, prefix: &str, json: bool) -> Result<(), Failure> {
+pub(crate) fn list(args: &Args, prefix: &OsString, json: bool) -> Result<(), Failure> {
     let client = connect(args)?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut n = 0usize;
-    for entry in client.list(prefix)? {
+    for entry in client.list(prefix.as_bytes()) {
         let e = entry?;
         n += 1;
         let (key, value) = (&e.key, &e.value);
         let line = if json {
-            serde_json::json!({
-                "key": key,
-                "value": value,
-                "version": e.version,
-                "modified_ns": e.modified_ns,
-            })
-            .to_string()
+            let mut obj = serde_json::Map::new();
+            json_bytes(&mut obj, "key", key);
+            json_bytes(&mut obj, "value", value);
+            obj.insert("version".into(), e.version.into());
+            obj.insert("modified_ns".into(), e.modified_ns.into());
+            serde_json::Value::Object(obj).to_string()
         } else {
             // Escaped: a stored tab, newline or escape sequence neither
             // breaks the row nor drives the terminal.
@@ -140,9 +156,9 @@ pub(crate) fn watch(args: &Args, keys: &[OsString]) -> Result<(), Failure> {
     let keys = keys
         .iter()
         .map(key_arg)
-        .collect::<Result<Vec<String>, _>>()?;
-    let client = connect(args)?;
-    let mut sub = client.subscribe(&keys.iter().map(String::as_str).collect::<Vec<_>>())?;
+        .collect::<Result<Vec<Vec<u8>>, _>>()?;
+    let client = std::sync::Arc::new(connect(args)?);
+    let mut sub = client.subscribe(&keys)?;
     eprintln!(
         "watching {} on {} (Ctrl+C to stop)",
         if keys.is_empty() {
@@ -156,7 +172,7 @@ pub(crate) fn watch(args: &Args, keys: &[OsString]) -> Result<(), Failure> {
     loop {
         let line = match sub.next_timeout(Duration::from_secs(1))? {
             None => continue,
-            Some(TextChange::Changed {
+            Some(ChangeEvent::Changed {
                 key,
                 value,
                 version,
@@ -168,10 +184,10 @@ pub(crate) fn watch(args: &Args, keys: &[OsString]) -> Result<(), Failure> {
                     escape_for_display(&value)
                 )
             }
-            Some(TextChange::Deleted { key, version }) => {
+            Some(ChangeEvent::Deleted { key, version }) => {
                 format!("del {} (version {version})", escape_for_display(&key))
             }
-            Some(TextChange::Missed) => "missed events: the queue overflowed, resync".to_string(),
+            Some(ChangeEvent::Missed) => "missed events: the queue overflowed, resync".to_string(),
         };
         if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
             return Ok(());

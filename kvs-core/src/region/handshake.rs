@@ -25,7 +25,7 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
 /// Version of the handshake (and of the region protocol behind it).
-pub const PROTO_VERSION: u32 = 1;
+pub const PROTO_VERSION: u32 = 2;
 
 const HELLO_MAGIC: u64 = u64::from_le_bytes(*b"kvsHELO\x01");
 const WELCOME_MAGIC: u64 = u64::from_le_bytes(*b"kvsWLCM\x01");
@@ -153,9 +153,11 @@ pub struct Welcome {
     /// Client registrations the server offers.
     pub max_clients: u32,
     _reserved: u32,
+    /// Bytes of the store segment (the second descriptor's size).
+    pub store_size: u64,
 }
 
-const _: () = assert!(std::mem::size_of::<Welcome>() == 64);
+const _: () = assert!(std::mem::size_of::<Welcome>() == 72);
 
 impl Welcome {
     /// An answer with `status` and everything else zero.
@@ -238,7 +240,8 @@ pub fn recv_hello(conn: BorrowedFd<'_>) -> io::Result<Option<Hello>> {
     }
 }
 
-/// Sends the server's answer, with the region's descriptor if admitted.
+/// Sends the server's answer, with the region's descriptors if admitted
+/// (the control segment, then the store segment, read-only).
 ///
 /// # Errors
 ///
@@ -246,17 +249,12 @@ pub fn recv_hello(conn: BorrowedFd<'_>) -> io::Result<Option<Hello>> {
 pub fn send_welcome(
     conn: BorrowedFd<'_>,
     welcome: &Welcome,
-    memfd: Option<BorrowedFd<'_>>,
+    fds: &[BorrowedFd<'_>],
 ) -> io::Result<()> {
     let iov = [IoSlice::new(bytemuck::bytes_of(welcome))];
-    let fds;
-    let cmsgs: &[ControlMessage<'_>] = match memfd {
-        Some(fd) => {
-            fds = [fd.as_raw_fd()];
-            &[ControlMessage::ScmRights(&fds)]
-        }
-        None => &[],
-    };
+    let raw: Vec<std::os::fd::RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    let rights = [ControlMessage::ScmRights(&raw)];
+    let cmsgs: &[ControlMessage<'_>] = if raw.is_empty() { &[] } else { &rights };
     let n = socket::sendmsg::<()>(
         conn.as_raw_fd(),
         &iov,
@@ -283,7 +281,11 @@ pub enum RecvError {
     Io(io::Error),
 }
 
-/// Waits up to `wait` for the server's answer and the descriptor with it.
+/// Most descriptors an answer carries.
+pub const MAX_WELCOME_FDS: usize = 2;
+
+/// Waits up to `wait` for the server's answer and the descriptors with it
+/// (none, or the control and the store segment).
 ///
 /// # Errors
 ///
@@ -291,7 +293,7 @@ pub enum RecvError {
 pub fn recv_welcome(
     conn: BorrowedFd<'_>,
     wait: Duration,
-) -> Result<(Welcome, Option<OwnedFd>), RecvError> {
+) -> Result<(Welcome, Vec<OwnedFd>), RecvError> {
     let wait = wait.max(Duration::from_millis(1));
     let tv = nix::sys::time::TimeVal::new(
         wait.as_secs().min(i64::MAX as u64) as _,
@@ -302,7 +304,7 @@ pub fn recv_welcome(
     let mut welcome = Welcome::zeroed();
     let mut buf = [0u8; std::mem::size_of::<Welcome>() + 1];
     let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 4]);
-    let (n, mut fds, truncated) = {
+    let (n, fds, truncated) = {
         let mut iov = [IoSliceMut::new(&mut buf)];
         let msg = match socket::recvmsg::<()>(
             conn.as_raw_fd(),
@@ -336,12 +338,12 @@ pub fn recv_welcome(
     if n == 0 && fds.is_empty() {
         return Err(RecvError::Closed);
     }
-    if truncated || n != std::mem::size_of::<Welcome>() || fds.len() > 1 {
+    if truncated || n != std::mem::size_of::<Welcome>() || fds.len() > MAX_WELCOME_FDS {
         return Err(RecvError::Malformed(format!(
             "an answer of {n} bytes with {} descriptors",
             fds.len()
         )));
     }
     bytemuck::bytes_of_mut(&mut welcome).copy_from_slice(&buf[..n]);
-    Ok((welcome, fds.pop()))
+    Ok((welcome, fds))
 }

@@ -6,8 +6,8 @@
 //!      0     8  magic            "\x89KVS\r\n\x1a\n" (PNG-style: not zeros, not text)
 //!      8     4  state            Creating = 0, Ready = 1, Closed = 2, Draining = 3
 //!     12     4  layout_version   LAYOUT_VERSION
-//!     16   512  info             RegionInfo (Pod, written once before Ready)
-//!    512     .  live words       event counts and counters (atomics), see LiveWords
+//!     16   256  info             RegionInfo (Pod, written once before Ready)
+//!    384     .  live words       event counts and counters (atomics), see LiveWords
 //! ```
 //!
 //! The first three fields never move, whatever the version, so any opener can
@@ -31,10 +31,7 @@ use std::fmt;
 pub const MAGIC: u64 = u64::from_le_bytes(*b"\x89KVS\r\n\x1a\n");
 
 /// Bumped whenever anything in the region's layout or protocol changes.
-pub const LAYOUT_VERSION: u32 = 5;
-
-/// Maximum bytes of a type name kept in the header.
-pub const TYPE_NAME_LEN: usize = 120;
+pub const LAYOUT_VERSION: u32 = 6;
 
 /// The region's life cycle, stored in [`RegionHeader::state`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,80 +62,15 @@ impl TryFrom<u32> for InitState {
     }
 }
 
-/// Size, alignment and name of one type, as stored in the header.
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-pub struct TypeInfo {
-    /// `size_of`.
-    pub size: u64,
-    /// `align_of`.
-    pub align: u64,
-    /// FNV-1a of the full type name.
-    pub name_hash: u64,
-    /// Length of the (possibly truncated) name in `name`.
-    pub name_len: u64,
-    /// The type name, truncated to [`TYPE_NAME_LEN`] bytes.
-    pub name: [u8; TYPE_NAME_LEN],
-}
-
-impl TypeInfo {
-    /// The description of `T`.
-    pub fn of<T>() -> Self {
-        let full = std::any::type_name::<T>();
-        let mut name = [0u8; TYPE_NAME_LEN];
-        let n = full.len().min(TYPE_NAME_LEN);
-        name[..n].copy_from_slice(&full.as_bytes()[..n]);
-        Self {
-            size: std::mem::size_of::<T>() as u64,
-            align: std::mem::align_of::<T>() as u64,
-            name_hash: fnv1a(full.as_bytes()),
-            name_len: n as u64,
-            name,
-        }
-    }
-
-    /// The stored name (lossy if another process wrote junk).
-    pub fn name(&self) -> String {
-        let n = (self.name_len as usize).min(TYPE_NAME_LEN);
-        String::from_utf8_lossy(&self.name[..n]).into_owned()
-    }
-
-    /// Whether two descriptions denote the same type.
-    pub fn same_as(&self, other: &TypeInfo) -> bool {
-        self.size == other.size && self.align == other.align && self.name_hash == other.name_hash
-    }
-}
-
-impl fmt::Debug for TypeInfo {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} (size {}, align {})",
-            self.name(),
-            self.size,
-            self.align
-        )
-    }
-}
-
-/// FNV-1a, 64-bit: a stable hash for type names (no dependency, no seed).
-pub fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
-}
-
 impl fmt::Debug for RegionInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RegionInfo")
-            .field("key", &self.key)
-            .field("value", &self.value)
             .field("total_size", &self.total_size)
             .field("ring_capacity", &self.ring_capacity)
             .field("slot_count", &self.slot_count)
+            .field("max_key", &self.max_key)
+            .field("max_value", &self.max_value)
+            .field("store_size", &self.store_size)
             .field("server_pid", &self.server_pid)
             .finish_non_exhaustive()
     }
@@ -149,10 +81,6 @@ impl fmt::Debug for RegionInfo {
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 pub struct RegionInfo {
-    /// The key type.
-    pub key: TypeInfo,
-    /// The value type.
-    pub value: TypeInfo,
     /// `size_of::<CachePadded<u8>>()` of the creator (differs across arches).
     pub cache_line: u64,
     /// Total bytes of the region; must equal the object's `fstat` size.
@@ -163,7 +91,7 @@ pub struct RegionInfo {
     pub slot_count: u64,
     /// Client registrations.
     pub max_clients: u64,
-    /// Stripes of the server's map.
+    /// Stripes of the store.
     pub stripes: u64,
     /// Worker threads the server runs.
     pub workers: u64,
@@ -196,7 +124,7 @@ pub struct RegionInfo {
     pub mode: u64,
     /// Byte offset of the bulk buffers.
     pub bulk_offset: u64,
-    /// Number of bulk buffers.
+    /// Number of bulk (staging) buffers.
     pub bulk_count: u64,
     /// Data bytes of each bulk buffer.
     pub bulk_size: u64,
@@ -206,6 +134,18 @@ pub struct RegionInfo {
     pub sub_count: u64,
     /// Events each subscription queue holds (a power of two).
     pub sub_queue: u64,
+    /// Data bytes of one event cell (the largest key plus room for a value).
+    pub sub_cell_bytes: u64,
+    /// The largest key, bytes.
+    pub max_key: u64,
+    /// The largest value, bytes.
+    pub max_value: u64,
+    /// The limit on the store's committed memory, bytes.
+    pub max_memory: u64,
+    /// Bytes of the store segment (the second descriptor's size).
+    pub store_size: u64,
+    /// The store's id (kept across warm restarts).
+    pub store_id: u64,
 }
 
 /// The header at offset 0 of every region.
@@ -249,5 +189,5 @@ pub struct LiveWords {
     pub header_repairs: AtomicU32,
 }
 
-const _: () = assert!(std::mem::size_of::<RegionInfo>() == 2 * (32 + TYPE_NAME_LEN) + 26 * 8);
+const _: () = assert!(std::mem::size_of::<RegionInfo>() == 32 * 8);
 const _: () = assert!(std::mem::offset_of!(RegionHeader, info) == 16);

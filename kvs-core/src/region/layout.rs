@@ -1,16 +1,22 @@
-//! Where each part of the region lives: offsets computed from the capacities
-//! and the key and value types, never pointers.
+//! Where each part of the control segment lives: offsets computed from the
+//! capacities and limits, never pointers.
 //!
 //! The server computes the layout and stores it in the header; an opener
-//! recomputes it from the header's capacities with its own types and refuses
-//! the region unless both agree and the object's size matches, so no offset
-//! read from shared memory is ever trusted on its own.
+//! recomputes it from the header's capacities and refuses the region unless
+//! both agree and the object's size matches, so no offset read from shared
+//! memory is ever trusted on its own.
+//!
+//! Everything before the staging buffers (header, ring, slots, clients,
+//! statistics) is allocated when the region is created (`reserved`); the
+//! staging buffers and the subscription queues are sparse and take memory
+//! only as they are written.
 //!
 //! ```
 //! use kvs_core::region::{Layout, RegionConfig};
 //!
-//! let layout = Layout::compute::<u64, u64>(&RegionConfig::default()).unwrap();
+//! let layout = Layout::compute(&RegionConfig::default()).unwrap();
 //! assert!(layout.total_size >= layout.slots_offset + 1024 * layout.slot_size);
+//! assert!(layout.reserved <= layout.bulk_offset);
 //! ```
 
 use super::clients::ClientEntry;
@@ -50,18 +56,19 @@ pub struct Layout {
     pub bulk_offset: usize,
     /// The subscription entries.
     pub subs_offset: usize,
+    /// Bytes allocated at creation (everything before the staging buffers).
+    pub reserved: usize,
     /// The whole region.
     pub total_size: usize,
 }
 
 impl Layout {
-    /// The layout for keys `K`, values `V` and the capacities in `config`.
+    /// The layout for the capacities and limits in `config`.
     ///
     /// # Errors
     ///
-    /// A message when the sizes overflow `usize` (absurd capacities or
-    /// types).
-    pub fn compute<K, V>(config: &RegionConfig) -> Result<Self, String> {
+    /// A message when the sizes overflow `usize` (absurd capacities).
+    pub fn compute(config: &RegionConfig) -> Result<Self, String> {
         let too_large = || "the region's size overflows this machine's address space".to_string();
         let mut at = 0usize;
         let mut section = |size: Option<usize>, align: usize| -> Result<usize, String> {
@@ -83,10 +90,10 @@ impl Layout {
             Some(size_of::<SlotTableHeader>()),
             align_of::<SlotTableHeader>(),
         )?;
-        let slot_size = size_of::<CachePadded<Slot<K, V>>>();
+        let slot_size = size_of::<CachePadded<Slot>>();
         let slots_offset = section(
             slot_size.checked_mul(config.slots),
-            align_of::<CachePadded<Slot<K, V>>>(),
+            align_of::<CachePadded<Slot>>(),
         )?;
         let clients_offset = section(
             size_of::<ClientEntry>().checked_mul(config.max_clients),
@@ -96,13 +103,20 @@ impl Layout {
             size_of::<CachePadded<WorkerStats>>().checked_mul(super::stats::MAX_WORKERS),
             align_of::<CachePadded<WorkerStats>>(),
         )?;
+        let bulk_size = usize::try_from(config.bulk_size()).map_err(|_| too_large())?;
+        let cell_bytes = usize::try_from(config.sub_cell_bytes()).map_err(|_| too_large())?;
         let bulk_offset = section(
-            crate::bulk::stride(config.bulk_size).checked_mul(config.bulk_buffers),
-            SECTION_ALIGN,
+            crate::bulk::stride(bulk_size).checked_mul(config.bulk_buffers),
+            4096,
         )?;
+        let reserved = bulk_offset;
         let subs_offset = section(
-            crate::notify::stride::<K, V>(config.sub_queue).checked_mul(config.subscribers),
-            SECTION_ALIGN,
+            Some(crate::events::SubTable::bytes_for(
+                config.subscribers,
+                config.sub_queue,
+                cell_bytes,
+            )),
+            4096,
         )?;
         let total_size = at.checked_next_multiple_of(4096).ok_or_else(too_large)?;
         Ok(Self {
@@ -116,6 +130,7 @@ impl Layout {
             stats_offset,
             bulk_offset,
             subs_offset,
+            reserved,
             total_size,
         })
     }
@@ -127,7 +142,7 @@ mod tests {
 
     #[test]
     fn sections_are_aligned_and_disjoint() {
-        let l = Layout::compute::<u64, [u8; 300]>(&RegionConfig::default()).unwrap();
+        let l = Layout::compute(&RegionConfig::default()).unwrap();
         let cfg = RegionConfig::default();
         let sections = [
             (l.ring_header_offset, size_of::<RingHeader>()),

@@ -12,7 +12,7 @@
 //! ```
 //! use kvs_core::region::memfd;
 //!
-//! let file = memfd::create("doc", 8192).unwrap();
+//! let file = memfd::create("doc", 8192, 4096).unwrap();
 //! memfd::check(&file, 8192).unwrap();
 //! assert!(file.set_len(0).is_err()); // sealed
 //! ```
@@ -31,13 +31,16 @@ pub const SEALS: SealFlag = SealFlag::F_SEAL_SHRINK
     .union(SealFlag::F_SEAL_GROW)
     .union(SealFlag::F_SEAL_SEAL);
 
-/// Creates a sealed memfd of `size` bytes, its pages reserved (a full
-/// memory cgroup or `tmpfs` limit is an error now, not a `SIGBUS` later).
+/// Creates a sealed memfd of `size` bytes with its first `reserve` bytes'
+/// pages allocated (a full memory cgroup is an error now, not a `SIGBUS`
+/// later, for the parts that are always touched: headers, ring, slots);
+/// the rest (staging buffers, the store's data) is committed on demand by
+/// whoever writes it, with `fallocate` first (see [`commit`]).
 ///
 /// # Errors
 ///
 /// The OS error (`ENOSPC`, `ENOMEM`, or `EFBIG` for a size too large).
-pub fn create(name: &str, size: usize) -> io::Result<File> {
+pub fn create(name: &str, size: u64, reserve: u64) -> io::Result<File> {
     let label = CString::new(format!("kvs:{name}"))
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in the region name"))?;
     let base = MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING;
@@ -53,10 +56,43 @@ pub fn create(name: &str, size: usize) -> io::Result<File> {
     };
     nix::sys::stat::fchmod(&fd, nix::sys::stat::Mode::from_bits_truncate(0o600))?;
     let file = File::from(fd);
-    file.set_len(size as u64)?;
-    nix::fcntl::posix_fallocate(&file, 0, size as libc::off_t).map_err(io::Error::from)?;
+    file.set_len(size)?;
+    commit(&file, 0, reserve.min(size))?;
     fcntl(&file, FcntlArg::F_ADD_SEALS(SEALS))?;
     Ok(file)
+}
+
+/// Allocates the pages of `[offset, offset + len)` (a sealed memfd cannot
+/// grow, so this only backs holes with memory).
+///
+/// # Errors
+///
+/// `ENOSPC`/`ENOMEM` when there is no memory for them.
+pub fn commit(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    if len == 0 {
+        return Ok(());
+    }
+    let (Ok(off), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+        return Err(io::Error::from_raw_os_error(libc::EFBIG));
+    };
+    nix::fcntl::posix_fallocate(file, off, len).map_err(io::Error::from)
+}
+
+/// Gives the pages of `[offset, offset + len)` back to the system; they read
+/// as zeros afterwards. Best effort: a failure only keeps the memory.
+pub fn release(file: &File, offset: u64, len: u64) {
+    let (Ok(off), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+        return;
+    };
+    if len > 0 {
+        let _ = nix::fcntl::fallocate(
+            file,
+            nix::fcntl::FallocateFlags::FALLOC_FL_PUNCH_HOLE
+                | nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE,
+            off,
+            len,
+        );
+    }
 }
 
 /// Checks a descriptor received from a server: a sealed memfd (or another

@@ -177,12 +177,6 @@ impl Geometry {
         (self.segment_size - self.data_start) / PAGE
     }
 
-    /// The largest block the allocator must hand out: a header, the largest
-    /// key and the largest value, each padded to 8.
-    pub fn max_block(&self) -> u64 {
-        super::block::HEADER_BYTES + align_up(self.max_key, 8) + align_up(self.max_value, 8)
-    }
-
     /// Writes the header of a fresh store (server, before anyone maps it).
     pub fn write_header(&self, words: &Words<'_>, store_id: u64, created_ns: u64) {
         let put = |w: u64, v: u64| {

@@ -77,6 +77,8 @@
 //! even `seq` store happens before its answer, which the client acquires.
 
 #[cfg(not(loom))]
+pub mod adopt;
+#[cfg(not(loom))]
 pub mod alloc;
 pub mod block;
 pub mod hash;

@@ -239,6 +239,15 @@ impl<'a> StoreView<'a> {
         Some(keys)
     }
 
+    /// Bytes of the data area carved into slabs so far (an upper bound of
+    /// the memory the store holds: large blocks freed since are given back).
+    pub fn carved_bytes(&self) -> u64 {
+        self.words
+            .load(super::layout::hdr::CARVED_END * 8)
+            .unwrap_or(0)
+            .saturating_sub(self.geometry.data_start)
+    }
+
     /// Entries the stripes say they hold (a sum of counters; a moment's
     /// view, not a snapshot).
     pub fn entries(&self) -> u64 {

@@ -22,6 +22,20 @@ pub trait Segment: Send + Sync {
     fn release(&self, offset: u64, len: u64);
 }
 
+impl<T: Segment + ?Sized> Segment for std::sync::Arc<T> {
+    fn words(&self) -> Words<'_> {
+        (**self).words()
+    }
+
+    fn commit(&self, offset: u64, len: u64) -> std::io::Result<()> {
+        (**self).commit(offset, len)
+    }
+
+    fn release(&self, offset: u64, len: u64) {
+        (**self).release(offset, len)
+    }
+}
+
 /// A heap segment with an optional limit on committed bytes (to test
 /// running out of memory).
 #[derive(Debug)]

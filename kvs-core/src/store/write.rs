@@ -91,6 +91,8 @@ pub enum Written {
 pub struct Change<'a> {
     /// The key.
     pub key: &'a [u8],
+    /// The key's hash in this store.
+    pub hash: KeyHash,
     /// The new value (`None`: deleted).
     pub value: Option<BlockValue<'a>>,
     /// The change's version.
@@ -140,15 +142,18 @@ impl<'a> BlockValue<'a> {
     }
 }
 
+/// An entry copied out of the store: key, value, metadata.
+pub type Copied = (Vec<u8>, Vec<u8>, Meta);
+
 /// A stripe as the server knows it.
 #[derive(Debug, Default)]
-struct StripeState {
+pub(super) struct StripeState {
     /// The authoritative `seq` (the segment only receives stores of it).
-    seq: u64,
-    table: Option<TableWord>,
-    live: u64,
+    pub(super) seq: u64,
+    pub(super) table: Option<TableWord>,
+    pub(super) live: u64,
     /// Live plus tombstone slots.
-    used: u64,
+    pub(super) used: u64,
 }
 
 /// Where a probe for a key ended.
@@ -181,17 +186,17 @@ pub struct WriterStats {
 
 /// The writer: one per server.
 pub struct StoreWriter<S: Segment> {
-    segment: S,
-    geometry: Geometry,
-    stripes: Box<[CachePadded<Mutex<StripeState>>]>,
-    alloc: Mutex<Allocator>,
-    max_memory: u64,
+    pub(super) segment: S,
+    pub(super) geometry: Geometry,
+    pub(super) stripes: Box<[CachePadded<Mutex<StripeState>>]>,
+    pub(super) alloc: Mutex<Allocator>,
+    pub(super) max_memory: u64,
     /// The last version handed out.
-    version: AtomicU64,
+    pub(super) version: AtomicU64,
     /// Versions below this are reserved in the header.
-    version_high: Mutex<u64>,
-    entries: AtomicU64,
-    max_entries: Option<u64>,
+    pub(super) version_high: Mutex<u64>,
+    pub(super) entries: AtomicU64,
+    pub(super) max_entries: Option<u64>,
 }
 
 impl<S: Segment> std::fmt::Debug for StoreWriter<S> {
@@ -235,12 +240,12 @@ impl<S: Segment> StoreWriter<S> {
         }
     }
 
-    fn alloc_config(g: &Geometry, max_memory: u64) -> AllocConfig {
+    pub(super) fn alloc_config(g: &Geometry, max_memory: u64) -> AllocConfig {
         AllocConfig {
             data_start: g.data_start,
             data_end: g.segment_size,
             max_memory,
-            max_block: g.max_block().max(1 << 30),
+            max_block: block::block_bytes(g.max_key, g.max_value).max(1 << 30),
             commit_step: 1 << 20,
         }
     }
@@ -260,11 +265,11 @@ impl<S: Segment> StoreWriter<S> {
         StoreView::new(self.segment.words(), self.geometry)
     }
 
-    fn words(&self) -> Words<'_> {
+    pub(super) fn words(&self) -> Words<'_> {
         self.segment.words()
     }
 
-    fn arena(&self) -> SegmentArena<'_, S> {
+    pub(super) fn arena(&self) -> SegmentArena<'_, S> {
         SegmentArena::new(&self.segment, self.geometry)
     }
 
@@ -308,7 +313,7 @@ impl<S: Segment> StoreWriter<S> {
         v
     }
 
-    fn reserve_versions(&self, v: u64) {
+    pub(super) fn reserve_versions(&self, v: u64) {
         let mut high = self.version_high.lock();
         if v >= *high {
             *high = v.saturating_add(VERSION_CHUNK);
@@ -381,13 +386,13 @@ impl<S: Segment> StoreWriter<S> {
     }
 
     /// Hands back a block unlinked by a write (rule 3), retired first.
-    fn free_block(&self, offset: u64) {
+    pub(super) fn free_block(&self, offset: u64) {
         publish::retire_block(&self.words(), offset);
         let _ = self.alloc.lock().free(&self.arena(), offset);
     }
 
     /// Stores `word` at `at` inside the stripe's `seq` bracket (rule 2).
-    fn publish(&self, stripe_index: u64, st: &mut StripeState, at: u64, word: u64) {
+    pub(super) fn publish(&self, stripe_index: u64, st: &mut StripeState, at: u64, word: u64) {
         let live = st.live;
         publish::publish(
             &self.words(),
@@ -408,27 +413,8 @@ impl<S: Segment> StoreWriter<S> {
         log2: u32,
         extra: Option<(KeyHash, u64)>,
     ) -> Result<(TableWord, u64), WriteError> {
-        let table = TableWord {
-            offset: self.take_block(8 << log2)?,
-            log2_capacity: log2,
-        };
         let words = self.words();
-        for i in 0..table.capacity() {
-            words.store(table.slot_at(i), EMPTY);
-        }
-        let mut placed = 0u64;
-        let mut place = |hash: KeyHash, word: u64| {
-            let cap = table.capacity();
-            let start = hash.start(cap);
-            for i in 0..cap {
-                let at = table.slot_at(start.wrapping_add(i));
-                if words.load(at) == Some(EMPTY) {
-                    words.store(at, word);
-                    placed += 1;
-                    return;
-                }
-            }
-        };
+        let mut items = Vec::new();
         if let Some(old) = old {
             for i in 0..old.capacity() {
                 let w = words.load(old.slot_at(i)).unwrap_or(EMPTY);
@@ -442,13 +428,42 @@ impl<S: Segment> StoreWriter<S> {
                         .read_into(offset + h.key_at(), h.key_len, &mut key)
                         .is_ok()
                     {
-                        place(KeyHash::of(&key, self.geometry.seed), w);
+                        items.push((KeyHash::of(&key, self.geometry.seed), w));
                     }
                 }
             }
         }
-        if let Some((hash, word)) = extra {
-            place(hash, word);
+        items.extend(extra);
+        self.build_table_of(&items, log2)
+    }
+
+    /// A new table of `2^log2` slots holding `items` (hash, slot word);
+    /// returns it and how many it placed.
+    pub(super) fn build_table_of(
+        &self,
+        items: &[(KeyHash, u64)],
+        log2: u32,
+    ) -> Result<(TableWord, u64), WriteError> {
+        let table = TableWord {
+            offset: self.take_block(8 << log2)?,
+            log2_capacity: log2,
+        };
+        let words = self.words();
+        for i in 0..table.capacity() {
+            words.store(table.slot_at(i), EMPTY);
+        }
+        let mut placed = 0u64;
+        let cap = table.capacity();
+        for (hash, word) in items {
+            let start = hash.start(cap);
+            for i in 0..cap {
+                let at = table.slot_at(start.wrapping_add(i));
+                if words.load(at) == Some(EMPTY) {
+                    words.store(at, *word);
+                    placed += 1;
+                    break;
+                }
+            }
         }
         Ok((table, placed))
     }
@@ -514,7 +529,8 @@ impl<S: Segment> StoreWriter<S> {
             }
         };
         let offset = self.take_block(block::block_bytes(key.len() as u64, value.len()))?;
-        let meta = keep.unwrap_or(Meta {
+        // Lazily: a kept (loaded) entry must not use up a version.
+        let meta = keep.unwrap_or_else(|| Meta {
             version: self.next_version(),
             modified_ns: now,
             deadline: 0,
@@ -547,6 +563,7 @@ impl<S: Segment> StoreWriter<S> {
         let value_at = offset + block::HEADER_BYTES + (key.len() as u64).div_ceil(8) * 8;
         on_change(&Change {
             key,
+            hash,
             value: Some(BlockValue {
                 words,
                 offset: value_at,
@@ -618,6 +635,7 @@ impl<S: Segment> StoreWriter<S> {
         self.entries.fetch_sub(1, Ordering::Relaxed);
         on_change(&Change {
             key,
+            hash,
             value: None,
             version,
             modified_ns: 0,
@@ -654,6 +672,39 @@ impl<S: Segment> StoreWriter<S> {
             }
             Probe::Absent { .. } => f(None),
         }
+    }
+
+    /// A point-in-time copy of every entry, and the version it was taken
+    /// at: every stripe's lock is held (taken in order) while the entries
+    /// are copied out, so no write lands between two stripes' copies.
+    pub fn snapshot(&self) -> (Vec<Copied>, u64) {
+        let guards: Vec<_> = self.stripes.iter().map(|s| s.lock()).collect();
+        let version = self.version();
+        let words = self.words();
+        let mut out = Vec::with_capacity(self.len() as usize);
+        for st in &guards {
+            let Some(table) = st.table else { continue };
+            for i in 0..table.capacity() {
+                let w = words.load(table.slot_at(i)).unwrap_or(EMPTY);
+                if let Slot::Live { offset, .. } = Slot::decode(w) {
+                    let Ok(h) = block::read_header(&words, &self.geometry, offset) else {
+                        continue;
+                    };
+                    let (mut key, mut value) = (Vec::new(), Vec::new());
+                    if words
+                        .read_into(offset + h.key_at(), h.key_len, &mut key)
+                        .is_ok()
+                        && words
+                            .read_into(offset + h.value_at(), h.value_len, &mut value)
+                            .is_ok()
+                    {
+                        out.push((key, value, h.meta));
+                    }
+                }
+            }
+        }
+        drop(guards);
+        (out, version)
     }
 
     /// Calls `f` with every entry of stripe `index`, under its lock (a
@@ -727,6 +778,25 @@ mod tests {
     fn set(w: &StoreWriter<HeapSegment>, key: &[u8], value: &[u8]) -> Written {
         w.set(key, ValueSource::Bytes(value), WriteMode::Upsert, |_| {})
             .unwrap()
+    }
+
+    #[test]
+    fn loaded_entries_keep_their_metadata_and_use_up_no_version() {
+        let w = writer(2, 1 << 30);
+        for (i, k) in [&b"a"[..], b"b", b"c"].into_iter().enumerate() {
+            let meta = Meta {
+                version: 10 + i as u64,
+                modified_ns: 77,
+                deadline: 0,
+            };
+            w.insert_loaded(k, b"v", meta).unwrap();
+            match w.view().get(k) {
+                Lookup::Found { meta: got, .. } => assert_eq!(got, meta),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(w.version(), 12);
+        assert!(matches!(set(&w, b"d", b"v"), Written::Inserted(13)));
     }
 
     #[test]

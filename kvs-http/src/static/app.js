@@ -7,14 +7,20 @@
 // the Authorization header like on every other call. The token comes from
 // `?token=` on the first visit (kept in sessionStorage, removed from the
 // address bar) or from the form shown after a 401.
+//
+// Keys and values are bytes: the API sends those that are UTF-8 as `key` /
+// `value` strings and any others as `key_base64` / `value_base64`. The table
+// shows text as it is and a binary value as its size; a `change` event of a
+// large value carries only its size (`value_bytes`), and the page reads the
+// value with /get. Binary values cannot be edited from the page.
 'use strict';
 
 const TOKEN_KEY = 'kvs_http_token';
 const $ = (id) => document.getElementById(id);
 
 const state = {
-  entries: new Map(), // key -> {key, value, version, modified_ms}
-  rows: new Map(), // key -> <tr>
+  entries: new Map(), // id -> entry (see normalize)
+  rows: new Map(), // id -> <tr>
   version: 0,
   maxEntries: null,
   events: null, // AbortController of the /events request
@@ -103,6 +109,63 @@ async function api(method, path, body) {
 
 const enc = encodeURIComponent;
 
+// ---- entries ----
+
+// The id of a key in the maps: text and base64 keys cannot collide.
+function keyId(key, keyBase64) {
+  return key !== undefined && key !== null ? `t:${key}` : `b:${keyBase64}`;
+}
+
+function base64Bytes(b64) {
+  const pad = b64.endsWith('==') ? 2 : b64.endsWith('=') ? 1 : 0;
+  return Math.floor((b64.length * 3) / 4) - pad;
+}
+
+// An entry or event of the API as the page keeps it: `key` (text, or null
+// for a binary key, then `keyBase64`), `label` (what the table shows),
+// `value` (text, or null: then `valueBase64`, or neither when the value
+// was too large for an event), `valueBytes`.
+function normalize(e) {
+  const textKey = typeof e.key === 'string';
+  const entry = {
+    id: keyId(e.key, e.key_base64),
+    key: textKey ? e.key : null,
+    keyBase64: textKey ? null : e.key_base64,
+    label: textKey ? e.key : `base64:${e.key_base64}`,
+    value: typeof e.value === 'string' ? e.value : null,
+    valueBase64: typeof e.value_base64 === 'string' ? e.value_base64 : null,
+    version: e.version,
+    modified_ms: e.modified_ms,
+  };
+  if (entry.value !== null) entry.valueBytes = new TextEncoder().encode(entry.value).length;
+  else if (entry.valueBase64 !== null) entry.valueBytes = base64Bytes(entry.valueBase64);
+  else entry.valueBytes = e.value_bytes || 0;
+  entry.complete = entry.value !== null || entry.valueBase64 !== null;
+  return entry;
+}
+
+// The path of an API call on one key: `get/KEY`, or `get?key_base64=B`.
+function keyPath(call, entry) {
+  return entry.key !== null ? `${call}/${enc(entry.key)}` : `${call}?key_base64=${enc(entry.keyBase64)}`;
+}
+
+const SHOWN_CHARS = 300;
+
+function formatBytes(n) {
+  if (n >= 1048576 && n % 1048576 === 0) return `${n / 1048576} MiB`;
+  if (n >= 1024 && n % 1024 === 0) return `${n / 1024} KiB`;
+  return `${n} B`;
+}
+
+function displayValue(entry) {
+  if (entry.value !== null) {
+    if (entry.value.length <= SHOWN_CHARS) return entry.value;
+    return `${entry.value.slice(0, SHOWN_CHARS)}… (${entry.valueBytes} bytes)`;
+  }
+  if (entry.valueBase64 !== null) return `(${entry.valueBytes} bytes of binary)`;
+  return `(${entry.valueBytes} bytes, loading…)`;
+}
+
 // ---- table ----
 
 function pad(n, w = 2) {
@@ -118,13 +181,20 @@ function formatTime(ms) {
 
 function matches(entry, filter) {
   if (!filter) return true;
-  return entry.key.toLowerCase().includes(filter) || entry.value.toLowerCase().includes(filter);
+  return entry.label.toLowerCase().includes(filter)
+    || (entry.value !== null && entry.value.toLowerCase().includes(filter));
+}
+
+function sortKey(entry) {
+  // Text keys first, then binary ones.
+  return (entry.key !== null ? '0' : '1') + entry.label;
 }
 
 function fillRow(tr, entry) {
   const [key, value, version, time] = tr.children;
-  key.textContent = entry.key;
-  value.textContent = entry.value;
+  key.textContent = entry.label;
+  value.textContent = displayValue(entry);
+  value.classList.toggle('binary', entry.value === null);
   version.textContent = entry.version;
   time.textContent = formatTime(entry.modified_ms);
   time.title = entry.modified_ms ? new Date(entry.modified_ms).toISOString() : '';
@@ -133,7 +203,10 @@ function fillRow(tr, entry) {
 
 function makeRow(entry) {
   const tr = document.createElement('tr');
-  tr.dataset.key = entry.key;
+  tr.dataset.id = entry.id;
+  tr.dataset.sort = sortKey(entry);
+  if (entry.key !== null) tr.dataset.key = entry.key;
+  else tr.dataset.keyBase64 = entry.keyBase64;
   for (const cls of ['key', 'value', 'num', 'time']) {
     const td = document.createElement('td');
     td.className = cls;
@@ -144,18 +217,27 @@ function makeRow(entry) {
   del.type = 'button';
   del.className = 'link';
   del.textContent = 'delete';
-  del.title = `Delete ${entry.key}`;
+  del.title = `Delete ${entry.label}`;
   del.addEventListener('click', (ev) => {
     ev.stopPropagation();
-    removeKey(tr.dataset.key);
+    const e = state.entries.get(tr.dataset.id);
+    if (e) removeKey(e);
   });
   actions.appendChild(del);
   tr.appendChild(actions);
   tr.addEventListener('click', () => {
-    const e = state.entries.get(tr.dataset.key);
-    if (e) {
-      $('key').value = e.key;
+    const e = state.entries.get(tr.dataset.id);
+    if (!e) return;
+    if (e.key === null) {
+      showNotice('This key is binary: it cannot be edited here (delete it with its row\'s button).');
+      return;
+    }
+    $('key').value = e.key;
+    if (e.value !== null) {
       $('value').value = e.value;
+    } else {
+      $('value').value = '';
+      showNotice(`The value of ${e.key} is binary: it cannot be edited here.`);
     }
   });
   fillRow(tr, entry);
@@ -180,20 +262,21 @@ function updateCounts() {
 // Inserts or updates one entry, keeping rows sorted by key. An event older
 // than what the table shows is ignored.
 function upsert(entry, flash) {
-  const known = state.entries.get(entry.key);
+  const known = state.entries.get(entry.id);
   if (known && known.version > entry.version) return;
-  state.entries.set(entry.key, entry);
+  state.entries.set(entry.id, entry);
   state.version = Math.max(state.version, entry.version);
-  let tr = state.rows.get(entry.key);
+  let tr = state.rows.get(entry.id);
   if (tr) {
     fillRow(tr, entry);
   } else {
     tr = makeRow(entry);
-    state.rows.set(entry.key, tr);
+    state.rows.set(entry.id, tr);
     const tbody = $('entries').tBodies[0];
+    const sort = sortKey(entry);
     let before = null;
     for (const row of tbody.rows) {
-      if (row.dataset.key > entry.key) { before = row; break; }
+      if (row.dataset.sort > sort) { before = row; break; }
     }
     tbody.insertBefore(tr, before);
   }
@@ -205,20 +288,20 @@ function upsert(entry, flash) {
   updateCounts();
 }
 
-function remove(key, version) {
-  const known = state.entries.get(key);
+function remove(id, version) {
+  const known = state.entries.get(id);
   if (known && version !== undefined && known.version > version) return;
-  state.entries.delete(key);
-  const tr = state.rows.get(key);
+  state.entries.delete(id);
+  const tr = state.rows.get(id);
   if (tr) tr.remove();
-  state.rows.delete(key);
+  state.rows.delete(id);
   if (version !== undefined) state.version = Math.max(state.version, version);
   updateCounts();
 }
 
 function applyFilter() {
   const filter = currentFilter();
-  for (const [key, tr] of state.rows) tr.hidden = !matches(state.entries.get(key), filter);
+  for (const [id, tr] of state.rows) tr.hidden = !matches(state.entries.get(id), filter);
   updateCounts();
 }
 
@@ -253,11 +336,14 @@ async function loadOnce() {
     const query = cursor ? `?limit=1000&cursor=${enc(cursor)}` : '?limit=1000';
     const page = await api('GET', `status${query}`);
     if (!first) first = page;
-    for (const e of page.entries) entries.set(e.key, e);
+    for (const e of page.entries) {
+      const entry = normalize(e);
+      entries.set(entry.id, entry);
+    }
     cursor = page.next_cursor;
   } while (cursor);
   $('region').textContent = first.region;
-  $('value-limit').textContent = `${first.limits.value_max_bytes} B`;
+  $('value-limit').textContent = formatBytes(first.limits.value_max_bytes);
   $('value').maxLength = first.limits.value_max_bytes;
   $('key').maxLength = first.limits.key_max_bytes;
   state.maxEntries = first.max_entries;
@@ -266,7 +352,8 @@ async function loadOnce() {
   state.entries = new Map();
   state.rows = new Map();
   state.version = 0; // a restarted server starts again from 0
-  for (const key of [...entries.keys()].sort()) upsert(entries.get(key), false);
+  const sorted = [...entries.values()].sort((a, b) => (sortKey(a) < sortKey(b) ? -1 : 1));
+  for (const entry of sorted) upsert(entry, false);
   state.version = Math.max(state.version, first.version);
   updateCounts();
 }
@@ -292,11 +379,15 @@ function handleEvent(name, data) {
       setLive(true, 'live');
       reload();
       break;
-    case 'change':
-      upsert({ key: data.key, value: data.value, version: data.version, modified_ms: data.modified_ms }, true);
+    case 'change': {
+      const entry = normalize(data);
+      upsert(entry, true);
+      // Too large for the event: read it.
+      if (!entry.complete) refreshKey(entry);
       break;
+    }
     case 'delete':
-      remove(data.key, data.version);
+      remove(keyId(data.key, data.key_base64), data.version);
       break;
     case 'unavailable':
       setLive(false, 'store down');
@@ -362,21 +453,22 @@ async function connectEvents() {
 
 // ---- forms ----
 
-async function refreshKey(key) {
-  // The event stream brings the change too; this keeps the table right
-  // when live updates are down.
+// Reads one key (`entry`: its `key`, or `keyBase64` for a binary key) into
+// the table.
+async function refreshKey(entry) {
   try {
-    upsert(await api('GET', `get/${enc(key)}`), true);
+    upsert(normalize(await api('GET', keyPath('get', entry))), true);
   } catch (e) {
-    if (e.status === 404) remove(key);
+    if (e.status === 404) remove(keyId(entry.key, entry.keyBase64));
   }
 }
 
-async function removeKey(key) {
+async function removeKey(entry) {
+  const label = entry.key !== null ? entry.key : `base64:${entry.keyBase64}`;
   try {
-    await api('DELETE', `del/${enc(key)}`);
-    remove(key);
-    showNotice(`Deleted ${key}`);
+    await api('DELETE', keyPath('del', entry));
+    remove(keyId(entry.key, entry.keyBase64));
+    showNotice(`Deleted ${label}`);
   } catch (e) {
     showError(e.message);
   }
@@ -387,9 +479,10 @@ async function submitEdit(ev) {
   const action = ev.submitter ? ev.submitter.value : 'set';
   const key = $('key').value;
   const value = $('value').value;
+  const named = { key, keyBase64: null };
   try {
     if (action === 'delete') {
-      await removeKey(key);
+      await removeKey(named);
       return;
     }
     if (action === 'insert') {
@@ -399,7 +492,9 @@ async function submitEdit(ev) {
       await api('POST', 'set', { key, value });
       showNotice(`Set ${key}`);
     }
-    await refreshKey(key);
+    // The event stream brings the change too; this keeps the table right
+    // when live updates are down.
+    await refreshKey(named);
   } catch (e) {
     showError(e.message);
   }
