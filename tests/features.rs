@@ -586,3 +586,77 @@ fn library_subscription_reports_changes_deletes_and_overflow() {
         ));
     }
 }
+
+/// Values from empty to 64 MiB (with `--max-value-size 64M`) round-trip
+/// through SET, direct GET, asynchronous GET, a batch and a replacement by a
+/// small value; one byte over the limit is refused before anything is sent;
+/// and the store's memory goes back down once the large values are gone.
+#[test]
+fn values_up_to_64_mib_round_trip() {
+    let name = unique_name("large");
+    let _server = ServerGuard::start(
+        &name,
+        &["--max-value-size", "64M", "--staging-buffers", "2"],
+    );
+    let client = KVSClient::<Vec<u8>, Vec<u8>>::connect(&name).unwrap();
+    assert_eq!(client.limits().1, 64 << 20);
+    let pattern = |len: usize, seed: u8| -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect()
+    };
+    for (i, len) in [0usize, 1, 1024, 64 << 10, 1 << 20, 64 << 20]
+        .into_iter()
+        .enumerate()
+    {
+        let key = format!("large-{len}").into_bytes();
+        let value = pattern(len, i as u8);
+        client.set(&key, &value).unwrap();
+        assert!(
+            client.get(&key).unwrap() == Some(value.clone()),
+            "{len} bytes differ"
+        );
+        let ticket = client.get_async(&key).unwrap();
+        assert!(
+            ticket.wait(Duration::from_secs(30)).unwrap() == Some(value),
+            "{len} (async)"
+        );
+    }
+    let key = b"large-67108864".to_vec();
+    let status = client.status().unwrap();
+    assert!(status.memory_used >= 64 << 20, "{status:?}");
+    let over = vec![0u8; (64 << 20) + 1];
+    assert!(matches!(
+        client.set(&key, &over),
+        Err(ClientError::ValueLength { .. })
+    ));
+    use kvs::{Op, Reply};
+    let big = pattern(5 << 20, 9);
+    let replies = client.batch(
+        &[
+            Op::Set(b"b1".to_vec(), big.clone()),
+            Op::Set(b"b2".to_vec(), big.clone()),
+            Op::Get(b"b1".to_vec()),
+            Op::Del(b"b1".to_vec()),
+            Op::Get(b"b1".to_vec()),
+        ],
+        Duration::from_secs(30),
+    );
+    let replies: Vec<Reply<Vec<u8>>> = replies.into_iter().map(Result::unwrap).collect();
+    assert!(replies[2] == Reply::Value(Some(big)));
+    assert_eq!(replies[4], Reply::Value(None));
+    // Replaced by a small value, then deleted: the memory goes back.
+    client.set(&key, &b"small now".to_vec()).unwrap();
+    assert_eq!(client.get(&key).unwrap(), Some(b"small now".to_vec()));
+    for len in [64 << 10, 1 << 20] {
+        client.del(&format!("large-{len}").into_bytes()).unwrap();
+    }
+    client.del(&b"b2".to_vec()).unwrap();
+    let after = client.status().unwrap();
+    assert!(
+        after.memory_used + (64 << 20) <= status.memory_used,
+        "memory stayed: {} then {}",
+        status.memory_used,
+        after.memory_used
+    );
+}
