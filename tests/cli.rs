@@ -729,3 +729,34 @@ fn status_works_when_every_registration_is_taken() {
     assert_eq!(status["clients"], 1);
     drop(holder);
 }
+
+/// Batches of many clients at once, together far more than the server has
+/// response slots: a client holding answers it has not collected never
+/// waits for a slot (it collects one first), so nobody stalls until the
+/// deadline, and every op succeeds.
+#[test]
+fn batches_of_many_clients_share_few_slots_without_stalling() {
+    let name = unique_name("batch-slots");
+    let mut server = KVSServer::<u64, u64>::builder(&name)
+        .slots(64)
+        .ring_capacity(64)
+        .build()
+        .unwrap();
+    server.start(2).unwrap();
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for t in 0..8u64 {
+            let name = &name;
+            s.spawn(move || {
+                let client = KVSClient::<u64, u64>::connect(name).unwrap();
+                let ops: Vec<kvs::Op<u64, u64>> =
+                    (0..3000).map(|i| kvs::Op::Set(t << 32 | i, i)).collect();
+                for r in client.batch(&ops, Duration::from_secs(60)) {
+                    r.unwrap();
+                }
+            });
+        }
+    });
+    eprintln!("8 batches of 3000 over 64 slots took {:?}", start.elapsed());
+    assert_eq!(server.storage_size(), 24_000);
+}

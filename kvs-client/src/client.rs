@@ -319,12 +319,12 @@ impl<K: Codec, V: Codec> KVSClient<K, V> {
                 while in_flight.len() >= window {
                     collect(&mut in_flight, &mut results);
                 }
-                // Holding staging buffers, never wait for another: ours come
-                // free only when their answers are collected.
-                let staging = if in_flight.iter().any(|(_, _, s)| s.staging.is_some()) {
-                    Staging::IfFreeNow
-                } else {
+                // Holding requests in flight, never wait for a slot or a
+                // staging buffer: ours come free only when collected.
+                let staging = if in_flight.is_empty() {
                     Staging::IfNeeded
+                } else {
+                    Staging::NoWait
                 };
                 let submitted = match op {
                     Op::Set(_, v) | Op::Post(_, v) => {
@@ -353,6 +353,9 @@ impl<K: Codec, V: Codec> KVSClient<K, V> {
                     {
                         collect(&mut in_flight, &mut results);
                     }
+                    // Other clients hold every slot: they come free as the
+                    // workers answer, so go on trying until the deadline.
+                    Err(ClientError::NoFreeSlot) if Instant::now() < deadline.instant() => {}
                     Err(e) => {
                         results[i] = Some(Err(e));
                         break;

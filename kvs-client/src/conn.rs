@@ -77,7 +77,8 @@ pub struct RawEntry {
     pub modified_ns: u64,
 }
 
-/// When a request takes a staging buffer.
+/// When a request takes a staging buffer, and whether it waits for one
+/// (and for a slot).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Staging {
     /// When its key and value do not fit the slot, waiting (until the
@@ -85,11 +86,14 @@ pub(crate) enum Staging {
     IfNeeded,
     /// Always (the answer may be large), waiting as `IfNeeded`.
     Always,
-    /// When they do not fit, but only a buffer free right now: a caller
-    /// that holds buffers of its own must not wait for one (the ones it
-    /// holds come free only when it collects their answers), so it gets
-    /// [`ClientError::NoBulkBuffer`] at once instead.
-    IfFreeNow,
+    /// As `IfNeeded`, but claiming only what is free right now, the slot
+    /// as well as a staging buffer: a caller that holds requests in flight
+    /// must not wait for either (the ones it holds come free only when it
+    /// collects their answers; waiting would stall it, and every client
+    /// doing the same, until the deadline), so it gets
+    /// [`ClientError::NoFreeSlot`] or [`ClientError::NoBulkBuffer`] at once
+    /// instead, and collects an answer first.
+    NoWait,
 }
 
 /// A request in flight: its slot, and the staging buffer it holds, if any.
@@ -351,7 +355,11 @@ impl Conn {
         let value = value.filter(|_| op.carries_value()).unwrap_or(&[]);
         let payload = Payload::new(key.len() as u64, value.len() as u64);
         let slots = self.region.slots();
-        let claim = self.claim_slot(deadline)?;
+        let claim = if staging == Staging::NoWait {
+            self.try_claim().ok_or(ClientError::NoFreeSlot)?
+        } else {
+            self.claim_slot(deadline)?
+        };
         let mut request = Request {
             op: op as u16,
             key_len: key.len() as u32,
@@ -360,7 +368,7 @@ impl Conn {
             ..Request::default()
         };
         let staging = if staging == Staging::Always || !payload.fits_inline() {
-            let claimed = if staging == Staging::IfFreeNow {
+            let claimed = if staging == Staging::NoWait {
                 self.region
                     .bulk()
                     .claim(self.registration)
