@@ -41,7 +41,7 @@ pub enum StoreSource {
 impl Region {
     /// Creates the region `name` for a server, taking over the files of a
     /// dead server. Returns the region, the listening socket (for the
-    /// server's acceptor; see [`handshake`]) and what was there before.
+    /// server's acceptor; see [`super::handshake`]) and what was there before.
     ///
     /// # Errors
     ///

@@ -14,6 +14,24 @@
 //! entries arrive without any pre-sizing (see [`layout`] for the byte
 //! table). `--max-memory` bounds the committed bytes, not the mapping.
 //!
+//! ## Why one segment, not a chain of segments
+//!
+//! Growing by adding segments (Chronicle Map's tiers, a list of memfds)
+//! makes every reader check, on every offset, which segment it is in and
+//! whether it has mapped that one yet, and makes the server hand new
+//! descriptors to every client mid-run. One reserved mapping needs none of
+//! that: an offset is an offset for the store's whole life, a reader never
+//! maps anything after it connected, and the bounds check is one compare.
+//! What makes it affordable is that a memfd's size is only address space:
+//! pages that were never written take no memory (`fallocate` commits them
+//! as slabs are carved, so running out shows up as "store full" at the
+//! allocator, never as a `SIGBUS` in a reader). The cost is virtual
+//! address space, 4x `--max-memory` (48 GiB for a 12 GiB limit, against
+//! 128 TiB of user address space), and page-table memory only for touched
+//! pages. LMDB's users meet `MDB_MAP_FULL` because its map size is the
+//! data's size; here the reservation is a multiple of the limit, and the
+//! limit is what the operator sets.
+//!
 //! # Index and entries
 //!
 //! The key space is split into 2^k *stripes* by the top bits of a seeded
@@ -75,6 +93,16 @@
 //!
 //! A client that got an acknowledged SET reads its own write: the worker's
 //! even `seq` store happens before its answer, which the client acquires.
+//!
+//! # After a crash
+//!
+//! The segment outlives a server killed at any instruction (a keeper
+//! process holds it, see `kvs_server::keeper`). What a dead writer can
+//! leave, by the rules above, is an odd `seq`, a block written but not
+//! linked, or one unlinked but not yet freed; [`adopt`] checks every
+//! table and entry, repairs the first, lets the allocator's rebuild reclaim
+//! the other two, drops (and counts) whatever a crash cannot explain, and
+//! restarts the version counter above the header's high-water mark.
 
 #[cfg(not(loom))]
 pub mod adopt;
