@@ -25,8 +25,8 @@
 
 pub use kvs_client::{
     BackupInfo, BytesClient, ChangeEvent, ClientError, ClientOptions, Codec, DecodeError,
-    KVSClient, ListCursor, ListPage, ListedEntry, Op, Raw, RawEntry, Reply, StoreStatus,
-    Subscription, Ticket, Versioned,
+    KVSClient, ListCursor, ListPage, ListedEntry, Op, Raw, RawEntry, Reply, StoreLimit,
+    StoreStatus, Subscription, Ticket, Versioned,
 };
 pub use kvs_core as core;
 pub use kvs_core::{FixedStr, FixedStrError};

@@ -724,7 +724,7 @@ fn server_takes_over_a_dead_servers_region() {
 
     let (mut second, stderr) = start_server_capturing(&name, &[], "info");
     assert!(
-        second.ready_line.contains("adopted 1 entries"),
+        second.ready_line.contains("adopted 1 entry"),
         "{}",
         second.ready_line
     );
@@ -758,6 +758,58 @@ fn server_takes_over_a_dead_servers_region() {
     // After the clean stop, the next server starts empty.
     let _third = ServerGuard::start(&name, &[]);
     assert_eq!(kvs_client(&name, &["get", "k"]).status.code(), Some(1));
+}
+
+/// A successor started with other limits than the crashed server adopts
+/// the store as it was made (its size, key and value limits), warns that it
+/// does, and its clients read and write it: they used to refuse the region
+/// as corrupt when `--max-memory` differed.
+#[test]
+fn a_successor_with_other_limits_serves_the_adopted_store() {
+    let name = unique_name("other-limits");
+    let mut first = ServerGuard::start(&name, &["--max-memory", "64M", "--max-value-size", "4096"]);
+    let out = kvs_client(&name, &["set", "k", "kept"]);
+    assert!(out.status.success(), "{out:?}");
+    let _ = first.signal_and_wait(Signal::SIGKILL);
+
+    let (mut second, stderr) = start_server_capturing(
+        &name,
+        &["--max-memory", "256M", "--max-value-size", "65536"],
+        "info",
+    );
+    assert!(
+        second.ready_line.contains("adopted 1 entry"),
+        "{}",
+        second.ready_line
+    );
+    assert!(
+        second.ready_line.contains("values up to 4096 bytes"),
+        "the adopted store keeps its value limit: {}",
+        second.ready_line
+    );
+    let out = kvs_client(&name, &["get", "k"]);
+    assert_eq!(stdout(&out), "kept", "{out:?}");
+    let out = kvs_client(&name, &["set", "k2", "new"]);
+    assert!(out.status.success(), "{out:?}");
+    let out = kvs_client(&name, &["status"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(stdout(&out).contains("entries       2"), "{out:?}");
+    let status = second.signal_and_wait(Signal::SIGTERM);
+    assert_eq!(status.code(), Some(0), "{status}");
+    let lines: Vec<String> = stderr.iter().collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("keeps the key and value limits")),
+        "{lines:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("keeps the size it was made with")),
+        "{lines:?}"
+    );
+    drop(first);
 }
 
 /// The keeper a `kvs_server` starts ends on SIGTERM like any process,

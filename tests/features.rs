@@ -110,7 +110,10 @@ fn entry_limit_refuses_new_keys_with_store_full() {
     let e = client
         .set(&key("d"), &Value256::new("x").unwrap())
         .unwrap_err();
-    assert!(matches!(e, ClientError::StoreFull), "{e}");
+    assert!(
+        matches!(e, ClientError::StoreFull(kvs::StoreLimit::Entries)),
+        "{e}"
+    );
     assert_eq!(status_json(&name)["max_entries"], 2);
     // Room again after a delete.
     assert_eq!(kvs_client(&name, &["del", "b"]).status.code(), Some(0));
@@ -659,4 +662,45 @@ fn values_up_to_64_mib_round_trip() {
         status.memory_used,
         after.memory_used
     );
+}
+
+/// `--max-memory` bounds the store: writes beyond it fail "store full"
+/// naming the memory limit (not the entry limit), `status` (the probe's too)
+/// shows the memory used within the limit, and deleting gives room back.
+#[test]
+fn the_memory_limit_refuses_writes_and_deletes_give_room_back() {
+    let name = unique_name("memfull");
+    let _server = ServerGuard::start(&name, &["--max-memory", "4M", "--no-keeper"]);
+    let client = KVSClient::<Vec<u8>, Vec<u8>>::connect(&name).unwrap();
+    let value = vec![7u8; 200_000];
+    let mut stored = 0;
+    let err = loop {
+        match client.set(&format!("k{stored}").into_bytes(), &value) {
+            Ok(()) => stored += 1,
+            Err(e) => break e,
+        }
+        assert!(stored < 100, "4 MiB held {stored} values of 200 KB");
+    };
+    assert!(
+        matches!(err, ClientError::StoreFull(kvs::StoreLimit::Memory)),
+        "{err}"
+    );
+    assert!(err.to_string().contains("--max-memory"), "{err}");
+    assert!(stored >= 10, "only {stored} values of 200 KB fit in 4 MiB");
+    let full = status_json(&name);
+    let used = full["memory_used"].as_u64().unwrap();
+    assert!(used <= 4 << 20 && used >= stored * 200_000, "{full}");
+    assert_eq!(
+        client.status().unwrap().memory_used,
+        used,
+        "probe and request agree"
+    );
+    for i in 0..stored / 2 {
+        assert!(client.del(&format!("k{i}").into_bytes()).unwrap());
+    }
+    let after = status_json(&name)["memory_used"].as_u64().unwrap();
+    assert!(after < used, "{after} >= {used}");
+    client.set(&b"again".to_vec(), &value).unwrap();
+    let o = kvs_client(&name, &["status"]);
+    assert!(stdout(&o).contains(" used of 4 MiB"), "{}", stdout(&o));
 }

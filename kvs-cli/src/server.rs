@@ -238,17 +238,21 @@ fn serve(args: &Args, signals: &SigSet) -> Result<(), String> {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(
             out,
-            "kvs_server ready: region {} (socket {}), keys up to {} bytes, values up to {} bytes, memory up to {} MiB, {} workers, {} slots, mode {:o}, {}, pid {}",
+            "kvs_server ready: region {} (socket {}), keys up to {} bytes, values up to {} bytes, memory up to {}, {} workers, {} slots, mode {:o}, {}, pid {}",
             server.name(),
             server.socket_path().display(),
             server.region().info().max_key,
             server.region().info().max_value,
-            server.region().info().max_memory >> 20,
+            crate::support::human_bytes(server.region().info().max_memory),
             args.workers,
             args.slots,
             args.mode,
             match (server.adoption(), server.keeper_pid()) {
-                (Some(r), _) => format!("adopted {} entries of the crashed server", r.entries),
+                (Some(r), _) => format!(
+                    "adopted {} {} of the crashed server",
+                    r.entries,
+                    if r.entries == 1 { "entry" } else { "entries" }
+                ),
                 (None, Some(pid)) => format!("keeper pid {pid}"),
                 (None, None) => "no keeper".to_string(),
             },

@@ -122,3 +122,38 @@ mod tests {
         assert!(line.contains("--workers"), "{line}");
     }
 }
+
+/// A byte count for people: `512 B`, `960 KiB`, `1.5 MiB`, `12 GiB`
+/// (powers of 1024, one decimal below 10 of a unit).
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut unit = 0;
+    let mut scaled = bytes as f64;
+    while scaled >= 1024.0 && unit + 1 < UNITS.len() {
+        scaled /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else if scaled < 10.0 && scaled.fract() >= 0.05 {
+        format!("{scaled:.1} {}", UNITS[unit])
+    } else {
+        format!("{scaled:.0} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod human_bytes_tests {
+    use super::human_bytes;
+
+    #[test]
+    fn sizes_read_as_people_write_them() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1024), "1 KiB");
+        assert_eq!(human_bytes(983_040), "960 KiB");
+        assert_eq!(human_bytes(1536 << 10), "1.5 MiB");
+        assert_eq!(human_bytes(12 << 30), "12 GiB");
+        assert_eq!(human_bytes(u64::MAX), "16777216 TiB");
+    }
+}

@@ -209,8 +209,8 @@ impl<K: Codec, V: Codec> KVSClient<K, V> {
     ///
     /// # Errors
     ///
-    /// [`ClientError::StoreFull`] for a new key beyond the entry or memory
-    /// limit, [`ClientError::KeyLength`]/[`ClientError::ValueLength`] for
+    /// [`ClientError::StoreFull`] for a new key beyond the entry limit or
+    /// an entry beyond the memory limit, [`ClientError::KeyLength`]/[`ClientError::ValueLength`] for
     /// what the store does not allow, and the errors of any request.
     pub fn set(&self, key: &K, value: &V) -> Result<()> {
         self.set_timeout(key, value, self.conn.options.timeout)

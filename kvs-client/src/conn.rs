@@ -14,7 +14,7 @@
 //! Nothing here takes a lock, so a connection is `Send + Sync` and any
 //! number of threads may share one.
 
-use crate::error::{ClientError, Result};
+use crate::error::{ClientError, Result, StoreLimit};
 use kvs_core::bulk::BulkClaim;
 use kvs_core::protocol::{
     staging_arg, OpCode, Payload, Request, Response, StatusCode, STAGED, VALUE_TOO_LARGE,
@@ -140,7 +140,13 @@ impl fmt::Debug for Conn {
 /// The status of an answer, with the server's refusals as errors.
 pub(crate) fn check_status(op: OpCode, resp: &Response) -> Result<StatusCode> {
     match resp.status_code() {
-        Ok(StatusCode::StoreFull) => Err(ClientError::StoreFull),
+        Ok(StatusCode::StoreFull) => Err(ClientError::StoreFull(
+            if resp.aux == kvs_core::protocol::FULL_ENTRIES {
+                StoreLimit::Entries
+            } else {
+                StoreLimit::Memory
+            },
+        )),
         Ok(StatusCode::Malformed) => Err(ClientError::Protocol(format!(
             "the server refused the {} request as malformed",
             op.name()

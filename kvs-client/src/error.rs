@@ -52,9 +52,11 @@ pub enum ClientError {
     /// client wrote them with another codec).
     #[error("the stored value does not decode: {0}")]
     Decode(kvs_core::DecodeError),
-    /// SET or POST of a new key beyond the server's entry limit.
-    #[error("store full: the server's entry limit is reached")]
-    StoreFull,
+    /// A write the store has no room for: a new key beyond the entry
+    /// limit, or an entry beyond the memory limit (a replacement too: its
+    /// new block is written before the old one is freed).
+    #[error("store full: {0}")]
+    StoreFull(StoreLimit),
     /// The server answered with a status this client cannot interpret, or
     /// refused the request as malformed.
     #[error("protocol error: {0}")]
@@ -95,3 +97,21 @@ impl ClientError {
 
 /// `Result` with [`ClientError`].
 pub type Result<T, E = ClientError> = std::result::Result<T, E>;
+
+/// Which limit a [`ClientError::StoreFull`] write ran into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreLimit {
+    /// The store's memory (`kvs_server --max-memory`).
+    Memory,
+    /// The number of entries (`kvs_server --max-entries`).
+    Entries,
+}
+
+impl std::fmt::Display for StoreLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            StoreLimit::Memory => "the server's memory limit (--max-memory) is reached",
+            StoreLimit::Entries => "the server's entry limit (--max-entries) is reached",
+        })
+    }
+}

@@ -61,7 +61,7 @@ pub fn check_name(name: &str) -> std::result::Result<String, String> {
 
 pub use client::{KVSClient, Op, Reply, Versioned};
 pub use conn::{ClientOptions, RawEntry};
-pub use error::{ClientError, Result};
+pub use error::{ClientError, Result, StoreLimit};
 pub use kvs_core::codec::{Codec, DecodeError, Raw};
 pub use listing::{
     BackupInfo, ListCursor, ListIter, ListPage, ListedEntry, BACKUP_TIMEOUT, DEFAULT_PAGE,

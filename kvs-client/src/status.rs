@@ -122,7 +122,7 @@ impl<K: Codec, V: Codec> KVSClient<K, V> {
 pub fn probe_status(session: Session) -> Result<StoreStatus> {
     let (version, entries) = (session.welcome().store_version, session.welcome().entries);
     let region = Region::attach(session)?;
-    let memory = region.store_view().map_or(0, |v| v.carved_bytes());
+    let memory = region.store_view().map_or(0, |v| v.committed_bytes());
     Ok(status_of(&region, version, entries, memory))
 }
 

@@ -146,6 +146,11 @@ impl TryFrom<u16> for OpCode {
     }
 }
 
+/// `aux` of a [`StatusCode::StoreFull`] answer: the memory limit.
+pub const FULL_MEMORY: u32 = 1;
+/// `aux` of a [`StatusCode::StoreFull`] answer: the entry limit.
+pub const FULL_ENTRIES: u32 = 2;
+
 /// How the server answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u16)]
@@ -156,7 +161,8 @@ pub enum StatusCode {
     NotFound = 1,
     /// POST of a key that exists.
     Exists = 2,
-    /// SET or POST of a new key beyond the entry or memory limit.
+    /// SET or POST beyond the entry or memory limit; the answer's `aux`
+    /// says which ([`FULL_MEMORY`] or [`FULL_ENTRIES`]).
     StoreFull = 3,
     /// The request was malformed (unknown op code, bad field or length).
     Malformed = 4,

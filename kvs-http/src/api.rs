@@ -352,7 +352,7 @@ impl From<ClientError> for ApiError {
             }
             // A bad cursor, a prefix longer than any key.
             ClientError::InvalidArgument(_) => StatusCode::BAD_REQUEST,
-            ClientError::StoreFull => StatusCode::INSUFFICIENT_STORAGE,
+            ClientError::StoreFull(_) => StatusCode::INSUFFICIENT_STORAGE,
             // Decode cannot happen with bytes; if it does, the answer was
             // not what the gateway expects.
             ClientError::Protocol(_) | ClientError::Decode(_) | ClientError::ServerFailed(_) => {
@@ -983,7 +983,7 @@ mod tests {
             StatusCode::BAD_REQUEST
         );
         assert_eq!(
-            status_of(ClientError::StoreFull),
+            status_of(ClientError::StoreFull(kvs_client::StoreLimit::Entries)),
             StatusCode::INSUFFICIENT_STORAGE
         );
         for unreachable in [

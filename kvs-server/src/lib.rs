@@ -21,8 +21,8 @@
 //! `registry` (who is registered: the server's private table), `reclaim`
 //! (the housekeeper that frees what dead clients held), [`snapshot`] (the
 //! snapshot file format, save and load), [`keeper`] (the process that holds
-//! the store across a server's crash for a warm restart), `adopt` (checking
-//! and repairing a store an earlier server left).
+//! the store across a server's crash for a warm restart; the checks and
+//! repairs of an adopted store are `kvs_core::store::adopt`).
 
 #![warn(missing_docs, unsafe_op_in_unsafe_fn)]
 

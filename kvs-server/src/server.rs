@@ -303,6 +303,28 @@ impl<K: Codec, V: Codec> KVSServerBuilder<K, V> {
                 (store, keeper, None)
             }
         };
+        if adoption.is_some() {
+            let asked = (
+                self.config.max_key,
+                self.config.max_value,
+                self.config.stripes as u64,
+            );
+            if asked != (info.max_key, info.max_value, info.stripes) {
+                tracing::warn!(
+                    max_key = info.max_key,
+                    max_value = info.max_value,
+                    stripes = info.stripes,
+                    "the adopted store keeps the key and value limits and stripes it was made with, not the ones asked for"
+                );
+            }
+            if info.store_size != self.config.store_size() {
+                tracing::warn!(
+                    store_bytes = info.store_size,
+                    max_memory = info.max_memory,
+                    "the adopted store keeps the size it was made with; --max-memory still bounds what it holds"
+                );
+            }
+        }
         if let Some(r) = &adoption {
             tracing::info!(
                 region = region.name(),

@@ -16,7 +16,8 @@
 use crate::shared::Shared;
 use kvs_core::events::EventKind;
 use kvs_core::protocol::{
-    staging_of, OpCode, Request, Response, StatusCode, INLINE_BYTES, MORE, STAGED, VALUE_TOO_LARGE,
+    staging_of, OpCode, Request, Response, StatusCode, FULL_ENTRIES, FULL_MEMORY, INLINE_BYTES,
+    MORE, STAGED, VALUE_TOO_LARGE,
 };
 use kvs_core::response_table::Begun;
 use kvs_core::ring::PopError;
@@ -245,7 +246,14 @@ fn execute(shared: &Shared, op: OpCode, req: &Request, begun: &Begun) -> Respons
         ..Response::status(StatusCode::Ok)
     };
     let refused = |e: WriteError| match e {
-        WriteError::MemoryFull | WriteError::EntriesFull => Response::status(StatusCode::StoreFull),
+        WriteError::MemoryFull => Response {
+            aux: FULL_MEMORY,
+            ..Response::status(StatusCode::StoreFull)
+        },
+        WriteError::EntriesFull => Response {
+            aux: FULL_ENTRIES,
+            ..Response::status(StatusCode::StoreFull)
+        },
         WriteError::KeyLength { .. } | WriteError::ValueLength { .. } => malformed(),
     };
     match op {

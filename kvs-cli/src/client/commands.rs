@@ -106,9 +106,9 @@ fn print_status(out: &mut impl Write, s: &kvs_client::StoreStatus) {
     );
     let _ = writeln!(
         out,
-        "memory        {} MiB used of {} MiB",
-        s.memory_used >> 20,
-        s.max_memory >> 20
+        "memory        {} used of {}",
+        crate::support::human_bytes(s.memory_used),
+        crate::support::human_bytes(s.max_memory)
     );
     let _ = writeln!(out, "version       {}", s.version);
     let _ = writeln!(out, "entries       {} (limit {limit})", s.entries);

@@ -330,9 +330,13 @@ impl Region {
             max_memory: info.max_memory,
         };
         config.validate().map_err(corrupt)?;
+        // The store's size is the one it was made with (an adopted store
+        // keeps its own, whatever the new server's --max-memory): whole
+        // pages within the largest store; its header is checked below.
         if config.bulk_size() != info.bulk_size
             || config.sub_cell_bytes() != info.sub_cell_bytes
-            || config.store_size() != info.store_size
+            || info.store_size % 4096 != 0
+            || info.store_size > super::config::MAX_MEMORY_LIMIT.saturating_mul(4)
             || welcome.store_size != info.store_size
         {
             return Err(corrupt("the header's sizes do not match its limits".into()));

@@ -78,6 +78,10 @@ pub mod hdr {
     pub const STORE_ID: u64 = 11;
     /// Creation time.
     pub const CREATED_NS: u64 = 12;
+    /// Bytes the allocator has committed (entries and tables, with what
+    /// their size classes round up), as the server last published it: what
+    /// a probe reports as memory used, since it cannot ask.
+    pub const COMMITTED: u64 = 13;
 }
 
 /// Word indices within a stripe header.

@@ -239,6 +239,14 @@ impl<'a> StoreView<'a> {
         Some(keys)
     }
 
+    /// Bytes the store's allocator holds committed, as the server last
+    /// published them (what `status` reports as memory used).
+    pub fn committed_bytes(&self) -> u64 {
+        self.words
+            .load(super::layout::hdr::COMMITTED * 8)
+            .unwrap_or(0)
+    }
+
     /// Bytes of the data area carved into slabs so far (an upper bound of
     /// the memory the store holds: large blocks freed since are given back).
     pub fn carved_bytes(&self) -> u64 {

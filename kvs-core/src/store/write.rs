@@ -376,11 +376,12 @@ impl<S: Segment> StoreWriter<S> {
     /// Takes a block of at least `bytes`, readied for writing (its
     /// generation bumped, then a Release fence: see [`publish::prepare_block`]).
     fn take_block(&self, bytes: u64) -> Result<u64, WriteError> {
-        let block = self
-            .alloc
-            .lock()
-            .alloc(&self.arena(), bytes)
-            .map_err(|_| WriteError::MemoryFull)?;
+        let block = {
+            let mut alloc = self.alloc.lock();
+            let block = alloc.alloc(&self.arena(), bytes);
+            self.publish_committed(alloc.stats().committed_bytes);
+            block.map_err(|_| WriteError::MemoryFull)?
+        };
         publish::prepare_block(&self.words(), block.offset);
         Ok(block.offset)
     }
@@ -388,7 +389,17 @@ impl<S: Segment> StoreWriter<S> {
     /// Hands back a block unlinked by a write (rule 3), retired first.
     pub(super) fn free_block(&self, offset: u64) {
         publish::retire_block(&self.words(), offset);
-        let _ = self.alloc.lock().free(&self.arena(), offset);
+        let mut alloc = self.alloc.lock();
+        let _ = alloc.free(&self.arena(), offset);
+        self.publish_committed(alloc.stats().committed_bytes);
+    }
+
+    /// Publishes the committed bytes for probes (`hdr::COMMITTED`); under
+    /// the allocator's lock, so the last store is the latest figure.
+    /// Relaxed: a statistic, read on its own.
+    pub(super) fn publish_committed(&self, bytes: u64) {
+        self.words()
+            .store_with(hdr::COMMITTED * 8, bytes, Ordering::Relaxed);
     }
 
     /// Stores `word` at `at` inside the stripe's `seq` bracket (rule 2).
