@@ -149,7 +149,6 @@ pub fn write_entry(
     meta: Meta,
 ) -> Result<(), OutOfBounds> {
     let value_len = value.len();
-    let mut hasher = Xxh3::new();
     let header = [
         key.len() as u64 | (value_len << 32),
         meta.version,
@@ -164,28 +163,75 @@ pub fn write_entry(
         if !words.store(offset + 8 * i as u64, *w) {
             return Err(bounds);
         }
-        hasher.update(&w.to_le_bytes());
     }
     words.write_bytes(offset + HEADER_BYTES, key, |_| {})?;
-    hasher.update(key);
     let value_at = HEADER_BYTES + (key.len() as u64).div_ceil(8) * 8;
-    match value {
+    let checksum = match value {
         ValueSource::Bytes(v) => {
             words.write_bytes(offset + value_at, v, |_| {})?;
-            hasher.update(v);
+            checksum_of(&header, key, v)
+        }
+        ValueSource::Words {
+            src,
+            offset: from,
+            len,
+        } if len as usize <= ONE_SHOT_BYTES - 32 - key.len().min(ONE_SHOT_BYTES - 32) => {
+            // Small: one copy onto the stack (the source may change under
+            // us; the checksum covers what was copied, as below).
+            let mut value = [0u8; ONE_SHOT_BYTES];
+            let value = &mut value[..len as usize];
+            src.read_to_slice(from, value)?;
+            words.write_bytes(offset + value_at, value, |_| {})?;
+            checksum_of(&header, key, value)
         }
         ValueSource::Words {
             src,
             offset: from,
             len,
         } => {
+            let mut hasher = Xxh3::new();
+            for w in &header {
+                hasher.update(&w.to_le_bytes());
+            }
+            hasher.update(key);
             words.copy_from(offset + value_at, src, from, len, |b| hasher.update(b))?;
+            hasher.digest()
         }
-    }
-    if !words.store(offset + CHECKSUM, hasher.digest()) {
+    };
+    if !words.store(offset + CHECKSUM, checksum) {
         return Err(bounds);
     }
     Ok(())
+}
+
+/// Entries up to this many bytes (header, key and value) are hashed in one
+/// call over a copy on the stack: the streaming hasher's setup (a 256-byte
+/// buffer and its state) cost about a tenth of a small SET.
+const ONE_SHOT_BYTES: usize = 512;
+
+/// The checksum of an entry: XXH3-64 of the header words (little-endian),
+/// the key and the value, one after the other.
+fn checksum_of(header: &[u64; 4], key: &[u8], value: &[u8]) -> u64 {
+    const HASHED_HEADER: usize = 8 * 4;
+    let len = HASHED_HEADER + key.len() + value.len();
+    if len <= ONE_SHOT_BYTES {
+        let mut buf = [0u8; ONE_SHOT_BYTES];
+        for (i, w) in header.iter().enumerate() {
+            // In bounds: 4 words are 32 bytes, and `len` <= the buffer.
+            buf[8 * i..8 * i + 8].copy_from_slice(&w.to_le_bytes());
+        }
+        let k = HASHED_HEADER;
+        buf[k..k + key.len()].copy_from_slice(key);
+        buf[k + key.len()..len].copy_from_slice(value);
+        return xxhash_rust::xxh3::xxh3_64(&buf[..len]);
+    }
+    let mut hasher = Xxh3::new();
+    for w in header {
+        hasher.update(&w.to_le_bytes());
+    }
+    hasher.update(key);
+    hasher.update(value);
+    hasher.digest()
 }
 
 /// Where a value to be written comes from.
@@ -248,6 +294,22 @@ mod tests {
 
     fn geometry() -> Geometry {
         Geometry::new(1 << 20, 2, 64, 4096, 1)
+    }
+
+    #[test]
+    fn the_one_shot_checksum_equals_the_streaming_one() {
+        let header = [3 | (5 << 32), 9, 11, 0];
+        for (k, v) in [(3usize, 5usize), (100, 380), (100, 381), (1, 4000)] {
+            let key = vec![b'k'; k];
+            let value: Vec<u8> = (0..v).map(|i| i as u8).collect();
+            let mut hasher = Xxh3::new();
+            for w in &header {
+                hasher.update(&u64::to_le_bytes(*w));
+            }
+            hasher.update(&key);
+            hasher.update(&value);
+            assert_eq!(checksum_of(&header, &key, &value), hasher.digest(), "{k}+{v}");
+        }
     }
 
     #[test]

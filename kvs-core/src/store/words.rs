@@ -105,12 +105,22 @@ impl<'a> Words<'a> {
     ///
     /// [`OutOfBounds`] before any access.
     pub fn read_into(&self, offset: u64, len: u64, out: &mut Vec<u8>) -> Result<(), OutOfBounds> {
-        let range = self.range(offset, len)?;
+        self.range(offset, len)?;
         let len = len as usize; // fits: the range fit in a slice
         out.clear();
         out.resize(len, 0);
-        let mut chunks = out.chunks_mut(8);
-        for (w, chunk) in self.words[range].iter().zip(&mut chunks) {
+        self.read_to_slice(offset, out)
+    }
+
+    /// Copies `out.len()` bytes at byte `offset` (8-aligned) into `out`,
+    /// with the same Relaxed loads as [`Words::read_into`].
+    ///
+    /// # Errors
+    ///
+    /// [`OutOfBounds`] (and `out` untouched) if the bytes do not fit.
+    pub fn read_to_slice(&self, offset: u64, out: &mut [u8]) -> Result<(), OutOfBounds> {
+        let range = self.range(offset, out.len() as u64)?;
+        for (w, chunk) in self.words[range].iter().zip(out.chunks_mut(8)) {
             let bytes = w.load(Ordering::Relaxed).to_le_bytes();
             chunk.copy_from_slice(&bytes[..chunk.len()]);
         }
