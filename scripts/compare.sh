@@ -6,7 +6,11 @@
 # Usage: scripts/compare.sh            (from the repository root)
 # Knobs (environment): KEYS (10000), VALUE_SIZE (32), OPS (50000, the
 # unpipelined runs), PIPE_OPS (1000000, the pipelined runs), PIPELINE (32),
-# KVS_WORKERS (2), DEPTH (256), SKIP_BUILD (set to skip cargo build).
+# KVS_WORKERS (2), DEPTH (256), ROWS (all, or single: only the one-client
+# GET and SET rows, for large values), SKIP_BUILD (set to skip cargo build).
+#
+# Large values: keep KEYS x VALUE_SIZE within memory, and OPS small, e.g.
+#   KEYS=100 VALUE_SIZE=1048576 OPS=2000 ROWS=single scripts/compare.sh
 #
 # Installs redis-server and redis-tools with apt-get when missing (needs
 # root). Every process it starts is stopped on exit, and the temp dir and
@@ -20,6 +24,7 @@ PIPE_OPS=${PIPE_OPS:-1000000}
 PIPELINE=${PIPELINE:-32}
 KVS_WORKERS=${KVS_WORKERS:-2}
 DEPTH=${DEPTH:-256}
+ROWS=${ROWS:-all}
 
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -53,7 +58,6 @@ cleanup() {
     set +e
     [ -n "$REDIS_PID" ] && kill "$REDIS_PID" 2>/dev/null && wait "$REDIS_PID" 2>/dev/null
     [ -n "$KVS_PID" ] && kill -INT "$KVS_PID" 2>/dev/null && wait "$KVS_PID" 2>/dev/null
-    rm -f "/dev/shm/$NAME" "/dev/shm/$NAME.lock"
     rm -rf "$TMP"
 }
 trap cleanup EXIT
@@ -77,7 +81,7 @@ REDIS_PID=$!
 for _ in $(seq 100); do [ -S "$SOCK" ] && break; sleep 0.1; done
 [ -S "$SOCK" ] || { echo "compare.sh: redis did not start" >&2; cat "$TMP/redis.log" >&2; exit 2; }
 
-"$SERVER" --name "$NAME" --workers "$KVS_WORKERS" >"$TMP/kvs.out" 2>"$TMP/kvs.err" &
+"$SERVER" --name "$NAME" --workers "$KVS_WORKERS" --no-keeper >"$TMP/kvs.out" 2>"$TMP/kvs.err" &
 KVS_PID=$!
 wait_for "$TMP/kvs.out" ready
 
@@ -121,6 +125,7 @@ redis "GET  1 client" get 1 1 "$OPS"
 kvs "GET  1 client" 100:0:0:0 1 1 "$OPS"
 redis "SET  1 client" set 1 1 "$OPS"
 kvs "SET  1 client" 0:100:0:0 1 1 "$OPS"
+if [ "$ROWS" != single ]; then
 redis "GET  4 clients" get 4 1 $((OPS * 2))
 kvs "GET  4 clients" 100:0:0:0 4 1 $((OPS * 4))
 redis "GET  4 clients pipelined" get 4 "$PIPELINE" "$PIPE_OPS"
@@ -128,6 +133,7 @@ kvs "GET  4 clients pipelined" 100:0:0:0 4 "$PIPELINE" "$PIPE_OPS"
 kvs "GET  1 client async deep" 100:0:0:0 1 "$DEPTH" $((PIPE_OPS * 2))
 redis "SET  4 clients pipelined" set 4 "$PIPELINE" "$PIPE_OPS"
 kvs "SET  4 clients pipelined" 0:100:0:0 4 "$PIPELINE" "$PIPE_OPS"
+fi
 
 python3 - "$RESULTS" "$PIPELINE" "$DEPTH" <<'EOF'
 import sys

@@ -16,6 +16,7 @@
 
 use crate::error::{ClientError, Result, StoreLimit};
 use kvs_core::bulk::BulkClaim;
+use kvs_core::bulk::KEEP_PAGES_UP_TO;
 use kvs_core::protocol::{
     staging_arg, OpCode, Payload, Request, Response, StatusCode, STAGED, VALUE_TOO_LARGE,
 };
@@ -102,6 +103,9 @@ pub(crate) struct Submitted {
     pub(crate) op: OpCode,
     pub(crate) claim: Claim,
     pub(crate) staging: Option<BulkClaim>,
+    /// Bytes of key and value the request carries (the wait spins longer
+    /// for more: [`SpinPolicy::for_request`]).
+    pub(crate) bytes: u64,
 }
 
 /// An answer, with the value's bytes if it carried one.
@@ -415,7 +419,12 @@ impl Conn {
             }
             return Err(ClientError::SlotLost);
         }
-        let sub = Submitted { op, claim, staging };
+        let sub = Submitted {
+            op,
+            claim,
+            staging,
+            bytes: (key.len() + value.len()) as u64,
+        };
         self.push(&sub, deadline)?;
         Ok(sub)
     }
@@ -523,7 +532,7 @@ impl Conn {
         let outcome = self.region.slots().wait(
             &sub.claim,
             Some(&mut value),
-            self.options.spin,
+            self.options.spin.for_request(sub.bytes),
             &FutexParker,
             || Some(deadline.instant()),
             || self.region.server_alive(),
@@ -559,7 +568,8 @@ impl Conn {
                     }
                     // Only pages of a buffer still ours: a write's buffer
                     // the server freed may be someone else's by now.
-                    if bulk.release(staged) && bulk.data_size() > 1 << 20 {
+                    let moved = sub.bytes.max(value.len() as u64);
+                    if bulk.release(staged) && moved > KEEP_PAGES_UP_TO {
                         self.region.release_bulk_pages(staged.index);
                     }
                 }

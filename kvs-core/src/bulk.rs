@@ -63,6 +63,14 @@ impl TryFrom<u32> for BufferState {
     }
 }
 
+/// A transfer through a staging buffer of more than this many bytes gives
+/// the buffer's pages back to the system when it is done; smaller ones
+/// leave them for the next use. Punching and re-faulting a 1 MiB buffer on
+/// every transfer cost more than the copy itself (each page is zeroed again
+/// and unmapped from every process that touched it), while keeping the
+/// pages costs at most `--staging-buffers` x this much memory.
+pub const KEEP_PAGES_UP_TO: u64 = 8 << 20;
+
 const FREE: u32 = BufferState::Free as u32;
 const OWNED: u32 = BufferState::Owned as u32;
 const ABANDONED: u32 = BufferState::Abandoned as u32;

@@ -203,7 +203,7 @@ fn payload<'a>(shared: &'a Shared, req: &Request, begun: &Begun) -> Option<Words
 
 /// Staged payloads larger than this have their buffer's pages given back
 /// to the system once consumed (smaller ones keep them for the next use).
-const RELEASE_PAGES_ABOVE: u64 = 1 << 20;
+const RELEASE_PAGES_ABOVE: u64 = kvs_core::bulk::KEEP_PAGES_UP_TO;
 
 fn malformed() -> Response {
     Response::status(StatusCode::Malformed)

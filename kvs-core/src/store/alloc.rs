@@ -54,9 +54,17 @@
 //!    changes nothing, so a corrupted index can never cause a double free. A
 //!    freed block of a one-block slab is given back to the system
 //!    ([`Arena::release`], a punched hole) and no longer counts as committed;
-//!    when it is handed out again it is committed again first.
+//!    when it is handed out again it is committed again first. Except that
+//!    up to [`AllocConfig::warm_limit`] bytes of them stay committed (the
+//!    *warm reserve*, still counted as committed) and are handed out first:
+//!    punching a block and committing, faulting and zeroing its pages again
+//!    cost more than half of a 64 KiB or 1 MiB SET that replaces a value of
+//!    the same size. When the budget or the arena refuses a commit, the
+//!    whole warm reserve is released and the allocation tried once more (so
+//!    a `Full` answer may have released it).
 //! 6. **Accounting.** [`AllocStats::committed_bytes`] is the bytes of carved
-//!    small slabs plus the live one-block slabs; [`AllocStats::live_bytes`]
+//!    small slabs plus the live one-block slabs and the warm reserve
+//!    ([`AllocStats::warm_bytes`]); [`AllocStats::live_bytes`]
 //!    the sum of the class sizes of the live blocks; [`AllocStats::live_blocks`]
 //!    their number. `max_memory` bounds `committed_bytes`. Besides it, at
 //!    most one commit step beyond `carved_end` may be committed ahead
@@ -296,6 +304,9 @@ pub struct AllocConfig {
     pub max_block: u64,
     /// How much to commit at once ahead of small slabs.
     pub commit_step: u64,
+    /// Bytes of freed one-block slabs kept committed for reuse (rule 5);
+    /// 0 releases every one at once.
+    pub warm_limit: u64,
 }
 
 impl AllocConfig {
@@ -308,6 +319,7 @@ impl AllocConfig {
             max_memory: u64::MAX,
             max_block: DEFAULT_MAX_BLOCK,
             commit_step: DEFAULT_COMMIT_STEP,
+            warm_limit: 0,
         }
     }
 
@@ -328,6 +340,7 @@ impl AllocConfig {
             max_memory: self.max_memory,
             max_block: self.max_block.clamp(1, MAX_BLOCK_LIMIT),
             commit_step,
+            warm_limit: self.warm_limit,
         }
     }
 }
@@ -444,6 +457,9 @@ pub struct AllocStats {
     /// End of what was committed ahead of `carved_end` (absolute; at least
     /// `carved_end`).
     pub commit_end: u64,
+    /// Bytes of free one-block slabs kept committed (the warm reserve, part
+    /// of `committed_bytes`).
+    pub warm_bytes: u64,
 }
 
 /// The server-private allocator of the store segment (see the [module
@@ -458,6 +474,10 @@ pub struct Allocator {
     free_blocks: u64,
     /// Free block offsets per class, used LIFO.
     free: Vec<Vec<u64>>,
+    /// Free blocks of one-block slabs still committed, per class, used
+    /// LIFO before `free` (rule 5).
+    warm: Vec<Vec<u64>>,
+    warm_bytes: u64,
     /// Class id + 1 per page of the carved area; 0 for unusable pages.
     page_class: Vec<u8>,
     /// One bit per 16 bytes of the carved area, set at live block starts.
@@ -493,6 +513,8 @@ impl Allocator {
             live_blocks: 0,
             free_blocks: 0,
             free: vec![Vec::new(); CLASS_COUNT],
+            warm: vec![Vec::new(); CLASS_COUNT],
+            warm_bytes: 0,
             page_class: Vec::new(),
             live: Vec::new(),
         }
@@ -512,6 +534,7 @@ impl Allocator {
             free_blocks: self.free_blocks,
             carved_end: self.carved_end,
             commit_end: self.commit_end,
+            warm_bytes: self.warm_bytes,
         }
     }
 
@@ -524,22 +547,56 @@ impl Allocator {
             });
         };
         let class = usize::from(class);
-        let full = |cause| AllocError::Full { size, cause };
-        let offset = match self.free[class].last() {
-            Some(&offset) => {
-                if is_large(class_size) {
-                    // Free blocks of one-block slabs are released: commit again.
-                    self.check_budget(class_size).map_err(full)?;
-                    arena
-                        .commit(offset, class_size)
-                        .map_err(|e| full(FullCause::CommitFailed(e.kind())))?;
-                    self.committed_bytes += class_size;
-                }
-                self.free[class].pop();
-                self.free_blocks -= 1;
-                offset
+        match self.alloc_class(arena, class, class_size) {
+            Err(_) if self.warm_bytes > 0 => {
+                // Room held by the warm reserve: give it back, try once more.
+                self.release_warm(arena);
+                self.alloc_class(arena, class, class_size)
             }
-            None => self.carve(arena, class, class_size).map_err(full)?,
+            other => other,
+        }
+        .map_err(|cause| AllocError::Full { size, cause })
+    }
+
+    /// Releases every block of the warm reserve (they stay free).
+    fn release_warm(&mut self, arena: &impl Arena) {
+        for class in 0..CLASS_COUNT {
+            let class_size = size_of_class(class);
+            for offset in std::mem::take(&mut self.warm[class]) {
+                arena.release(offset, class_size);
+                self.committed_bytes -= class_size;
+                self.free[class].push(offset);
+            }
+        }
+        self.warm_bytes = 0;
+    }
+
+    /// [`Allocator::alloc`] of a class, without the retry.
+    fn alloc_class(
+        &mut self,
+        arena: &impl Arena,
+        class: usize,
+        class_size: u64,
+    ) -> Result<Block, FullCause> {
+        let offset = if let Some(offset) = self.warm[class].pop() {
+            // Still committed (and counted): hand it out as it is.
+            self.warm_bytes -= class_size;
+            self.free_blocks -= 1;
+            offset
+        } else if let Some(&offset) = self.free[class].last() {
+            if is_large(class_size) {
+                // Free blocks of one-block slabs are released: commit again.
+                self.check_budget(class_size)?;
+                arena
+                    .commit(offset, class_size)
+                    .map_err(|e| FullCause::CommitFailed(e.kind()))?;
+                self.committed_bytes += class_size;
+            }
+            self.free[class].pop();
+            self.free_blocks -= 1;
+            offset
+        } else {
+            self.carve(arena, class, class_size)?
         };
         self.set_live(offset);
         self.live_bytes += class_size;
@@ -802,12 +859,17 @@ impl Allocator {
         self.clear_live(offset);
         self.live_bytes -= class_size;
         self.live_blocks -= 1;
+        self.free_blocks += 1;
         if is_large(class_size) {
+            if self.warm_bytes + class_size <= self.config.warm_limit {
+                self.warm[class].push(offset);
+                self.warm_bytes += class_size;
+                return Ok(class_size);
+            }
             arena.release(offset, class_size);
             self.committed_bytes -= class_size;
         }
         self.free[class].push(offset);
-        self.free_blocks += 1;
         Ok(class_size)
     }
 
@@ -1138,6 +1200,7 @@ mod tests {
             max_memory: u64::MAX,
             max_block: MIB,
             commit_step: MIB,
+            warm_limit: 0,
         }
     }
 
@@ -1657,6 +1720,48 @@ mod tests {
     }
 
     #[test]
+    fn rule5_the_warm_reserve_keeps_freed_large_blocks_until_the_budget_needs_them() {
+        let config = AllocConfig {
+            max_memory: 512 * KIB,
+            warm_limit: 300 * KIB,
+            ..area_config(16 * MIB)
+        };
+        let (arena, mut allocator) = setup(config);
+        let a = allocator.alloc(&arena, 200 * KIB).unwrap(); // 224 KiB
+        let b = allocator.alloc(&arena, 200 * KIB).unwrap();
+        assert_eq!(allocator.stats().committed_bytes, 448 * KIB);
+        arena.clear_events();
+        // The first fits the reserve: no release, still counted.
+        allocator.free(&arena, a.offset).unwrap();
+        assert!(arena.events().is_empty());
+        assert_eq!(allocator.stats().warm_bytes, 224 * KIB);
+        assert_eq!(allocator.stats().committed_bytes, 448 * KIB);
+        // The second does not: released as without a reserve.
+        allocator.free(&arena, b.offset).unwrap();
+        assert!(arena.is_released(b.offset, 224 * KIB));
+        assert_eq!(allocator.stats().committed_bytes, 224 * KIB);
+        // The warm block is handed out first, with no commit.
+        arena.clear_events();
+        assert_eq!(allocator.alloc(&arena, 210 * KIB).unwrap(), a);
+        assert!(arena.events().is_empty());
+        assert_eq!(allocator.stats().warm_bytes, 0);
+        allocator.free(&arena, a.offset).unwrap();
+        // A small slab (64 KiB) fits next to the reserve; a 320 KiB block
+        // does not until the reserve is released, which alloc does itself.
+        allocator.alloc(&arena, 64).unwrap();
+        let c = allocator.alloc(&arena, 300 * KIB).unwrap();
+        assert_eq!(c.capacity, 320 * KIB);
+        assert!(arena.is_released(a.offset, 224 * KIB));
+        let stats = allocator.stats();
+        assert_eq!(stats.warm_bytes, 0);
+        assert_eq!(stats.committed_bytes, 64 * KIB + 320 * KIB);
+        assert_eq!(
+            arena.committed_bytes(),
+            stats.committed_bytes + (stats.commit_end - stats.carved_end)
+        );
+    }
+
+    #[test]
     fn rule5_large_blocks_are_released_and_committed_again() {
         let (arena, mut allocator) = setup(area_config(16 * MIB));
         let big = allocator.alloc(&arena, 200 * KIB).unwrap();
@@ -1958,6 +2063,7 @@ mod tests {
             max_memory: 0,
             max_block: u64::MAX,
             commit_step: 0,
+            warm_limit: 7,
         };
         let (arena, mut allocator) = setup(config);
         assert_eq!(
@@ -1968,6 +2074,7 @@ mod tests {
                 max_memory: 0,
                 max_block: MAX_BLOCK_LIMIT,
                 commit_step: PAGE_SIZE,
+                warm_limit: 7,
             }
         );
         assert!(allocator.alloc(&arena, 1).is_err());
@@ -2038,13 +2145,17 @@ mod tests {
             prop::sample::select(vec![256 * KIB, MIB, 3 * MIB, u64::MAX]),
             prop::sample::select(vec![64 * KIB, MIB]),
             prop::sample::select(vec![PAGE_SIZE, 64 * KIB, MIB]),
+            prop::sample::select(vec![0, 200 * KIB, 2 * MIB]),
         )
-            .prop_map(|(area, max_memory, max_block, commit_step)| AllocConfig {
-                data_start: DS,
-                data_end: DS + area,
-                max_memory,
-                max_block,
-                commit_step,
+            .prop_map(|(area, max_memory, max_block, commit_step, warm_limit)| {
+                AllocConfig {
+                    data_start: DS,
+                    data_end: DS + area,
+                    max_memory,
+                    max_block,
+                    commit_step,
+                    warm_limit,
+                }
             })
     }
 
@@ -2059,6 +2170,10 @@ mod tests {
         slabs: BTreeMap<u64, (u64, u64)>,
         carved_end: u64,
         committed: u64,
+        /// Free one-block slabs still committed (the warm reserve), per
+        /// class size, and their bytes.
+        warm: BTreeMap<u64, BTreeSet<u64>>,
+        warm_bytes: u64,
         /// Offsets freed so far.
         freed: Vec<u64>,
         /// The class of every offset ever handed out (rule 2).
@@ -2105,8 +2220,39 @@ mod tests {
             };
             let full = |cause| Err(AllocError::Full { size, cause });
             let large = class > 64 * KIB;
+            // What the allocator can do without the warm reserve's room.
+            let fits = |m: &Model| {
+                if m.warm.get(&class).is_some_and(|w| !w.is_empty()) {
+                    return true;
+                }
+                if m.free.get(&class).is_some_and(|f| !f.is_empty()) {
+                    return !large || m.committed.saturating_add(class) <= config.max_memory;
+                }
+                let slab = reference_slab(class);
+                m.carved_end + slab <= config.data_end
+                    && m.committed.saturating_add(slab) <= config.max_memory
+            };
+            if !fits(m) && m.warm_bytes > 0 {
+                // The allocator releases the whole reserve and tries again.
+                for (&c, offsets) in &mut m.warm {
+                    for o in std::mem::take(offsets) {
+                        prop_assert!(self.arena.is_released(o, c), "warm {o} not released");
+                        m.free.entry(c).or_default().insert(o);
+                        m.committed -= c;
+                    }
+                }
+                m.warm_bytes = 0;
+            }
+            let warm = m.warm.entry(class).or_default();
             let free = m.free.entry(class).or_default();
-            let block = if !free.is_empty() {
+            let block = if !warm.is_empty() {
+                let block = result.map_err(|e| TestCaseError::fail(format!("{e}")))?;
+                prop_assert_eq!(block.capacity, class);
+                prop_assert!(warm.remove(&block.offset), "{:?} was not warm", block);
+                prop_assert!(self.arena.is_committed(block.offset, class));
+                m.warm_bytes -= class;
+                block
+            } else if !free.is_empty() {
                 if large && m.committed.saturating_add(class) > config.max_memory {
                     prop_assert_eq!(result, full(FullCause::MemoryLimit));
                     return Ok(result);
@@ -2162,10 +2308,16 @@ mod tests {
             match m.live.remove(&offset) {
                 Some(class) => {
                     prop_assert_eq!(result, Ok(class));
-                    m.free.entry(class).or_default().insert(offset);
-                    if class > 64 * KIB {
-                        m.committed -= class;
-                        prop_assert!(self.arena.is_released(offset, class));
+                    if class > 64 * KIB && m.warm_bytes + class <= self.config.warm_limit {
+                        m.warm.entry(class).or_default().insert(offset);
+                        m.warm_bytes += class;
+                        prop_assert!(self.arena.is_committed(offset, class));
+                    } else {
+                        m.free.entry(class).or_default().insert(offset);
+                        if class > 64 * KIB {
+                            m.committed -= class;
+                            prop_assert!(self.arena.is_released(offset, class));
+                        }
                     }
                     m.freed.push(offset);
                 }
@@ -2224,8 +2376,15 @@ mod tests {
             prop_assert!(stats.committed_bytes <= self.config.max_memory);
             prop_assert_eq!(stats.carved_end, m.carved_end);
             prop_assert_eq!(self.arena.carved_end(), m.carved_end);
-            let free: u64 = m.free.values().map(|set| set.len() as u64).sum();
+            let free: u64 = m
+                .free
+                .values()
+                .chain(m.warm.values())
+                .map(|set| set.len() as u64)
+                .sum();
             prop_assert_eq!(stats.free_blocks, free);
+            prop_assert_eq!(stats.warm_bytes, m.warm_bytes);
+            prop_assert!(m.warm_bytes <= self.config.warm_limit);
             prop_assert!(stats.carved_end <= stats.commit_end);
             prop_assert!(stats.commit_end <= self.config.data_end);
             prop_assert_eq!(
@@ -2321,7 +2480,9 @@ mod tests {
             ops in prop::collection::vec(op_strategy(), 1..120),
             more in prop::collection::vec(op_strategy(), 0..80),
         ) {
-            let mut h = Harness::new(config);
+            // A rebuild starts with no warm reserve (free large blocks are
+            // released), so the two go on in step only without one.
+            let mut h = Harness::new(AllocConfig { warm_limit: 0, ..config });
             for op in &ops {
                 h.apply(op)?;
             }
@@ -2422,6 +2583,7 @@ mod tests {
                 max_memory: u64::MAX,
                 max_block: 256 * KIB,
                 commit_step: 64 * KIB,
+                warm_limit: 0,
             };
             let arena = HeapArena::new(config.data_start, config.data_end);
             let mut page = 0;

@@ -308,7 +308,11 @@ mod tests {
             }
             hasher.update(&key);
             hasher.update(&value);
-            assert_eq!(checksum_of(&header, &key, &value), hasher.digest(), "{k}+{v}");
+            assert_eq!(
+                checksum_of(&header, &key, &value),
+                hasher.digest(),
+                "{k}+{v}"
+            );
         }
     }
 

@@ -182,15 +182,31 @@ impl<'a> Words<'a> {
         len: u64,
         mut written: impl FnMut(&[u8]),
     ) -> Result<(), OutOfBounds> {
+        /// Words per chunk fed to `written` (one call per 4 KiB: a hasher
+        /// fed 8 bytes at a time made this copy 5x slower).
+        const CHUNK_WORDS: usize = 512;
         let to = self.range(offset, len)?;
         let from = src.range(src_offset, len)?;
         let mut left = len as usize;
-        for (d, s) in self.words[to].iter().zip(&src.words[from]) {
-            let n = left.min(8);
-            let mut bytes = s.load(Ordering::Relaxed).to_le_bytes();
-            bytes[n..].fill(0);
-            d.store(u64::from_le_bytes(bytes), Ordering::Relaxed);
-            written(&bytes[..n]);
+        let mut chunk = [0u8; CHUNK_WORDS * 8];
+        for (d, s) in self.words[to]
+            .chunks(CHUNK_WORDS)
+            .zip(src.words[from].chunks(CHUNK_WORDS))
+        {
+            let n = left.min(d.len() * 8);
+            for (i, s) in s.iter().enumerate() {
+                let v = s.load(Ordering::Relaxed);
+                chunk[8 * i..8 * i + 8].copy_from_slice(&v.to_le_bytes());
+            }
+            // The last word's padding is stored as zeros, whatever the
+            // source held there.
+            chunk[n..d.len() * 8].fill(0);
+            for (i, d) in d.iter().enumerate() {
+                let mut w = [0u8; 8];
+                w.copy_from_slice(&chunk[8 * i..8 * i + 8]);
+                d.store(u64::from_le_bytes(w), Ordering::Relaxed);
+            }
+            written(&chunk[..n]);
             left -= n;
         }
         Ok(())

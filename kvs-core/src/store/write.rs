@@ -247,6 +247,9 @@ impl<S: Segment> StoreWriter<S> {
             max_memory,
             max_block: block::block_bytes(g.max_key, g.max_value).max(1 << 30),
             commit_step: 1 << 20,
+            // Freed large blocks kept committed for reuse: a sixteenth of
+            // the budget, at most 64 MiB (see `alloc`, rule 5).
+            warm_limit: (max_memory / 16).min(64 << 20),
         }
     }
 
