@@ -514,6 +514,16 @@ mod tests {
     }
 
     #[test]
+    fn a_larger_request_yields_longer_before_sleeping() {
+        let p = SpinPolicy::CLIENT;
+        assert_eq!(p.for_request(0), p);
+        assert_eq!(p.for_request(2047), p);
+        assert_eq!(p.for_request(64 << 10).yields, p.yields + 32);
+        assert_eq!(p.for_request(64 << 10).spins, p.spins);
+        assert_eq!(p.for_request(u64::MAX).yields, u32::MAX);
+    }
+
+    #[test]
     fn spin_then_yield_stops_when_ready() {
         let mut n = 0;
         assert!(spin_then_yield(SpinPolicy::CLIENT, || {
