@@ -60,6 +60,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             Ok(Some(ChangeEvent::Deleted { key, version })) => {
                 println!("{key} deleted  (version {version})")
             }
+            Ok(Some(ChangeEvent::Expired { key, version })) => {
+                println!("{key} expired  (version {version})")
+            }
             Ok(Some(ChangeEvent::Missed)) => println!("(fell behind; some changes were not seen)"),
             Ok(None) => {}
             Err(e) => {

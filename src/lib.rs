@@ -24,9 +24,9 @@
 #![warn(missing_docs)]
 
 pub use kvs_client::{
-    BackupInfo, BytesClient, ChangeEvent, ClientError, ClientOptions, Codec, DecodeError,
+    BackupInfo, BytesClient, Cas, ChangeEvent, ClientError, ClientOptions, Codec, DecodeError,
     KVSClient, ListCursor, ListPage, ListedEntry, Op, Raw, RawEntry, Reply, StoreLimit,
-    StoreStatus, Subscription, Ticket, Versioned,
+    StoreStatus, Subscription, Ticket, Ttl, Versioned,
 };
 pub use kvs_core as core;
 pub use kvs_core::{FixedStr, FixedStrError};

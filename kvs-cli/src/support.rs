@@ -157,3 +157,22 @@ mod human_bytes_tests {
         assert_eq!(human_bytes(u64::MAX), "16777216 TiB");
     }
 }
+
+/// Puts `bytes` into a JSON object as `name` (a string, when they are
+/// UTF-8) or `name_base64` (standard base64, otherwise): the gateway's rule.
+pub(crate) fn json_bytes(
+    obj: &mut serde_json::Map<String, serde_json::Value>,
+    name: &str,
+    bytes: &[u8],
+) {
+    use base64::Engine as _;
+    match std::str::from_utf8(bytes) {
+        Ok(text) => {
+            obj.insert(name.into(), text.into());
+        }
+        Err(_) => {
+            let b64 = base64::engine::general_purpose::STANDARD.encode(bytes);
+            obj.insert(format!("{name}_base64"), b64.into());
+        }
+    }
+}

@@ -28,6 +28,8 @@ pub struct Versioned<V> {
     pub version: u64,
     /// Last modification, unix nanoseconds.
     pub modified_ns: u64,
+    /// When the entry expires, unix nanoseconds (0: never).
+    pub deadline_ns: u64,
 }
 
 /// One operation for [`KVSClient::batch`].
@@ -79,6 +81,7 @@ pub(crate) fn decode_value<V: Codec>(entry: RawEntry) -> Result<Versioned<V>> {
         value: V::decode_vec(entry.value).map_err(ClientError::Decode)?,
         version: entry.version,
         modified_ns: entry.modified_ns,
+        deadline_ns: entry.deadline_ns,
     })
 }
 

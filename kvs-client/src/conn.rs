@@ -76,6 +76,28 @@ pub struct RawEntry {
     pub version: u64,
     /// Last change, unix ns.
     pub modified_ns: u64,
+    /// When it expires, unix ns (0: never).
+    pub deadline_ns: u64,
+}
+
+/// A request's op-specific words and flags (see `kvs_core::protocol`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Args {
+    /// `arg2`: a deadline, a delta, a stripe.
+    pub(crate) arg2: u64,
+    /// `arg3`: the version expected, with `IF_VERSION`.
+    pub(crate) arg3: u64,
+    /// `IF_VERSION`, `KEEP_TTL`.
+    pub(crate) flags: u16,
+}
+
+impl From<u64> for Args {
+    fn from(arg2: u64) -> Self {
+        Args {
+            arg2,
+            ..Args::default()
+        }
+    }
 }
 
 /// When a request takes a staging buffer, and whether it waits for one
@@ -271,6 +293,7 @@ impl Conn {
                         value,
                         version: meta.version,
                         modified_ns: meta.modified_ns,
+                        deadline_ns: meta.deadline,
                     }))
                 }
                 Lookup::Absent => return Ok(None),
@@ -306,6 +329,7 @@ impl Conn {
                 value: answer.value,
                 version: answer.response.version,
                 modified_ns: answer.response.modified_ns,
+                deadline_ns: answer.response.aux64,
             })),
             StatusCode::NotFound => Ok(None),
             s => Err(ClientError::Protocol(format!("unexpected {s:?} for get"))),
@@ -320,10 +344,10 @@ impl Conn {
         op: OpCode,
         key: &[u8],
         value: Option<&[u8]>,
-        arg2: u64,
+        args: impl Into<Args>,
         deadline: &Deadline,
     ) -> Result<Answer> {
-        let sub = self.submit(op, key, value, arg2, deadline, Staging::IfNeeded)?;
+        let sub = self.submit(op, key, value, args, deadline, Staging::IfNeeded)?;
         self.wait(sub, deadline)
     }
 
@@ -334,7 +358,7 @@ impl Conn {
         op: OpCode,
         key: &[u8],
         value: Option<&[u8]>,
-        arg2: u64,
+        args: impl Into<Args>,
         deadline: &Deadline,
         stage: bool,
     ) -> Result<Answer> {
@@ -343,7 +367,7 @@ impl Conn {
         } else {
             Staging::IfNeeded
         };
-        let sub = self.submit(op, key, value, arg2, deadline, staging)?;
+        let sub = self.submit(op, key, value, args, deadline, staging)?;
         self.wait(sub, deadline)
     }
 
@@ -354,10 +378,11 @@ impl Conn {
         op: OpCode,
         key: &[u8],
         value: Option<&[u8]>,
-        arg2: u64,
+        args: impl Into<Args>,
         deadline: &Deadline,
         staging: Staging,
     ) -> Result<Submitted> {
+        let args: Args = args.into();
         self.check_process()?;
         if self.server_closed() {
             return Err(ClientError::ServerGone);
@@ -374,7 +399,9 @@ impl Conn {
             op: op as u16,
             key_len: key.len() as u32,
             value_len: value.len() as u32,
-            arg2,
+            flags: args.flags,
+            arg2: args.arg2,
+            arg3: args.arg3,
             ..Request::default()
         };
         let staging = if staging == Staging::Always || !payload.fits_inline() {

@@ -57,6 +57,12 @@ pub enum ClientError {
     /// new block is written before the old one is freed).
     #[error("store full: {0}")]
     StoreFull(StoreLimit),
+    /// INCR (or `get_counter`) of a value that is not a decimal integer.
+    #[error("the value is not an integer (a counter is a decimal integer: an optional '-' and digits, no leading zeros)")]
+    NotInteger,
+    /// INCR whose result would not fit a 64-bit signed integer.
+    #[error("increment would overflow a 64-bit signed integer")]
+    Overflow,
     /// The server answered with a status this client cannot interpret, or
     /// refused the request as malformed.
     #[error("protocol error: {0}")]

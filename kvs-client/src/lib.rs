@@ -45,6 +45,7 @@ mod conn;
 mod error;
 mod fork;
 mod listing;
+mod operations;
 pub mod status;
 mod subscription;
 mod ticket;
@@ -66,6 +67,7 @@ pub use kvs_core::codec::{Codec, DecodeError, Raw};
 pub use listing::{
     BackupInfo, ListCursor, ListIter, ListPage, ListedEntry, BACKUP_TIMEOUT, DEFAULT_PAGE,
 };
+pub use operations::{Cas, Ttl};
 pub use status::StoreStatus;
 pub use subscription::{ChangeEvent, Subscription};
 pub use ticket::Ticket;

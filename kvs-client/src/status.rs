@@ -24,6 +24,10 @@ pub struct OpCounts {
     pub post: u64,
     /// DEL requests.
     pub del: u64,
+    /// INCR requests.
+    pub incr: u64,
+    /// EXPIRE and PERSIST requests.
+    pub expire: u64,
     /// Other requests (status, listing, backups).
     pub other: u64,
     /// Requests dropped as stale, abandoned or malformed.
@@ -47,6 +51,9 @@ pub struct StoreStatus {
     pub max_value_size: u64,
     /// Bytes the store has committed (entries and index).
     pub memory_used: u64,
+    /// Entries removed because their deadline passed, since the store was
+    /// made.
+    pub expired: u64,
     /// The store's memory limit.
     pub max_memory: u64,
     /// Cells in the request ring.
@@ -142,6 +149,7 @@ fn status_of(region: &Region, version: u64, entries: u64, memory_used: u64) -> S
         max_key_size: info.max_key,
         max_value_size: info.max_value,
         memory_used,
+        expired: region.store_view().map_or(0, |v| v.expired_count()),
         max_memory: info.max_memory,
         queue_capacity: info.ring_capacity,
         queued: region.ring().len() as u64,
@@ -161,6 +169,8 @@ fn status_of(region: &Region, version: u64, entries: u64, memory_used: u64) -> S
             set: totals.get(OpCode::Set),
             post: totals.get(OpCode::Post),
             del: totals.get(OpCode::Del),
+            incr: totals.get(OpCode::Incr),
+            expire: totals.get(OpCode::Expire),
             other: totals.get(OpCode::Status)
                 + totals.get(OpCode::ListPage)
                 + totals.get(OpCode::Backup),

@@ -41,6 +41,13 @@ pub enum ChangeEvent<K, V> {
         /// The version of the delete.
         version: u64,
     },
+    /// The key's deadline passed and the server removed it.
+    Expired {
+        /// The key.
+        key: K,
+        /// The version of the removal.
+        version: u64,
+    },
     /// Events were lost because the queue overflowed: resync.
     Missed,
 }
@@ -124,6 +131,12 @@ impl<K: Codec, V: Codec> Subscription<K, V> {
         }
         if e.kind == EventKind::Deleted {
             return Ok(Some(ChangeEvent::Deleted {
+                key: K::decode_vec(e.key).map_err(ClientError::Decode)?,
+                version: e.version,
+            }));
+        }
+        if e.kind == EventKind::Expired {
+            return Ok(Some(ChangeEvent::Expired {
                 key: K::decode_vec(e.key).map_err(ClientError::Decode)?,
                 version: e.version,
             }));

@@ -38,6 +38,7 @@ impl<K: Codec, V: Codec> KVSClient<K, V> {
                         value,
                         version: meta.version,
                         modified_ns: meta.modified_ns,
+                        deadline_ns: meta.deadline,
                     };
                     Ok(Some(Some(Some(decode_value::<V>(entry)?.value))))
                 }

@@ -245,6 +245,8 @@ pub enum EventKind {
     Changed = 1,
     /// A key was deleted.
     Deleted = 2,
+    /// A key's deadline passed and the server removed it.
+    Expired = 3,
 }
 
 impl TryFrom<u16> for EventKind {
@@ -254,6 +256,7 @@ impl TryFrom<u16> for EventKind {
         match v {
             1 => Ok(EventKind::Changed),
             2 => Ok(EventKind::Deleted),
+            3 => Ok(EventKind::Expired),
             other => Err(other),
         }
     }
@@ -957,7 +960,7 @@ impl<'a> SubTable<'a> {
             return None;
         }
         let (value, flags) = match (kind, value) {
-            (EventKind::Deleted, _) => (None, 0),
+            (EventKind::Deleted | EventKind::Expired, _) => (None, 0),
             // Fits: its padded length is at most the room left (which is a
             // multiple of 8, and at most `u32::MAX`, so is the length).
             (EventKind::Changed, Some(v)) if v.len().div_ceil(8) <= (room - key_pad) / 8 => {

@@ -35,6 +35,8 @@ pub mod bulk;
 pub mod clock;
 #[cfg(not(loom))]
 pub mod codec;
+/// The integer encoding of counters (INCR).
+pub mod counter;
 #[cfg(not(loom))]
 pub mod error;
 #[cfg(not(loom))]

@@ -21,12 +21,26 @@
 //! request  word 0: op (16 bits) | flags (16) | slot generation (32)
 //!          word 1: key length (32) | value length (32)
 //!          word 2: arg   (a staging buffer: index | generation << 32; a stripe; ...)
-//!          word 3: arg2  (op-specific)
+//!          word 3: arg2  (SET, POST, EXPIRE: the deadline, unix ns, 0 for none;
+//!                         INCR: the delta as i64; LIST: the stripe)
+//!          word 4: arg3  (with IF_VERSION: the version expected, 0 for absent)
 //! answer   word 0: status (16) | flags (16) | slot generation (32)
 //!          word 1: version
 //!          word 2: modified, unix ns (GET); entries (STATUS)
 //!          word 3: value length (32) | aux (32)
-//!          word 4: aux64 (op-specific: memory in use, the next listing position, ...)
+//!          word 4: aux64 (op-specific: the deadline (GET), memory in use
+//!                  (STATUS), the new value as i64 (INCR), ...)
+//! ```
+//!
+//! Conditions and expiry: a SET or POST with [`IF_VERSION`] is made only if
+//! the key's version is `arg3` (0: only if absent), else answered
+//! [`StatusCode::VersionMismatch`] with the current version (0 if absent);
+//! DEL likewise. A SET or POST sets the deadline `arg2` (0: none, which
+//! clears an old one, as Redis's SET does) unless [`KEEP_TTL`] says to keep
+//! the entry's own. An entry whose deadline has passed is absent for every
+//! op. INCR keeps the deadline.
+//!
+//! ```text
 //! ```
 //!
 //! Every word is an `AtomicU64` in the region, written and read once. The
@@ -50,7 +64,7 @@
 use crate::sync::{AtomicU64, Ordering};
 
 /// Words of a request header.
-pub const REQUEST_WORDS: usize = 4;
+pub const REQUEST_WORDS: usize = 5;
 /// Words of an answer header.
 pub const RESPONSE_WORDS: usize = 5;
 /// Bytes of a slot's data area (shared by the request and its answer).
@@ -70,6 +84,10 @@ pub const STAGED: u16 = 1;
 pub const VALUE_TOO_LARGE: u16 = 2;
 /// Answer flag (listing): more remain after this page.
 pub const MORE: u16 = 4;
+/// Request flag (SET, POST, DEL): only if the key's version is `arg3`.
+pub const IF_VERSION: u16 = 2;
+/// Request flag (SET, POST): keep the entry's deadline; `arg2` is ignored.
+pub const KEEP_TTL: u16 = 4;
 
 /// What a request asks the server to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -89,11 +107,15 @@ pub enum OpCode {
     ListPage = 6,
     /// Write a snapshot to the file named inline.
     Backup = 7,
+    /// Set (`arg2` > 0) or clear (`arg2` = 0) a key's deadline.
+    Expire = 8,
+    /// Add `arg2` (an i64) to a key's decimal integer value.
+    Incr = 9,
 }
 
 impl OpCode {
     /// Every op code, in wire order.
-    pub const ALL: [OpCode; 7] = [
+    pub const ALL: [OpCode; 9] = [
         OpCode::Get,
         OpCode::Set,
         OpCode::Post,
@@ -101,6 +123,8 @@ impl OpCode {
         OpCode::Status,
         OpCode::ListPage,
         OpCode::Backup,
+        OpCode::Expire,
+        OpCode::Incr,
     ];
 
     /// Whether a request of this op carries a value (SET and POST).
@@ -118,6 +142,8 @@ impl OpCode {
             OpCode::Status => "status",
             OpCode::ListPage => "list",
             OpCode::Backup => "backup",
+            OpCode::Expire => "expire",
+            OpCode::Incr => "incr",
         }
     }
 }
@@ -170,10 +196,18 @@ pub enum StatusCode {
     Unsupported = 5,
     /// The server failed to carry out the request (an I/O error, say).
     Failed = 6,
+    /// INCR of a value that is not a decimal integer (see
+    /// [`crate::counter`]).
+    NotInteger = 7,
+    /// INCR whose result would not fit an i64.
+    Overflow = 8,
+    /// A conditional write or DEL found another version; the answer's
+    /// `version` is the current one (0: absent).
+    VersionMismatch = 9,
 }
 
 impl StatusCode {
-    const ALL: [StatusCode; 7] = [
+    const ALL: [StatusCode; 10] = [
         StatusCode::Ok,
         StatusCode::NotFound,
         StatusCode::Exists,
@@ -181,6 +215,9 @@ impl StatusCode {
         StatusCode::Malformed,
         StatusCode::Unsupported,
         StatusCode::Failed,
+        StatusCode::NotInteger,
+        StatusCode::Overflow,
+        StatusCode::VersionMismatch,
     ];
 }
 
@@ -215,6 +252,8 @@ pub struct Request {
     pub arg: u64,
     /// Op-specific.
     pub arg2: u64,
+    /// The version expected, with [`IF_VERSION`].
+    pub arg3: u64,
 }
 
 impl Request {
@@ -245,6 +284,7 @@ impl Request {
             u64::from(self.key_len) | u64::from(self.value_len) << 32,
             self.arg,
             self.arg2,
+            self.arg3,
         ];
         for (slot, v) in words.iter().zip(w) {
             slot.store(v, Ordering::Relaxed);
@@ -262,6 +302,7 @@ impl Request {
             value_len: (w[1] >> 32) as u32,
             arg: w[2],
             arg2: w[3],
+            arg3: w[4],
         }
     }
 }
@@ -426,7 +467,7 @@ mod tests {
         fn headers_round_trip(op in any::<u16>(), flags in any::<u16>(), generation in any::<u32>(),
                               k in any::<u32>(), v in any::<u32>(), a in any::<u64>(), b in any::<u64>()) {
             let words: [AtomicU64; REQUEST_WORDS] = Default::default();
-            let req = Request { op, flags, generation, key_len: k, value_len: v, arg: a, arg2: b };
+            let req = Request { op, flags, generation, key_len: k, value_len: v, arg: a, arg2: b, arg3: a.rotate_left(7) ^ b };
             req.encode(&words);
             prop_assert_eq!(Request::decode(&words), req);
             let words: [AtomicU64; RESPONSE_WORDS] = Default::default();

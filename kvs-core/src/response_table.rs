@@ -186,9 +186,9 @@ impl SlotWord {
 ///      0     8  word: generation | owner | state
 ///      8     8  event count (epoch, waiters)
 ///     16     8  owner pid (diagnostics only), reserved
-///     24    32  request header (4 words)
-///     56    40  answer header (5 words)
-///     96  1024  data: the request's key and value, then the answer's value
+///     24    40  request header (5 words)
+///     64    40  answer header (5 words)
+///    104  1024  data: the request's key and value, then the answer's value
 /// ```
 #[repr(C)]
 #[derive(Debug)]

@@ -86,6 +86,17 @@ pub enum GatewayEvent {
         /// The store's version at the deletion.
         version: u64,
     },
+    /// A key's deadline passed and the server removed it.
+    Expire {
+        /// The key, when it is UTF-8.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        key: Option<String>,
+        /// The key in base64, when it is not UTF-8.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        key_base64: Option<String>,
+        /// The store's version at the removal.
+        version: u64,
+    },
     /// Changes may have been lost: reload everything from `/status`.
     Resync {
         /// Why, for a person.
@@ -134,6 +145,14 @@ impl From<ChangeEvent<Vec<u8>, Vec<u8>>> for GatewayEvent {
                     version,
                 }
             }
+            ChangeEvent::Expired { key, version } => {
+                let (key, key_base64) = json::to_fields(key);
+                GatewayEvent::Expire {
+                    key,
+                    key_base64,
+                    version,
+                }
+            }
             ChangeEvent::Missed => GatewayEvent::Resync {
                 reason: "the subscription missed changes".into(),
             },
@@ -146,6 +165,7 @@ impl GatewayEvent {
         match self {
             GatewayEvent::Change { .. } => "change",
             GatewayEvent::Delete { .. } => "delete",
+            GatewayEvent::Expire { .. } => "expire",
             GatewayEvent::Resync { .. } => "resync",
             GatewayEvent::Unavailable { .. } => "unavailable",
             GatewayEvent::Shutdown => "shutdown",

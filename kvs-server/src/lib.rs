@@ -27,6 +27,7 @@
 #![warn(missing_docs, unsafe_op_in_unsafe_fn)]
 
 mod acceptor;
+mod expirer;
 pub mod keeper;
 mod reclaim;
 mod registry;

@@ -1,6 +1,7 @@
 //! The server handle: builder, start, stop.
 
 use crate::acceptor::{self, Acceptor};
+use crate::expirer;
 use crate::keeper::{self, Keeper};
 use crate::registry::Registry;
 use crate::shared::Shared;
@@ -362,12 +363,14 @@ impl<K: Codec, V: Codec> KVSServerBuilder<K, V> {
             snapshot_mode: crate::snapshot::file_mode(self.config.mode),
         });
         let housekeeper = reclaim::spawn(Arc::clone(&shared)).map_err(ServerError::Spawn)?;
+        let expirer = expirer::spawn(Arc::clone(&shared)).map_err(ServerError::Spawn)?;
         let acceptor =
             acceptor::spawn(Arc::clone(&shared), listener).map_err(ServerError::Spawn)?;
         Ok(KVSServer {
             shared,
             workers: Vec::new(),
             housekeeper: Some(housekeeper),
+            expirer: Some(expirer),
             acceptor: Some(acceptor),
             default_workers: self.config.workers,
             takeover,
@@ -389,6 +392,8 @@ pub struct KVSServer<K = Vec<u8>, V = Vec<u8>> {
     shared: Arc<Shared>,
     workers: Vec<JoinHandle<()>>,
     housekeeper: Option<JoinHandle<()>>,
+    /// The active expiry sweep (see `expirer`).
+    expirer: Option<JoinHandle<()>>,
     acceptor: Option<Acceptor>,
     default_workers: usize,
     takeover: Takeover,
@@ -556,7 +561,9 @@ impl<K: Codec, V: Codec> KVSServer<K, V> {
         })?;
         Ok(match written {
             Written::Inserted(v) | Written::Replaced(v) => v,
-            Written::Exists => self.version(),
+            // An unconditional upsert neither finds the key existing nor
+            // compares versions.
+            Written::Exists | Written::VersionMismatch(_) => self.version(),
         })
     }
 
@@ -685,6 +692,10 @@ impl<K, V> Drop for KVSServer<K, V> {
         }
         self.shared.region.poke_housekeeper();
         if let Some(h) = self.housekeeper.take() {
+            let _ = h.join();
+        }
+        if let Some(h) = self.expirer.take() {
+            h.thread().unpark();
             let _ = h.join();
         }
         // A clean stop: the data goes with this server (a snapshot is how

@@ -16,14 +16,16 @@
 use crate::shared::Shared;
 use kvs_core::events::EventKind;
 use kvs_core::protocol::{
-    staging_of, OpCode, Request, Response, StatusCode, FULL_ENTRIES, FULL_MEMORY, INLINE_BYTES,
-    MORE, STAGED, VALUE_TOO_LARGE,
+    staging_of, OpCode, Request, Response, StatusCode, FULL_ENTRIES, FULL_MEMORY, IF_VERSION,
+    INLINE_BYTES, KEEP_TTL, MORE, STAGED, VALUE_TOO_LARGE,
 };
 use kvs_core::response_table::Begun;
 use kvs_core::ring::PopError;
 use kvs_core::store::block::ValueSource;
 use kvs_core::store::words::Words;
-use kvs_core::store::write::{Change, WriteError, WriteMode, Written};
+use kvs_core::store::write::{
+    Change, ChangeKind, Deleted, IncrError, WriteError, WriteMode, WriteSpec, Written,
+};
 use kvs_core::wait::{spin_then_yield, FutexParker, SpinPolicy};
 use std::os::unix::ffi::OsStrExt;
 use std::panic::AssertUnwindSafe;
@@ -226,10 +228,10 @@ fn execute(shared: &Shared, op: OpCode, req: &Request, begun: &Begun) -> Respons
     // Runs under the key's stripe lock, so every subscriber sees one key's
     // changes in version order. One load when nobody subscribes.
     let publish = |c: &Change<'_>| {
-        let kind = if c.value.is_some() {
-            EventKind::Changed
-        } else {
-            EventKind::Deleted
+        let kind = match c.kind {
+            ChangeKind::Written => EventKind::Changed,
+            ChangeKind::Deleted => EventKind::Deleted,
+            ChangeKind::Expired => EventKind::Expired,
         };
         subs.publish(
             kind,
@@ -244,6 +246,10 @@ fn execute(shared: &Shared, op: OpCode, req: &Request, begun: &Begun) -> Respons
     let ok = |version: u64| Response {
         version,
         ..Response::status(StatusCode::Ok)
+    };
+    let mismatch = |current: u64| Response {
+        version: current,
+        ..Response::status(StatusCode::VersionMismatch)
     };
     let refused = |e: WriteError| match e {
         WriteError::MemoryFull => Response {
@@ -264,12 +270,16 @@ fn execute(shared: &Shared, op: OpCode, req: &Request, begun: &Begun) -> Respons
                 offset: req.payload().value_at(),
                 len: u64::from(req.value_len),
             };
-            let mode = if op == OpCode::Set {
-                WriteMode::Upsert
-            } else {
-                WriteMode::InsertOnly
+            let spec = WriteSpec {
+                mode: if op == OpCode::Set {
+                    WriteMode::Upsert
+                } else {
+                    WriteMode::InsertOnly
+                },
+                if_version: (req.flags & IF_VERSION != 0).then_some(req.arg3),
+                deadline: (req.flags & KEEP_TTL == 0).then_some(req.arg2),
             };
-            let written = store.set(&key, value, mode, publish);
+            let written = store.set_with(&key, value, spec, publish);
             if req.staged() {
                 // The payload is in the store (or refused): the client's
                 // buffer is free from now on (see `Bulk::consumed`), its
@@ -287,12 +297,31 @@ fn execute(shared: &Shared, op: OpCode, req: &Request, begun: &Begun) -> Respons
                 Ok(Written::Inserted(v)) => Response { aux: 1, ..ok(v) },
                 Ok(Written::Replaced(v)) => ok(v),
                 Ok(Written::Exists) => Response::status(StatusCode::Exists),
+                Ok(Written::VersionMismatch(current)) => mismatch(current),
                 Err(e) => refused(e),
             }
         }
-        OpCode::Del => match store.del(&key, publish) {
-            Some(v) => ok(v),
-            None => Response::status(StatusCode::NotFound),
+        OpCode::Del => {
+            let if_version = (req.flags & IF_VERSION != 0).then_some(req.arg3);
+            match store.del_with(&key, if_version, publish) {
+                Deleted::Removed(v) => ok(v),
+                Deleted::Absent => Response::status(StatusCode::NotFound),
+                Deleted::VersionMismatch(current) => mismatch(current),
+            }
+        }
+        OpCode::Expire => match store.set_deadline(&key, req.arg2, publish) {
+            Ok(Some(v)) => ok(v),
+            Ok(None) => Response::status(StatusCode::NotFound),
+            Err(e) => refused(e),
+        },
+        OpCode::Incr => match store.incr(&key, req.arg2 as i64, publish) {
+            Ok((n, v)) => Response {
+                aux64: n as u64,
+                ..ok(v)
+            },
+            Err(IncrError::NotInteger) => Response::status(StatusCode::NotInteger),
+            Err(IncrError::Overflow) => Response::status(StatusCode::Overflow),
+            Err(IncrError::Write(e)) => refused(e),
         },
         OpCode::Status => {
             let st = store.stats();

@@ -47,14 +47,27 @@ pub enum Command {
     Get {
         /// The key.
         key: OsString,
+        /// Print one JSON object: the value (`value`, or `value_base64`
+        /// when it is not UTF-8), `version`, `modified_ms` and
+        /// `expires_ms` (unix milliseconds, null without expiry).
+        #[arg(long)]
+        json: bool,
     },
-    /// Set KEY to VALUE, inserting or replacing.
+    /// Set KEY to VALUE, inserting or replacing (any expiry is cleared,
+    /// unless --ttl gives a new one).
     Set {
         /// The key.
         key: OsString,
         /// The value (VALUE, `-` for standard input, or --file PATH).
         #[command(flatten)]
         value: ValueArg,
+        /// Expire the key after this long (`30s`, `5m`, `1h 30m`, `250ms`).
+        #[arg(long, value_name = "DURATION", value_parser = parse_ttl)]
+        ttl: Option<std::time::Duration>,
+        /// Only if the key's version is N (0: only if absent); exit 1 with
+        /// the current version otherwise (compare-and-set).
+        #[arg(long, value_name = "N")]
+        if_version: Option<u64>,
     },
     /// Insert KEY with VALUE only if KEY is absent (exit 1 if it exists).
     Post {
@@ -66,6 +79,40 @@ pub enum Command {
     },
     /// Delete KEY (exit 1 if absent).
     Del {
+        /// The key.
+        key: OsString,
+        /// Only if the key's version is N; exit 1 with the current version
+        /// otherwise.
+        #[arg(long, value_name = "N")]
+        if_version: Option<u64>,
+    },
+    /// Add DELTA (default 1, may be negative) to the counter at KEY (absent:
+    /// 0) and print the new value. A counter is a decimal integer (an
+    /// optional '-' and digits, no leading zeros) within 64 bits; another
+    /// value, or an overflow, is an error and changes nothing.
+    Incr {
+        /// The key.
+        key: OsString,
+        /// The amount to add.
+        #[arg(default_value_t = 1, allow_hyphen_values = true)]
+        delta: i64,
+    },
+    /// Make KEY expire after DURATION (exit 1 if absent).
+    Expire {
+        /// The key.
+        key: OsString,
+        /// How long from now (`30s`, `5m`, `1h 30m`, `250ms`).
+        #[arg(value_parser = parse_ttl)]
+        ttl: std::time::Duration,
+    },
+    /// Remove KEY's expiry (exit 1 if absent).
+    Persist {
+        /// The key.
+        key: OsString,
+    },
+    /// Print how long KEY lives (`persistent`, or the time left); exit 1
+    /// if absent.
+    Ttl {
         /// The key.
         key: OsString,
     },
@@ -116,6 +163,15 @@ pub enum Command {
         keys: Vec<OsString>,
     },
 }
+/// A TTL argument: a humantime duration above zero.
+fn parse_ttl(s: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (e.g. 30s, 5m, 250ms)"))?;
+    if d.is_zero() {
+        return Err("a TTL must be longer than zero (del removes a key now)".into());
+    }
+    Ok(d)
+}
+
 /// Where a SET's or POST's value comes from.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ValueArg {

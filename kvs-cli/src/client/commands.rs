@@ -2,16 +2,36 @@
 
 use super::args::{connect, key_arg, options, Args, ValueArg};
 use crate::support::Failure;
+use kvs_client::{Cas, Ttl};
 use kvs_core::region::peek_info;
 use kvs_core::text::escape_bytes_for_display as text_for_display;
 use std::ffi::OsString;
 use std::io::{IsTerminal, Write};
+use std::time::Duration;
 
 /// `kvs_client get KEY`: the value's bytes on stdout, as they are (with a
 /// newline after text when stdout is a terminal); exit 1 if absent.
-pub(super) fn get(args: &Args, key: &OsString) -> Result<(), Failure> {
+pub(super) fn get(args: &Args, key: &OsString, json: bool) -> Result<(), Failure> {
     let k = key_arg(key)?;
-    match connect(args)?.get(&k)? {
+    let client = connect(args)?;
+    if json {
+        let Some(e) = client.get_entry(&k)? else {
+            return Err(Failure::miss(format!(
+                "key {} not found",
+                text_for_display(&k)
+            )));
+        };
+        let mut obj = serde_json::Map::new();
+        crate::support::json_bytes(&mut obj, "key", &k);
+        crate::support::json_bytes(&mut obj, "value", &e.value);
+        obj.insert("version".into(), e.version.into());
+        obj.insert("modified_ms".into(), (e.modified_ns / 1_000_000).into());
+        let expires = (e.deadline_ns != 0).then_some(e.deadline_ns / 1_000_000);
+        obj.insert("expires_ms".into(), expires.into());
+        println!("{}", serde_json::Value::Object(obj));
+        return Ok(());
+    }
+    match client.get(&k)? {
         Some(value) => {
             let mut out = std::io::stdout().lock();
             let written = if out.is_terminal() {
@@ -31,11 +51,86 @@ pub(super) fn get(args: &Args, key: &OsString) -> Result<(), Failure> {
 }
 
 /// `kvs_client set KEY VALUE` (or `-`, or `--file PATH`).
-pub(super) fn set(args: &Args, key: &OsString, value: &ValueArg) -> Result<(), Failure> {
+pub(super) fn set(
+    args: &Args,
+    key: &OsString,
+    value: &ValueArg,
+    ttl: Option<Duration>,
+    if_version: Option<u64>,
+) -> Result<(), Failure> {
     let k = key_arg(key)?;
     let client = connect(args)?;
     let v = value.bytes(client.limits().1)?;
-    Ok(client.set(&k, &v)?)
+    match (ttl, if_version) {
+        (None, None) => Ok(client.set(&k, &v)?),
+        (Some(ttl), None) => Ok(client.set_with_ttl(&k, &v, ttl)?),
+        (ttl, Some(expected)) => match client.set_if_version(&k, &v, expected)? {
+            Cas::Done(version) => {
+                if let Some(ttl) = ttl {
+                    // The condition held; the expiry follows (a second step:
+                    // a write in between would get this deadline).
+                    client.expire(&k, ttl)?;
+                }
+                println!("{version}");
+                Ok(())
+            }
+            Cas::Conflict(current) => Err(conflict(&k, current)),
+        },
+    }
+}
+
+fn conflict(k: &[u8], current: u64) -> Failure {
+    if current == 0 {
+        Failure::miss(format!("key {} is absent (version 0)", text_for_display(k)))
+    } else {
+        Failure::miss(format!(
+            "key {} is at version {current}",
+            text_for_display(k)
+        ))
+    }
+}
+
+/// `kvs_client incr KEY [DELTA]`: prints the new value.
+pub(super) fn incr(args: &Args, key: &OsString, delta: i64) -> Result<(), Failure> {
+    let k = key_arg(key)?;
+    let n = connect(args)?.incr(&k, delta)?;
+    println!("{n}");
+    Ok(())
+}
+
+/// `kvs_client expire KEY TTL` and `persist KEY` (`ttl` None): exit 1 if
+/// absent.
+pub(super) fn expire(args: &Args, key: &OsString, ttl: Option<Duration>) -> Result<(), Failure> {
+    let k = key_arg(key)?;
+    let client = connect(args)?;
+    let found = match ttl {
+        Some(ttl) => client.expire(&k, ttl)?,
+        None => client.persist(&k)?,
+    };
+    if found {
+        Ok(())
+    } else {
+        Err(Failure::miss(format!(
+            "key {} not found",
+            text_for_display(&k)
+        )))
+    }
+}
+
+/// `kvs_client ttl KEY`: `persistent`, or the time left.
+pub(super) fn ttl(args: &Args, key: &OsString) -> Result<(), Failure> {
+    let k = key_arg(key)?;
+    match connect(args)?.ttl(&k)? {
+        Some(Ttl::Persistent) => println!("persistent"),
+        Some(Ttl::Expires(left)) => println!("{}", humantime::format_duration(left)),
+        None => {
+            return Err(Failure::miss(format!(
+                "key {} not found",
+                text_for_display(&k)
+            )))
+        }
+    }
+    Ok(())
 }
 
 /// `kvs_client post KEY VALUE`: exit 1 if the key exists.
@@ -54,8 +149,14 @@ pub(super) fn post(args: &Args, key: &OsString, value: &ValueArg) -> Result<(), 
 }
 
 /// `kvs_client del KEY`: exit 1 if absent.
-pub(super) fn del(args: &Args, key: &OsString) -> Result<(), Failure> {
+pub(super) fn del(args: &Args, key: &OsString, if_version: Option<u64>) -> Result<(), Failure> {
     let k = key_arg(key)?;
+    if let Some(expected) = if_version {
+        return match connect(args)?.del_if_version(&k, expected)? {
+            Cas::Done(_) => Ok(()),
+            Cas::Conflict(current) => Err(conflict(&k, current)),
+        };
+    }
     if connect(args)?.del(&k)? {
         Ok(())
     } else {
@@ -112,6 +213,7 @@ fn print_status(out: &mut impl Write, s: &kvs_client::StoreStatus) {
     );
     let _ = writeln!(out, "version       {}", s.version);
     let _ = writeln!(out, "entries       {} (limit {limit})", s.entries);
+    let _ = writeln!(out, "expired       {}", s.expired);
     let _ = writeln!(out, "uptime        {:.1} s", s.uptime_secs);
     let _ = writeln!(
         out,
@@ -136,8 +238,15 @@ fn print_status(out: &mut impl Write, s: &kvs_client::StoreStatus) {
     );
     let _ = writeln!(
         out,
-        "ops served    get {}  set {}  post {}  del {}  other {}  dropped {}",
-        s.ops.get, s.ops.set, s.ops.post, s.ops.del, s.ops.other, s.ops.dropped
+        "ops served    get {}  set {}  post {}  del {}  incr {}  expire {}  other {}  dropped {}",
+        s.ops.get,
+        s.ops.set,
+        s.ops.post,
+        s.ops.del,
+        s.ops.incr,
+        s.ops.expire,
+        s.ops.other,
+        s.ops.dropped
     );
     let _ = writeln!(
         out,

@@ -5,8 +5,9 @@
 //! * `commands`: the single-key commands, status and bench;
 //! * `tools`: list, backup, run (job files) and watch.
 //!
-//! Exit codes: 0 done; 1 not found (get, del) or already exists (post), with
-//! a short line on stderr; 2 any error (no server, timeout, key or value too
+//! Exit codes: 0 done; 1 not found (get, del, expire, persist, ttl), already
+//! exists (post) or another version (--if-version), with a short line on
+//! stderr; 2 any error (no server, timeout, key or value too
 //! long, bad arguments), with one clear line on stderr.
 
 pub mod args;
@@ -34,10 +35,19 @@ pub fn main() -> ExitCode {
 }
 fn run(args: &Args) -> Result<(), Failure> {
     match &args.command {
-        Command::Get { key } => commands::get(args, key),
-        Command::Set { key, value } => commands::set(args, key, value),
+        Command::Get { key, json } => commands::get(args, key, *json),
+        Command::Set {
+            key,
+            value,
+            ttl,
+            if_version,
+        } => commands::set(args, key, value, *ttl, *if_version),
         Command::Post { key, value } => commands::post(args, key, value),
-        Command::Del { key } => commands::del(args, key),
+        Command::Del { key, if_version } => commands::del(args, key, *if_version),
+        Command::Incr { key, delta } => commands::incr(args, key, *delta),
+        Command::Expire { key, ttl } => commands::expire(args, key, Some(*ttl)),
+        Command::Persist { key } => commands::expire(args, key, None),
+        Command::Ttl { key } => commands::ttl(args, key),
         Command::Status { json } => commands::status(args, *json),
         Command::Bench(bench) => commands::bench(args, bench),
         Command::List { prefix, json } => tools::list(args, prefix, *json),

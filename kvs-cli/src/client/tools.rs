@@ -4,7 +4,6 @@
 use super::args::{connect, key_arg, Args};
 use crate::jobs::{collect_jobs, run_job};
 use crate::support::Failure;
-use base64::Engine as _;
 use kvs_client::ChangeEvent;
 use kvs_core::text::escape_bytes_for_display as escape_for_display;
 use std::ffi::OsString;
@@ -13,19 +12,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Puts `bytes` into a JSON object as `name` (a string, when they are
-/// UTF-8) or `name_base64` (standard base64, otherwise): the gateway's rule.
-fn json_bytes(obj: &mut serde_json::Map<String, serde_json::Value>, name: &str, bytes: &[u8]) {
-    match std::str::from_utf8(bytes) {
-        Ok(text) => {
-            obj.insert(name.into(), text.into());
-        }
-        Err(_) => {
-            let b64 = base64::engine::general_purpose::STANDARD.encode(bytes);
-            obj.insert(format!("{name}_base64"), b64.into());
-        }
-    }
-}
+use crate::support::json_bytes;
 
 /// `kvs_client list`.
 pub(crate) fn list(args: &Args, prefix: &OsString, json: bool) -> Result<(), Failure> {
@@ -186,6 +173,9 @@ pub(crate) fn watch(args: &Args, keys: &[OsString]) -> Result<(), Failure> {
             }
             Some(ChangeEvent::Deleted { key, version }) => {
                 format!("del {} (version {version})", escape_for_display(&key))
+            }
+            Some(ChangeEvent::Expired { key, version }) => {
+                format!("expired {} (version {version})", escape_for_display(&key))
             }
             Some(ChangeEvent::Missed) => "missed events: the queue overflowed, resync".to_string(),
         };

@@ -11,12 +11,25 @@ use crate::sync::{AtomicU64, Ordering};
 /// Most workers a server may run (one statistics line each).
 pub const MAX_WORKERS: usize = 64;
 
+/// Counters per worker, indexed by `OpCode as usize`: room for every op
+/// code (checked below) and a few more to come.
+pub const OP_COUNTERS: usize = 16;
+
+// Every op code has its counter (an op past the end would not be counted).
+const _: () = {
+    let mut i = 0;
+    while i < OpCode::ALL.len() {
+        assert!((OpCode::ALL[i] as usize) < OP_COUNTERS);
+        i += 1;
+    }
+};
+
 /// Counters of one worker.
 #[repr(C)]
 #[derive(Debug, Default)]
 pub struct WorkerStats {
     /// Requests served, indexed by `OpCode as usize`.
-    pub ops: [AtomicU64; 8],
+    pub ops: [AtomicU64; OP_COUNTERS],
     /// Requests dropped as malformed or stale.
     pub dropped: AtomicU64,
 }
@@ -25,9 +38,10 @@ impl WorkerStats {
     /// Counts one request of `op`; only the owning worker calls this.
     #[inline]
     pub fn count(&self, op: OpCode) {
-        let c = &self.ops[op as usize];
-        // Single writer: load + store avoids a locked RMW on the hot path.
-        c.store(c.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        if let Some(c) = self.ops.get(op as usize) {
+            // Single writer: load + store avoids a locked RMW on the hot path.
+            c.store(c.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        }
     }
 
     /// Counts one dropped request; only the owning worker calls this.
@@ -42,7 +56,7 @@ impl WorkerStats {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct OpTotals {
     /// Requests served, indexed by `OpCode as usize`.
-    pub ops: [u64; 8],
+    pub ops: [u64; OP_COUNTERS],
     /// Requests dropped.
     pub dropped: u64,
 }
@@ -50,7 +64,7 @@ pub struct OpTotals {
 impl OpTotals {
     /// Served requests of `op`.
     pub fn get(&self, op: OpCode) -> u64 {
-        self.ops[op as usize]
+        self.ops.get(op as usize).copied().unwrap_or(0)
     }
 
     /// All served requests.

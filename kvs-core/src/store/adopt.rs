@@ -192,6 +192,7 @@ impl<S: Segment> StoreWriter<S> {
                 }))
             })
             .collect();
+        let expired_before = segment.words().load(hdr::EXPIRED * 8).unwrap_or(0);
         let writer = Self {
             segment,
             geometry: g,
@@ -202,10 +203,23 @@ impl<S: Segment> StoreWriter<S> {
             version_high: Mutex::new(0),
             entries: AtomicU64::new(0),
             max_entries,
+            expiry: Default::default(),
+            // The count goes on from what the dead server published.
+            expired: AtomicU64::new(expired_before),
         };
+        // The sweep's queue is private: rebuilt from the entries kept.
+        let words = writer.segment().words();
+        for f in &found {
+            for &(_, _, offset) in &f.entries {
+                if let Ok(h) = super::block::read_header(&words, &g, offset) {
+                    if h.meta.deadline != 0 {
+                        writer.expiry.push(h.meta.deadline, offset);
+                    }
+                }
+            }
+        }
         writer.reserve_versions(high);
         writer.publish_committed(writer.alloc.lock().stats().committed_bytes);
-        let words = writer.segment().words();
 
         // Rebuild the tables of dirty stripes from what remains, each under
         // its own `seq` bracket; then free the old table if it was a block.

@@ -82,6 +82,9 @@ pub mod hdr {
     /// their size classes round up), as the server last published it: what
     /// a probe reports as memory used, since it cannot ask.
     pub const COMMITTED: u64 = 13;
+    /// Entries removed because their deadline passed, as the server last
+    /// published it (for probes, like `COMMITTED`).
+    pub const EXPIRED: u64 = 14;
 }
 
 /// Word indices within a stripe header.

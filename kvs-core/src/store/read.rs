@@ -117,6 +117,14 @@ impl<'a> StoreView<'a> {
                 Walk::Corrupt(why) => return Lookup::Corrupt(why),
                 Walk::Found { offset, header } => (offset, header),
             };
+            // Expired: invisible from its deadline on, whether or not the
+            // server has removed it yet (the clock is read only for entries
+            // that have a deadline).
+            if header.meta.deadline != 0
+                && super::write::is_expired(header.meta.deadline, crate::clock::unix_now_ns())
+            {
+                return Lookup::Absent;
+            }
             // The value under the generation read in the validated window
             // (rule 4): a block handed out again bumps it before anything
             // is written into it.
@@ -244,6 +252,14 @@ impl<'a> StoreView<'a> {
     pub fn committed_bytes(&self) -> u64 {
         self.words
             .load(super::layout::hdr::COMMITTED * 8)
+            .unwrap_or(0)
+    }
+
+    /// Entries removed because their deadline passed, as the server last
+    /// published the count.
+    pub fn expired_count(&self) -> u64 {
+        self.words
+            .load(super::layout::hdr::EXPIRED * 8)
             .unwrap_or(0)
     }
 

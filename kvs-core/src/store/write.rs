@@ -84,11 +84,87 @@ pub enum Written {
     Replaced(u64),
     /// POST of a present key: nothing changed.
     Exists,
+    /// The key's version was not the one expected (compare-and-set):
+    /// nothing changed. The current version, 0 if the key is absent.
+    VersionMismatch(u64),
+}
+
+/// Why an INCR failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IncrError {
+    /// The value is not a counter ([`crate::counter`]).
+    #[error("the value is not a decimal integer")]
+    NotInteger,
+    /// The result would not fit an i64.
+    #[error("the result would overflow a 64-bit integer")]
+    Overflow,
+    /// The write was refused.
+    #[error(transparent)]
+    Write(#[from] WriteError),
+}
+
+/// How a write is made: whether it may replace, on which condition, and
+/// with which expiry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteSpec {
+    /// Upsert or insert-only.
+    pub mode: WriteMode,
+    /// Write only if the key's version is this one (0: only if absent), as
+    /// etcd's compare on `mod_revision`.
+    pub if_version: Option<u64>,
+    /// The entry's deadline, unix ns (0: none); `None` keeps the one the
+    /// entry has (none for a new key), as Redis's `KEEPTTL`.
+    pub deadline: Option<u64>,
+}
+
+impl WriteSpec {
+    /// A plain SET: replaces, clears any expiry (as Redis's SET does).
+    pub const UPSERT: WriteSpec = WriteSpec {
+        mode: WriteMode::Upsert,
+        if_version: None,
+        deadline: Some(0),
+    };
+    /// A plain POST: inserts only.
+    pub const INSERT_ONLY: WriteSpec = WriteSpec {
+        mode: WriteMode::InsertOnly,
+        if_version: None,
+        deadline: Some(0),
+    };
+}
+
+/// What a conditional DEL did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deleted {
+    /// Removed; the version of the removal.
+    Removed(u64),
+    /// The key was absent (or expired).
+    Absent,
+    /// The key's version was not the one expected; the current one.
+    VersionMismatch(u64),
+}
+
+/// Whether an entry with `deadline` is expired at `now` (unix ns).
+#[inline]
+pub fn is_expired(deadline: u64, now: u64) -> bool {
+    deadline != 0 && deadline <= now
+}
+
+/// What kind of change a [`Change`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeKind {
+    /// A new value (SET, POST, INCR, EXPIRE).
+    Written,
+    /// Removed by a DEL.
+    Deleted,
+    /// Removed because its deadline passed.
+    Expired,
 }
 
 /// A change, as `on_change` sees it (under the stripe's lock).
 #[derive(Debug)]
 pub struct Change<'a> {
+    /// What happened.
+    pub kind: ChangeKind,
     /// The key.
     pub key: &'a [u8],
     /// The key's hash in this store.
@@ -169,6 +245,16 @@ enum Probe {
     },
 }
 
+/// A probe's hit, classified by the entry's deadline.
+#[derive(Clone, Copy)]
+enum Existing {
+    /// A live entry: slot, block, metadata.
+    Live { slot: u64, offset: u64, meta: Meta },
+    /// An entry whose deadline passed: for every op it is absent, but its
+    /// slot still has to be replaced or cleared.
+    Expired { slot: u64, offset: u64 },
+}
+
 /// Counters for the status view.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WriterStats {
@@ -182,6 +268,8 @@ pub struct WriterStats {
     pub max_memory: u64,
     /// The last version handed out.
     pub version: u64,
+    /// Entries removed because their deadline passed.
+    pub expired: u64,
 }
 
 /// The writer: one per server.
@@ -197,6 +285,10 @@ pub struct StoreWriter<S: Segment> {
     pub(super) version_high: Mutex<u64>,
     pub(super) entries: AtomicU64,
     pub(super) max_entries: Option<u64>,
+    /// Deadlines of entries, for the active sweep.
+    pub(super) expiry: super::expiry::ExpiryQueue,
+    /// Entries removed because their deadline passed.
+    pub(super) expired: AtomicU64,
 }
 
 impl<S: Segment> std::fmt::Debug for StoreWriter<S> {
@@ -237,6 +329,8 @@ impl<S: Segment> StoreWriter<S> {
             version_high: Mutex::new(0),
             entries: AtomicU64::new(0),
             max_entries,
+            expiry: Default::default(),
+            expired: AtomicU64::new(0),
         }
     }
 
@@ -285,6 +379,7 @@ impl<S: Segment> StoreWriter<S> {
             live_bytes: a.live_bytes,
             max_memory: self.max_memory,
             version: self.version.load(Ordering::Relaxed),
+            expired: self.expired.load(Ordering::Relaxed),
         }
     }
 
@@ -405,6 +500,30 @@ impl<S: Segment> StoreWriter<S> {
             .store_with(hdr::COMMITTED * 8, bytes, Ordering::Relaxed);
     }
 
+    /// Counts an expired entry and publishes the total (`hdr::EXPIRED`)
+    /// for probes. Relaxed: a statistic, read on its own.
+    fn count_expired(&self) {
+        let n = self.expired.fetch_add(1, Ordering::Relaxed) + 1;
+        self.words()
+            .store_with(hdr::EXPIRED * 8, n, Ordering::Relaxed);
+    }
+
+    /// Classifies a probe's hit by its deadline (read with the precise
+    /// clock only when the entry has one).
+    fn existing(&self, probe: &Probe) -> Option<Existing> {
+        let Probe::Found { slot, offset } = *probe else {
+            return None;
+        };
+        let meta = block::read_header(&self.words(), &self.geometry, offset)
+            .map(|h| h.meta)
+            .unwrap_or_default();
+        if meta.deadline != 0 && is_expired(meta.deadline, crate::clock::unix_now_ns()) {
+            Some(Existing::Expired { slot, offset })
+        } else {
+            Some(Existing::Live { slot, offset, meta })
+        }
+    }
+
     /// Stores `word` at `at` inside the stripe's `seq` bracket (rule 2).
     pub(super) fn publish(&self, stripe_index: u64, st: &mut StripeState, at: u64, word: u64) {
         let live = st.live;
@@ -492,9 +611,30 @@ impl<S: Segment> StoreWriter<S> {
         key: &[u8],
         value: ValueSource<'_, '_>,
         mode: WriteMode,
-        on_change: impl FnOnce(&Change<'_>),
+        on_change: impl FnMut(&Change<'_>),
     ) -> Result<Written, WriteError> {
-        self.write(key, value, mode, None, on_change)
+        let spec = match mode {
+            WriteMode::Upsert => WriteSpec::UPSERT,
+            WriteMode::InsertOnly => WriteSpec::INSERT_ONLY,
+        };
+        self.write(key, value, spec, None, on_change)
+    }
+
+    /// A write as `spec` says (conditions, expiry); `on_change` sees an
+    /// expired entry's removal first, if the write found one, then the
+    /// write.
+    ///
+    /// # Errors
+    ///
+    /// As [`set`](Self::set).
+    pub fn set_with(
+        &self,
+        key: &[u8],
+        value: ValueSource<'_, '_>,
+        spec: WriteSpec,
+        mut on_change: impl FnMut(&Change<'_>),
+    ) -> Result<Written, WriteError> {
+        self.write(key, value, spec, None, &mut on_change)
     }
 
     /// Inserts or replaces `key` keeping the given metadata (a snapshot
@@ -508,7 +648,7 @@ impl<S: Segment> StoreWriter<S> {
         self.write(
             key,
             ValueSource::Bytes(value),
-            WriteMode::Upsert,
+            WriteSpec::UPSERT,
             Some(meta),
             |_| {},
         )
@@ -519,9 +659,9 @@ impl<S: Segment> StoreWriter<S> {
         &self,
         key: &[u8],
         value: ValueSource<'_, '_>,
-        mode: WriteMode,
+        spec: WriteSpec,
         keep: Option<Meta>,
-        on_change: impl FnOnce(&Change<'_>),
+        mut on_change: impl FnMut(&Change<'_>),
     ) -> Result<Written, WriteError> {
         self.check_lengths(key, value.len())?;
         let hash = KeyHash::of(key, self.geometry.seed);
@@ -530,10 +670,23 @@ impl<S: Segment> StoreWriter<S> {
         let now = crate::clock::unix_coarse_ns();
         let mut st = self.stripes[stripe_index as usize].lock();
         let probe = self.probe(&st, key, hash);
-        let old = match probe {
-            Probe::Found { .. } if mode == WriteMode::InsertOnly => return Ok(Written::Exists),
-            Probe::Found { slot, offset } => Some((slot, offset)),
-            Probe::Absent { .. } => {
+        let existing = self.existing(&probe);
+        let current = match existing {
+            Some(Existing::Live { meta, .. }) => meta.version,
+            _ => 0,
+        };
+        if let Some(expected) = spec.if_version {
+            if expected != current {
+                return Ok(Written::VersionMismatch(current));
+            }
+        }
+        let old = match existing {
+            Some(Existing::Live { .. }) if spec.mode == WriteMode::InsertOnly => {
+                return Ok(Written::Exists)
+            }
+            Some(Existing::Live { slot, offset, .. })
+            | Some(Existing::Expired { slot, offset }) => Some((slot, offset)),
+            None => {
                 if let Some(max) = self.max_entries {
                     if self.entries.load(Ordering::Relaxed) >= max {
                         return Err(WriteError::EntriesFull);
@@ -542,23 +695,43 @@ impl<S: Segment> StoreWriter<S> {
                 None
             }
         };
+        let deadline = match (spec.deadline, existing) {
+            (Some(d), _) => d,
+            (None, Some(Existing::Live { meta, .. })) => meta.deadline,
+            (None, _) => 0,
+        };
         let offset = self.take_block(block::block_bytes(key.len() as u64, value.len()))?;
         // Lazily: a kept (loaded) entry must not use up a version.
         let meta = keep.unwrap_or_else(|| Meta {
             version: self.next_version(),
             modified_ns: now,
-            deadline: 0,
+            deadline,
         });
         if block::write_entry(&self.words(), offset, key, value, meta).is_err() {
             self.free_block(offset);
             return Err(WriteError::MemoryFull);
+        }
+        if let Some(Existing::Expired { .. }) = existing {
+            // The expired entry goes first, in version order.
+            self.count_expired();
+            on_change(&Change {
+                kind: ChangeKind::Expired,
+                key,
+                hash,
+                value: None,
+                version: meta.version,
+                modified_ns: 0,
+            });
         }
         let word = Slot::live(hash.tag(), offset);
         let written = match (old, st.table) {
             (Some((slot, old_offset)), Some(table)) => {
                 self.publish(stripe_index, &mut st, table.slot_at(slot), word);
                 self.free_block(old_offset);
-                Written::Replaced(meta.version)
+                match existing {
+                    Some(Existing::Live { .. }) => Written::Replaced(meta.version),
+                    _ => Written::Inserted(meta.version),
+                }
             }
             _ => {
                 let slot = match probe {
@@ -573,9 +746,13 @@ impl<S: Segment> StoreWriter<S> {
                 Written::Inserted(meta.version)
             }
         };
+        if meta.deadline != 0 {
+            self.expiry.push(meta.deadline, offset);
+        }
         let words = self.words();
         let value_at = offset + block::HEADER_BYTES + (key.len() as u64).div_ceil(8) * 8;
         on_change(&Change {
+            kind: ChangeKind::Written,
             key,
             hash,
             value: Some(BlockValue {
@@ -631,30 +808,197 @@ impl<S: Segment> StoreWriter<S> {
     }
 
     /// DEL: `Some(version)` if `key` was present.
-    pub fn del(&self, key: &[u8], on_change: impl FnOnce(&Change<'_>)) -> Option<u64> {
+    pub fn del(&self, key: &[u8], on_change: impl FnMut(&Change<'_>)) -> Option<u64> {
+        match self.del_with(key, None, on_change) {
+            Deleted::Removed(v) => Some(v),
+            Deleted::Absent | Deleted::VersionMismatch(_) => None,
+        }
+    }
+
+    /// DEL, only if the key's version is `if_version` when one is given. An
+    /// expired entry is absent; it is removed (and reported as expired) all
+    /// the same.
+    pub fn del_with(
+        &self,
+        key: &[u8],
+        if_version: Option<u64>,
+        on_change: impl FnMut(&Change<'_>),
+    ) -> Deleted {
+        self.remove(key, if_version, false, on_change).0
+    }
+
+    /// DEL's body; with `only_expired`, a live entry is left alone. Also
+    /// says whether an expired entry was removed.
+    fn remove(
+        &self,
+        key: &[u8],
+        if_version: Option<u64>,
+        only_expired: bool,
+        mut on_change: impl FnMut(&Change<'_>),
+    ) -> (Deleted, bool) {
+        let absent = match if_version {
+            Some(v) if v != 0 => Deleted::VersionMismatch(0),
+            _ => Deleted::Absent,
+        };
         if key.is_empty() || key.len() as u64 > self.geometry.max_key {
-            return None;
+            return (absent, false);
         }
         let hash = KeyHash::of(key, self.geometry.seed);
         let stripe_index = hash.stripe(self.geometry.stripe_bits);
         let mut st = self.stripes[stripe_index as usize].lock();
-        let (Probe::Found { slot, offset }, Some(table)) = (self.probe(&st, key, hash), st.table)
-        else {
-            return None;
+        let probe = self.probe(&st, key, hash);
+        let (slot, offset, kind) = match self.existing(&probe) {
+            None => return (absent, false),
+            Some(Existing::Live { meta, .. }) if only_expired => {
+                return (Deleted::VersionMismatch(meta.version), false)
+            }
+            Some(Existing::Live { meta, .. }) if if_version.is_some_and(|v| v != meta.version) => {
+                return (Deleted::VersionMismatch(meta.version), false)
+            }
+            Some(Existing::Live { slot, offset, .. }) => (slot, offset, ChangeKind::Deleted),
+            Some(Existing::Expired { slot, offset }) => (slot, offset, ChangeKind::Expired),
+        };
+        let Some(table) = st.table else {
+            return (absent, false);
         };
         let version = self.next_version();
         st.live -= 1;
         self.publish(stripe_index, &mut st, table.slot_at(slot), TOMBSTONE);
         self.free_block(offset);
         self.entries.fetch_sub(1, Ordering::Relaxed);
+        if kind == ChangeKind::Expired {
+            self.count_expired();
+        }
         on_change(&Change {
+            kind,
             key,
             hash,
             value: None,
             version,
             modified_ns: 0,
         });
-        Some(version)
+        if kind == ChangeKind::Expired {
+            (absent, true)
+        } else {
+            (Deleted::Removed(version), false)
+        }
+    }
+
+    /// INCR: adds `delta` to the counter at `key` (absent or expired: 0),
+    /// keeping its deadline; the new value and its version. Made as a
+    /// compare-and-set on the version read, retried when another write got
+    /// in between (each retry means that one succeeded).
+    ///
+    /// # Errors
+    ///
+    /// [`IncrError`]: not a counter, overflow, or the write was refused.
+    pub fn incr(
+        &self,
+        key: &[u8],
+        delta: i64,
+        mut on_change: impl FnMut(&Change<'_>),
+    ) -> Result<(i64, u64), IncrError> {
+        loop {
+            let read = self.with_entry(key, |entry| match entry {
+                None => Ok((0, 0)),
+                Some((meta, value)) if value.len() as usize <= crate::counter::MAX_LEN => {
+                    let mut bytes = Vec::new();
+                    value.read_into(&mut bytes);
+                    crate::counter::parse(&bytes).map(|n| (meta.version, n))
+                }
+                Some(_) => Err(crate::counter::NotInteger),
+            });
+            let (version, n) = read.map_err(|_| IncrError::NotInteger)?;
+            let new = n.checked_add(delta).ok_or(IncrError::Overflow)?;
+            let spec = WriteSpec {
+                mode: WriteMode::Upsert,
+                if_version: Some(version),
+                deadline: None,
+            };
+            let bytes = crate::counter::format(new);
+            match self.set_with(key, ValueSource::Bytes(&bytes), spec, &mut on_change) {
+                Ok(Written::Inserted(v) | Written::Replaced(v)) => return Ok((new, v)),
+                Ok(Written::VersionMismatch(_) | Written::Exists) => continue,
+                Err(e) => return Err(IncrError::Write(e)),
+            }
+        }
+    }
+
+    /// EXPIRE / PERSIST: gives `key` the deadline `deadline` (unix ns; 0
+    /// removes it) by rewriting the entry with its value (a new version:
+    /// blocks are written once). `None` if the key is absent or expired.
+    ///
+    /// # Errors
+    ///
+    /// When the rewrite is refused (memory).
+    pub fn set_deadline(
+        &self,
+        key: &[u8],
+        deadline: u64,
+        mut on_change: impl FnMut(&Change<'_>),
+    ) -> Result<Option<u64>, WriteError> {
+        loop {
+            let Some((version, value)) = self.with_entry(key, |entry| {
+                entry.map(|(meta, value)| {
+                    let mut bytes = Vec::new();
+                    value.read_into(&mut bytes);
+                    (meta.version, bytes)
+                })
+            }) else {
+                return Ok(None);
+            };
+            let spec = WriteSpec {
+                mode: WriteMode::Upsert,
+                if_version: Some(version),
+                deadline: Some(deadline),
+            };
+            match self.set_with(key, ValueSource::Bytes(&value), spec, &mut on_change)? {
+                Written::Inserted(v) | Written::Replaced(v) => return Ok(Some(v)),
+                Written::VersionMismatch(0) => return Ok(None),
+                Written::VersionMismatch(_) | Written::Exists => continue,
+            }
+        }
+    }
+
+    /// One round of the active expiry sweep (see [`super::expiry`]): pops up
+    /// to `max` deadlines due at `now` and removes the entries still
+    /// expired. Returns how many were removed and the next deadline queued.
+    pub fn expire_due(
+        &self,
+        now: u64,
+        max: usize,
+        mut on_change: impl FnMut(&Change<'_>),
+    ) -> (u64, Option<u64>) {
+        let mut due = Vec::with_capacity(max.min(1024));
+        let next = self.expiry.pop_due(now, max, &mut due);
+        let mut removed = 0;
+        for (_, offset) in due {
+            if self.expire_block(offset, now, &mut on_change) {
+                removed += 1;
+            }
+        }
+        (removed, next)
+    }
+
+    /// Removes the entry in the block at `offset` if it is still linked and
+    /// its deadline has passed at `now` (the active sweep; a stale offset,
+    /// since reused by another entry, finds a later deadline or none).
+    pub fn expire_block(&self, offset: u64, now: u64, on_change: impl FnMut(&Change<'_>)) -> bool {
+        let words = self.words();
+        let Ok(h) = block::read_header(&words, &self.geometry, offset) else {
+            return false;
+        };
+        if !is_expired(h.meta.deadline, now) {
+            return false;
+        }
+        let mut key = Vec::new();
+        if words
+            .read_into(offset + h.key_at(), h.key_len, &mut key)
+            .is_err()
+        {
+            return false;
+        }
+        self.remove(&key, None, true, on_change).1
     }
 
     /// Reads `key` under its stripe's lock (a worker answering a read that
@@ -673,6 +1017,7 @@ impl<S: Segment> StoreWriter<S> {
             Probe::Found { offset, .. } => {
                 let words = self.words();
                 match block::read_header(&words, &self.geometry, offset) {
+                    Ok(h) if is_expired(h.meta.deadline, crate::clock::unix_now_ns()) => f(None),
                     Ok(h) => f(Some((
                         h.meta,
                         BlockValue {
@@ -693,6 +1038,7 @@ impl<S: Segment> StoreWriter<S> {
     /// are copied out, so no write lands between two stripes' copies.
     pub fn snapshot(&self) -> (Vec<Copied>, u64) {
         let guards: Vec<_> = self.stripes.iter().map(|s| s.lock()).collect();
+        let now = crate::clock::unix_now_ns();
         let version = self.version();
         let words = self.words();
         let mut out = Vec::with_capacity(self.len() as usize);
@@ -704,6 +1050,9 @@ impl<S: Segment> StoreWriter<S> {
                     let Ok(h) = block::read_header(&words, &self.geometry, offset) else {
                         continue;
                     };
+                    if is_expired(h.meta.deadline, now) {
+                        continue;
+                    }
                     let (mut key, mut value) = (Vec::new(), Vec::new());
                     if words
                         .read_into(offset + h.key_at(), h.key_len, &mut key)
@@ -732,6 +1081,7 @@ impl<S: Segment> StoreWriter<S> {
         let Some(stripe) = self.stripes.get(index as usize) else {
             return false;
         };
+        let now = crate::clock::unix_now_ns();
         let st = stripe.lock();
         let Some(table) = st.table else { return true };
         let words = self.words();
@@ -743,6 +1093,9 @@ impl<S: Segment> StoreWriter<S> {
                 let Ok(h) = block::read_header(&words, &self.geometry, offset) else {
                     continue;
                 };
+                if is_expired(h.meta.deadline, now) {
+                    continue;
+                }
                 if words
                     .read_into(offset + h.key_at(), h.key_len, &mut key)
                     .is_ok()
