@@ -6,7 +6,7 @@
 //! 20 bytes. It is the encoding Redis uses for INCR, and the one every text
 //! tool already shows as is: `kvs_client get` prints `42`, the gateway
 //! answers `"42"`, a job file compares against `42`. A typed client reads a
-//! counter as a `String` (or with [`parse`]), and [`crate::codec`]'s `i64`
+//! counter as a `String` (or with [`parse`](crate::counter::parse)), and [`crate::codec`]'s `i64`
 //! codec is *not* this encoding (it stores 8 little-endian bytes), so the
 //! library's `incr` and `get_counter` speak this one explicitly.
 //!
