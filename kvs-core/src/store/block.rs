@@ -76,6 +76,13 @@ impl Header {
     }
 }
 
+/// Whether an entry with `deadline` (0: none) is expired at `now` (both
+/// unix ns): from its deadline on, an entry is absent for every reader.
+#[inline]
+pub fn is_expired(deadline: u64, now: u64) -> bool {
+    deadline != 0 && deadline <= now
+}
+
 /// Why a block cannot be read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum BlockError {

@@ -121,7 +121,7 @@ impl<'a> StoreView<'a> {
             // server has removed it yet (the clock is read only for entries
             // that have a deadline).
             if header.meta.deadline != 0
-                && super::write::is_expired(header.meta.deadline, crate::clock::unix_now_ns())
+                && block::is_expired(header.meta.deadline, crate::clock::unix_now_ns())
             {
                 return Lookup::Absent;
             }

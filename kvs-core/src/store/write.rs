@@ -143,11 +143,7 @@ pub enum Deleted {
     VersionMismatch(u64),
 }
 
-/// Whether an entry with `deadline` is expired at `now` (unix ns).
-#[inline]
-pub fn is_expired(deadline: u64, now: u64) -> bool {
-    deadline != 0 && deadline <= now
-}
+pub use super::block::is_expired;
 
 /// What kind of change a [`Change`] is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
