@@ -448,7 +448,8 @@ mod tests {
         for s in StatusCode::ALL {
             assert_eq!(StatusCode::try_from(s as u16), Ok(s));
         }
-        assert!(StatusCode::try_from(7).is_err());
+        assert!(StatusCode::try_from(StatusCode::ALL.len() as u16).is_err());
+        assert!(StatusCode::try_from(u16::MAX).is_err());
     }
 
     #[test]
