@@ -8,7 +8,7 @@
 //! workers.
 
 use crate::conn::{
-    check_status, Answer, ClientOptions, Conn, Deadline, RawEntry, Staging, Submitted,
+    check_status, Answer, Args, ClientOptions, Conn, Deadline, RawEntry, Staging, Submitted,
 };
 use crate::error::{ClientError, Result};
 use kvs_core::codec::Codec;
@@ -225,7 +225,7 @@ impl<K: Codec, V: Codec> KVSClient<K, V> {
     ///
     /// As [`KVSClient::set`].
     pub fn set_timeout(&self, key: &K, value: &V, timeout: Duration) -> Result<()> {
-        decode_set(self.write(OpCode::Set, key, value, timeout)?)
+        decode_set(self.write(OpCode::Set, key, value, Args::default(), timeout)?)
     }
 
     /// Inserts `key` only if absent; `false` when it exists.
@@ -243,7 +243,7 @@ impl<K: Codec, V: Codec> KVSClient<K, V> {
     ///
     /// As [`KVSClient::set`].
     pub fn post_timeout(&self, key: &K, value: &V, timeout: Duration) -> Result<bool> {
-        decode_post(self.write(OpCode::Post, key, value, timeout)?)
+        decode_post(self.write(OpCode::Post, key, value, Args::default(), timeout)?)
     }
 
     /// Removes `key`; `false` when it was absent.
@@ -269,12 +269,20 @@ impl<K: Codec, V: Codec> KVSClient<K, V> {
         decode_del(answer)
     }
 
-    fn write(&self, op: OpCode, key: &K, value: &V, timeout: Duration) -> Result<Answer> {
+    /// A request with a key, a value and `args`, lengths checked first.
+    pub(crate) fn write(
+        &self,
+        op: OpCode,
+        key: &K,
+        value: &V,
+        args: Args,
+        timeout: Duration,
+    ) -> Result<Answer> {
         let deadline = Deadline::after(timeout);
         key.with_encoded(|k| {
             value.with_encoded(|v| {
                 self.conn.check_lengths(k, Some(v))?;
-                self.conn.call(op, k, Some(v), 0, &deadline)
+                self.conn.call(op, k, Some(v), args, &deadline)
             })
         })
     }

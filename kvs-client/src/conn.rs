@@ -347,8 +347,7 @@ impl Conn {
         args: impl Into<Args>,
         deadline: &Deadline,
     ) -> Result<Answer> {
-        let sub = self.submit(op, key, value, args, deadline, Staging::IfNeeded)?;
-        self.wait(sub, deadline)
+        self.call_staged(op, key, value, args, deadline, false)
     }
 
     /// [`call`](Self::call) with a staging buffer whatever the sizes (a

@@ -71,7 +71,7 @@ impl<K: Codec, V: Codec> KVSClient<K, V> {
             arg2: deadline_after(ttl)?,
             ..Args::default()
         };
-        let answer = self.write_with(OpCode::Set, key, value, args)?;
+        let answer = self.write(OpCode::Set, key, value, args, self.conn.options.timeout)?;
         match check_status(OpCode::Set, &answer.response)? {
             StatusCode::Ok => Ok(()),
             s => Err(unexpected(s, "set")),
@@ -168,7 +168,7 @@ impl<K: Codec, V: Codec> KVSClient<K, V> {
             flags: IF_VERSION,
             ..Args::default()
         };
-        let answer = self.write_with(OpCode::Set, key, value, args)?;
+        let answer = self.write(OpCode::Set, key, value, args, self.conn.options.timeout)?;
         cas_of(OpCode::Set, &answer.response)
     }
 
@@ -211,7 +211,7 @@ impl<K: Codec, V: Codec> KVSClient<K, V> {
                 flags: IF_VERSION | KEEP_TTL,
                 ..Args::default()
             };
-            let answer = self.write_with(OpCode::Set, key, &new, args)?;
+            let answer = self.write(OpCode::Set, key, &new, args, self.conn.options.timeout)?;
             match cas_of(OpCode::Set, &answer.response)? {
                 Cas::Done(v) => return Ok((new, v)),
                 Cas::Conflict(_) if std::time::Instant::now() < give_up => std::thread::yield_now(),
@@ -223,23 +223,6 @@ impl<K: Codec, V: Codec> KVSClient<K, V> {
                 }
             }
         }
-    }
-
-    /// A request with a key and a value, and `args`.
-    fn write_with(
-        &self,
-        op: OpCode,
-        key: &K,
-        value: &V,
-        args: Args,
-    ) -> Result<crate::conn::Answer> {
-        let deadline = Deadline::after(self.conn.options.timeout);
-        key.with_encoded(|k| {
-            value.with_encoded(|v| {
-                self.conn.check_lengths(k, Some(v))?;
-                self.conn.call(op, k, Some(v), args, &deadline)
-            })
-        })
     }
 
     /// A request with a key only, and `args`.

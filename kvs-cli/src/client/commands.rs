@@ -16,10 +16,7 @@ pub(super) fn get(args: &Args, key: &OsString, json: bool) -> Result<(), Failure
     let client = connect(args)?;
     if json {
         let Some(e) = client.get_entry(&k)? else {
-            return Err(Failure::miss(format!(
-                "key {} not found",
-                text_for_display(&k)
-            )));
+            return Err(not_found(&k));
         };
         let mut obj = serde_json::Map::new();
         crate::support::json_bytes(&mut obj, "key", &k);
@@ -43,10 +40,7 @@ pub(super) fn get(args: &Args, key: &OsString, json: bool) -> Result<(), Failure
                 .and_then(|()| out.flush())
                 .map_err(|e| Failure::error(format!("writing the value: {e}")))
         }
-        None => Err(Failure::miss(format!(
-            "key {} not found",
-            text_for_display(&k)
-        ))),
+        None => Err(not_found(&k)),
     }
 }
 
@@ -77,6 +71,11 @@ pub(super) fn set(
             Cas::Conflict(current) => Err(conflict(&k, current)),
         },
     }
+}
+
+/// Exit 1: the key is absent.
+fn not_found(k: &[u8]) -> Failure {
+    Failure::miss(format!("key {} not found", text_for_display(k)))
 }
 
 fn conflict(k: &[u8], current: u64) -> Failure {
@@ -110,10 +109,7 @@ pub(super) fn expire(args: &Args, key: &OsString, ttl: Option<Duration>) -> Resu
     if found {
         Ok(())
     } else {
-        Err(Failure::miss(format!(
-            "key {} not found",
-            text_for_display(&k)
-        )))
+        Err(not_found(&k))
     }
 }
 
@@ -123,12 +119,7 @@ pub(super) fn ttl(args: &Args, key: &OsString) -> Result<(), Failure> {
     match connect(args)?.ttl(&k)? {
         Some(Ttl::Persistent) => println!("persistent"),
         Some(Ttl::Expires(left)) => println!("{}", humantime::format_duration(left)),
-        None => {
-            return Err(Failure::miss(format!(
-                "key {} not found",
-                text_for_display(&k)
-            )))
-        }
+        None => return Err(not_found(&k)),
     }
     Ok(())
 }
@@ -160,10 +151,7 @@ pub(super) fn del(args: &Args, key: &OsString, if_version: Option<u64>) -> Resul
     if connect(args)?.del(&k)? {
         Ok(())
     } else {
-        Err(Failure::miss(format!(
-            "key {} not found",
-            text_for_display(&k)
-        )))
+        Err(not_found(&k))
     }
 }
 
