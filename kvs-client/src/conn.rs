@@ -278,29 +278,40 @@ impl Conn {
     /// Reads `key`: directly from the store, or through a worker when the
     /// direct read keeps colliding with writers.
     pub(crate) fn get(&self, key: &[u8], timeout: Duration) -> Result<Option<RawEntry>> {
-        self.check_process()?;
+        self.check_readable()?;
         self.check_lengths(key, None)?;
-        // A cleanly stopped server marked its region closed: its store is
-        // gone for good (a crashed one's survives: reads go on answering
-        // from it, and a restarted server adopts it).
+        match self.read_direct(key) {
+            Some(found) => Ok(found),
+            None => self.get_through_worker(key, timeout),
+        }
+    }
+
+    /// A direct read of `key` (lengths checked by the caller): `None` when
+    /// it has to go through a worker (writers kept colliding with it, or
+    /// the store holds something it cannot make sense of).
+    #[inline]
+    pub(crate) fn read_direct(&self, key: &[u8]) -> Option<Option<RawEntry>> {
+        match self.region.store_view()?.get(key) {
+            Lookup::Found { meta, value } => Some(Some(RawEntry {
+                value,
+                version: meta.version,
+                modified_ns: meta.modified_ns,
+                deadline_ns: meta.deadline,
+            })),
+            Lookup::Absent => Some(None),
+            Lookup::Busy | Lookup::Corrupt(_) => None,
+        }
+    }
+
+    /// Refuses calls from a fork and on a cleanly stopped server's region
+    /// (its store is gone for good; a crashed one's survives: reads go on
+    /// answering from it, and a restarted server adopts it).
+    pub(crate) fn check_readable(&self) -> Result<()> {
+        self.check_process()?;
         if self.region.header().state.load(Ordering::Relaxed) == InitState::Closed as u32 {
             return Err(ClientError::ServerGone);
         }
-        if let Some(view) = self.region.store_view() {
-            match view.get(key) {
-                Lookup::Found { meta, value } => {
-                    return Ok(Some(RawEntry {
-                        value,
-                        version: meta.version,
-                        modified_ns: meta.modified_ns,
-                        deadline_ns: meta.deadline,
-                    }))
-                }
-                Lookup::Absent => return Ok(None),
-                Lookup::Busy | Lookup::Corrupt(_) => {}
-            }
-        }
-        self.get_through_worker(key, timeout)
+        Ok(())
     }
 
     /// A GET through the ring; a value too large for the slot is asked for
@@ -337,6 +348,31 @@ impl Conn {
     }
 
     // ---- requests ----
+
+    /// Bytes of records one batch request may carry (a staging buffer's).
+    pub(crate) fn batch_capacity(&self) -> u64 {
+        self.region.bulk().data_size() as u64
+    }
+
+    /// Sends one batch (see `kvs_core::batch`) and waits for its answer;
+    /// an MGET always takes a staging buffer (its answer may be large).
+    pub(crate) fn call_batch(
+        &self,
+        op: OpCode,
+        records: &kvs_core::batch::Encoder,
+        arg3: u64,
+        deadline: &Deadline,
+    ) -> Result<Answer> {
+        let args = Args {
+            arg2: records.count(),
+            arg3,
+            flags: 0,
+        };
+        let answer =
+            self.call_staged(op, &[], Some(records.bytes()), args, deadline, op == OpCode::MGet)?;
+        check_status(op, &answer.response)?;
+        Ok(answer)
+    }
 
     /// Sends one request and waits for its answer.
     pub(crate) fn call(

@@ -63,6 +63,15 @@ pub enum ClientError {
     /// INCR whose result would not fit a 64-bit signed integer.
     #[error("increment would overflow a 64-bit signed integer")]
     Overflow,
+    /// A `set_many` stopped at the entry the store refused: the entries
+    /// before it are written, that one and those after it are not.
+    #[error("set_many stopped at entry {written} (the {written} before it are written): {source}")]
+    PartlyWritten {
+        /// How many entries were written (the index of the refused one).
+        written: usize,
+        /// Why the store refused it.
+        source: Box<ClientError>,
+    },
     /// The server answered with a status this client cannot interpret, or
     /// refused the request as malformed.
     #[error("protocol error: {0}")]

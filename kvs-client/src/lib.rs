@@ -27,7 +27,10 @@
 //!
 //! * `conn`: the byte-level connection: the request protocol (slots,
 //!   staging buffers, the ring, waiting) and the direct read;
-//! * `client`: [`KVSClient`]: typed calls over the connection, batches;
+//! * `client`: [`KVSClient`]: typed calls over the connection, pipelined
+//!   batches of mixed ops;
+//! * `many`: many keys in one call (`get_many`, `set_many`, `del_many`):
+//!   one request per batch;
 //! * `ticket`: the asynchronous calls and their [`Ticket`]s;
 //! * `listing`: listing (read directly, stripe by stripe) and backups;
 //! * [`status`]: the status view, also through a probe;
@@ -45,6 +48,7 @@ mod conn;
 mod error;
 mod fork;
 mod listing;
+mod many;
 mod operations;
 pub mod status;
 mod subscription;

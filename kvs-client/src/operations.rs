@@ -45,7 +45,7 @@ pub enum Ttl {
 
 /// The unix-ns deadline `ttl` from now; a zero TTL is refused (it would
 /// mean "no deadline" on the wire).
-fn deadline_after(ttl: Duration) -> Result<u64> {
+pub(crate) fn deadline_after(ttl: Duration) -> Result<u64> {
     if ttl.is_zero() {
         return Err(ClientError::InvalidArgument(
             "a TTL must be longer than zero (use del to remove a key now)".into(),

@@ -28,6 +28,8 @@ pub struct OpCounts {
     pub incr: u64,
     /// EXPIRE and PERSIST requests.
     pub expire: u64,
+    /// Batch requests (MGET, MSET, MDEL; one per batch, not per key).
+    pub batch: u64,
     /// Other requests (status, listing, backups).
     pub other: u64,
     /// Requests dropped as stale, abandoned or malformed.
@@ -171,6 +173,7 @@ fn status_of(region: &Region, version: u64, entries: u64, memory_used: u64) -> S
             del: totals.get(OpCode::Del),
             incr: totals.get(OpCode::Incr),
             expire: totals.get(OpCode::Expire),
+            batch: totals.get(OpCode::MGet) + totals.get(OpCode::MSet) + totals.get(OpCode::MDel),
             other: totals.get(OpCode::Status)
                 + totals.get(OpCode::ListPage)
                 + totals.get(OpCode::Backup),

@@ -30,6 +30,8 @@
 #![warn(missing_docs, unsafe_op_in_unsafe_fn)]
 
 #[cfg(not(loom))]
+pub mod batch;
+#[cfg(not(loom))]
 pub mod bulk;
 #[cfg(not(loom))]
 pub mod clock;

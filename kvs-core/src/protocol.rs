@@ -22,8 +22,10 @@
 //!          word 1: key length (32) | value length (32)
 //!          word 2: arg   (a staging buffer: index | generation << 32; a stripe; ...)
 //!          word 3: arg2  (SET, POST, EXPIRE: the deadline, unix ns, 0 for none;
-//!                         INCR: the delta as i64; LIST: the stripe)
-//!          word 4: arg3  (with IF_VERSION: the version expected, 0 for absent)
+//!                         INCR: the delta as i64; LIST: the stripe;
+//!                         MGET, MSET, MDEL: the record count)
+//!          word 4: arg3  (with IF_VERSION: the version expected, 0 for absent;
+//!                         MSET: the deadline)
 //! answer   word 0: status (16) | flags (16) | slot generation (32)
 //!          word 1: version
 //!          word 2: modified, unix ns (GET); entries (STATUS)
@@ -111,11 +113,18 @@ pub enum OpCode {
     Expire = 8,
     /// Add `arg2` (an i64) to a key's decimal integer value.
     Incr = 9,
+    /// Read many keys in one request (see [`crate::batch`]).
+    MGet = 10,
+    /// Write many entries in one request; `arg3` is their deadline (0:
+    /// none).
+    MSet = 11,
+    /// Remove many keys in one request.
+    MDel = 12,
 }
 
 impl OpCode {
     /// Every op code, in wire order.
-    pub const ALL: [OpCode; 9] = [
+    pub const ALL: [OpCode; 12] = [
         OpCode::Get,
         OpCode::Set,
         OpCode::Post,
@@ -125,11 +134,23 @@ impl OpCode {
         OpCode::Backup,
         OpCode::Expire,
         OpCode::Incr,
+        OpCode::MGet,
+        OpCode::MSet,
+        OpCode::MDel,
     ];
 
-    /// Whether a request of this op carries a value (SET and POST).
+    /// Whether a request of this op carries a value (SET and POST; the
+    /// batches carry their records as the value).
     pub fn carries_value(self) -> bool {
-        matches!(self, OpCode::Set | OpCode::Post)
+        matches!(
+            self,
+            OpCode::Set | OpCode::Post | OpCode::MGet | OpCode::MSet | OpCode::MDel
+        )
+    }
+
+    /// Whether this op is a batch (see [`crate::batch`]).
+    pub fn is_batch(self) -> bool {
+        matches!(self, OpCode::MGet | OpCode::MSet | OpCode::MDel)
     }
 
     /// A lowercase name, as the CLI and the status view print it.
@@ -144,6 +165,9 @@ impl OpCode {
             OpCode::Backup => "backup",
             OpCode::Expire => "expire",
             OpCode::Incr => "incr",
+            OpCode::MGet => "mget",
+            OpCode::MSet => "mset",
+            OpCode::MDel => "mdel",
         }
     }
 }

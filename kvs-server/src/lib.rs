@@ -27,8 +27,10 @@
 #![warn(missing_docs, unsafe_op_in_unsafe_fn)]
 
 mod acceptor;
+mod batch;
 mod expirer;
 pub mod keeper;
+mod outcome;
 mod reclaim;
 mod registry;
 mod server;

@@ -13,19 +13,17 @@
 //! process instead, with one line on stderr, so clients see the server
 //! gone at once.
 
+use crate::outcome::{publisher, refusal};
 use crate::shared::Shared;
-use kvs_core::events::EventKind;
 use kvs_core::protocol::{
-    staging_of, OpCode, Request, Response, StatusCode, FULL_ENTRIES, FULL_MEMORY, IF_VERSION,
-    INLINE_BYTES, KEEP_TTL, MORE, STAGED, VALUE_TOO_LARGE,
+    staging_of, OpCode, Request, Response, StatusCode, IF_VERSION, INLINE_BYTES, KEEP_TTL, MORE,
+    STAGED, VALUE_TOO_LARGE,
 };
 use kvs_core::response_table::Begun;
 use kvs_core::ring::PopError;
 use kvs_core::store::block::ValueSource;
 use kvs_core::store::words::Words;
-use kvs_core::store::write::{
-    Change, ChangeKind, Deleted, IncrError, WriteError, WriteMode, WriteSpec, Written,
-};
+use kvs_core::store::write::{Deleted, IncrError, WriteError, WriteMode, WriteSpec, Written};
 use kvs_core::wait::{spin_then_yield, FutexParker, SpinPolicy};
 use std::os::unix::ffi::OsStrExt;
 use std::panic::AssertUnwindSafe;
@@ -224,25 +222,7 @@ fn execute(shared: &Shared, op: OpCode, req: &Request, begun: &Begun) -> Respons
         panic!("a test asked this worker to panic");
     }
     let store = &shared.store;
-    let subs = shared.region.subscriptions();
-    // Runs under the key's stripe lock, so every subscriber sees one key's
-    // changes in version order. One load when nobody subscribes.
-    let publish = |c: &Change<'_>| {
-        let kind = match c.kind {
-            ChangeKind::Written => EventKind::Changed,
-            ChangeKind::Deleted => EventKind::Deleted,
-            ChangeKind::Expired => EventKind::Expired,
-        };
-        subs.publish(
-            kind,
-            c.key,
-            c.hash.0,
-            c.value,
-            c.version,
-            c.modified_ns,
-            &FutexParker,
-        );
-    };
+    let publish = publisher(shared);
     let ok = |version: u64| Response {
         version,
         ..Response::status(StatusCode::Ok)
@@ -251,16 +231,12 @@ fn execute(shared: &Shared, op: OpCode, req: &Request, begun: &Begun) -> Respons
         version: current,
         ..Response::status(StatusCode::VersionMismatch)
     };
-    let refused = |e: WriteError| match e {
-        WriteError::MemoryFull => Response {
-            aux: FULL_MEMORY,
-            ..Response::status(StatusCode::StoreFull)
-        },
-        WriteError::EntriesFull => Response {
-            aux: FULL_ENTRIES,
-            ..Response::status(StatusCode::StoreFull)
-        },
-        WriteError::KeyLength { .. } | WriteError::ValueLength { .. } => malformed(),
+    let refused = |e: WriteError| {
+        let (status, aux) = refusal(e);
+        Response {
+            aux,
+            ..Response::status(status)
+        }
     };
     match op {
         OpCode::Get => get(shared, req, begun, &key),
@@ -333,6 +309,7 @@ fn execute(shared: &Shared, op: OpCode, req: &Request, begun: &Begun) -> Respons
         }
         OpCode::ListPage => list_page(shared, req, &data, key),
         OpCode::Backup => backup(shared, begun, &key),
+        OpCode::MGet | OpCode::MSet | OpCode::MDel => crate::batch::serve(shared, op, req, &data),
     }
 }
 

@@ -116,6 +116,35 @@ pub enum Command {
         /// The key.
         key: OsString,
     },
+    /// Print the values of many keys, read in one go: one line per key, in
+    /// order, each value with control characters escaped, `(nil)` for an
+    /// absent key (exit 0 either way; use --json to tell an absent key from
+    /// a value "(nil)" and to get exact bytes).
+    Mget {
+        /// The keys.
+        #[arg(required = true, value_name = "KEY")]
+        keys: Vec<OsString>,
+        /// Print one JSON array: per key an object as `get --json` prints
+        /// it, or null when absent.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set many keys in one request: KEY VALUE [KEY VALUE]... Each key
+    /// changes atomically, in order; the whole is not a transaction.
+    Mset {
+        /// KEY VALUE pairs.
+        #[arg(required = true, value_name = "KEY VALUE")]
+        pairs: Vec<OsString>,
+        /// Expire every key after this long (`30s`, `5m`, `250ms`).
+        #[arg(long, value_name = "DURATION", value_parser = parse_ttl)]
+        ttl: Option<std::time::Duration>,
+    },
+    /// Delete many keys in one request; print how many were present.
+    Mdel {
+        /// The keys.
+        #[arg(required = true, value_name = "KEY")]
+        keys: Vec<OsString>,
+    },
     /// Show the server's status: version, entries, capacities, load.
     Status {
         /// Print one JSON object instead of text.

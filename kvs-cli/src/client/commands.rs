@@ -226,13 +226,14 @@ fn print_status(out: &mut impl Write, s: &kvs_client::StoreStatus) {
     );
     let _ = writeln!(
         out,
-        "ops served    get {}  set {}  post {}  del {}  incr {}  expire {}  other {}  dropped {}",
+        "ops served    get {}  set {}  post {}  del {}  incr {}  expire {}  batch {}  other {}  dropped {}",
         s.ops.get,
         s.ops.set,
         s.ops.post,
         s.ops.del,
         s.ops.incr,
         s.ops.expire,
+        s.ops.batch,
         s.ops.other,
         s.ops.dropped
     );

@@ -3,6 +3,7 @@
 //! * [`args`]: the flags and commands, and turning arguments into checked
 //!   keys, values and client options;
 //! * `commands`: the single-key commands, status and bench;
+//! * `batches`: mget, mset, mdel;
 //! * `tools`: list, backup, run (job files) and watch.
 //!
 //! Exit codes: 0 done; 1 not found (get, del, expire, persist, ttl), already
@@ -11,6 +12,7 @@
 //! long, bad arguments), with one clear line on stderr.
 
 pub mod args;
+mod batches;
 mod commands;
 mod tools;
 
@@ -48,6 +50,9 @@ fn run(args: &Args) -> Result<(), Failure> {
         Command::Expire { key, ttl } => commands::expire(args, key, Some(*ttl)),
         Command::Persist { key } => commands::expire(args, key, None),
         Command::Ttl { key } => commands::ttl(args, key),
+        Command::Mget { keys, json } => batches::mget(args, keys, *json),
+        Command::Mset { pairs, ttl } => batches::mset(args, pairs, *ttl),
+        Command::Mdel { keys } => batches::mdel(args, keys),
         Command::Status { json } => commands::status(args, *json),
         Command::Bench(bench) => commands::bench(args, bench),
         Command::List { prefix, json } => tools::list(args, prefix, *json),

@@ -1,0 +1,271 @@
+//! Many keys in one call: `get_many`, `set_many`, `del_many`.
+//!
+//! Writes travel as one request per batch (MSET, MDEL, see
+//! `kvs_core::batch`): one slot, one ring entry, one wake-up, one worker
+//! serving every record in one go. A batch larger than a staging buffer
+//! (the largest key and value the server allows, about 1 MiB by default)
+//! goes as a few requests, in order. Reads need no request at all: every
+//! key is read from the store directly, and only those a direct read could
+//! not serve (writers kept colliding with it) go to a worker, together, as
+//! one MGET.
+
+use crate::client::{decode_value, KVSClient, Versioned};
+use crate::conn::{check_status, Deadline, RawEntry};
+use crate::error::{ClientError, Result};
+use kvs_core::batch::{self, Encoder};
+use kvs_core::codec::Codec;
+use kvs_core::protocol::{OpCode, Response, StatusCode, VALUE_TOO_LARGE};
+use std::time::Duration;
+
+impl<K: Codec, V: Codec> KVSClient<K, V> {
+    /// The values of `keys`, in order (`None`: absent).
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::KeyLength`] for a key the store does not allow (then
+    /// nothing is read), [`ClientError::Decode`], and the errors of a
+    /// request when some keys have to be read by a worker.
+    pub fn get_many(&self, keys: &[K]) -> Result<Vec<Option<V>>> {
+        Ok(self
+            .get_many_entries(keys)?
+            .into_iter()
+            .map(|e| e.map(|e| e.value))
+            .collect())
+    }
+
+    /// [`get_many`](Self::get_many) with each entry's version, modification
+    /// time and deadline.
+    ///
+    /// # Errors
+    ///
+    /// As [`get_many`](Self::get_many).
+    pub fn get_many_entries(&self, keys: &[K]) -> Result<Vec<Option<Versioned<V>>>> {
+        let conn = &self.conn;
+        conn.check_readable()?;
+        let mut found: Vec<Option<RawEntry>> = Vec::with_capacity(keys.len());
+        let mut through_worker: Vec<(usize, Vec<u8>)> = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
+            key.with_encoded(|k| {
+                conn.check_lengths(k, None)?;
+                match conn.read_direct(k) {
+                    Some(entry) => found.push(entry),
+                    None => {
+                        found.push(None);
+                        through_worker.push((i, k.to_vec()));
+                    }
+                }
+                Ok::<_, ClientError>(())
+            })?;
+        }
+        if !through_worker.is_empty() {
+            let deadline = Deadline::after(conn.options.timeout);
+            for (i, entry) in self.mget(&through_worker, &deadline)? {
+                found[i] = entry;
+            }
+        }
+        found
+            .into_iter()
+            .map(|e| e.map(decode_value).transpose())
+            .collect()
+    }
+
+    /// Reads `keys` through workers, as few MGETs as it takes.
+    fn mget(
+        &self,
+        keys: &[(usize, Vec<u8>)],
+        deadline: &Deadline,
+    ) -> Result<Vec<(usize, Option<RawEntry>)>> {
+        let conn = &self.conn;
+        let capacity = conn.batch_capacity();
+        let mut out = Vec::with_capacity(keys.len());
+        let mut next = 0;
+        let mut records = Encoder::new();
+        while next < keys.len() {
+            records.clear();
+            for (_, k) in &keys[next..] {
+                if !records.is_empty()
+                    && records.len() + batch::key_record_bytes(k.len() as u64) > capacity
+                {
+                    break;
+                }
+                records.push_key(k);
+            }
+            let answer = conn.call_batch(OpCode::MGet, &records, 0, deadline)?;
+            let answered = answered(&answer.response, records.count())?;
+            if answered == 0 {
+                return Err(ClientError::Protocol(
+                    "the server answered a batch read with no record".into(),
+                ));
+            }
+            let values = batch::decode_values(&answer.value, answered)
+                .map_err(|e| ClientError::Protocol(format!("batch answer: {e}")))?;
+            for ((head, value), (i, key)) in values.into_iter().zip(&keys[next..]) {
+                let entry = match StatusCode::try_from(head.status) {
+                    Ok(StatusCode::Ok) if head.flags & VALUE_TOO_LARGE != 0 => {
+                        let left = deadline
+                            .instant()
+                            .saturating_duration_since(std::time::Instant::now());
+                        conn.get_through_worker(key, left)?
+                    }
+                    Ok(StatusCode::Ok) => Some(RawEntry {
+                        value,
+                        version: head.version,
+                        modified_ns: head.modified_ns,
+                        deadline_ns: head.deadline_ns,
+                    }),
+                    _ => None,
+                };
+                out.push((*i, entry));
+            }
+            next += answered as usize;
+        }
+        Ok(out)
+    }
+
+    /// Inserts or replaces every entry, in order. Other clients may see
+    /// some of them before others (each key changes atomically; the batch
+    /// is not a transaction).
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::KeyLength`]/[`ClientError::ValueLength`] before
+    /// anything is sent; [`ClientError::PartlyWritten`] when the store
+    /// refused an entry (full): those before it are written, it and those
+    /// after are not; and the errors of a request.
+    pub fn set_many(&self, entries: &[(K, V)]) -> Result<()> {
+        self.set_many_with(entries, 0)
+    }
+
+    /// [`set_many`](Self::set_many), each entry expiring `ttl` from now.
+    ///
+    /// # Errors
+    ///
+    /// As [`set_many`](Self::set_many); [`ClientError::InvalidArgument`]
+    /// for a zero `ttl`.
+    pub fn set_many_with_ttl(&self, entries: &[(K, V)], ttl: Duration) -> Result<()> {
+        self.set_many_with(entries, crate::operations::deadline_after(ttl)?)
+    }
+
+    fn set_many_with(&self, entries: &[(K, V)], deadline_ns: u64) -> Result<()> {
+        let conn = &self.conn;
+        let deadline = Deadline::after(conn.options.timeout);
+        let capacity = conn.batch_capacity();
+        let mut records = Encoder::new();
+        let mut written = 0usize;
+        let send = |records: &mut Encoder, written: &mut usize| -> Result<()> {
+            if records.is_empty() {
+                return Ok(());
+            }
+            let answer = conn.call_batch(OpCode::MSet, records, deadline_ns, &deadline)?;
+            let answered = answered(&answer.response, records.count())?;
+            let outcomes = batch::decode_outcomes(&answer.value, answered)
+                .map_err(|e| ClientError::Protocol(format!("batch answer: {e}")))?;
+            for o in &outcomes {
+                if let Err(e) = outcome_error(OpCode::MSet, o) {
+                    return Err(ClientError::PartlyWritten {
+                        written: *written,
+                        source: Box::new(e),
+                    });
+                }
+                *written += 1;
+            }
+            if answered < records.count() {
+                return Err(ClientError::Protocol(
+                    "the server answered part of a batch without saying why".into(),
+                ));
+            }
+            records.clear();
+            Ok(())
+        };
+        // Lengths first, for every entry: nothing is sent if one is wrong.
+        for (k, v) in entries {
+            k.with_encoded(|k| v.with_encoded(|v| conn.check_lengths(k, Some(v))))?;
+        }
+        for (k, v) in entries {
+            k.with_encoded(|k| {
+                v.with_encoded(|v| {
+                    let need = batch::entry_record_bytes(k.len() as u64, v.len() as u64);
+                    if records.len() + need > capacity {
+                        send(&mut records, &mut written)?;
+                    }
+                    records.push_entry(k, v);
+                    Ok::<_, ClientError>(())
+                })
+            })?;
+        }
+        send(&mut records, &mut written)
+    }
+
+    /// Removes every key; returns how many were present.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::KeyLength`] before anything is sent, and the errors
+    /// of a request.
+    pub fn del_many(&self, keys: &[K]) -> Result<usize> {
+        let conn = &self.conn;
+        let deadline = Deadline::after(conn.options.timeout);
+        let capacity = conn.batch_capacity();
+        for k in keys {
+            k.with_encoded(|k| conn.check_lengths(k, None))?;
+        }
+        let mut records = Encoder::new();
+        let mut removed = 0usize;
+        let mut send = |records: &mut Encoder| -> Result<()> {
+            if records.is_empty() {
+                return Ok(());
+            }
+            let answer = conn.call_batch(OpCode::MDel, records, 0, &deadline)?;
+            let answered = answered(&answer.response, records.count())?;
+            if answered != records.count() {
+                return Err(ClientError::Protocol(
+                    "the server answered part of a batch without saying why".into(),
+                ));
+            }
+            for o in batch::decode_outcomes(&answer.value, answered)
+                .map_err(|e| ClientError::Protocol(format!("batch answer: {e}")))?
+            {
+                removed += usize::from(o.status == StatusCode::Ok as u16);
+            }
+            records.clear();
+            Ok(())
+        };
+        for k in keys {
+            k.with_encoded(|k| {
+                if records.len() + batch::key_record_bytes(k.len() as u64) > capacity {
+                    send(&mut records)?;
+                }
+                records.push_key(k);
+                Ok::<_, ClientError>(())
+            })?;
+        }
+        send(&mut records)?;
+        Ok(removed)
+    }
+}
+
+/// How many records an answer holds: at least one, at most as many as
+/// were sent (fewer: an MGET out of room, with `MORE`, or an MSET that
+/// stopped at a refused entry).
+fn answered(response: &Response, sent: u64) -> Result<u64> {
+    let n = u64::from(response.aux);
+    if n > sent || (n == 0 && sent > 0) {
+        return Err(ClientError::Protocol(format!(
+            "a batch of {sent} answered with {n} records"
+        )));
+    }
+    Ok(n)
+}
+
+/// A record's status as the error a single request would give.
+fn outcome_error(op: OpCode, o: &batch::Outcome) -> Result<()> {
+    let response = Response {
+        status: o.status,
+        aux: o.aux,
+        ..Response::default()
+    };
+    match check_status(op, &response)? {
+        StatusCode::Ok => Ok(()),
+        s => Err(ClientError::Protocol(format!("unexpected {s:?} in a batch"))),
+    }
+}
