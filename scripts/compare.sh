@@ -6,7 +6,7 @@
 # Usage: scripts/compare.sh            (from the repository root)
 # Knobs (environment): KEYS (10000), VALUE_SIZE (32), OPS (50000, the
 # unpipelined runs), PIPE_OPS (1000000, the pipelined runs), PIPELINE (32),
-# KVS_WORKERS (2), DEPTH (256), ROWS (all, or single: only the one-client
+# KVS_WORKERS (2), DEPTH (256), BATCH (256: keys per get_many/set_many), ROWS (all, or single: only the one-client
 # GET and SET rows, for large values), SKIP_BUILD (set to skip cargo build).
 #
 # Large values: keep KEYS x VALUE_SIZE within memory, and OPS small, e.g.
@@ -24,6 +24,7 @@ PIPE_OPS=${PIPE_OPS:-1000000}
 PIPELINE=${PIPELINE:-32}
 KVS_WORKERS=${KVS_WORKERS:-2}
 DEPTH=${DEPTH:-256}
+BATCH=${BATCH:-256}
 ROWS=${ROWS:-all}
 
 cd "$(dirname "$0")/.."
@@ -105,11 +106,11 @@ print(f"{label}\tredis\t{float(row[1]):.0f}\t{float(row[4]) * 1000:.2f}")
 EOF
 }
 
-# kvs LABEL MIX CLIENTS DEPTH OPS
+# kvs LABEL MIX CLIENTS DEPTH OPS [MORE BENCH ARGS]
 kvs() {
     local json
     json=$("$CLIENT" --name "$NAME" bench --no-progress --json --mix "$2" --clients "$3" \
-        --depth "$4" --ops "$5" --keys "$KEYS" --value-size "$VALUE_SIZE")
+        --depth "$4" --ops "$5" --keys "$KEYS" --value-size "$VALUE_SIZE" "${@:6}")
     python3 - "$1" "$json" >>"$RESULTS" <<'EOF'
 import sys, json
 label, r = sys.argv[1], json.loads(sys.argv[2])
@@ -131,8 +132,11 @@ kvs "GET  4 clients" 100:0:0:0 4 1 $((OPS * 4))
 redis "GET  4 clients pipelined" get 4 "$PIPELINE" "$PIPE_OPS"
 kvs "GET  4 clients pipelined" 100:0:0:0 4 "$PIPELINE" "$PIPE_OPS"
 kvs "GET  1 client async deep" 100:0:0:0 1 "$DEPTH" $((PIPE_OPS * 2))
+kvs "GET  1 client batch $BATCH" 100:0:0:0 1 1 $((PIPE_OPS * 4)) --batch "$BATCH"
+kvs "GET  1 process 2 thr batch $BATCH" 100:0:0:0 1 1 $((PIPE_OPS * 8)) --batch "$BATCH" --threads 2
 redis "SET  4 clients pipelined" set 4 "$PIPELINE" "$PIPE_OPS"
 kvs "SET  4 clients pipelined" 0:100:0:0 4 "$PIPELINE" "$PIPE_OPS"
+kvs "SET  1 client batch $BATCH" 0:100:0:0 1 1 "$PIPE_OPS" --batch "$BATCH"
 fi
 
 python3 - "$RESULTS" "$PIPELINE" "$DEPTH" <<'EOF'
@@ -152,13 +156,15 @@ def ratio(a, b):
 for label in order:
     r, k = rows[label].get("redis"), rows[label].get("kvs")
     if r is None and k is not None:
-        # Compared with the pipelined Redis row.
-        r = rows.get("GET  4 clients pipelined", {}).get("redis")
+        # Compared with the pipelined Redis row of the same op.
+        op = label.split()[0]
+        r = rows.get(f"{op}  4 clients pipelined", {}).get("redis")
         label_out = label + " *"
     else:
         label_out = label
     print(f"{label_out:<28} {r[0]:>12.0f} {k[0]:>12.0f} {ratio(k[0], r[0]):>8} {r[1]:>13.2f} {k[1]:>11.2f} {ratio(r[1], k[1]):>7}")
 print(f"redis pipelined rows: redis-benchmark -P {pipe}; kvs: --depth {pipe} async tickets per client.")
-print(f"* kvs: one client process, --depth {depth}, against Redis 4 clients -P {pipe}.")
+print(f"* kvs: one client process (async --depth {depth}, or --batch calls), against Redis 4 clients -P {pipe};")
+print("  batch latency is the whole call's (N keys).")
 print("x ops/s = kvs / redis; x p50 = redis p50 / kvs p50 (higher is better for kvs).")
 EOF

@@ -91,7 +91,13 @@ fn large_batches_split_and_a_full_store_stops_at_the_refused_entry() {
     let name = unique_name("batchfull");
     let _server = ServerGuard::start(
         &name,
-        &["--no-keeper", "--max-entries", "100", "--max-value-size", "65536"],
+        &[
+            "--no-keeper",
+            "--max-entries",
+            "100",
+            "--max-value-size",
+            "65536",
+        ],
     );
     let client = Client::connect(&name).unwrap();
     // 40 values of 60 KiB: 2.4 MB, more than one staging buffer (~64 KiB
@@ -100,7 +106,9 @@ fn large_batches_split_and_a_full_store_stops_at_the_refused_entry() {
     client.set_many(&big).unwrap();
     let requests = batch_requests(&name);
     assert!(requests > 1, "split into {requests} requests");
-    let got = client.get_many(&big.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>()).unwrap();
+    let got = client
+        .get_many(&big.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>())
+        .unwrap();
     for ((_, want), got) in big.iter().zip(&got) {
         assert_eq!(got.as_ref(), Some(want));
     }

@@ -44,6 +44,12 @@ pub struct BenchArgs {
     /// Async requests in flight per thread; 1 uses the synchronous calls.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=65536))]
     pub depth: u32,
+    /// Keys per call: N GETs as one `get_many` (read from the store
+    /// directly), N SETs as one `set_many` (one request to the server).
+    /// Operations still count keys; latency is then the whole call's. For
+    /// GET and SET only (--mix with POST and DEL at 0), with --depth 1.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub batch: u32,
     /// Seed of the key and op choices (each thread derives its own).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -99,6 +105,27 @@ impl BenchArgs {
                 self.keys,
                 2 * self.depth
             ));
+        }
+        if self.batch > 1 {
+            if self.mix.post > 0 || self.mix.del > 0 {
+                return fail(format!(
+                    "--batch {} runs GET and SET batches only: give POST and DEL weight 0 in --mix (now {})",
+                    self.batch, self.mix
+                ));
+            }
+            if self.depth > 1 {
+                return fail(format!(
+                    "--batch {} and --depth {} do not combine: a batch is one synchronous call",
+                    self.batch, self.depth
+                ));
+            }
+            if keys_per_thread < u64::from(self.batch) {
+                return fail(format!(
+                    "--keys {} gives each of the {all_threads} threads {keys_per_thread} keys; \
+                     --batch {} needs at least that many (a batch's keys are distinct)",
+                    self.keys, self.batch
+                ));
+            }
         }
         let in_flight = all_threads * u64::from(self.depth);
         let room = info.slot_count.min(info.ring_capacity);

@@ -46,6 +46,7 @@ struct JsonReport<'a> {
     clients: u32,
     threads: u32,
     depth: u32,
+    batch: u32,
     keys: u64,
     key_dist: &'static str,
     value_size: usize,
@@ -104,6 +105,7 @@ fn write_report(
             clients: a.clients,
             threads: a.threads,
             depth: a.depth,
+            batch: a.batch,
             keys: a.keys,
             key_dist: dist,
             value_size: a.value_size,
@@ -126,8 +128,8 @@ fn write_report(
     }
     writeln!(
         out,
-        "kvs bench: region {name}, {} client process(es) x {} thread(s), depth {}, mix get:set:post:del {}, {} keys {dist}, {}-byte values, {} server workers",
-        a.clients, a.threads, a.depth, a.mix, a.keys, a.value_size, info.workers
+        "kvs bench: region {name}, {} client process(es) x {} thread(s), depth {}, batch {}, mix get:set:post:del {}, {} keys {dist}, {}-byte values, {} server workers",
+        a.clients, a.threads, a.depth, a.batch, a.mix, a.keys, a.value_size, info.workers
     )?;
     writeln!(
         out,
@@ -209,7 +211,7 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
             lines[0],
-            "kvs bench: region kvs, 1 client process(es) x 1 thread(s), depth 1, mix get:set:post:del 60:20:10:10, 500 keys uniform, 32-byte values, 2 server workers"
+            "kvs bench: region kvs, 1 client process(es) x 1 thread(s), depth 1, batch 1, mix get:set:post:del 60:20:10:10, 500 keys uniform, 32-byte values, 2 server workers"
         );
         assert_eq!(lines[1], "5 ops in 0.500 s: 10 ops/s (10 ops/s)");
         assert_eq!(
@@ -248,6 +250,7 @@ mod tests {
             "clients",
             "threads",
             "depth",
+            "batch",
             "keys",
             "key_dist",
             "value_size",

@@ -23,7 +23,8 @@ use kvs_core::protocol::{
 use kvs_core::region::{ConnectOptions, InitState, Region};
 use kvs_core::response_table::{Claim, WaitOutcome};
 use kvs_core::ring::PushError;
-use kvs_core::store::read::Lookup;
+use kvs_core::store::hash::KeyHash;
+use kvs_core::store::read::{Lookup, StoreView};
 use kvs_core::wait::{Backoff, FutexParker, SpinPolicy};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -291,17 +292,15 @@ impl Conn {
     /// the store holds something it cannot make sense of).
     #[inline]
     pub(crate) fn read_direct(&self, key: &[u8]) -> Option<Option<RawEntry>> {
-        match self.region.store_view()?.get(key) {
-            Lookup::Found { meta, value } => Some(Some(RawEntry {
-                value,
-                version: meta.version,
-                modified_ns: meta.modified_ns,
-                deadline_ns: meta.deadline,
-            })),
-            Lookup::Absent => Some(None),
-            Lookup::Busy | Lookup::Corrupt(_) => None,
-        }
+        let view = self.region.store_view()?;
+        read_with(&view, key, view.hash(key))
     }
+
+    /// The store, for direct reads (`None` before the server made one).
+    pub(crate) fn store_view(&self) -> Option<StoreView<'_>> {
+        self.region.store_view()
+    }
+
 
     /// Refuses calls from a fork and on a cleanly stopped server's region
     /// (its store is gone for good; a crashed one's survives: reads go on
@@ -368,8 +367,14 @@ impl Conn {
             arg3,
             flags: 0,
         };
-        let answer =
-            self.call_staged(op, &[], Some(records.bytes()), args, deadline, op == OpCode::MGet)?;
+        let answer = self.call_staged(
+            op,
+            &[],
+            Some(records.bytes()),
+            args,
+            deadline,
+            op == OpCode::MGet,
+        )?;
         check_status(op, &answer.response)?;
         Ok(answer)
     }
@@ -668,6 +673,23 @@ impl Conn {
         } else if let Some(s) = &sub.staging {
             self.region.bulk().abandon(s);
         }
+    }
+}
+
+/// A direct read of `key` with its hash in `view`: `None` when it has to
+/// go through a worker (writers kept colliding with it, or the store holds
+/// something it cannot make sense of).
+#[inline]
+pub(crate) fn read_with(view: &StoreView<'_>, key: &[u8], hash: KeyHash) -> Option<Option<RawEntry>> {
+    match view.get_hashed(key, hash) {
+        Lookup::Found { meta, value } => Some(Some(RawEntry {
+            value,
+            version: meta.version,
+            modified_ns: meta.modified_ns,
+            deadline_ns: meta.deadline,
+        })),
+        Lookup::Absent => Some(None),
+        Lookup::Busy | Lookup::Corrupt(_) => None,
     }
 }
 

@@ -10,7 +10,7 @@
 //! one MGET.
 
 use crate::client::{decode_value, KVSClient, Versioned};
-use crate::conn::{check_status, Deadline, RawEntry};
+use crate::conn::{check_status, read_with, Deadline, RawEntry};
 use crate::error::{ClientError, Result};
 use kvs_core::batch::{self, Encoder};
 use kvs_core::codec::Codec;
@@ -25,7 +25,10 @@ impl<K: Codec, V: Codec> KVSClient<K, V> {
     /// [`ClientError::KeyLength`] for a key the store does not allow (then
     /// nothing is read), [`ClientError::Decode`], and the errors of a
     /// request when some keys have to be read by a worker.
-    pub fn get_many(&self, keys: &[K]) -> Result<Vec<Option<V>>> {
+    pub fn get_many<'k>(&self, keys: impl IntoIterator<Item = &'k K>) -> Result<Vec<Option<V>>>
+    where
+        K: 'k,
+    {
         Ok(self
             .get_many_entries(keys)?
             .into_iter()
@@ -39,23 +42,47 @@ impl<K: Codec, V: Codec> KVSClient<K, V> {
     /// # Errors
     ///
     /// As [`get_many`](Self::get_many).
-    pub fn get_many_entries(&self, keys: &[K]) -> Result<Vec<Option<Versioned<V>>>> {
+    pub fn get_many_entries<'k>(
+        &self,
+        keys: impl IntoIterator<Item = &'k K>,
+    ) -> Result<Vec<Option<Versioned<V>>>>
+    where
+        K: 'k,
+    {
         let conn = &self.conn;
         conn.check_readable()?;
+        let keys: Vec<&K> = keys.into_iter().collect();
         let mut found: Vec<Option<RawEntry>> = Vec::with_capacity(keys.len());
         let mut through_worker: Vec<(usize, Vec<u8>)> = Vec::new();
-        for (i, key) in keys.iter().enumerate() {
+        let view = conn.store_view();
+        // Lengths (all checked before anything is read) and hashes first,
+        // then the lookups, pipelined so their cache misses overlap.
+        let mut hashes = Vec::with_capacity(keys.len());
+        for key in &keys {
             key.with_encoded(|k| {
                 conn.check_lengths(k, None)?;
-                match conn.read_direct(k) {
+                if let Some(view) = &view {
+                    hashes.push(view.hash(k));
+                }
+                Ok::<_, ClientError>(())
+            })?;
+        }
+        match &view {
+            Some(view) => view.pipelined(&hashes, |i| {
+                keys[i].with_encoded(|k| match read_with(view, k, hashes[i]) {
                     Some(entry) => found.push(entry),
                     None => {
                         found.push(None);
                         through_worker.push((i, k.to_vec()));
                     }
+                })
+            }),
+            None => {
+                for (i, key) in keys.iter().enumerate() {
+                    found.push(None);
+                    key.with_encoded(|k| through_worker.push((i, k.to_vec())));
                 }
-                Ok::<_, ClientError>(())
-            })?;
+            }
         }
         if !through_worker.is_empty() {
             let deadline = Deadline::after(conn.options.timeout);
@@ -202,11 +229,15 @@ impl<K: Codec, V: Codec> KVSClient<K, V> {
     ///
     /// [`ClientError::KeyLength`] before anything is sent, and the errors
     /// of a request.
-    pub fn del_many(&self, keys: &[K]) -> Result<usize> {
+    pub fn del_many<'k>(&self, keys: impl IntoIterator<Item = &'k K>) -> Result<usize>
+    where
+        K: 'k,
+    {
         let conn = &self.conn;
         let deadline = Deadline::after(conn.options.timeout);
         let capacity = conn.batch_capacity();
-        for k in keys {
+        let keys: Vec<&K> = keys.into_iter().collect();
+        for k in &keys {
             k.with_encoded(|k| conn.check_lengths(k, None))?;
         }
         let mut records = Encoder::new();
@@ -266,6 +297,8 @@ fn outcome_error(op: OpCode, o: &batch::Outcome) -> Result<()> {
     };
     match check_status(op, &response)? {
         StatusCode::Ok => Ok(()),
-        s => Err(ClientError::Protocol(format!("unexpected {s:?} in a batch"))),
+        s => Err(ClientError::Protocol(format!(
+            "unexpected {s:?} in a batch"
+        ))),
     }
 }

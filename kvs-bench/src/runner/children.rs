@@ -91,6 +91,7 @@ fn child_command(plan: &Plan, index: u32) -> Result<Command, BenchError> {
         .args(["--zipf-exponent", &a.zipf_exponent.to_string()])
         .args(["--value-size", &a.value_size.to_string()])
         .args(["--depth", &a.depth.to_string()])
+        .args(["--batch", &a.batch.to_string()])
         .args(["--seed", &a.seed.to_string()])
         .args(["--run-id", &plan.run_id.to_string()])
         .args(["--child", &index.to_string()]);

@@ -5,9 +5,12 @@
 //! * `--depth 1` uses the synchronous calls;
 //! * a larger depth keeps that many async tickets in flight, never two on
 //!   the same key (so the model stays exact however the server's workers
-//!   reorder them), and waits for the oldest.
+//!   reorder them), and waits for the oldest;
+//! * `--batch N` makes each call N distinct keys of one kind: a
+//!   `get_many` or a `set_many`.
 //!
-//! Latency is from submission to the answer.
+//! Latency is from submission to the answer (with `--batch`, the call's,
+//! recorded once per key it carried).
 
 use super::{Budget, Plan};
 use crate::error::BenchError;
@@ -178,7 +181,9 @@ impl<V: BenchValue> Worker<V> {
     fn run(&mut self, t0: Instant, done_ops: &AtomicU64) -> Tally {
         let budget = self.plan.budget(self.global);
         let mut tally = Tally::new();
-        if self.plan.args.depth <= 1 {
+        if self.plan.args.batch > 1 {
+            self.run_batched(t0, budget, done_ops, &mut tally);
+        } else if self.plan.args.depth <= 1 {
             self.run_sync(t0, budget, done_ops, &mut tally);
         } else {
             self.run_async(t0, budget, done_ops, &mut tally);
@@ -217,6 +222,101 @@ impl<V: BenchValue> Worker<V> {
             if count % DONE_BATCH == 0 {
                 done_ops.fetch_add(DONE_BATCH, Ordering::Relaxed);
             }
+        }
+        done_ops.fetch_add(count % DONE_BATCH, Ordering::Relaxed);
+        tally.seconds = now.duration_since(t0).as_secs_f64();
+    }
+
+    fn run_batched(
+        &mut self,
+        t0: Instant,
+        budget: Budget,
+        done_ops: &AtomicU64,
+        tally: &mut Tally,
+    ) {
+        let size = self.plan.args.batch as usize;
+        let mut count = 0u64;
+        let mut now = Instant::now();
+        let mut picked: Vec<usize> = Vec::with_capacity(size);
+        let mut entries: Vec<(Vec<u8>, V)> = Vec::with_capacity(size);
+        let mut seqs: Vec<u32> = Vec::with_capacity(size);
+        loop {
+            let n = match budget {
+                Budget::Ops(total) if count >= total => break,
+                Budget::Ops(total) => size.min((total - count) as usize),
+                Budget::Until(d) if now.duration_since(t0) >= d => break,
+                Budget::Until(_) => size,
+            };
+            if self.plan.gone.load(Ordering::Relaxed) {
+                break;
+            }
+            let kind = self.workload.op();
+            picked.clear();
+            for _ in 0..n {
+                let k = pick_free_key(&mut self.workload, &self.busy);
+                self.busy[k] = true;
+                picked.push(k);
+            }
+            let t = Instant::now();
+            match kind {
+                Kind::Get => {
+                    let got = self
+                        .client
+                        .get_many(picked.iter().map(|&k| self.model.key(k)));
+                    now = Instant::now();
+                    let ns = now.duration_since(t).as_nanos() as u64;
+                    match got {
+                        Ok(values) => {
+                            for (&k, v) in picked.iter().zip(values) {
+                                tally.record(kind, ns);
+                                self.model.check(kind, k, 0, Ok(Answer::Value(v)), tally);
+                            }
+                        }
+                        Err(e) => picked
+                            .iter()
+                            .for_each(|&k| self.model.failed(kind, k, &e, tally)),
+                    }
+                }
+                _ => {
+                    entries.clear();
+                    seqs.clear();
+                    for &k in &picked {
+                        let (seq, value) = next_write(&mut self.model, Kind::Set, k);
+                        entries.push((self.model.key(k).clone(), value));
+                        seqs.push(seq);
+                    }
+                    let written = self.client.set_many(&entries);
+                    now = Instant::now();
+                    let ns = now.duration_since(t).as_nanos() as u64;
+                    let (done, error) = match written {
+                        Ok(()) => (n, None),
+                        Err(ClientError::PartlyWritten { written, source }) => {
+                            (written, Some(*source))
+                        }
+                        Err(e) => (0, Some(e)),
+                    };
+                    for (i, (&k, &seq)) in picked.iter().zip(&seqs).enumerate() {
+                        tally.record(Kind::Set, ns);
+                        match (&error, i < done) {
+                            (_, true) => {
+                                self.model.check(Kind::Set, k, seq, Ok(Answer::<V>::Done), tally)
+                            }
+                            (Some(e), false) => self.model.failed(Kind::Set, k, e, tally),
+                            (None, false) => {}
+                        }
+                    }
+                }
+            }
+            for &k in &picked {
+                self.busy[k] = false;
+            }
+            stop_if_gone(&self.plan.gone, tally);
+            let before = count;
+            count += n as u64;
+            done_ops.fetch_add(
+                count / DONE_BATCH * DONE_BATCH - before / DONE_BATCH * DONE_BATCH,
+                Ordering::Relaxed,
+            );
         }
         done_ops.fetch_add(count % DONE_BATCH, Ordering::Relaxed);
         tally.seconds = now.duration_since(t0).as_secs_f64();

@@ -16,6 +16,10 @@ use super::table::{Slot, TableWord};
 use super::words::Words;
 use crate::sync::{fence, Ordering};
 
+/// Keys between the prefetch stages of [`StoreView::pipelined`]: enough
+/// lookups in between to cover a cache miss, few enough that what was
+/// fetched is still in L1.
+pub const PIPELINE_GAP: usize = 4;
 /// Attempts before a lookup gives up and says [`Lookup::Busy`].
 pub const ATTEMPTS: u32 = 8;
 /// Most slots one read probes; a longer probe (a stripe full of colliding
@@ -142,6 +146,86 @@ impl<'a> StoreView<'a> {
             }
         }
         Lookup::Busy
+    }
+
+    /// Batch lookups overlap their cache misses by calling, for each key
+    /// some lookups ahead of its [`get_hashed`](Self::get_hashed), these
+    /// three stages in order, a few keys apart: each brings in what the
+    /// next one reads. They are hints: every word they read is bounds
+    /// checked and nothing read is trusted or kept (a garbage or changing
+    /// word only makes a prefetch useless).
+    ///
+    /// Stage 1: the stripe's `seq` and table words.
+    #[inline]
+    pub fn prefetch_stripe(&self, hash: KeyHash) {
+        let stripe = hash.stripe(self.geometry.stripe_bits);
+        self.words
+            .prefetch(self.geometry.stripe_word(stripe, stripe::TABLE));
+    }
+
+    /// Stage 2: the first slot the key's probe reads.
+    #[inline]
+    pub fn prefetch_slot(&self, hash: KeyHash) {
+        let stripe = hash.stripe(self.geometry.stripe_bits);
+        let word = self
+            .words
+            .load(self.geometry.stripe_word(stripe, stripe::TABLE));
+        if let Some(table) = self.table_of(word) {
+            self.words
+                .prefetch(table.slot_at(hash.start(table.capacity())));
+        }
+    }
+
+    /// A table word, if it decodes and its slots lie in the data area.
+    #[inline]
+    fn table_of(&self, word: Option<u64>) -> Option<TableWord> {
+        let table = TableWord::decode(word?)?;
+        self.geometry
+            .in_data(table.offset, table.bytes(), 16)
+            .then_some(table)
+    }
+
+    /// Calls `visit(i)` for every `i` in `0..hashes.len()`, in order, with
+    /// the three prefetch stages run [`PIPELINE_GAP`] keys apart ahead of
+    /// it: by the time `visit(i)` looks key `i` up, its stripe, slot and
+    /// block header are (likely) in the cache, fetched while earlier keys
+    /// were looked up.
+    pub fn pipelined(&self, hashes: &[KeyHash], mut visit: impl FnMut(usize)) {
+        let n = hashes.len();
+        let gap = PIPELINE_GAP;
+        for i in 0..n + 3 * gap {
+            if i < n {
+                self.prefetch_stripe(hashes[i]);
+            }
+            if let Some(h) = i.checked_sub(gap).and_then(|j| hashes.get(j)) {
+                self.prefetch_slot(*h);
+            }
+            if let Some(h) = i.checked_sub(2 * gap).and_then(|j| hashes.get(j)) {
+                self.prefetch_block(*h);
+            }
+            if let Some(j) = i.checked_sub(3 * gap).filter(|j| *j < n) {
+                visit(j);
+            }
+        }
+    }
+
+    /// Stage 3: the header of the block that slot names, if its tag is
+    /// the key's.
+    #[inline]
+    pub fn prefetch_block(&self, hash: KeyHash) {
+        let stripe = hash.stripe(self.geometry.stripe_bits);
+        let word = self
+            .words
+            .load(self.geometry.stripe_word(stripe, stripe::TABLE));
+        let Some(table) = self.table_of(word) else {
+            return;
+        };
+        let at = table.slot_at(hash.start(table.capacity()));
+        if let Some(Slot::Live { tag, offset }) = self.words.load(at).map(Slot::decode) {
+            if tag == hash.tag() {
+                self.words.prefetch(offset);
+            }
+        }
     }
 
     /// One walk from the stripe's table word to the entry of `key`.
