@@ -43,7 +43,13 @@ impl Tally {
     /// Records one answer of `kind` after `ns` nanoseconds (clamped to the
     /// histogram's bounds).
     pub(crate) fn record(&mut self, kind: Kind, ns: u64) {
-        self.hist[kind as usize].saturating_record(ns.clamp(1, MAX_LATENCY_NS));
+        self.record_n(kind, ns, 1);
+    }
+
+    /// Records `n` answers of `kind` that took `ns` each (the keys of one
+    /// batch call).
+    pub(crate) fn record_n(&mut self, kind: Kind, ns: u64, n: u64) {
+        let _ = self.hist[kind as usize].record_n(ns.clamp(1, MAX_LATENCY_NS), n);
     }
 
     /// Adds `other` in: histograms and counts add up, the flag is or-ed,

@@ -29,11 +29,7 @@ impl<K: Codec, V: Codec> KVSClient<K, V> {
     where
         K: 'k,
     {
-        Ok(self
-            .get_many_entries(keys)?
-            .into_iter()
-            .map(|e| e.map(|e| e.value))
-            .collect())
+        self.read_many(keys, |e| V::decode_vec(e.value).map_err(ClientError::Decode))
     }
 
     /// [`get_many`](Self::get_many) with each entry's version, modification
@@ -49,10 +45,25 @@ impl<K: Codec, V: Codec> KVSClient<K, V> {
     where
         K: 'k,
     {
+        self.read_many(keys, decode_value)
+    }
+
+    /// Reads every key, each found entry through `decode`, straight into
+    /// the result (this is the per-key path of a batch read: no second
+    /// pass over the entries).
+    fn read_many<'k, T>(
+        &self,
+        keys: impl IntoIterator<Item = &'k K>,
+        decode: impl Fn(RawEntry) -> Result<T>,
+    ) -> Result<Vec<Option<T>>>
+    where
+        K: 'k,
+    {
         let conn = &self.conn;
         conn.check_readable()?;
         let keys: Vec<&K> = keys.into_iter().collect();
-        let mut found: Vec<Option<RawEntry>> = Vec::with_capacity(keys.len());
+        let mut out: Vec<Option<T>> = Vec::with_capacity(keys.len());
+        let mut failed = None;
         let mut through_worker: Vec<(usize, Vec<u8>)> = Vec::new();
         let view = conn.store_view();
         // Lengths (all checked before anything is read) and hashes first,
@@ -70,30 +81,37 @@ impl<K: Codec, V: Codec> KVSClient<K, V> {
         match &view {
             Some(view) => view.pipelined(&hashes, |i| {
                 keys[i].with_encoded(|k| match read_with(view, k, hashes[i]) {
-                    Some(entry) => found.push(entry),
+                    Some(Some(entry)) => match decode(entry) {
+                        Ok(t) => out.push(Some(t)),
+                        Err(e) => {
+                            failed.get_or_insert(e);
+                            out.push(None);
+                        }
+                    },
+                    Some(None) => out.push(None),
                     None => {
-                        found.push(None);
+                        out.push(None);
                         through_worker.push((i, k.to_vec()));
                     }
                 })
             }),
             None => {
                 for (i, key) in keys.iter().enumerate() {
-                    found.push(None);
+                    out.push(None);
                     key.with_encoded(|k| through_worker.push((i, k.to_vec())));
                 }
             }
         }
+        if let Some(e) = failed {
+            return Err(e);
+        }
         if !through_worker.is_empty() {
             let deadline = Deadline::after(conn.options.timeout);
             for (i, entry) in self.mget(&through_worker, &deadline)? {
-                found[i] = entry;
+                out[i] = entry.map(&decode).transpose()?;
             }
         }
-        found
-            .into_iter()
-            .map(|e| e.map(decode_value).transpose())
-            .collect()
+        Ok(out)
     }
 
     /// Reads `keys` through workers, as few MGETs as it takes.

@@ -463,8 +463,12 @@ mod tests {
         assert!(OpCode::try_from(u16::MAX).is_err());
         assert!(OpCode::ALL
             .iter()
-            .filter(|op| op.carries_value())
+            .filter(|op| op.carries_value() && !op.is_batch())
             .eq(&[OpCode::Set, OpCode::Post]));
+        assert!(OpCode::ALL
+            .iter()
+            .filter(|op| op.is_batch())
+            .all(|op| op.carries_value()));
     }
 
     #[test]

@@ -267,8 +267,8 @@ impl<V: BenchValue> Worker<V> {
                     let ns = now.duration_since(t).as_nanos() as u64;
                     match got {
                         Ok(values) => {
+                            tally.record_n(kind, ns, n as u64);
                             for (&k, v) in picked.iter().zip(values) {
-                                tally.record(kind, ns);
                                 self.model.check(kind, k, 0, Ok(Answer::Value(v)), tally);
                             }
                         }
@@ -295,8 +295,8 @@ impl<V: BenchValue> Worker<V> {
                         }
                         Err(e) => (0, Some(e)),
                     };
+                    tally.record_n(Kind::Set, ns, n as u64);
                     for (i, (&k, &seq)) in picked.iter().zip(&seqs).enumerate() {
-                        tally.record(Kind::Set, ns);
                         match (&error, i < done) {
                             (_, true) => {
                                 self.model.check(Kind::Set, k, seq, Ok(Answer::<V>::Done), tally)
