@@ -63,6 +63,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             Ok(Some(ChangeEvent::Expired { key, version })) => {
                 println!("{key} expired  (version {version})")
             }
+            Ok(Some(ChangeEvent::Evicted { key, version })) => {
+                println!("{key} evicted  (version {version})")
+            }
             Ok(Some(ChangeEvent::Missed)) => println!("(fell behind; some changes were not seen)"),
             Ok(None) => {}
             Err(e) => {

@@ -46,6 +46,15 @@ fn child_entry() {
             }
             println!("\nwon {won}");
         }
+        // Write `rounds` keys of one length with 200-byte values; every
+        // write must succeed (the server evicts to make room).
+        "fill" => {
+            let me = std::process::id();
+            for i in 0..rounds {
+                let key = format!("w{me:07}:{i:06}").into_bytes();
+                client.set(&key, &vec![b'x'; 200]).unwrap();
+            }
+        }
         other => panic!("unknown role {other}"),
     }
 }
@@ -297,4 +306,50 @@ fn conditional_writes_compare_the_version() {
     assert!(json["expires_ms"].as_u64().is_some(), "{json}");
     let out = kvs_client(&name, &["ttl", "t"]);
     assert!(stdout(&out).starts_with("59m"), "{out:?}");
+}
+
+/// Writers in three processes keep writing into a store far smaller than
+/// what they write: with `--eviction allkeys-lru` every write succeeds,
+/// memory stays within the limit, evictions are counted and reach a
+/// subscriber, and the last keys written are there.
+#[test]
+fn eviction_keeps_memory_under_the_limit_while_writers_run() {
+    let name = unique_name("evict");
+    let _server = ServerGuard::start(
+        &name,
+        &[
+            "--no-keeper",
+            "--max-memory",
+            "4MiB",
+            "--eviction",
+            "allkeys-lru",
+        ],
+    );
+    let client = Arc::new(Client::connect(&name).unwrap());
+    // The oldest write of all: sampled LRU evicts it long before the
+    // writers are done (about 15,000 of the 60,000 entries fit).
+    let old = b"the-oldest:0000".to_vec();
+    client.set(&old, &vec![b'o'; 200]).unwrap();
+    let mut sub = client.subscribe(std::slice::from_ref(&old)).unwrap();
+    // 3 x 20,000 entries of ~256 bytes: about 15 MB into 4 MiB.
+    wait_all(children(&name, "fill", 3, 20_000));
+    let st = status_json(&name);
+    let evicted = st["evicted"].as_u64().unwrap();
+    let entries = st["entries"].as_u64().unwrap();
+    assert!(
+        st["memory_used"].as_u64().unwrap() <= 4 << 20,
+        "memory over the limit: {st}"
+    );
+    assert!(evicted > 30_000, "{st}");
+    assert_eq!(entries + evicted, 60_001, "{st}");
+    match sub.next_timeout(Duration::from_secs(2)).unwrap() {
+        Some(ChangeEvent::Evicted { key, .. }) => assert_eq!(key, old),
+        other => panic!("expected the eviction of the oldest key, got {other:?}"),
+    }
+    assert_eq!(client.get(&old).unwrap(), None);
+    let out = kvs_client(&name, &["status"]);
+    assert!(
+        stdout(&out).contains(&format!("evicted       {evicted}")),
+        "{out:?}"
+    );
 }

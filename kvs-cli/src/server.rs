@@ -61,9 +61,18 @@ pub struct Args {
     /// Gone: values are now bytes of any length up to --max-value-size.
     #[arg(long, hide = true)]
     pub value_size: Option<String>,
-    /// Entry limit: SET or POST of a new key beyond it fails with "store full".
+    /// Entry limit: SET or POST of a new key beyond it fails with "store
+    /// full" (or evicts, see --eviction).
     #[arg(long)]
     pub max_entries: Option<u64>,
+    /// What a write does when the store is full (--max-memory or
+    /// --max-entries): noeviction fails it ("store full"); allkeys-lru
+    /// evicts the least recently written of 5 sampled entries (reads are
+    /// not tracked: clients read without the server); volatile-ttl the one
+    /// of those with a deadline that expires first; allkeys-random any.
+    /// Evictions are counted in status and reported to subscribers.
+    #[arg(long, default_value = "noeviction", value_name = "POLICY")]
+    pub eviction: kvs_core::store::evict::EvictionPolicy,
     /// Subscribers that can watch keys at once.
     #[arg(long, default_value_t = 8)]
     pub subscribers: usize,
@@ -200,6 +209,7 @@ fn serve(args: &Args, signals: &SigSet) -> Result<(), String> {
         .max_clients(args.max_clients)
         .mode(args.mode)
         .max_entries(args.max_entries)
+        .eviction(args.eviction)
         .subscribers(args.subscribers, args.subscriber_queue)
         .backup_dir(args.backup_dir.clone())
         .socket_dir(args.socket_dir.clone())

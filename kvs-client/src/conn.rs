@@ -301,7 +301,6 @@ impl Conn {
         self.region.store_view()
     }
 
-
     /// Refuses calls from a fork and on a cleanly stopped server's region
     /// (its store is gone for good; a crashed one's survives: reads go on
     /// answering from it, and a restarted server adopts it).
@@ -680,7 +679,11 @@ impl Conn {
 /// go through a worker (writers kept colliding with it, or the store holds
 /// something it cannot make sense of).
 #[inline]
-pub(crate) fn read_with(view: &StoreView<'_>, key: &[u8], hash: KeyHash) -> Option<Option<RawEntry>> {
+pub(crate) fn read_with(
+    view: &StoreView<'_>,
+    key: &[u8],
+    hash: KeyHash,
+) -> Option<Option<RawEntry>> {
     match view.get_hashed(key, hash) {
         Lookup::Found { meta, value } => Some(Some(RawEntry {
             value,

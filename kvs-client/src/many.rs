@@ -29,7 +29,9 @@ impl<K: Codec, V: Codec> KVSClient<K, V> {
     where
         K: 'k,
     {
-        self.read_many(keys, |e| V::decode_vec(e.value).map_err(ClientError::Decode))
+        self.read_many(keys, |e| {
+            V::decode_vec(e.value).map_err(ClientError::Decode)
+        })
     }
 
     /// [`get_many`](Self::get_many) with each entry's version, modification

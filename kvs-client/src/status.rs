@@ -56,6 +56,8 @@ pub struct StoreStatus {
     /// Entries removed because their deadline passed, since the store was
     /// made.
     pub expired: u64,
+    /// Entries evicted to make room (the server's eviction policy).
+    pub evicted: u64,
     /// The store's memory limit.
     pub max_memory: u64,
     /// Cells in the request ring.
@@ -152,6 +154,7 @@ fn status_of(region: &Region, version: u64, entries: u64, memory_used: u64) -> S
         max_value_size: info.max_value,
         memory_used,
         expired: region.store_view().map_or(0, |v| v.expired_count()),
+        evicted: region.store_view().map_or(0, |v| v.evicted_count()),
         max_memory: info.max_memory,
         queue_capacity: info.ring_capacity,
         queued: region.ring().len() as u64,

@@ -48,6 +48,13 @@ pub enum ChangeEvent<K, V> {
         /// The version of the removal.
         version: u64,
     },
+    /// The server removed the key to make room (its eviction policy).
+    Evicted {
+        /// The key.
+        key: K,
+        /// The version of the removal.
+        version: u64,
+    },
     /// Events were lost because the queue overflowed: resync.
     Missed,
 }
@@ -137,6 +144,12 @@ impl<K: Codec, V: Codec> Subscription<K, V> {
         }
         if e.kind == EventKind::Expired {
             return Ok(Some(ChangeEvent::Expired {
+                key: K::decode_vec(e.key).map_err(ClientError::Decode)?,
+                version: e.version,
+            }));
+        }
+        if e.kind == EventKind::Evicted {
+            return Ok(Some(ChangeEvent::Evicted {
                 key: K::decode_vec(e.key).map_err(ClientError::Decode)?,
                 version: e.version,
             }));

@@ -247,6 +247,8 @@ pub enum EventKind {
     Deleted = 2,
     /// A key's deadline passed and the server removed it.
     Expired = 3,
+    /// The server removed a key to make room (an eviction policy).
+    Evicted = 4,
 }
 
 impl TryFrom<u16> for EventKind {
@@ -257,6 +259,7 @@ impl TryFrom<u16> for EventKind {
             1 => Ok(EventKind::Changed),
             2 => Ok(EventKind::Deleted),
             3 => Ok(EventKind::Expired),
+            4 => Ok(EventKind::Evicted),
             other => Err(other),
         }
     }
@@ -960,7 +963,7 @@ impl<'a> SubTable<'a> {
             return None;
         }
         let (value, flags) = match (kind, value) {
-            (EventKind::Deleted | EventKind::Expired, _) => (None, 0),
+            (EventKind::Deleted | EventKind::Expired | EventKind::Evicted, _) => (None, 0),
             // Fits: its padded length is at most the room left (which is a
             // multiple of 8, and at most `u32::MAX`, so is the length).
             (EventKind::Changed, Some(v)) if v.len().div_ceil(8) <= (room - key_pad) / 8 => {

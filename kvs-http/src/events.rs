@@ -97,6 +97,17 @@ pub enum GatewayEvent {
         /// The store's version at the removal.
         version: u64,
     },
+    /// The server removed the key to make room (its eviction policy).
+    Evict {
+        /// The key, when it is UTF-8.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        key: Option<String>,
+        /// The key in base64, when it is not UTF-8.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        key_base64: Option<String>,
+        /// The store's version at the removal.
+        version: u64,
+    },
     /// Changes may have been lost: reload everything from `/status`.
     Resync {
         /// Why, for a person.
@@ -153,6 +164,14 @@ impl From<ChangeEvent<Vec<u8>, Vec<u8>>> for GatewayEvent {
                     version,
                 }
             }
+            ChangeEvent::Evicted { key, version } => {
+                let (key, key_base64) = json::to_fields(key);
+                GatewayEvent::Evict {
+                    key,
+                    key_base64,
+                    version,
+                }
+            }
             ChangeEvent::Missed => GatewayEvent::Resync {
                 reason: "the subscription missed changes".into(),
             },
@@ -166,6 +185,7 @@ impl GatewayEvent {
             GatewayEvent::Change { .. } => "change",
             GatewayEvent::Delete { .. } => "delete",
             GatewayEvent::Expire { .. } => "expire",
+            GatewayEvent::Evict { .. } => "evict",
             GatewayEvent::Resync { .. } => "resync",
             GatewayEvent::Unavailable { .. } => "unavailable",
             GatewayEvent::Shutdown => "shutdown",

@@ -39,6 +39,7 @@ pub mod snapshot;
 mod worker;
 
 pub use kvs_core::store::adopt::AdoptReport;
+pub use kvs_core::store::evict::EvictionPolicy;
 pub use server::{KVSServer, KVSServerBuilder, KeeperProgram, ServerError, DRAIN_LIMIT};
 pub use snapshot::{SnapshotEntry, SnapshotError, SnapshotInfo};
 

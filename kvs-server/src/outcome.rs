@@ -18,6 +18,7 @@ pub(crate) fn publisher(shared: &Shared) -> impl Fn(&Change<'_>) + '_ {
             ChangeKind::Written => EventKind::Changed,
             ChangeKind::Deleted => EventKind::Deleted,
             ChangeKind::Expired => EventKind::Expired,
+            ChangeKind::Evicted => EventKind::Evicted,
         };
         subs.publish(
             kind,

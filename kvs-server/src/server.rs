@@ -13,6 +13,7 @@ use kvs_core::region::{InitState, Region, RegionConfig, StoreSource, Takeover};
 use kvs_core::secure_fs::Dir;
 use kvs_core::store::adopt::AdoptReport;
 use kvs_core::store::block::ValueSource;
+use kvs_core::store::evict::EvictionPolicy;
 use kvs_core::store::layout::Geometry;
 use kvs_core::store::read::Lookup;
 use kvs_core::store::write::{StoreWriter, WriteError, WriteMode, Written};
@@ -90,6 +91,7 @@ pub struct KVSServerBuilder<K = Vec<u8>, V = Vec<u8>> {
     config: RegionConfig,
     backup_dir: Option<std::path::PathBuf>,
     keeper: Option<KeeperProgram>,
+    eviction: EvictionPolicy,
     _types: std::marker::PhantomData<fn() -> (K, V)>,
 }
 
@@ -109,6 +111,7 @@ impl<K: Codec, V: Codec> KVSServerBuilder<K, V> {
             name: name.to_string(),
             config: RegionConfig::default(),
             backup_dir: None,
+            eviction: EvictionPolicy::NoEviction,
             keeper: None,
             _types: std::marker::PhantomData,
         }
@@ -200,6 +203,14 @@ impl<K: Codec, V: Codec> KVSServerBuilder<K, V> {
     /// `kvs_core::region::endpoint`).
     pub fn socket_dir(mut self, dir: Option<std::path::PathBuf>) -> Self {
         self.config.socket_dir = dir;
+        self
+    }
+
+    /// What a write does when the store is full (memory or entries):
+    /// fail ("store full", the default) or evict by a policy (see
+    /// `kvs_core::store::evict`).
+    pub fn eviction(mut self, policy: EvictionPolicy) -> Self {
+        self.eviction = policy;
         self
     }
 
@@ -339,6 +350,7 @@ impl<K: Codec, V: Codec> KVSServerBuilder<K, V> {
                 "adopted the store of the earlier server (warm restart)"
             );
         }
+        store.set_eviction(self.eviction);
         let store_ro = region.store().read_only_fd().map_err(|source| {
             ServerError::Create(RegionCreateError::Io {
                 name: self.name.clone(),

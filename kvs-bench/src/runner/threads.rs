@@ -299,7 +299,8 @@ impl<V: BenchValue> Worker<V> {
                     for (i, (&k, &seq)) in picked.iter().zip(&seqs).enumerate() {
                         match (&error, i < done) {
                             (_, true) => {
-                                self.model.check(Kind::Set, k, seq, Ok(Answer::<V>::Done), tally)
+                                self.model
+                                    .check(Kind::Set, k, seq, Ok(Answer::<V>::Done), tally)
                             }
                             (Some(e), false) => self.model.failed(Kind::Set, k, e, tally),
                             (None, false) => {}

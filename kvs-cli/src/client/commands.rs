@@ -202,6 +202,7 @@ fn print_status(out: &mut impl Write, s: &kvs_client::StoreStatus) {
     let _ = writeln!(out, "version       {}", s.version);
     let _ = writeln!(out, "entries       {} (limit {limit})", s.entries);
     let _ = writeln!(out, "expired       {}", s.expired);
+    let _ = writeln!(out, "evicted       {}", s.evicted);
     let _ = writeln!(out, "uptime        {:.1} s", s.uptime_secs);
     let _ = writeln!(
         out,

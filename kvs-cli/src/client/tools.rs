@@ -177,6 +177,9 @@ pub(crate) fn watch(args: &Args, keys: &[OsString]) -> Result<(), Failure> {
             Some(ChangeEvent::Expired { key, version }) => {
                 format!("expired {} (version {version})", escape_for_display(&key))
             }
+            Some(ChangeEvent::Evicted { key, version }) => {
+                format!("evicted {} (version {version})", escape_for_display(&key))
+            }
             Some(ChangeEvent::Missed) => "missed events: the queue overflowed, resync".to_string(),
         };
         if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {

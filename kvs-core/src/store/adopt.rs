@@ -193,6 +193,7 @@ impl<S: Segment> StoreWriter<S> {
             })
             .collect();
         let expired_before = segment.words().load(hdr::EXPIRED * 8).unwrap_or(0);
+        let segment_evicted = segment.words().load(hdr::EVICTED * 8).unwrap_or(0);
         let writer = Self {
             segment,
             geometry: g,
@@ -206,6 +207,9 @@ impl<S: Segment> StoreWriter<S> {
             expiry: Default::default(),
             // The count goes on from what the dead server published.
             expired: AtomicU64::new(expired_before),
+            eviction: Default::default(),
+            evicted: AtomicU64::new(segment_evicted),
+            sample_cursor: AtomicU64::new(high),
         };
         // The sweep's queue is private: rebuilt from the entries kept.
         let words = writer.segment().words();

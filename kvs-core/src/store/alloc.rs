@@ -478,6 +478,9 @@ pub struct Allocator {
     /// LIFO before `free` (rule 5).
     warm: Vec<Vec<u64>>,
     warm_bytes: u64,
+    /// Bytes of the budget the current allocation must leave uncommitted
+    /// (see [`Allocator::alloc_reserving`]); 0 outside it.
+    reserve: u64,
     /// Class id + 1 per page of the carved area; 0 for unusable pages.
     page_class: Vec<u8>,
     /// One bit per 16 bytes of the carved area, set at live block starts.
@@ -515,6 +518,7 @@ impl Allocator {
             free: vec![Vec::new(); CLASS_COUNT],
             warm: vec![Vec::new(); CLASS_COUNT],
             warm_bytes: 0,
+            reserve: 0,
             page_class: Vec::new(),
             live: Vec::new(),
         }
@@ -556,6 +560,30 @@ impl Allocator {
             other => other,
         }
         .map_err(|cause| AllocError::Full { size, cause })
+    }
+
+    /// [`alloc`](Self::alloc) that leaves `reserve` bytes of the memory
+    /// budget uncommitted: a new slab or a large block is committed only
+    /// while the committed bytes stay within `max_memory - reserve`; free
+    /// blocks of carved slabs are handed out as always. A store that
+    /// evicts allocates its entries this way, so that its index tables
+    /// (allocated with `alloc`) find room to grow when the entries have
+    /// filled what they may: evicting entries frees only blocks of the
+    /// entries' classes (rule 2), never room for a table of another class.
+    ///
+    /// # Errors
+    ///
+    /// As [`alloc`](Self::alloc).
+    pub fn alloc_reserving(
+        &mut self,
+        arena: &impl Arena,
+        size: u64,
+        reserve: u64,
+    ) -> Result<Block, AllocError> {
+        self.reserve = reserve;
+        let block = self.alloc(arena, size);
+        self.reserve = 0;
+        block
     }
 
     /// Releases every block of the warm reserve (they stay free).
@@ -610,7 +638,7 @@ impl Allocator {
     /// Whether `more` committed bytes stay within `max_memory`.
     fn check_budget(&self, more: u64) -> Result<(), FullCause> {
         match self.committed_bytes.checked_add(more) {
-            Some(total) if total <= self.config.max_memory => Ok(()),
+            Some(total) if total <= self.config.max_memory.saturating_sub(self.reserve) => Ok(()),
             _ => Err(FullCause::MemoryLimit),
         }
     }

@@ -27,6 +27,9 @@
 //! | 10 | version high-water mark: no version at or above it was handed out |
 //! | 11 | store id (random; names this store across server restarts) |
 //! | 12 | creation time, unix ns |
+//! | 13 | bytes the allocator has committed (published for probes) |
+//! | 14 | entries expired (published for probes) |
+//! | 15 | entries evicted (published for probes) |
 //!
 //! A reader copies the header out once (at connect) and validates the copy
 //! against the mapping's real length ([`Geometry::from_header`]); it never
@@ -85,6 +88,8 @@ pub mod hdr {
     /// Entries removed because their deadline passed, as the server last
     /// published it (for probes, like `COMMITTED`).
     pub const EXPIRED: u64 = 14;
+    /// Entries evicted to make room, as the server last published it.
+    pub const EVICTED: u64 = 15;
 }
 
 /// Word indices within a stripe header.

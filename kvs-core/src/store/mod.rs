@@ -109,6 +109,7 @@ pub mod adopt;
 #[cfg(not(loom))]
 pub mod alloc;
 pub mod block;
+pub mod evict;
 pub mod expiry;
 pub mod hash;
 pub mod layout;

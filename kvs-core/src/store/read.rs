@@ -345,6 +345,14 @@ impl<'a> StoreView<'a> {
             .unwrap_or(0)
     }
 
+    /// Entries evicted to make room, as the server last published the
+    /// count.
+    pub fn evicted_count(&self) -> u64 {
+        self.words
+            .load(super::layout::hdr::EVICTED * 8)
+            .unwrap_or(0)
+    }
+
     /// Bytes of the data area carved into slabs so far (an upper bound of
     /// the memory the store holds: large blocks freed since are given back).
     pub fn carved_bytes(&self) -> u64 {

@@ -79,9 +79,7 @@ impl<'a> Words<'a> {
             // SAFETY: a prefetch never faults and has no effect visible to
             // the program; `p` points into the words anyway (bounds
             // checked above). SSE is part of the x86-64 baseline.
-            unsafe {
-                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p)
-            };
+            unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p) };
         }
         #[cfg(not(all(target_arch = "x86_64", not(loom))))]
         let _ = offset;

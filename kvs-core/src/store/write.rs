@@ -24,6 +24,7 @@
 
 use super::alloc::{AllocConfig, Allocator};
 use super::block::{self, Meta, ValueSource};
+use super::evict::{self, EvictionPolicy};
 use super::hash::KeyHash;
 use super::layout::{hdr, stripe, Geometry};
 use super::publish;
@@ -33,7 +34,7 @@ use super::table::{Slot, TableWord, EMPTY, MIN_LOG2_CAPACITY, TOMBSTONE};
 use super::words::Words;
 use crossbeam_utils::CachePadded;
 use parking_lot::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 
 /// Versions are reserved in the header this many at a time, so a restarted
 /// server never hands out a version twice.
@@ -154,6 +155,8 @@ pub enum ChangeKind {
     Deleted,
     /// Removed because its deadline passed.
     Expired,
+    /// Removed to make room (see [`super::evict`]).
+    Evicted,
 }
 
 /// A change, as `on_change` sees it (under the stripe's lock).
@@ -242,6 +245,22 @@ enum Probe {
 }
 
 /// A probe's hit, classified by the entry's deadline.
+/// The size class (its bytes) a block of `bytes` is allocated from.
+fn class_of(bytes: u64) -> Option<u64> {
+    super::alloc::class_for(bytes, super::alloc::MAX_BLOCK_LIMIT).map(|(_, size)| size)
+}
+
+/// Why [`StoreWriter::remove`] removes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Removal {
+    /// A DEL.
+    Del,
+    /// The sweep: only an entry whose deadline passed.
+    OnlyExpired,
+    /// To make room.
+    Evict,
+}
+
 #[derive(Clone, Copy)]
 enum Existing {
     /// A live entry: slot, block, metadata.
@@ -266,6 +285,8 @@ pub struct WriterStats {
     pub version: u64,
     /// Entries removed because their deadline passed.
     pub expired: u64,
+    /// Entries evicted to make room.
+    pub evicted: u64,
 }
 
 /// The writer: one per server.
@@ -285,6 +306,12 @@ pub struct StoreWriter<S: Segment> {
     pub(super) expiry: super::expiry::ExpiryQueue,
     /// Entries removed because their deadline passed.
     pub(super) expired: AtomicU64,
+    /// What a full store does with a write ([`EvictionPolicy`] as `u8`).
+    pub(super) eviction: AtomicU8,
+    /// Entries evicted.
+    pub(super) evicted: AtomicU64,
+    /// Where eviction samples next (mixed into a stripe and a slot).
+    pub(super) sample_cursor: AtomicU64,
 }
 
 impl<S: Segment> std::fmt::Debug for StoreWriter<S> {
@@ -327,6 +354,9 @@ impl<S: Segment> StoreWriter<S> {
             max_entries,
             expiry: Default::default(),
             expired: AtomicU64::new(0),
+            eviction: AtomicU8::new(EvictionPolicy::NoEviction as u8),
+            evicted: AtomicU64::new(0),
+            sample_cursor: AtomicU64::new(store_id),
         }
     }
 
@@ -376,7 +406,31 @@ impl<S: Segment> StoreWriter<S> {
             max_memory: self.max_memory,
             version: self.version.load(Ordering::Relaxed),
             expired: self.expired.load(Ordering::Relaxed),
+            evicted: self.evicted.load(Ordering::Relaxed),
         }
+    }
+
+    /// Memory entries leave to the index tables when the store evicts
+    /// (see [`Allocator::alloc_reserving`]): an eighth of the limit, what
+    /// tables of 8-byte slots at most half full need for entries of 64
+    /// bytes and more, with room to grow.
+    fn entry_reserve(&self) -> u64 {
+        if self.eviction().evicts() {
+            self.max_memory / 8
+        } else {
+            0
+        }
+    }
+
+    /// What a full store does with a write from now on.
+    pub fn set_eviction(&self, policy: EvictionPolicy) {
+        // Relaxed: a setting read by each write; no data hangs on it.
+        self.eviction.store(policy as u8, Ordering::Relaxed);
+    }
+
+    /// The eviction policy.
+    pub fn eviction(&self) -> EvictionPolicy {
+        EvictionPolicy::from_u8(self.eviction.load(Ordering::Relaxed))
     }
 
     /// Entries.
@@ -469,10 +523,10 @@ impl<S: Segment> StoreWriter<S> {
 
     /// Takes a block of at least `bytes`, readied for writing (its
     /// generation bumped, then a Release fence: see [`publish::prepare_block`]).
-    fn take_block(&self, bytes: u64) -> Result<u64, WriteError> {
+    fn take_block(&self, bytes: u64, reserve: u64) -> Result<u64, WriteError> {
         let block = {
             let mut alloc = self.alloc.lock();
-            let block = alloc.alloc(&self.arena(), bytes);
+            let block = alloc.alloc_reserving(&self.arena(), bytes, reserve);
             self.publish_committed(alloc.stats().committed_bytes);
             block.map_err(|_| WriteError::MemoryFull)?
         };
@@ -498,6 +552,12 @@ impl<S: Segment> StoreWriter<S> {
 
     /// Counts an expired entry and publishes the total (`hdr::EXPIRED`)
     /// for probes. Relaxed: a statistic, read on its own.
+    fn count_evicted(&self) {
+        let n = self.evicted.fetch_add(1, Ordering::Relaxed) + 1;
+        self.words()
+            .store_with(hdr::EVICTED * 8, n, Ordering::Relaxed);
+    }
+
     fn count_expired(&self) {
         let n = self.expired.fetch_add(1, Ordering::Relaxed) + 1;
         self.words()
@@ -574,7 +634,7 @@ impl<S: Segment> StoreWriter<S> {
         log2: u32,
     ) -> Result<(TableWord, u64), WriteError> {
         let table = TableWord {
-            offset: self.take_block(8 << log2)?,
+            offset: self.take_block(8 << log2, 0)?,
             log2_capacity: log2,
         };
         let words = self.words();
@@ -651,12 +711,57 @@ impl<S: Segment> StoreWriter<S> {
         .map(|_| ())
     }
 
+    /// A write; when the store is full and the policy evicts, entries are
+    /// evicted (no lock held) and the write tried again.
     fn write(
         &self,
         key: &[u8],
         value: ValueSource<'_, '_>,
         spec: WriteSpec,
         keep: Option<Meta>,
+        mut on_change: impl FnMut(&Change<'_>),
+    ) -> Result<Written, WriteError> {
+        let mut evictions = 0;
+        let mut blind = 0;
+        let mut reserve = self.entry_reserve();
+        // Room for this entry is a free block of its size class: evicting
+        // entries of that class makes it (rule 2 of the allocator: a
+        // class's blocks serve that class only).
+        let class = class_of(block::block_bytes(key.len() as u64, value.len()));
+        loop {
+            match self.write_once(key, value, spec, keep, reserve, &mut on_change) {
+                Err(e @ (WriteError::MemoryFull | WriteError::EntriesFull)) => {
+                    let policy = self.eviction();
+                    if !policy.evicts() || evictions == evict::MAX_EVICTIONS_PER_WRITE {
+                        return Err(e);
+                    }
+                    let want = (e == WriteError::MemoryFull).then_some(class).flatten();
+                    match self.evict_one(policy, want, &mut on_change) {
+                        Some(true) => {}
+                        // No entry of the class to evict (a class the store
+                        // has not used yet): the write may carve a slab
+                        // into the tables' reserve; evicting others frees
+                        // nothing it can use, so only a few are tried.
+                        Some(false) if blind < evict::BLIND_EVICTIONS => {
+                            blind += 1;
+                            reserve = 0;
+                        }
+                        _ => return Err(e),
+                    }
+                    evictions += 1;
+                }
+                done => return done,
+            }
+        }
+    }
+
+    fn write_once(
+        &self,
+        key: &[u8],
+        value: ValueSource<'_, '_>,
+        spec: WriteSpec,
+        keep: Option<Meta>,
+        reserve: u64,
         mut on_change: impl FnMut(&Change<'_>),
     ) -> Result<Written, WriteError> {
         self.check_lengths(key, value.len())?;
@@ -696,7 +801,7 @@ impl<S: Segment> StoreWriter<S> {
             (None, Some(Existing::Live { meta, .. })) => meta.deadline,
             (None, _) => 0,
         };
-        let offset = self.take_block(block::block_bytes(key.len() as u64, value.len()))?;
+        let offset = self.take_block(block::block_bytes(key.len() as u64, value.len()), reserve)?;
         // Lazily: a kept (loaded) entry must not use up a version.
         let meta = keep.unwrap_or_else(|| Meta {
             version: self.next_version(),
@@ -820,18 +925,19 @@ impl<S: Segment> StoreWriter<S> {
         if_version: Option<u64>,
         on_change: impl FnMut(&Change<'_>),
     ) -> Deleted {
-        self.remove(key, if_version, false, on_change).0
+        self.remove(key, if_version, Removal::Del, on_change).0
     }
 
-    /// DEL's body; with `only_expired`, a live entry is left alone. Also
+    /// DEL's body (also the sweep's and eviction's, as `mode` says). Also
     /// says whether an expired entry was removed.
     fn remove(
         &self,
         key: &[u8],
         if_version: Option<u64>,
-        only_expired: bool,
+        mode: Removal,
         mut on_change: impl FnMut(&Change<'_>),
     ) -> (Deleted, bool) {
+        let only_expired = mode == Removal::OnlyExpired;
         let absent = match if_version {
             Some(v) if v != 0 => Deleted::VersionMismatch(0),
             _ => Deleted::Absent,
@@ -851,6 +957,9 @@ impl<S: Segment> StoreWriter<S> {
             Some(Existing::Live { meta, .. }) if if_version.is_some_and(|v| v != meta.version) => {
                 return (Deleted::VersionMismatch(meta.version), false)
             }
+            Some(Existing::Live { slot, offset, .. }) if mode == Removal::Evict => {
+                (slot, offset, ChangeKind::Evicted)
+            }
             Some(Existing::Live { slot, offset, .. }) => (slot, offset, ChangeKind::Deleted),
             Some(Existing::Expired { slot, offset }) => (slot, offset, ChangeKind::Expired),
         };
@@ -862,8 +971,10 @@ impl<S: Segment> StoreWriter<S> {
         self.publish(stripe_index, &mut st, table.slot_at(slot), TOMBSTONE);
         self.free_block(offset);
         self.entries.fetch_sub(1, Ordering::Relaxed);
-        if kind == ChangeKind::Expired {
-            self.count_expired();
+        match kind {
+            ChangeKind::Expired => self.count_expired(),
+            ChangeKind::Evicted => self.count_evicted(),
+            _ => {}
         }
         on_change(&Change {
             kind,
@@ -994,7 +1105,83 @@ impl<S: Segment> StoreWriter<S> {
         {
             return false;
         }
-        self.remove(&key, None, true, on_change).1
+        self.remove(&key, None, Removal::OnlyExpired, on_change).1
+    }
+
+    /// Evicts one entry chosen by `policy` from [`evict::SAMPLES`] sampled
+    /// ones (see [`super::evict`]), of the block class `class` when the
+    /// samples find such entries, else of any. `Some(true)`: one of the
+    /// class (or any, without a class) went; `Some(false)`: one of another
+    /// class; `None`: the samples held nothing the policy may evict. Takes
+    /// one stripe lock at a time, never with another held.
+    fn evict_one(
+        &self,
+        policy: EvictionPolicy,
+        class: Option<u64>,
+        on_change: impl FnMut(&Change<'_>),
+    ) -> Option<bool> {
+        let mut keys = Vec::with_capacity(evict::SAMPLES);
+        let mut metas = Vec::with_capacity(evict::SAMPLES);
+        let mut of_class = true;
+        for want in [class, None] {
+            of_class = want == class;
+            for _ in 0..evict::SAMPLES {
+                if let Some((key, meta)) = self.sample(policy, want) {
+                    keys.push(key);
+                    metas.push(meta);
+                }
+            }
+            if !keys.is_empty() || want.is_none() {
+                break;
+            }
+        }
+        let i = policy.choose(&metas)?;
+        // Only the version sampled: an entry rewritten since is left alone
+        // (the next round samples again).
+        // Nothing removed (rewritten meanwhile) still counts as a round: the
+        // caller tries the write again.
+        self.remove(&keys[i], Some(metas[i].version), Removal::Evict, on_change);
+        Some(of_class)
+    }
+
+    /// One random entry the policy may evict: a random stripe, from a
+    /// random slot of its table the first such live entry within
+    /// [`evict::SLOT_SCAN`] slots; [`evict::STRIPE_TRIES`] stripes at most.
+    fn sample(&self, policy: EvictionPolicy, class: Option<u64>) -> Option<(Vec<u8>, Meta)> {
+        let words = self.words();
+        for _ in 0..evict::STRIPE_TRIES {
+            // Relaxed: a cursor for spreading samples, nothing else.
+            let r = evict::mix(self.sample_cursor.fetch_add(1, Ordering::Relaxed));
+            let stripe = r & (self.geometry.stripes() - 1);
+            let st = self.stripes[stripe as usize].lock();
+            let Some(table) = st.table.filter(|_| st.live > 0) else {
+                continue;
+            };
+            let start = r >> 32;
+            for i in 0..table.capacity().min(evict::SLOT_SCAN) {
+                let Some(Slot::Live { offset, .. }) =
+                    words.load(table.slot_at(start + i)).map(Slot::decode)
+                else {
+                    continue;
+                };
+                let Ok(h) = block::read_header(&words, &self.geometry, offset) else {
+                    continue;
+                };
+                if !policy.may_evict(&h.meta)
+                    || class.is_some_and(|c| class_of(h.bytes()) != Some(c))
+                {
+                    continue;
+                }
+                let mut key = Vec::new();
+                if words
+                    .read_into(offset + h.key_at(), h.key_len, &mut key)
+                    .is_ok()
+                {
+                    return Some((key, h.meta));
+                }
+            }
+        }
+        None
     }
 
     /// Reads `key` under its stripe's lock (a worker answering a read that
@@ -1283,6 +1470,61 @@ mod tests {
         assert!(n > 10);
         for i in 0..n {
             assert!(get(&w, format!("k{i}").as_bytes()).is_some());
+        }
+    }
+
+    /// Under every evicting policy, a full store keeps taking writes:
+    /// evictions make room (counted, reported as evictions), memory stays
+    /// within the limit, and the newest keys are there.
+    #[test]
+    fn a_full_store_evicts_instead_of_refusing() {
+        for policy in [EvictionPolicy::AllKeysLru, EvictionPolicy::AllKeysRandom] {
+            let w = writer(6, 2 << 20);
+            w.set_eviction(policy);
+            let mut evicted_events = 0u64;
+            for n in 0..16_000u64 {
+                let written = w.set(
+                    format!("key:{n}").as_bytes(),
+                    ValueSource::Bytes(&[7; 200]),
+                    WriteMode::Upsert,
+                    |c| evicted_events += u64::from(c.kind == ChangeKind::Evicted),
+                );
+                assert!(
+                    written.is_ok(),
+                    "{policy}: write {n}: {written:?} {:?}",
+                    w.stats()
+                );
+            }
+            let stats = w.stats();
+            assert!(stats.committed_bytes <= 2 << 20, "{stats:?}");
+            assert!(stats.evicted > 5_000, "{policy}: {stats:?}");
+            assert_eq!(stats.evicted, evicted_events);
+            assert_eq!(stats.entries + stats.evicted, 16_000);
+            assert!(get(&w, b"key:15999").is_some());
+        }
+        // volatile-ttl: only entries with a deadline go, soonest first; with
+        // none left the write fails as without eviction.
+        let w = writer(4, 1 << 20);
+        w.set_eviction(EvictionPolicy::VolatileTtl);
+        let far = crate::clock::unix_now_ns() + 3_600_000_000_000;
+        let mut n = 0u64;
+        let refused = loop {
+            let spec = WriteSpec {
+                deadline: Some(if n % 2 == 0 { far + n } else { 0 }),
+                ..WriteSpec::UPSERT
+            };
+            let key = format!("key:{n}");
+            match w.set_with(key.as_bytes(), ValueSource::Bytes(&[1; 200]), spec, |_| {}) {
+                Ok(_) => n += 1,
+                Err(e) => break e,
+            }
+            assert!(n < 100_000, "never refused");
+        };
+        assert_eq!(refused, WriteError::MemoryFull);
+        assert!(w.stats().evicted > 0);
+        // Every persistent key is still there.
+        for i in (1..n).step_by(2) {
+            assert!(get(&w, format!("key:{i}").as_bytes()).is_some(), "key:{i}");
         }
     }
 
