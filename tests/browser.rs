@@ -309,6 +309,20 @@ async fn drive(client: &Client, base: &str, name: &str) {
         "the deleted key gone",
     )
     .await;
+    // An expiring key leaves the page when the server's sweep removes it
+    // (an `expire` event), without a reload.
+    assert!(
+        kvs_client(name, &["set", "short-lived", "x", "--ttl", "500ms"])
+            .status
+            .success()
+    );
+    wait_until(client, &row_shows("short-lived", "x"), "the expiring key").await;
+    wait_until(
+        client,
+        &format!("!{}", row("short-lived")),
+        "the expired key gone",
+    )
+    .await;
     type_into(client, "key", "from-browser").await;
     click(client, "delete").await;
     wait_until(

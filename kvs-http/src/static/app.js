@@ -387,6 +387,9 @@ function handleEvent(name, data) {
       break;
     }
     case 'delete':
+    case 'expire':
+    case 'evict':
+      // Gone the same way for the page: deleted, expired or evicted.
       remove(keyId(data.key, data.key_base64), data.version);
       break;
     case 'unavailable':
