@@ -579,6 +579,13 @@ fn terminal_signals_do_not_end_the_keeper_and_a_stopped_one_does_not_hang_adopt(
 
     // Stopped: adopt gives up within its bounds instead of hanging.
     kill(p, Signal::SIGSTOP).unwrap();
+    // `kill` returns before the keeper has stopped: until it has, it may
+    // still answer (a race seen in CI), so wait for the stopped state.
+    let stopping = Instant::now();
+    while !stopped(pid) {
+        assert!(stopping.elapsed() < LIMIT, "the keeper did not stop");
+        std::thread::sleep(Duration::from_millis(1));
+    }
     let started = Instant::now();
     let err = s.adopt().unwrap_err();
     assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
@@ -680,4 +687,16 @@ fn a_keeper_nobody_can_reach_lets_go() {
     std::fs::remove_dir(&s.path).unwrap();
     assert!(wait_exited(pid), "the unreachable keeper did not exit");
     reaper.exited();
+}
+
+/// Whether process `pid` is stopped (state `T` in `/proc/PID/stat`).
+fn stopped(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            // The state follows the command name's closing parenthesis.
+            let rest = &stat[stat.rfind(')')? + 1..];
+            rest.split_whitespace().next().map(|state| state == "T")
+        })
+        .unwrap_or(false)
 }
