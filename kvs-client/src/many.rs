@@ -144,8 +144,7 @@ impl<K: Codec, V: Codec> KVSClient<K, V> {
                     "the server answered a batch read with no record".into(),
                 ));
             }
-            let values = batch::decode_values(&answer.value, answered)
-                .map_err(|e| ClientError::Protocol(format!("batch answer: {e}")))?;
+            let values = batch::decode_values(&answer.value, answered).map_err(bad_answer)?;
             for ((head, value), (i, key)) in values.into_iter().zip(&keys[next..]) {
                 let entry = match StatusCode::try_from(head.status) {
                     Ok(StatusCode::Ok) if head.flags & VALUE_TOO_LARGE != 0 => {
@@ -199,29 +198,14 @@ impl<K: Codec, V: Codec> KVSClient<K, V> {
         let capacity = conn.batch_capacity();
         let mut records = Encoder::new();
         let mut written = 0usize;
-        let send = |records: &mut Encoder, written: &mut usize| -> Result<()> {
-            if records.is_empty() {
-                return Ok(());
+        let mut send = |records: &mut Encoder| -> Result<()> {
+            for o in self.send_writes(OpCode::MSet, records, deadline_ns, &deadline)? {
+                outcome_error(OpCode::MSet, &o).map_err(|e| ClientError::PartlyWritten {
+                    written,
+                    source: Box::new(e),
+                })?;
+                written += 1;
             }
-            let answer = conn.call_batch(OpCode::MSet, records, deadline_ns, &deadline)?;
-            let answered = answered(&answer.response, records.count())?;
-            let outcomes = batch::decode_outcomes(&answer.value, answered)
-                .map_err(|e| ClientError::Protocol(format!("batch answer: {e}")))?;
-            for o in &outcomes {
-                if let Err(e) = outcome_error(OpCode::MSet, o) {
-                    return Err(ClientError::PartlyWritten {
-                        written: *written,
-                        source: Box::new(e),
-                    });
-                }
-                *written += 1;
-            }
-            if answered < records.count() {
-                return Err(ClientError::Protocol(
-                    "the server answered part of a batch without saying why".into(),
-                ));
-            }
-            records.clear();
             Ok(())
         };
         // Lengths first, for every entry: nothing is sent if one is wrong.
@@ -233,14 +217,14 @@ impl<K: Codec, V: Codec> KVSClient<K, V> {
                 v.with_encoded(|v| {
                     let need = batch::entry_record_bytes(k.len() as u64, v.len() as u64);
                     if records.len() + need > capacity {
-                        send(&mut records, &mut written)?;
+                        send(&mut records)?;
                     }
                     records.push_entry(k, v);
                     Ok::<_, ClientError>(())
                 })
             })?;
         }
-        send(&mut records, &mut written)
+        send(&mut records)
     }
 
     /// Removes every key; returns how many were present.
@@ -263,22 +247,9 @@ impl<K: Codec, V: Codec> KVSClient<K, V> {
         let mut records = Encoder::new();
         let mut removed = 0usize;
         let mut send = |records: &mut Encoder| -> Result<()> {
-            if records.is_empty() {
-                return Ok(());
-            }
-            let answer = conn.call_batch(OpCode::MDel, records, 0, &deadline)?;
-            let answered = answered(&answer.response, records.count())?;
-            if answered != records.count() {
-                return Err(ClientError::Protocol(
-                    "the server answered part of a batch without saying why".into(),
-                ));
-            }
-            for o in batch::decode_outcomes(&answer.value, answered)
-                .map_err(|e| ClientError::Protocol(format!("batch answer: {e}")))?
-            {
+            for o in self.send_writes(OpCode::MDel, records, 0, &deadline)? {
                 removed += usize::from(o.status == StatusCode::Ok as u16);
             }
-            records.clear();
             Ok(())
         };
         for k in keys {
@@ -293,6 +264,42 @@ impl<K: Codec, V: Codec> KVSClient<K, V> {
         send(&mut records)?;
         Ok(removed)
     }
+}
+
+impl<K: Codec, V: Codec> KVSClient<K, V> {
+    /// Sends the MSET or MDEL `records` (nothing when empty) and empties
+    /// them; the outcomes, in order. Fewer outcomes than records only
+    /// after a refused one (MSET stops there; an absent key is not
+    /// refused); anything else short is a protocol error.
+    fn send_writes(
+        &self,
+        op: OpCode,
+        records: &mut Encoder,
+        arg3: u64,
+        deadline: &Deadline,
+    ) -> Result<Vec<batch::Outcome>> {
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        let answer = self.conn.call_batch(op, records, arg3, deadline)?;
+        let answered = answered(&answer.response, records.count())?;
+        let outcomes = batch::decode_outcomes(&answer.value, answered).map_err(bad_answer)?;
+        let refused = outcomes
+            .iter()
+            .any(|o| o.status != StatusCode::Ok as u16 && o.status != StatusCode::NotFound as u16);
+        if answered < records.count() && !refused {
+            return Err(ClientError::Protocol(
+                "the server answered part of a batch without saying why".into(),
+            ));
+        }
+        records.clear();
+        Ok(outcomes)
+    }
+}
+
+/// A batch answer that does not decode.
+fn bad_answer(e: batch::BatchError) -> ClientError {
+    ClientError::Protocol(format!("batch answer: {e}"))
 }
 
 /// How many records an answer holds: at least one, at most as many as

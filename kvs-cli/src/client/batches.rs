@@ -1,6 +1,7 @@
 //! `mget`, `mset`, `mdel`: many keys in one request.
 
 use super::args::{connect, key_arg, Args};
+use super::commands::entry_json;
 use crate::support::Failure;
 use kvs_core::text::escape_bytes_for_display;
 use std::ffi::OsString;
@@ -19,18 +20,9 @@ pub(super) fn mget(args: &Args, keys: &[OsString], json: bool) -> Result<(), Fai
         let items: Vec<serde_json::Value> = keys
             .iter()
             .zip(&entries)
-            .map(|(k, e)| match e {
-                None => serde_json::Value::Null,
-                Some(e) => {
-                    let mut obj = serde_json::Map::new();
-                    crate::support::json_bytes(&mut obj, "key", k);
-                    crate::support::json_bytes(&mut obj, "value", &e.value);
-                    obj.insert("version".into(), e.version.into());
-                    obj.insert("modified_ms".into(), (e.modified_ns / 1_000_000).into());
-                    let expires = (e.deadline_ns != 0).then_some(e.deadline_ns / 1_000_000);
-                    obj.insert("expires_ms".into(), expires.into());
-                    serde_json::Value::Object(obj)
-                }
+            .map(|(k, e)| {
+                e.as_ref()
+                    .map_or(serde_json::Value::Null, |e| entry_json(k, e))
             })
             .collect();
         writeln!(out, "{}", serde_json::Value::Array(items))

@@ -18,14 +18,7 @@ pub(super) fn get(args: &Args, key: &OsString, json: bool) -> Result<(), Failure
         let Some(e) = client.get_entry(&k)? else {
             return Err(not_found(&k));
         };
-        let mut obj = serde_json::Map::new();
-        crate::support::json_bytes(&mut obj, "key", &k);
-        crate::support::json_bytes(&mut obj, "value", &e.value);
-        obj.insert("version".into(), e.version.into());
-        obj.insert("modified_ms".into(), (e.modified_ns / 1_000_000).into());
-        let expires = (e.deadline_ns != 0).then_some(e.deadline_ns / 1_000_000);
-        obj.insert("expires_ms".into(), expires.into());
-        println!("{}", serde_json::Value::Object(obj));
+        println!("{}", entry_json(&k, &e));
         return Ok(());
     }
     match client.get(&k)? {
@@ -71,6 +64,19 @@ pub(super) fn set(
             Cas::Conflict(current) => Err(conflict(&k, current)),
         },
     }
+}
+
+/// An entry as `get --json` and `mget --json` print it: the key and value
+/// (`_base64` when not UTF-8), version, `modified_ms`, `expires_ms`.
+pub(super) fn entry_json(key: &[u8], e: &kvs_client::Versioned<Vec<u8>>) -> serde_json::Value {
+    let mut obj = serde_json::Map::new();
+    crate::support::json_bytes(&mut obj, "key", key);
+    crate::support::json_bytes(&mut obj, "value", &e.value);
+    obj.insert("version".into(), e.version.into());
+    obj.insert("modified_ms".into(), (e.modified_ns / 1_000_000).into());
+    let expires = (e.deadline_ns != 0).then_some(e.deadline_ns / 1_000_000);
+    obj.insert("expires_ms".into(), expires.into());
+    serde_json::Value::Object(obj)
 }
 
 /// Exit 1: the key is absent.

@@ -724,10 +724,6 @@ impl<S: Segment> StoreWriter<S> {
         let mut evictions = 0;
         let mut blind = 0;
         let mut reserve = self.entry_reserve();
-        // Room for this entry is a free block of its size class: evicting
-        // entries of that class makes it (rule 2 of the allocator: a
-        // class's blocks serve that class only).
-        let class = class_of(block::block_bytes(key.len() as u64, value.len()));
         loop {
             match self.write_once(key, value, spec, keep, reserve, &mut on_change) {
                 Err(e @ (WriteError::MemoryFull | WriteError::EntriesFull)) => {
@@ -735,7 +731,13 @@ impl<S: Segment> StoreWriter<S> {
                     if !policy.evicts() || evictions == evict::MAX_EVICTIONS_PER_WRITE {
                         return Err(e);
                     }
-                    let want = (e == WriteError::MemoryFull).then_some(class).flatten();
+                    // Room for this entry is a free block of its size
+                    // class: evicting entries of that class makes it (rule
+                    // 2 of the allocator: a class's blocks serve that class
+                    // only). The entry limit: any entry will do.
+                    let want = (e == WriteError::MemoryFull)
+                        .then(|| class_of(block::block_bytes(key.len() as u64, value.len())))
+                        .flatten();
                     match self.evict_one(policy, want, &mut on_change) {
                         Some(true) => {}
                         // No entry of the class to evict (a class the store
