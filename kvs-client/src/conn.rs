@@ -11,8 +11,10 @@
 //! only a read that keeps colliding with writers (or meets a store it
 //! cannot make sense of) asks a worker, the same way as a write.
 //!
-//! Nothing here takes a lock, so a connection is `Send + Sync` and any
-//! number of threads may share one.
+//! Nothing on the request path takes a lock, so a connection is `Send +
+//! Sync` and any number of threads may share one. A request awaited as a
+//! future is woken by the connection's reactor thread (`crate::reactor`),
+//! started on the first await that has to wait.
 
 use crate::error::{ClientError, Result, StoreLimit};
 use kvs_core::bulk::BulkClaim;
@@ -21,13 +23,14 @@ use kvs_core::protocol::{
     staging_arg, OpCode, Payload, Request, Response, StatusCode, STAGED, VALUE_TOO_LARGE,
 };
 use kvs_core::region::{ConnectOptions, InitState, Region};
-use kvs_core::response_table::{Claim, WaitOutcome};
+use kvs_core::response_table::{Claim, Poll, WaitOutcome};
 use kvs_core::ring::PushError;
 use kvs_core::store::hash::KeyHash;
 use kvs_core::store::read::{Lookup, StoreView};
 use kvs_core::wait::{Backoff, FutexParker, SpinPolicy};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 /// How a client connects, waits and for how long.
@@ -140,7 +143,9 @@ pub(crate) struct Answer {
 
 /// A connection to the server of one region.
 pub(crate) struct Conn {
-    region: Region,
+    /// Shared with the reactor thread, which outlives no connection (it is
+    /// joined when the connection drops).
+    region: Arc<Region>,
     registration: u32,
     /// Our pid, recorded in claimed slots (cached: `getpid` is a syscall).
     pid: u32,
@@ -152,6 +157,8 @@ pub(crate) struct Conn {
     /// different processes do not all bump one shared cursor line. Relaxed:
     /// a racy hint only changes where probing starts.
     claim_hint: AtomicU64,
+    /// Wakes tasks awaiting answers; started on first need.
+    reactor: OnceLock<crate::reactor::Reactor>,
     pub(crate) options: ClientOptions,
 }
 
@@ -201,13 +208,14 @@ impl Conn {
             ));
         };
         Ok(Self {
-            region,
+            region: Arc::new(region),
             registration,
             pid: std::process::id(),
             fork_generation: crate::fork::generation_at_connect(),
             gone: AtomicBool::new(false),
             // Spread clients over the table by registration.
             claim_hint: AtomicU64::new(u64::from(registration).wrapping_mul(0x9e37_79b9)),
+            reactor: OnceLock::new(),
             options,
         })
     }
@@ -218,6 +226,22 @@ impl Conn {
 
     pub(crate) fn registration(&self) -> u32 {
         self.registration
+    }
+
+    /// The reactor that wakes tasks awaiting this connection's answers,
+    /// started on first use.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::WakerThread`] when its thread cannot be started.
+    pub(crate) fn reactor(&self) -> Result<&crate::reactor::Reactor> {
+        if let Some(r) = self.reactor.get() {
+            return Ok(r);
+        }
+        let started = crate::reactor::Reactor::start(Arc::clone(&self.region), self.registration)?;
+        // Another thread may have started one meanwhile: the first stays,
+        // this one stops in its drop.
+        Ok(self.reactor.get_or_init(|| started))
     }
 
     /// The largest key and value the store allows.
@@ -350,32 +374,6 @@ impl Conn {
     /// Bytes of records one batch request may carry (a staging buffer's).
     pub(crate) fn batch_capacity(&self) -> u64 {
         self.region.bulk().data_size() as u64
-    }
-
-    /// Sends one batch (see `kvs_core::batch`) and waits for its answer;
-    /// an MGET always takes a staging buffer (its answer may be large).
-    pub(crate) fn call_batch(
-        &self,
-        op: OpCode,
-        records: &kvs_core::batch::Encoder,
-        arg3: u64,
-        deadline: &Deadline,
-    ) -> Result<Answer> {
-        let args = Args {
-            arg2: records.count(),
-            arg3,
-            flags: 0,
-        };
-        let answer = self.call_staged(
-            op,
-            &[],
-            Some(records.bytes()),
-            args,
-            deadline,
-            op == OpCode::MGet,
-        )?;
-        check_status(op, &answer.response)?;
-        Ok(answer)
     }
 
     /// Sends one request and waits for its answer.
@@ -645,21 +643,52 @@ impl Conn {
                 if let Some(s) = &sub.staging {
                     bulk.abandon(s);
                 }
-                Err(match other {
-                    WaitOutcome::TimedOut => ClientError::timeout(sub.op, timeout),
-                    WaitOutcome::ServerGone => {
-                        // Remember it only if the connection says so: a
-                        // scribbled header state must not end this client
-                        // for good.
-                        if self.region.connection_ended() {
-                            self.gone.store(true, Ordering::Relaxed);
-                        }
-                        ClientError::ServerGone
-                    }
-                    _ => ClientError::SlotLost,
-                })
+                Err(self.failure(sub.op, other, timeout))
             }
         }
+    }
+
+    /// The error of a wait that ended without an answer.
+    fn failure(&self, op: OpCode, outcome: WaitOutcome, timeout: Duration) -> ClientError {
+        match outcome {
+            WaitOutcome::TimedOut => ClientError::timeout(op, timeout),
+            WaitOutcome::ServerGone => {
+                // Remember it only if the connection says so: a scribbled
+                // header state must not end this client for good.
+                if self.region.connection_ended() {
+                    self.gone.store(true, Ordering::Relaxed);
+                }
+                ClientError::ServerGone
+            }
+            _ => ClientError::SlotLost,
+        }
+    }
+
+    /// The answer if it has arrived (never waits): `Err(sub)` back while
+    /// it is pending.
+    pub(crate) fn try_finish(
+        &self,
+        sub: Submitted,
+    ) -> std::result::Result<Result<Answer>, Submitted> {
+        let mut value = Vec::new();
+        let outcome = match self.region.slots().poll(&sub.claim, Some(&mut value)) {
+            Poll::Pending => return Err(sub),
+            Poll::Ready(resp) => WaitOutcome::Ready(resp),
+            Poll::Lost => WaitOutcome::Lost,
+        };
+        Ok(self.finish(sub, outcome, value, Duration::ZERO))
+    }
+
+    /// Abandons a request that is still pending, with `outcome`'s error
+    /// (an answer that arrives just now is dropped with it).
+    pub(crate) fn give_up(
+        &self,
+        sub: &Submitted,
+        outcome: WaitOutcome,
+        timeout: Duration,
+    ) -> ClientError {
+        self.abandon(sub);
+        self.failure(sub.op, outcome, timeout)
     }
 
     /// Gives up on a request in flight (a dropped ticket).

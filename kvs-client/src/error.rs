@@ -89,6 +89,9 @@ pub enum ClientError {
     /// The server tried and failed (a snapshot it could not write, say).
     #[error("the server failed: {0}")]
     ServerFailed(String),
+    /// The thread that wakes tasks awaiting answers could not be started.
+    #[error("cannot start the thread that wakes tasks awaiting answers: {0}")]
+    WakerThread(String),
     /// The response slot was taken from us (the server judged us dead).
     #[error("the response slot was reclaimed before the answer arrived")]
     SlotLost,

@@ -50,6 +50,7 @@ mod fork;
 mod listing;
 mod many;
 mod operations;
+mod reactor;
 pub mod status;
 mod subscription;
 mod ticket;

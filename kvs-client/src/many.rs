@@ -8,14 +8,57 @@
 //! key is read from the store directly, and only those a direct read could
 //! not serve (writers kept colliding with it) go to a worker, together, as
 //! one MGET.
+//!
+//! Each call has an `_async` twin (`get_many_async`, ...) whose requests
+//! are awaited as futures. Both are the same code: an `async fn` whose
+//! requests are [`Ticket`]s; the blocking call makes them blocking tickets
+//! (a poll waits on the thread), so its future completes in its first poll
+//! ([`run_blocking`]).
 
 use crate::client::{decode_value, KVSClient, Versioned};
-use crate::conn::{check_status, read_with, Deadline, RawEntry};
+use crate::conn::{check_status, read_with, Answer, RawEntry};
 use crate::error::{ClientError, Result};
+use crate::ticket::Ticket;
 use kvs_core::batch::{self, Encoder};
 use kvs_core::codec::Codec;
 use kvs_core::protocol::{OpCode, Response, StatusCode, VALUE_TOO_LARGE};
+use std::future::Future;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
+
+/// How the requests of a call are awaited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// On the thread: every await is ready in its first poll.
+    Blocking,
+    /// As futures, woken by the reactor.
+    Async,
+}
+
+impl Mode {
+    fn apply<'c, K: Codec, V: Codec, R>(self, t: Ticket<'c, K, V, R>) -> Ticket<'c, K, V, R> {
+        match self {
+            Mode::Blocking => t.blocking(),
+            Mode::Async => t,
+        }
+    }
+}
+
+/// Runs a call made in [`Mode::Blocking`]: every await in it completes in
+/// its first poll, so one poll (with a waker nobody needs) completes it.
+fn run_blocking<T>(call: impl Future<Output = Result<T>>) -> Result<T> {
+    let mut call = std::pin::pin!(call);
+    match call.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(r) => r,
+        Poll::Pending => Err(ClientError::Protocol(
+            "a blocking call was left pending".into(),
+        )),
+    }
+}
+
+fn raw(entry: Option<RawEntry>) -> Result<Option<RawEntry>> {
+    Ok(entry)
+}
 
 impl<K: Codec, V: Codec> KVSClient<K, V> {
     /// The values of `keys`, in order (`None`: absent).
@@ -29,9 +72,22 @@ impl<K: Codec, V: Codec> KVSClient<K, V> {
     where
         K: 'k,
     {
-        self.read_many(keys, |e| {
-            V::decode_vec(e.value).map_err(ClientError::Decode)
-        })
+        run_blocking(self.read_many(keys, decode_plain::<V>, Mode::Blocking))
+    }
+
+    /// [`get_many`](Self::get_many) as a future.
+    ///
+    /// # Errors
+    ///
+    /// As [`get_many`](Self::get_many).
+    pub async fn get_many_async<'k>(
+        &self,
+        keys: impl IntoIterator<Item = &'k K>,
+    ) -> Result<Vec<Option<V>>>
+    where
+        K: 'k,
+    {
+        self.read_many(keys, decode_plain::<V>, Mode::Async).await
     }
 
     /// [`get_many`](Self::get_many) with each entry's version, modification
@@ -47,16 +103,32 @@ impl<K: Codec, V: Codec> KVSClient<K, V> {
     where
         K: 'k,
     {
-        self.read_many(keys, decode_value)
+        run_blocking(self.read_many(keys, decode_value, Mode::Blocking))
+    }
+
+    /// [`get_many_entries`](Self::get_many_entries) as a future.
+    ///
+    /// # Errors
+    ///
+    /// As [`get_many`](Self::get_many).
+    pub async fn get_many_entries_async<'k>(
+        &self,
+        keys: impl IntoIterator<Item = &'k K>,
+    ) -> Result<Vec<Option<Versioned<V>>>>
+    where
+        K: 'k,
+    {
+        self.read_many(keys, decode_value, Mode::Async).await
     }
 
     /// Reads every key, each found entry through `decode`, straight into
     /// the result (this is the per-key path of a batch read: no second
     /// pass over the entries).
-    fn read_many<'k, T>(
+    async fn read_many<'k, T>(
         &self,
         keys: impl IntoIterator<Item = &'k K>,
-        decode: impl Fn(RawEntry) -> Result<T>,
+        decode: fn(RawEntry) -> Result<T>,
+        mode: Mode,
     ) -> Result<Vec<Option<T>>>
     where
         K: 'k,
@@ -108,19 +180,18 @@ impl<K: Codec, V: Codec> KVSClient<K, V> {
             return Err(e);
         }
         if !through_worker.is_empty() {
-            let deadline = Deadline::after(conn.options.timeout);
-            for (i, entry) in self.mget(&through_worker, &deadline)? {
-                out[i] = entry.map(&decode).transpose()?;
+            for (i, entry) in self.mget(&through_worker, mode).await? {
+                out[i] = entry.map(decode).transpose()?;
             }
         }
         Ok(out)
     }
 
     /// Reads `keys` through workers, as few MGETs as it takes.
-    fn mget(
+    async fn mget(
         &self,
         keys: &[(usize, Vec<u8>)],
-        deadline: &Deadline,
+        mode: Mode,
     ) -> Result<Vec<(usize, Option<RawEntry>)>> {
         let conn = &self.conn;
         let capacity = conn.batch_capacity();
@@ -137,7 +208,7 @@ impl<K: Codec, V: Codec> KVSClient<K, V> {
                 }
                 records.push_key(k);
             }
-            let answer = conn.call_batch(OpCode::MGet, &records, 0, deadline)?;
+            let answer = self.send_batch(OpCode::MGet, &records, 0, mode).await?;
             let answered = answered(&answer.response, records.count())?;
             if answered == 0 {
                 return Err(ClientError::Protocol(
@@ -148,10 +219,7 @@ impl<K: Codec, V: Codec> KVSClient<K, V> {
             for ((head, value), (i, key)) in values.into_iter().zip(&keys[next..]) {
                 let entry = match StatusCode::try_from(head.status) {
                     Ok(StatusCode::Ok) if head.flags & VALUE_TOO_LARGE != 0 => {
-                        let left = deadline
-                            .instant()
-                            .saturating_duration_since(std::time::Instant::now());
-                        conn.get_through_worker(key, left)?
+                        mode.apply(self.worker_read(key.clone(), raw)?).await?
                     }
                     Ok(StatusCode::Ok) => Some(RawEntry {
                         value,
@@ -179,7 +247,16 @@ impl<K: Codec, V: Codec> KVSClient<K, V> {
     /// refused an entry (full): those before it are written, it and those
     /// after are not; and the errors of a request.
     pub fn set_many(&self, entries: &[(K, V)]) -> Result<()> {
-        self.set_many_with(entries, 0)
+        run_blocking(self.set_many_with(entries, 0, Mode::Blocking))
+    }
+
+    /// [`set_many`](Self::set_many) as a future.
+    ///
+    /// # Errors
+    ///
+    /// As [`set_many`](Self::set_many).
+    pub async fn set_many_async(&self, entries: &[(K, V)]) -> Result<()> {
+        self.set_many_with(entries, 0, Mode::Async).await
     }
 
     /// [`set_many`](Self::set_many), each entry expiring `ttl` from now.
@@ -189,42 +266,55 @@ impl<K: Codec, V: Codec> KVSClient<K, V> {
     /// As [`set_many`](Self::set_many); [`ClientError::InvalidArgument`]
     /// for a zero `ttl`.
     pub fn set_many_with_ttl(&self, entries: &[(K, V)], ttl: Duration) -> Result<()> {
-        self.set_many_with(entries, crate::operations::deadline_after(ttl)?)
+        let deadline = crate::operations::deadline_after(ttl)?;
+        run_blocking(self.set_many_with(entries, deadline, Mode::Blocking))
     }
 
-    fn set_many_with(&self, entries: &[(K, V)], deadline_ns: u64) -> Result<()> {
+    /// [`set_many_with_ttl`](Self::set_many_with_ttl) as a future.
+    ///
+    /// # Errors
+    ///
+    /// As [`set_many_with_ttl`](Self::set_many_with_ttl).
+    pub async fn set_many_with_ttl_async(&self, entries: &[(K, V)], ttl: Duration) -> Result<()> {
+        let deadline = crate::operations::deadline_after(ttl)?;
+        self.set_many_with(entries, deadline, Mode::Async).await
+    }
+
+    async fn set_many_with(&self, entries: &[(K, V)], deadline_ns: u64, mode: Mode) -> Result<()> {
         let conn = &self.conn;
-        let deadline = Deadline::after(conn.options.timeout);
         let capacity = conn.batch_capacity();
-        let mut records = Encoder::new();
-        let mut written = 0usize;
-        let mut send = |records: &mut Encoder| -> Result<()> {
-            for o in self.send_writes(OpCode::MSet, records, deadline_ns, &deadline)? {
-                outcome_error(OpCode::MSet, &o).map_err(|e| ClientError::PartlyWritten {
-                    written,
-                    source: Box::new(e),
-                })?;
-                written += 1;
-            }
-            Ok(())
-        };
         // Lengths first, for every entry: nothing is sent if one is wrong.
         for (k, v) in entries {
             k.with_encoded(|k| v.with_encoded(|v| conn.check_lengths(k, Some(v))))?;
         }
-        for (k, v) in entries {
+        let mut records = Encoder::new();
+        let mut written = 0usize;
+        for (i, (k, v)) in entries.iter().enumerate() {
             k.with_encoded(|k| {
                 v.with_encoded(|v| {
-                    let need = batch::entry_record_bytes(k.len() as u64, v.len() as u64);
-                    if records.len() + need > capacity {
-                        send(&mut records)?;
-                    }
                     records.push_entry(k, v);
-                    Ok::<_, ClientError>(())
                 })
-            })?;
+            });
+            let next_need = entries.get(i + 1).map_or(u64::MAX, |(k, v)| {
+                k.with_encoded(|k| {
+                    v.with_encoded(|v| batch::entry_record_bytes(k.len() as u64, v.len() as u64))
+                })
+            });
+            // Send when the next entry would not fit (or there is none).
+            if records.len().saturating_add(next_need) > capacity {
+                for o in self
+                    .send_writes(OpCode::MSet, &mut records, deadline_ns, mode)
+                    .await?
+                {
+                    outcome_error(OpCode::MSet, &o).map_err(|e| ClientError::PartlyWritten {
+                        written,
+                        source: Box::new(e),
+                    })?;
+                    written += 1;
+                }
+            }
         }
-        send(&mut records)
+        Ok(())
     }
 
     /// Removes every key; returns how many were present.
@@ -237,8 +327,30 @@ impl<K: Codec, V: Codec> KVSClient<K, V> {
     where
         K: 'k,
     {
+        run_blocking(self.del_many_in(keys, Mode::Blocking))
+    }
+
+    /// [`del_many`](Self::del_many) as a future.
+    ///
+    /// # Errors
+    ///
+    /// As [`del_many`](Self::del_many).
+    pub async fn del_many_async<'k>(&self, keys: impl IntoIterator<Item = &'k K>) -> Result<usize>
+    where
+        K: 'k,
+    {
+        self.del_many_in(keys, Mode::Async).await
+    }
+
+    async fn del_many_in<'k>(
+        &self,
+        keys: impl IntoIterator<Item = &'k K>,
+        mode: Mode,
+    ) -> Result<usize>
+    where
+        K: 'k,
+    {
         let conn = &self.conn;
-        let deadline = Deadline::after(conn.options.timeout);
         let capacity = conn.batch_capacity();
         let keys: Vec<&K> = keys.into_iter().collect();
         for k in &keys {
@@ -246,22 +358,20 @@ impl<K: Codec, V: Codec> KVSClient<K, V> {
         }
         let mut records = Encoder::new();
         let mut removed = 0usize;
-        let mut send = |records: &mut Encoder| -> Result<()> {
-            for o in self.send_writes(OpCode::MDel, records, 0, &deadline)? {
-                removed += usize::from(o.status == StatusCode::Ok as u16);
-            }
-            Ok(())
-        };
-        for k in keys {
-            k.with_encoded(|k| {
-                if records.len() + batch::key_record_bytes(k.len() as u64) > capacity {
-                    send(&mut records)?;
+        for (i, k) in keys.iter().enumerate() {
+            k.with_encoded(|k| records.push_key(k));
+            let next_need = keys.get(i + 1).map_or(u64::MAX, |k| {
+                k.with_encoded(|k| batch::key_record_bytes(k.len() as u64))
+            });
+            if records.len().saturating_add(next_need) > capacity {
+                for o in self
+                    .send_writes(OpCode::MDel, &mut records, 0, mode)
+                    .await?
+                {
+                    removed += usize::from(o.status == StatusCode::Ok as u16);
                 }
-                records.push_key(k);
-                Ok::<_, ClientError>(())
-            })?;
+            }
         }
-        send(&mut records)?;
         Ok(removed)
     }
 }
@@ -271,17 +381,17 @@ impl<K: Codec, V: Codec> KVSClient<K, V> {
     /// them; the outcomes, in order. Fewer outcomes than records only
     /// after a refused one (MSET stops there; an absent key is not
     /// refused); anything else short is a protocol error.
-    fn send_writes(
+    async fn send_writes(
         &self,
         op: OpCode,
         records: &mut Encoder,
         arg3: u64,
-        deadline: &Deadline,
+        mode: Mode,
     ) -> Result<Vec<batch::Outcome>> {
         if records.is_empty() {
             return Ok(Vec::new());
         }
-        let answer = self.conn.call_batch(op, records, arg3, deadline)?;
+        let answer = self.send_batch(op, records, arg3, mode).await?;
         let answered = answered(&answer.response, records.count())?;
         let outcomes = batch::decode_outcomes(&answer.value, answered).map_err(bad_answer)?;
         let refused = outcomes
@@ -295,6 +405,26 @@ impl<K: Codec, V: Codec> KVSClient<K, V> {
         records.clear();
         Ok(outcomes)
     }
+}
+
+impl<K: Codec, V: Codec> KVSClient<K, V> {
+    /// Sends one batch request and waits for (or awaits) its answer, its
+    /// status checked.
+    async fn send_batch(
+        &self,
+        op: OpCode,
+        records: &Encoder,
+        arg3: u64,
+        mode: Mode,
+    ) -> Result<Answer> {
+        let answer = mode.apply(self.batch_ticket(op, records, arg3)?).await?;
+        check_status(op, &answer.response)?;
+        Ok(answer)
+    }
+}
+
+fn decode_plain<V: Codec>(entry: RawEntry) -> Result<V> {
+    V::decode_vec(entry.value).map_err(ClientError::Decode)
 }
 
 /// A batch answer that does not decode.

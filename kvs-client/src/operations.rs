@@ -18,9 +18,10 @@
 //!   conditional write is made only if the version is still the one read
 //!   (0: only if absent), as etcd's compare on `mod_revision`.
 
-use crate::client::KVSClient;
-use crate::conn::{check_status, Args, Deadline};
+use crate::client::{decode_set, KVSClient};
+use crate::conn::{check_status, Answer, Args, RawEntry};
 use crate::error::{ClientError, Result};
+use crate::ticket::Ticket;
 use kvs_core::codec::Codec;
 use kvs_core::protocol::{OpCode, StatusCode, IF_VERSION, KEEP_TTL};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -67,15 +68,26 @@ impl<K: Codec, V: Codec> KVSClient<K, V> {
     /// As [`KVSClient::set`]; [`ClientError::InvalidArgument`] for a zero
     /// TTL.
     pub fn set_with_ttl(&self, key: &K, value: &V, ttl: Duration) -> Result<()> {
+        self.set_with_ttl_async(key, value, ttl)?
+            .wait(self.conn.options.timeout)
+    }
+
+    /// [`KVSClient::set_with_ttl`] as a [`Ticket`].
+    ///
+    /// # Errors
+    ///
+    /// As [`KVSClient::set_async`]; a zero TTL.
+    pub fn set_with_ttl_async(
+        &self,
+        key: &K,
+        value: &V,
+        ttl: Duration,
+    ) -> Result<Ticket<'_, K, V, ()>> {
         let args = Args {
             arg2: deadline_after(ttl)?,
             ..Args::default()
         };
-        let answer = self.write(OpCode::Set, key, value, args, self.conn.options.timeout)?;
-        match check_status(OpCode::Set, &answer.response)? {
-            StatusCode::Ok => Ok(()),
-            s => Err(unexpected(s, "set")),
-        }
+        self.write_ticket(OpCode::Set, key, value, args, decode_set)
     }
 
     /// Gives `key` a deadline `ttl` from now; `false` if it is absent.
@@ -84,7 +96,17 @@ impl<K: Codec, V: Codec> KVSClient<K, V> {
     ///
     /// As [`KVSClient::set`] (the entry is rewritten).
     pub fn expire(&self, key: &K, ttl: Duration) -> Result<bool> {
-        self.set_deadline(key, deadline_after(ttl)?)
+        self.expire_async(key, ttl)?.wait(self.conn.options.timeout)
+    }
+
+    /// [`KVSClient::expire`] as a [`Ticket`].
+    ///
+    /// # Errors
+    ///
+    /// As [`KVSClient::set_async`]; a zero TTL.
+    pub fn expire_async(&self, key: &K, ttl: Duration) -> Result<Ticket<'_, K, V, bool>> {
+        let deadline = deadline_after(ttl)?;
+        self.keyed_ticket(OpCode::Expire, key, Args::from(deadline), decode_expire)
     }
 
     /// Removes `key`'s deadline; `false` if it is absent.
@@ -93,16 +115,16 @@ impl<K: Codec, V: Codec> KVSClient<K, V> {
     ///
     /// As [`KVSClient::expire`].
     pub fn persist(&self, key: &K) -> Result<bool> {
-        self.set_deadline(key, 0)
+        self.persist_async(key)?.wait(self.conn.options.timeout)
     }
 
-    fn set_deadline(&self, key: &K, deadline: u64) -> Result<bool> {
-        let answer = self.keyed(OpCode::Expire, key, Args::from(deadline))?;
-        match check_status(OpCode::Expire, &answer.response)? {
-            StatusCode::Ok => Ok(true),
-            StatusCode::NotFound => Ok(false),
-            s => Err(unexpected(s, "expire")),
-        }
+    /// [`KVSClient::persist`] as a [`Ticket`].
+    ///
+    /// # Errors
+    ///
+    /// As [`KVSClient::set_async`].
+    pub fn persist_async(&self, key: &K) -> Result<Ticket<'_, K, V, bool>> {
+        self.keyed_ticket(OpCode::Expire, key, Args::from(0), decode_expire)
     }
 
     /// How long `key` lives: `None` if it is absent (or expired).
@@ -111,16 +133,17 @@ impl<K: Codec, V: Codec> KVSClient<K, V> {
     ///
     /// As [`KVSClient::get`].
     pub fn ttl(&self, key: &K) -> Result<Option<Ttl>> {
-        let Some(entry) = key.with_encoded(|k| self.conn.get(k, self.conn.options.timeout))? else {
-            return Ok(None);
-        };
-        if entry.deadline_ns == 0 {
-            return Ok(Some(Ttl::Persistent));
-        }
-        let now = kvs_core::clock::unix_now_ns();
-        Ok(Some(Ttl::Expires(Duration::from_millis(
-            entry.deadline_ns.saturating_sub(now) / 1_000_000,
-        ))))
+        self.ttl_async(key)?.wait(self.conn.options.timeout)
+    }
+
+    /// [`KVSClient::ttl`] as a [`Ticket`] (ready at once when read
+    /// directly).
+    ///
+    /// # Errors
+    ///
+    /// As [`KVSClient::get_async`].
+    pub fn ttl_async(&self, key: &K) -> Result<Ticket<'_, K, V, Option<Ttl>>> {
+        self.entry_ticket(key, ttl_of)
     }
 
     /// Adds `delta` to the counter at `key` (absent: 0) and returns the new
@@ -132,13 +155,16 @@ impl<K: Codec, V: Codec> KVSClient<K, V> {
     /// [`ClientError::Overflow`] when the result does not fit an `i64`;
     /// neither changes anything. Otherwise as [`KVSClient::set`].
     pub fn incr(&self, key: &K, delta: i64) -> Result<i64> {
-        let answer = self.keyed(OpCode::Incr, key, Args::from(delta as u64))?;
-        match check_status(OpCode::Incr, &answer.response)? {
-            StatusCode::Ok => Ok(answer.response.aux64 as i64),
-            StatusCode::NotInteger => Err(ClientError::NotInteger),
-            StatusCode::Overflow => Err(ClientError::Overflow),
-            s => Err(unexpected(s, "incr")),
-        }
+        self.incr_async(key, delta)?.wait(self.conn.options.timeout)
+    }
+
+    /// [`KVSClient::incr`] as a [`Ticket`].
+    ///
+    /// # Errors
+    ///
+    /// As [`KVSClient::set_async`].
+    pub fn incr_async(&self, key: &K, delta: i64) -> Result<Ticket<'_, K, V, i64>> {
+        self.keyed_ticket(OpCode::Incr, key, Args::from(delta as u64), decode_incr)
     }
 
     /// The counter at `key` (see [`KVSClient::incr`]).
@@ -148,12 +174,8 @@ impl<K: Codec, V: Codec> KVSClient<K, V> {
     /// [`ClientError::NotInteger`] when the value is not a decimal integer;
     /// otherwise as [`KVSClient::get`].
     pub fn get_counter(&self, key: &K) -> Result<Option<i64>> {
-        let Some(entry) = key.with_encoded(|k| self.conn.get(k, self.conn.options.timeout))? else {
-            return Ok(None);
-        };
-        kvs_core::counter::parse(&entry.value)
-            .map(Some)
-            .map_err(|_| ClientError::NotInteger)
+        self.entry_ticket(key, counter_of)?
+            .wait(self.conn.options.timeout)
     }
 
     /// Sets `key` to `value` only if its version is `expected` (0: only if
@@ -163,13 +185,27 @@ impl<K: Codec, V: Codec> KVSClient<K, V> {
     ///
     /// As [`KVSClient::set`].
     pub fn set_if_version(&self, key: &K, value: &V, expected: u64) -> Result<Cas> {
+        self.set_if_version_async(key, value, expected)?
+            .wait(self.conn.options.timeout)
+    }
+
+    /// [`KVSClient::set_if_version`] as a [`Ticket`].
+    ///
+    /// # Errors
+    ///
+    /// As [`KVSClient::set_async`].
+    pub fn set_if_version_async(
+        &self,
+        key: &K,
+        value: &V,
+        expected: u64,
+    ) -> Result<Ticket<'_, K, V, Cas>> {
         let args = Args {
             arg3: expected,
             flags: IF_VERSION,
             ..Args::default()
         };
-        let answer = self.write(OpCode::Set, key, value, args, self.conn.options.timeout)?;
-        cas_of(OpCode::Set, &answer.response)
+        self.write_ticket(OpCode::Set, key, value, args, decode_cas_set)
     }
 
     /// Removes `key` only if its version is `expected`.
@@ -178,16 +214,22 @@ impl<K: Codec, V: Codec> KVSClient<K, V> {
     ///
     /// As [`KVSClient::del`].
     pub fn del_if_version(&self, key: &K, expected: u64) -> Result<Cas> {
+        self.del_if_version_async(key, expected)?
+            .wait(self.conn.options.timeout)
+    }
+
+    /// [`KVSClient::del_if_version`] as a [`Ticket`].
+    ///
+    /// # Errors
+    ///
+    /// As [`KVSClient::del_async`].
+    pub fn del_if_version_async(&self, key: &K, expected: u64) -> Result<Ticket<'_, K, V, Cas>> {
         let args = Args {
             arg3: expected,
             flags: IF_VERSION,
             ..Args::default()
         };
-        let answer = self.keyed(OpCode::Del, key, args)?;
-        match check_status(OpCode::Del, &answer.response)? {
-            StatusCode::NotFound => Ok(Cas::Conflict(0)),
-            _ => cas_of(OpCode::Del, &answer.response),
-        }
+        self.keyed_ticket(OpCode::Del, key, args, decode_cas_del)
     }
 
     /// Reads `key`, computes its new value with `f` (from the current one,
@@ -211,8 +253,10 @@ impl<K: Codec, V: Codec> KVSClient<K, V> {
                 flags: IF_VERSION | KEEP_TTL,
                 ..Args::default()
             };
-            let answer = self.write(OpCode::Set, key, &new, args, self.conn.options.timeout)?;
-            match cas_of(OpCode::Set, &answer.response)? {
+            let cas = self
+                .write_ticket(OpCode::Set, key, &new, args, decode_cas_set)?
+                .wait(self.conn.options.timeout)?;
+            match cas {
                 Cas::Done(v) => return Ok((new, v)),
                 Cas::Conflict(_) if std::time::Instant::now() < give_up => std::thread::yield_now(),
                 Cas::Conflict(_) => {
@@ -224,15 +268,53 @@ impl<K: Codec, V: Codec> KVSClient<K, V> {
             }
         }
     }
+}
 
-    /// A request with a key only, and `args`.
-    fn keyed(&self, op: OpCode, key: &K, args: Args) -> Result<crate::conn::Answer> {
-        let deadline = Deadline::after(self.conn.options.timeout);
-        key.with_encoded(|k| {
-            self.conn.check_lengths(k, None)?;
-            self.conn.call(op, k, None, args, &deadline)
-        })
+fn decode_expire(answer: Answer) -> Result<bool> {
+    match check_status(OpCode::Expire, &answer.response)? {
+        StatusCode::Ok => Ok(true),
+        StatusCode::NotFound => Ok(false),
+        s => Err(unexpected(s, "expire")),
     }
+}
+
+fn decode_incr(answer: Answer) -> Result<i64> {
+    match check_status(OpCode::Incr, &answer.response)? {
+        StatusCode::Ok => Ok(answer.response.aux64 as i64),
+        StatusCode::NotInteger => Err(ClientError::NotInteger),
+        StatusCode::Overflow => Err(ClientError::Overflow),
+        s => Err(unexpected(s, "incr")),
+    }
+}
+
+fn decode_cas_set(answer: Answer) -> Result<Cas> {
+    cas_of(OpCode::Set, &answer.response)
+}
+
+fn decode_cas_del(answer: Answer) -> Result<Cas> {
+    match check_status(OpCode::Del, &answer.response)? {
+        StatusCode::NotFound => Ok(Cas::Conflict(0)),
+        _ => cas_of(OpCode::Del, &answer.response),
+    }
+}
+
+fn ttl_of(entry: Option<RawEntry>) -> Result<Option<Ttl>> {
+    let Some(entry) = entry else {
+        return Ok(None);
+    };
+    if entry.deadline_ns == 0 {
+        return Ok(Some(Ttl::Persistent));
+    }
+    let now = kvs_core::clock::unix_now_ns();
+    Ok(Some(Ttl::Expires(Duration::from_millis(
+        entry.deadline_ns.saturating_sub(now) / 1_000_000,
+    ))))
+}
+
+fn counter_of(entry: Option<RawEntry>) -> Result<Option<i64>> {
+    entry
+        .map(|e| kvs_core::counter::parse(&e.value).map_err(|_| ClientError::NotInteger))
+        .transpose()
 }
 
 fn cas_of(op: OpCode, response: &kvs_core::protocol::Response) -> Result<Cas> {

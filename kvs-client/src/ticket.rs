@@ -1,23 +1,52 @@
-//! Tickets: handles to requests in flight.
+//! Tickets: handles to requests in flight, and futures of their answers.
 //!
 //! A ticket owns one response slot (and a staging buffer, for a large
-//! value) until it is waited on or taken. Dropping it abandons the
-//! request, so the slot goes back to the table (the server frees it when
-//! it gets to the request) and nothing leaks. A GET is read directly when
-//! it is submitted: its ticket is ready at once, unless the direct read
-//! had to be left to a worker.
+//! value) until its answer is taken. It is collected one of three ways:
+//!
+//! * [`Ticket::wait`]: blocks the thread (spins briefly, then sleeps on
+//!   the slot's futex), up to a timeout;
+//! * [`Ticket::try_take`]: never blocks, `None` while pending;
+//! * `.await`: a ticket is a [`Future`] any executor can poll (tokio,
+//!   async-std, `futures::executor`, ...). A poll that finds no answer
+//!   registers the task's waker with the connection's reactor thread
+//!   (`crate::reactor`: one thread per connection, for all its requests,
+//!   asleep on the connection's doorbell until the server answers one of
+//!   them) and returns `Pending`; nothing polls in a loop. An await gives
+//!   up after the client's timeout ([`Ticket::with_timeout`] to change
+//!   it), counted from its first poll, and fails at once when the server
+//!   is gone.
+//!
+//! Submitting (the `*_async` call itself) does not wait for the answer;
+//! it waits only, boundedly, when every response slot or the request ring
+//! is full. Dropping a ticket abandons its request, so the slot goes back
+//! to the table (the server frees it when it gets to the request) and
+//! nothing leaks: cancelling a future is dropping it. A read is done
+//! directly when it is submitted: its ticket is ready at once, unless the
+//! direct read had to be left to a worker.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), kvs_client::ClientError> {
+//! let client = kvs_client::KVSClient::<String, String>::connect("my-store")?;
+//! client.set_async(&"k".into(), &"v".into())?.await?;
+//! assert_eq!(client.get_async(&"k".into())?.await?, Some("v".to_string()));
+//! let n = client.incr_async(&"hits".into(), 1)?.await?;
+//! # let _ = n; Ok(()) }
+//! ```
 
-use crate::client::{decode_del, decode_post, decode_set, decode_value, KVSClient};
-use crate::conn::{Answer, Conn, Deadline, Staging, Submitted};
+use crate::client::{decode_del, decode_post, decode_set, decode_value, KVSClient, Versioned};
+use crate::conn::{deadline_after, Answer, Args, Conn, Deadline, RawEntry, Staging, Submitted};
 use crate::error::{ClientError, Result};
 use kvs_core::codec::Codec;
 use kvs_core::protocol::{OpCode, VALUE_TOO_LARGE};
-use kvs_core::response_table::{Poll, WaitOutcome};
+use kvs_core::response_table::{Claim, WaitOutcome};
 use std::fmt;
-use std::time::Duration;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 /// The asynchronous calls: submit now, collect the answer through the
-/// [`Ticket`] later.
+/// [`Ticket`] later (wait, poll, or await it).
 impl<K: Codec, V: Codec> KVSClient<K, V> {
     /// A GET as a ticket (read directly now when it can be).
     ///
@@ -25,45 +54,16 @@ impl<K: Codec, V: Codec> KVSClient<K, V> {
     ///
     /// A key too long; submission errors when the read goes to a worker.
     pub fn get_async(&self, key: &K) -> Result<Ticket<'_, K, V, Option<V>>> {
-        // A direct read answers now; only a busy stripe needs a worker.
-        let direct = key.with_encoded(|k| -> Result<Option<Option<Option<V>>>> {
-            self.conn.check_process()?;
-            self.conn.check_lengths(k, None)?;
-            let Some(view) = self.conn.region().store_view() else {
-                return Ok(None);
-            };
-            match view.get(k) {
-                kvs_core::store::read::Lookup::Found { meta, value } => {
-                    let entry = crate::conn::RawEntry {
-                        value,
-                        version: meta.version,
-                        modified_ns: meta.modified_ns,
-                        deadline_ns: meta.deadline,
-                    };
-                    Ok(Some(Some(Some(decode_value::<V>(entry)?.value))))
-                }
-                kvs_core::store::read::Lookup::Absent => Ok(Some(Some(None))),
-                _ => Ok(None),
-            }
-        })?;
-        if let Some(Some(value)) = direct {
-            return Ok(Ticket::ready(self, Ok(value)));
-        }
-        let deadline = Deadline::after(self.options().ring_full_backoff);
-        let mut key_bytes = Vec::new();
-        key.encode(&mut key_bytes);
-        let sub = self.conn.submit(
-            OpCode::Get,
-            &key_bytes,
-            None,
-            0,
-            &deadline,
-            Staging::IfNeeded,
-        )?;
-        Ok(Ticket {
-            client: self,
-            state: State::InFlight(sub, Decode::Get(decode_get_answer::<V>, key_bytes)),
-        })
+        self.entry_ticket(key, value_of::<V>)
+    }
+
+    /// [`KVSClient::get_entry`] as a ticket.
+    ///
+    /// # Errors
+    ///
+    /// As [`KVSClient::get_async`].
+    pub fn get_entry_async(&self, key: &K) -> Result<Ticket<'_, K, V, Option<Versioned<V>>>> {
+        self.entry_ticket(key, entry_of::<V>)
     }
 
     /// Submits a SET; the ticket yields `()`.
@@ -72,7 +72,7 @@ impl<K: Codec, V: Codec> KVSClient<K, V> {
     ///
     /// Submission errors: too long, ring full, no free slot, server gone.
     pub fn set_async(&self, key: &K, value: &V) -> Result<Ticket<'_, K, V, ()>> {
-        self.write_async(OpCode::Set, key, value, decode_set)
+        self.write_ticket(OpCode::Set, key, value, Args::default(), decode_set)
     }
 
     /// Submits a POST; the ticket yields whether it inserted.
@@ -81,7 +81,7 @@ impl<K: Codec, V: Codec> KVSClient<K, V> {
     ///
     /// As [`KVSClient::set_async`].
     pub fn post_async(&self, key: &K, value: &V) -> Result<Ticket<'_, K, V, bool>> {
-        self.write_async(OpCode::Post, key, value, decode_post)
+        self.write_ticket(OpCode::Post, key, value, Args::default(), decode_post)
     }
 
     /// Submits a DEL; the ticket yields whether it removed.
@@ -90,31 +90,7 @@ impl<K: Codec, V: Codec> KVSClient<K, V> {
     ///
     /// As [`KVSClient::set_async`].
     pub fn del_async(&self, key: &K) -> Result<Ticket<'_, K, V, bool>> {
-        let deadline = Deadline::after(self.options().ring_full_backoff);
-        let sub = key.with_encoded(|k| {
-            self.conn.check_lengths(k, None)?;
-            self.conn
-                .submit(OpCode::Del, k, None, 0, &deadline, Staging::IfNeeded)
-        })?;
-        Ok(Ticket::new(self, sub, decode_del))
-    }
-
-    fn write_async<R>(
-        &self,
-        op: OpCode,
-        key: &K,
-        value: &V,
-        decode: fn(Answer) -> Result<R>,
-    ) -> Result<Ticket<'_, K, V, R>> {
-        let deadline = Deadline::after(self.options().ring_full_backoff);
-        let sub = key.with_encoded(|k| {
-            value.with_encoded(|v| {
-                self.conn.check_lengths(k, Some(v))?;
-                self.conn
-                    .submit(op, k, Some(v), 0, &deadline, Staging::IfNeeded)
-            })
-        })?;
-        Ok(Ticket::new(self, sub, decode))
+        self.keyed_ticket(OpCode::Del, key, Args::default(), decode_del)
     }
 
     /// Waits up to `timeout` for a ticket's answer.
@@ -131,26 +107,132 @@ impl<K: Codec, V: Codec> KVSClient<K, V> {
     pub fn try_take<R>(&self, ticket: &mut Ticket<'_, K, V, R>) -> Option<Result<R>> {
         ticket.try_take()
     }
+
+    /// A read of `key`'s entry: done directly now when it can be, else a
+    /// GET submitted to a worker; `then` makes the result of the entry.
+    pub(crate) fn entry_ticket<R>(
+        &self,
+        key: &K,
+        then: fn(Option<RawEntry>) -> Result<R>,
+    ) -> Result<Ticket<'_, K, V, R>> {
+        let mut key_bytes = Vec::new();
+        key.encode(&mut key_bytes);
+        self.conn.check_readable()?;
+        self.conn.check_lengths(&key_bytes, None)?;
+        // A direct read answers now; only a busy stripe needs a worker.
+        if let Some(found) = self.conn.read_direct(&key_bytes) {
+            return Ok(Ticket::ready(self, then(found)));
+        }
+        self.worker_read(key_bytes, then)
+    }
+
+    /// A GET of `key` (bytes, lengths checked) submitted to a worker.
+    pub(crate) fn worker_read<R>(
+        &self,
+        key: Vec<u8>,
+        then: fn(Option<RawEntry>) -> Result<R>,
+    ) -> Result<Ticket<'_, K, V, R>> {
+        let deadline = Deadline::after(self.options().ring_full_backoff);
+        let sub = self
+            .conn
+            .submit(OpCode::Get, &key, None, 0, &deadline, Staging::IfNeeded)?;
+        let staged = false;
+        Ok(Ticket::in_flight(
+            self,
+            sub,
+            Decode::Entry { then, key, staged },
+        ))
+    }
+
+    /// One batch request (see `kvs_core::batch`): the answer as it came
+    /// (status unchecked). An MGET always takes a staging buffer (its
+    /// answer may be large).
+    pub(crate) fn batch_ticket(
+        &self,
+        op: OpCode,
+        records: &kvs_core::batch::Encoder,
+        arg3: u64,
+    ) -> Result<Ticket<'_, K, V, Answer>> {
+        let args = Args {
+            arg2: records.count(),
+            arg3,
+            flags: 0,
+        };
+        let staging = if op == OpCode::MGet {
+            Staging::Always
+        } else {
+            Staging::IfNeeded
+        };
+        let deadline = Deadline::after(self.options().ring_full_backoff);
+        let sub = self
+            .conn
+            .submit(op, &[], Some(records.bytes()), args, &deadline, staging)?;
+        Ok(Ticket::in_flight(self, sub, Decode::Plain(as_answered)))
+    }
+
+    /// A request with a key only, and `args`.
+    pub(crate) fn keyed_ticket<R>(
+        &self,
+        op: OpCode,
+        key: &K,
+        args: Args,
+        decode: fn(Answer) -> Result<R>,
+    ) -> Result<Ticket<'_, K, V, R>> {
+        let deadline = Deadline::after(self.options().ring_full_backoff);
+        let sub = key.with_encoded(|k| {
+            self.conn.check_lengths(k, None)?;
+            self.conn
+                .submit(op, k, None, args, &deadline, Staging::IfNeeded)
+        })?;
+        Ok(Ticket::in_flight(self, sub, Decode::Plain(decode)))
+    }
+
+    /// A request with a key, a value and `args`, lengths checked first.
+    pub(crate) fn write_ticket<R>(
+        &self,
+        op: OpCode,
+        key: &K,
+        value: &V,
+        args: Args,
+        decode: fn(Answer) -> Result<R>,
+    ) -> Result<Ticket<'_, K, V, R>> {
+        let deadline = Deadline::after(self.options().ring_full_backoff);
+        let sub = key.with_encoded(|k| {
+            value.with_encoded(|v| {
+                self.conn.check_lengths(k, Some(v))?;
+                self.conn
+                    .submit(op, k, Some(v), args, &deadline, Staging::IfNeeded)
+            })
+        })?;
+        Ok(Ticket::in_flight(self, sub, Decode::Plain(decode)))
+    }
 }
 
-/// A GET answered by a worker: a value too large for the slot is fetched
-/// again with a staging buffer (decode gets the connection for that).
-fn decode_get_answer<V: Codec>(answer: Answer, conn: &Conn, key: &[u8]) -> Result<Option<V>> {
-    let entry = if answer.response.flags & VALUE_TOO_LARGE != 0 {
-        conn.get_through_worker(key, conn.options.timeout)?
-    } else {
-        Conn::entry_of(answer)?
-    };
+/// An answer as it came (the caller checks its status for its op).
+fn as_answered(answer: Answer) -> Result<Answer> {
+    Ok(answer)
+}
+
+fn value_of<V: Codec>(entry: Option<RawEntry>) -> Result<Option<V>> {
     entry
         .map(|e| decode_value::<V>(e).map(|v| v.value))
         .transpose()
 }
 
+fn entry_of<V: Codec>(entry: Option<RawEntry>) -> Result<Option<Versioned<V>>> {
+    entry.map(decode_value::<V>).transpose()
+}
+
 /// How a ticket's answer becomes its result.
 enum Decode<R> {
     Plain(fn(Answer) -> Result<R>),
-    /// A GET: needs the connection and the key for a large value.
-    Get(fn(Answer, &Conn, &[u8]) -> Result<R>, Vec<u8>),
+    /// A read through a worker: a value too large for the slot is asked
+    /// for again with a staging buffer (`staged`: this is that request).
+    Entry {
+        then: fn(Option<RawEntry>) -> Result<R>,
+        key: Vec<u8>,
+        staged: bool,
+    },
 }
 
 enum State<R> {
@@ -159,12 +241,25 @@ enum State<R> {
     Done,
 }
 
-/// A submitted request whose answer decodes to `R`.
+/// A submitted request whose answer decodes to `R`; a [`Future`] of it
+/// too (see the module docs).
 #[must_use = "dropping a ticket abandons its request"]
 pub struct Ticket<'c, K, V, R> {
     client: &'c KVSClient<K, V>,
     state: State<R>,
+    /// How long an await waits, from its first poll.
+    timeout: Duration,
+    /// When an await gives up: set by the first poll that found nothing.
+    deadline: Option<Instant>,
+    /// Whether the reactor holds our waker.
+    registered: bool,
+    /// Polls wait on the thread (the blocking calls that share their code
+    /// with the async ones).
+    blocking: bool,
 }
+
+// A ticket is never pinned in place: nothing refers into it.
+impl<K, V, R> Unpin for Ticket<'_, K, V, R> {}
 
 impl<K, V, R> fmt::Debug for Ticket<'_, K, V, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -177,25 +272,69 @@ impl<K, V, R> fmt::Debug for Ticket<'_, K, V, R> {
     }
 }
 
+fn taken() -> ClientError {
+    ClientError::Protocol("ticket taken".into())
+}
+
 impl<'c, K: Codec, V: Codec, R> Ticket<'c, K, V, R> {
-    fn ready(client: &'c KVSClient<K, V>, result: Result<R>) -> Self {
+    fn with_state(client: &'c KVSClient<K, V>, state: State<R>) -> Self {
         Self {
             client,
-            state: State::Ready(Some(result)),
+            state,
+            timeout: client.options().timeout,
+            deadline: None,
+            registered: false,
+            blocking: false,
         }
     }
 
-    fn new(client: &'c KVSClient<K, V>, sub: Submitted, decode: fn(Answer) -> Result<R>) -> Self {
-        Self {
-            client,
-            state: State::InFlight(sub, Decode::Plain(decode)),
-        }
+    pub(crate) fn ready(client: &'c KVSClient<K, V>, result: Result<R>) -> Self {
+        Self::with_state(client, State::Ready(Some(result)))
     }
 
-    fn decode(&self, decode: Decode<R>, answer: Answer) -> Result<R> {
+    fn in_flight(client: &'c KVSClient<K, V>, sub: Submitted, decode: Decode<R>) -> Self {
+        Self::with_state(client, State::InFlight(sub, decode))
+    }
+
+    /// An await of this ticket gives up after `timeout` (from its first
+    /// poll) instead of the client's timeout.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Polls wait on the thread until the answer or the timeout: for the
+    /// blocking calls written once as async code (see `crate::many`).
+    pub(crate) fn blocking(mut self) -> Self {
+        self.blocking = true;
+        self
+    }
+
+    /// What an answer (or a failed wait) makes: the result, or `None` when
+    /// a large value had to be asked for again (the ticket is in flight
+    /// again).
+    fn next(&mut self, decode: Decode<R>, answer: Result<Answer>) -> Option<Result<R>> {
+        let answer = match answer {
+            Ok(a) => a,
+            Err(e) => return Some(Err(e)),
+        };
         match decode {
-            Decode::Plain(f) => f(answer),
-            Decode::Get(f, key) => f(answer, &self.client.conn, &key),
+            Decode::Plain(f) => Some(f(answer)),
+            Decode::Entry { then, key, staged }
+                if !staged && answer.response.flags & VALUE_TOO_LARGE != 0 =>
+            {
+                let deadline = Deadline::after(self.client.options().ring_full_backoff);
+                let conn = &self.client.conn;
+                match conn.submit(OpCode::Get, &key, None, 0, &deadline, Staging::Always) {
+                    Ok(sub) => {
+                        let staged = true;
+                        self.state = State::InFlight(sub, Decode::Entry { then, key, staged });
+                        None
+                    }
+                    Err(e) => Some(Err(e)),
+                }
+            }
+            Decode::Entry { then, .. } => Some(Conn::entry_of(answer).and_then(then)),
         }
     }
 
@@ -206,14 +345,24 @@ impl<'c, K: Codec, V: Codec, R> Ticket<'c, K, V, R> {
     /// [`ClientError::Timeout`] (the request is abandoned), server gone, or
     /// the op's own errors.
     pub fn wait(mut self, timeout: Duration) -> Result<R> {
-        match std::mem::replace(&mut self.state, State::Done) {
-            State::Ready(r) => r.unwrap_or(Err(ClientError::Protocol("ticket taken".into()))),
-            State::Done => Err(ClientError::Protocol("ticket taken".into())),
-            State::InFlight(sub, decode) => {
-                self.client.conn.check_process()?;
-                let deadline = Deadline::after(timeout);
-                let answer = self.client.conn.wait(sub, &deadline)?;
-                self.decode(decode, answer)
+        self.wait_here(timeout)
+    }
+
+    fn wait_here(&mut self, timeout: Duration) -> Result<R> {
+        let deadline = Deadline::after(timeout);
+        loop {
+            match std::mem::replace(&mut self.state, State::Done) {
+                State::Ready(r) => return r.unwrap_or_else(|| Err(taken())),
+                State::Done => return Err(taken()),
+                State::InFlight(sub, decode) => {
+                    self.client.conn.check_process()?;
+                    let claim = sub.claim;
+                    let answer = self.client.conn.wait(sub, &deadline);
+                    self.unregister(&claim);
+                    if let Some(r) = self.next(decode, answer) {
+                        return r;
+                    }
+                }
             }
         }
     }
@@ -221,38 +370,94 @@ impl<'c, K: Codec, V: Codec, R> Ticket<'c, K, V, R> {
     /// The answer if it has arrived: `None` while pending (the ticket stays
     /// valid), `Some` once (after which the ticket is spent).
     pub fn try_take(&mut self) -> Option<Result<R>> {
-        if let Err(e) = self.client.conn.check_process() {
-            self.state = State::Done;
-            return Some(Err(e));
-        }
-        match std::mem::replace(&mut self.state, State::Done) {
-            State::Ready(r) => r,
-            State::Done => None,
-            State::InFlight(sub, decode) => {
-                let mut value = Vec::new();
-                match self
-                    .client
-                    .region()
-                    .slots()
-                    .poll(&sub.claim, Some(&mut value))
-                {
-                    Poll::Pending => {
-                        self.state = State::InFlight(sub, decode);
-                        None
+        loop {
+            if let Err(e) = self.client.conn.check_process() {
+                self.state = State::Done;
+                return Some(Err(e));
+            }
+            match std::mem::replace(&mut self.state, State::Done) {
+                State::Ready(r) => return r,
+                State::Done => return None,
+                State::InFlight(sub, decode) => {
+                    let claim = sub.claim;
+                    match self.client.conn.try_finish(sub) {
+                        Err(sub) => {
+                            self.state = State::InFlight(sub, decode);
+                            return None;
+                        }
+                        Ok(answer) => {
+                            self.unregister(&claim);
+                            if let Some(r) = self.next(decode, answer) {
+                                return Some(r);
+                            }
+                        }
                     }
-                    Poll::Ready(resp) => Some(
-                        self.client
-                            .conn
-                            .finish(sub, WaitOutcome::Ready(resp), value, Duration::ZERO)
-                            .and_then(|a| self.decode(decode, a)),
-                    ),
-                    Poll::Lost => Some(
-                        self.client
-                            .conn
-                            .finish(sub, WaitOutcome::Lost, value, Duration::ZERO)
-                            .and_then(|a| self.decode(decode, a)),
-                    ),
                 }
+            }
+        }
+    }
+
+    /// Forgets the reactor's registration of `claim`, if we made one.
+    fn unregister(&mut self, claim: &Claim) {
+        if std::mem::take(&mut self.registered) {
+            if let Ok(reactor) = self.client.conn.reactor() {
+                reactor.deregister(claim);
+            }
+        }
+    }
+}
+
+impl<K: Codec, V: Codec, R> Future for Ticket<'_, K, V, R> {
+    type Output = Result<R>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<R>> {
+        let this = self.get_mut();
+        if this.blocking {
+            let timeout = this.timeout;
+            return Poll::Ready(this.wait_here(timeout));
+        }
+        loop {
+            if let Some(r) = this.try_take() {
+                return Poll::Ready(r);
+            }
+            let State::InFlight(sub, decode) = std::mem::replace(&mut this.state, State::Done)
+            else {
+                return Poll::Ready(Err(taken()));
+            };
+            let conn = &this.client.conn;
+            let claim = sub.claim;
+            let deadline = *this
+                .deadline
+                .get_or_insert_with(|| deadline_after(this.timeout));
+            // Checked on the polls after the first (a wake-up without an
+            // answer): a timeout, or a server that is gone.
+            let failed = if Instant::now() >= deadline {
+                Some(WaitOutcome::TimedOut)
+            } else if this.registered && !conn.server_alive() {
+                Some(WaitOutcome::ServerGone)
+            } else {
+                None
+            };
+            let registered = match failed {
+                Some(outcome) => Err(conn.give_up(&sub, outcome, this.timeout)),
+                None => conn
+                    .reactor()
+                    .map(|r| r.register(claim, deadline, cx.waker())),
+            };
+            if let Err(e) = registered {
+                if failed.is_none() {
+                    conn.abandon(&sub);
+                }
+                this.unregister(&claim);
+                return Poll::Ready(Err(e));
+            }
+            this.registered = true;
+            this.state = State::InFlight(sub, decode);
+            // An answer that came before the registration: the reactor's
+            // scan may have missed it, this check does not (module docs of
+            // `crate::reactor`).
+            if !conn.region().slots().settled(&claim) {
+                return Poll::Pending;
             }
         }
     }
@@ -263,6 +468,11 @@ impl<K, V, R> Drop for Ticket<'_, K, V, R> {
         if let State::InFlight(sub, _) = &self.state {
             // A forked child must not touch the parent's slot.
             if !self.client.conn.is_forked_copy() {
+                if self.registered {
+                    if let Ok(reactor) = self.client.conn.reactor() {
+                        reactor.deregister(&sub.claim);
+                    }
+                }
                 self.client.conn.abandon(sub);
             }
         }

@@ -581,6 +581,18 @@ impl<'a> SlotTable<'a> {
             || word == pack(claim.generation, claim.owner, SlotState::Completing)
     }
 
+    /// Whether the request in `claim`'s slot is no longer waiting for its
+    /// answer (answered, lost, or the slot moved on): what a sleeper on the
+    /// owner's doorbell checks after `prepare`. `SeqCst`: the waiter's
+    /// condition load in the Dekker pair with `complete`'s CAS (see
+    /// `crate::region::clients`).
+    pub fn settled(&self, claim: &Claim) -> bool {
+        !Self::unanswered(
+            self.own_slot(claim.index).word.load(Ordering::SeqCst),
+            claim,
+        )
+    }
+
     /// Takes the answer if it is ready, copying an inline value into
     /// `value` (when given; cleared if the answer has none inline).
     pub fn poll(&self, claim: &Claim, value: Option<&mut Vec<u8>>) -> Poll {
@@ -1345,6 +1357,44 @@ mod loom_tests {
                 .wait(&c, None, no_spin, &*parker, || None, || true);
             assert!(matches!(out, WaitOutcome::Ready(r) if r.version == 3));
             assert_eq!(server.join().unwrap(), Completion::Delivered);
+        });
+    }
+
+    /// The owner's doorbell (`region::clients`, not built under loom:
+    /// `ClientTable::ring` is `notify` on the entry's event count, which
+    /// stands in for it here): a sleeper that announces itself on it, then
+    /// scans the slot (`settled`), then sleeps, against a worker that
+    /// completes the slot and then rings: the sleeper is woken or sees the
+    /// answer before sleeping.
+    #[test]
+    fn the_doorbell_never_leaves_its_sleeper_asleep() {
+        loom::model(|| {
+            let buf = Arc::new(SlotTableBuffer::new(1));
+            let doorbell = Arc::new(EventCount::new());
+            let parker = Arc::new(ParkParker {
+                waiter: loom::sync::Mutex::new(None),
+            });
+            let c = submit(&buf.table(), 0, 1);
+            *parker.waiter.lock().unwrap() = Some(thread::current());
+            let (b2, d2, p2) = (Arc::clone(&buf), Arc::clone(&doorbell), Arc::clone(&parker));
+            let server = thread::spawn(move || {
+                let t = b2.table();
+                let b = t.begin(c.index).unwrap();
+                if t.complete(b, &resp(3), &SpinParker) == Completion::Delivered {
+                    d2.notify(u32::MAX, &*p2);
+                }
+            });
+            let bell = &*doorbell;
+            loop {
+                let key = bell.prepare();
+                if buf.table().settled(&c) {
+                    bell.cancel();
+                    break;
+                }
+                bell.wait(key, None, &*parker);
+            }
+            server.join().unwrap();
+            assert!(matches!(buf.table().poll(&c, None), Poll::Ready(r) if r.version == 3));
         });
     }
 

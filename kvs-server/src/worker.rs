@@ -19,7 +19,7 @@ use kvs_core::protocol::{
     staging_of, OpCode, Request, Response, StatusCode, IF_VERSION, INLINE_BYTES, KEEP_TTL, MORE,
     STAGED, VALUE_TOO_LARGE,
 };
-use kvs_core::response_table::Begun;
+use kvs_core::response_table::{Begun, Completion};
 use kvs_core::ring::PopError;
 use kvs_core::store::block::ValueSource;
 use kvs_core::store::words::Words;
@@ -171,7 +171,12 @@ fn serve(shared: &Shared, id: usize, stats: &kvs_core::region::WorkerStats, inde
             (Response::status(StatusCode::Malformed), None)
         }
     };
-    slots.complete(begun, &response, &FutexParker);
+    let owner = begun.owner();
+    if slots.complete(begun, &response, &FutexParker) == Completion::Delivered {
+        // After the answer's SeqCst publication: the owner's reactor (if it
+        // awaits answers as futures) sleeps on this doorbell.
+        shared.region.clients().ring(owner, &FutexParker);
+    }
     match op {
         Some(op) => stats.count(op),
         None => stats.count_dropped(),

@@ -8,8 +8,29 @@
 //! scribble on it); this mirror in the region only lets `status` and other
 //! tools see the registrations. Clients never write it, and the server
 //! never reads it back to decide anything.
+//!
+//! One word pair in each entry is the client's: its **doorbell**, an
+//! [`EventCount`] the server rings after answering any request of that
+//! client. A client that awaits answers as futures (`kvs-client`'s
+//! reactor) sleeps on it, one thread for all its requests in flight,
+//! instead of one sleeper per response slot. The pair is the same Dekker
+//! pair as a slot's own event count: the worker's `SeqCst` CAS of the slot
+//! to `Ready` comes before the ring, the reactor's `prepare` before its
+//! scan of the slots (see [`crate::wait`]). A scribbled doorbell costs a
+//! spurious wake-up or a sleep slice, nothing else.
+//!
+//! ```text
+//! offset  size  field
+//!      0     4  state               RegistrationState
+//!      4     4  pid
+//!      8     4  generation
+//!     12     4  uid
+//!     16     8  registered_unix_ns
+//!     24     8  doorbell            EventCount (epoch, waiters)
+//! ```
 
 use crate::sync::{AtomicU32, AtomicU64, Ordering};
+use crate::wait::{EventCount, Parker};
 
 /// The state of a registration, as stored in [`ClientEntry`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,7 +66,9 @@ pub struct ClientEntry {
     generation: AtomicU32,
     uid: AtomicU32,
     registered_unix_ns: AtomicU64,
-    _reserved: AtomicU64,
+    /// Rung by the server after each answer to this client (see the
+    /// module docs).
+    doorbell: EventCount,
 }
 
 /// What is known of a registered client.
@@ -88,6 +111,7 @@ impl<'a> ClientTable<'a> {
             e.generation.store(generation, Ordering::Relaxed);
             e.registered_unix_ns
                 .store(crate::unix_now_ns(), Ordering::Relaxed);
+            e.doorbell.reset();
             // Release: a reader that sees Live sees the fields above.
             e.state
                 .store(RegistrationState::Live as u32, Ordering::Release);
@@ -107,6 +131,22 @@ impl<'a> ClientTable<'a> {
         if let Some(e) = self.entries.get(index as usize) {
             e.state
                 .store(RegistrationState::Free as u32, Ordering::Release);
+        }
+    }
+
+    /// The doorbell of registration `index` (`None` out of range).
+    pub fn doorbell(&self, index: u32) -> Option<&'a EventCount> {
+        self.entries.get(index as usize).map(|e| &e.doorbell)
+    }
+
+    /// Server: rings registration `index`'s doorbell, after answering one
+    /// of its requests (the answer's `SeqCst` publication comes first).
+    /// Costs one load when nobody sleeps on it; an index out of range
+    /// (a scribbled slot owner) rings nothing.
+    #[inline]
+    pub fn ring<P: Parker>(&self, index: u32, parker: &P) {
+        if let Some(e) = self.entries.get(index as usize) {
+            e.doorbell.notify(u32::MAX, parker);
         }
     }
 

@@ -31,7 +31,7 @@ use std::fmt;
 pub const MAGIC: u64 = u64::from_le_bytes(*b"\x89KVS\r\n\x1a\n");
 
 /// Bumped whenever anything in the region's layout or protocol changes.
-pub const LAYOUT_VERSION: u32 = 7;
+pub const LAYOUT_VERSION: u32 = 8;
 
 /// The region's life cycle, stored in [`RegionHeader::state`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
