@@ -37,6 +37,8 @@ pub struct ListedEntry<K, V> {
     pub version: u64,
     /// Last modification, unix nanoseconds.
     pub modified_ns: u64,
+    /// When the entry expires, unix nanoseconds (0: never).
+    pub deadline_ns: u64,
 }
 
 /// Where a listing resumes: a stripe and the last key returned from it.
@@ -211,6 +213,7 @@ impl<K: Codec, V: Codec> KVSClient<K, V> {
                         value: v.value,
                         version: v.version,
                         modified_ns: v.modified_ns,
+                        deadline_ns: v.deadline_ns,
                     });
                     after = key;
                 }

@@ -189,6 +189,43 @@ impl<K: Codec, V: Codec> KVSClient<K, V> {
             .wait(self.conn.options.timeout)
     }
 
+    /// [`KVSClient::set_if_version`], the entry expiring after `ttl`
+    /// (when the set is made).
+    ///
+    /// # Errors
+    ///
+    /// As [`KVSClient::set_with_ttl`].
+    pub fn set_if_version_with_ttl(
+        &self,
+        key: &K,
+        value: &V,
+        expected: u64,
+        ttl: Duration,
+    ) -> Result<Cas> {
+        self.set_if_version_with_ttl_async(key, value, expected, ttl)?
+            .wait(self.conn.options.timeout)
+    }
+
+    /// [`KVSClient::set_if_version_with_ttl`] as a [`Ticket`].
+    ///
+    /// # Errors
+    ///
+    /// As [`KVSClient::set_with_ttl_async`].
+    pub fn set_if_version_with_ttl_async(
+        &self,
+        key: &K,
+        value: &V,
+        expected: u64,
+        ttl: Duration,
+    ) -> Result<Ticket<'_, K, V, Cas>> {
+        let args = Args {
+            arg2: deadline_after(ttl)?,
+            arg3: expected,
+            flags: IF_VERSION,
+        };
+        self.write_ticket(OpCode::Set, key, value, args, decode_cas_set)
+    }
+
     /// [`KVSClient::set_if_version`] as a [`Ticket`].
     ///
     /// # Errors

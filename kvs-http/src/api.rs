@@ -55,7 +55,7 @@ use axum::http::header::{CONTENT_TYPE, X_CONTENT_TYPE_OPTIONS};
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use kvs_client::{BytesClient, ClientError, ListCursor, ListedEntry};
+use kvs_client::{BytesClient, Cas, ClientError, ListCursor, ListedEntry};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use tokio::sync::{broadcast, watch};
@@ -72,6 +72,8 @@ pub struct AppState {
     pub events: broadcast::Sender<GatewayEvent>,
     /// The pump's state, which a new stream waits on.
     pub pump: watch::Receiver<PumpState>,
+    /// The last minutes of activity (see [`crate::history`]).
+    pub history: Arc<crate::history::History>,
 }
 
 /// A key and its value: the body of `/set` and `/post`, and their answer
@@ -126,6 +128,99 @@ impl KeyValue {
             json::from_fields("value", self.value.as_deref(), self.value_base64.as_deref())?;
         Ok((key, value))
     }
+}
+
+/// The body of `/set`: a key and its value, and optionally a TTL and the
+/// version the key must be at.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"key": "session:42", "value": "alice", "ttl_ms": 60000}))]
+pub struct SetBody {
+    /// The key as text (UTF-8). Give this or `key_base64`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// The key's bytes in standard, padded base64. Give this or `key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(format = Byte)]
+    pub key_base64: Option<String>,
+    /// The value as text (UTF-8). Give this or `value_base64`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// The value's bytes in standard, padded base64. Give this or `value`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(format = Byte)]
+    pub value_base64: Option<String>,
+    /// The entry expires this many milliseconds from now (at least 1).
+    /// Absent: it never expires (a TTL the key had is cleared, as Redis's
+    /// SET does).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_ms: Option<u64>,
+    /// Set only if the key's version is this one (0: only if the key is
+    /// absent); else 412 with the key's version. Compare-and-set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub if_version: Option<u64>,
+}
+
+impl SetBody {
+    /// The key's and the value's bytes.
+    ///
+    /// # Errors
+    ///
+    /// [`FieldError`] when a pair has both fields, neither, or bad base64.
+    pub fn to_bytes(&self) -> Result<(Vec<u8>, Vec<u8>), FieldError> {
+        let key = json::from_fields("key", self.key.as_deref(), self.key_base64.as_deref())?;
+        let value =
+            json::from_fields("value", self.value.as_deref(), self.value_base64.as_deref())?;
+        Ok((key, value))
+    }
+}
+
+/// The answer of `/set`: the key and value, with the new version when the
+/// request gave `if_version`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SetAnswer {
+    /// The key, when it is UTF-8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// The key's bytes in base64, when it is not UTF-8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(format = Byte)]
+    pub key_base64: Option<String>,
+    /// The value, when it is UTF-8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// The value's bytes in base64, when it is not UTF-8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(format = Byte)]
+    pub value_base64: Option<String>,
+    /// The entry's new version (with `if_version` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+}
+
+/// The query of a DELETE: `if_version` makes it conditional.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct DelQuery {
+    /// Delete only if the key's version is this one; else 412 with the
+    /// key's version.
+    pub if_version: Option<u64>,
+}
+
+/// The query of `DELETE /del?key=`: the key, and optionally `if_version`.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct DelKeyQuery {
+    /// The key as text.
+    pub key: Option<String>,
+    /// The key's bytes in standard, padded base64 (percent-encode `+`, `/`
+    /// and `=`).
+    pub key_base64: Option<String>,
+    /// Delete only if the key's version is this one; else 412 with the
+    /// key's version.
+    pub if_version: Option<u64>,
 }
 
 /// A key: the answer of `/del` (text when UTF-8, else base64).
@@ -184,11 +279,21 @@ pub struct EntryBody {
     pub version: u64,
     /// Last change, unix milliseconds.
     pub modified_ms: u64,
+    /// When the entry expires, unix milliseconds; absent when it never
+    /// does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_ms: Option<u64>,
 }
 
 impl EntryBody {
-    /// An entry in its JSON form.
-    pub fn new(key: Vec<u8>, value: Vec<u8>, version: u64, modified_ns: u64) -> Self {
+    /// An entry in its JSON form (`deadline_ns` 0: it never expires).
+    pub fn new(
+        key: Vec<u8>,
+        value: Vec<u8>,
+        version: u64,
+        modified_ns: u64,
+        deadline_ns: u64,
+    ) -> Self {
         let (key, key_base64) = json::to_fields(key);
         let (value, value_base64) = json::to_fields(value);
         Self {
@@ -198,13 +303,19 @@ impl EntryBody {
             value_base64,
             version,
             modified_ms: modified_ns / 1_000_000,
+            expires_ms: expires_ms(deadline_ns),
         }
     }
 }
 
+/// A deadline (unix ns, 0: none) in unix milliseconds for JSON.
+pub fn expires_ms(deadline_ns: u64) -> Option<u64> {
+    (deadline_ns != 0).then(|| deadline_ns.div_ceil(1_000_000))
+}
+
 impl From<ListedEntry<Vec<u8>, Vec<u8>>> for EntryBody {
     fn from(e: ListedEntry<Vec<u8>, Vec<u8>>) -> Self {
-        Self::new(e.key, e.value, e.version, e.modified_ns)
+        Self::new(e.key, e.value, e.version, e.modified_ns, e.deadline_ns)
     }
 }
 
@@ -273,9 +384,14 @@ impl KeyQuery {
     ///
     /// [`FieldError`] for both fields, neither, or bad base64.
     pub fn to_bytes(&self) -> Result<Vec<u8>, FieldError> {
-        let base64 = self.key_base64.as_ref().map(|b| b.replace(' ', "+"));
-        json::from_fields("key", self.key.as_deref(), base64.as_deref())
+        query_key_bytes(self.key.as_deref(), self.key_base64.as_deref())
     }
+}
+
+/// The key of a query's `key` / `key_base64` (see [`KeyQuery::to_bytes`]).
+fn query_key_bytes(key: Option<&str>, key_base64: Option<&str>) -> Result<Vec<u8>, FieldError> {
+    let base64 = key_base64.map(|b| b.replace(' ', "+"));
+    json::from_fields("key", key, base64.as_deref())
 }
 
 /// The body of every error.
@@ -284,6 +400,10 @@ pub struct ErrorBody {
     /// What went wrong, for a person.
     #[schema(example = "key \"greeting\" not found")]
     pub error: String,
+    /// The key's version now, on a 412 (a compare-and-set that lost): 0
+    /// when the key is absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
 }
 
 /// Entries per `/status` page when `limit` is absent.
@@ -306,6 +426,8 @@ pub struct ApiError {
     pub status: StatusCode,
     /// The message.
     pub message: String,
+    /// The key's version, for a 412.
+    pub version: Option<u64>,
 }
 
 impl ApiError {
@@ -314,6 +436,24 @@ impl ApiError {
         Self {
             status,
             message: message.into(),
+            version: None,
+        }
+    }
+
+    /// 412: a compare-and-set on `key` expected version `expected`, and
+    /// the key is at `current` (0: absent).
+    pub(crate) fn version_mismatch(key: &[u8], expected: u64, current: u64) -> Self {
+        let now = if current == 0 {
+            "is absent".to_string()
+        } else {
+            format!("is at version {current}")
+        };
+        Self {
+            version: Some(current),
+            ..Self::new(
+                StatusCode::PRECONDITION_FAILED,
+                format!("key {} {now}, not version {expected}", json::describe(key)),
+            )
         }
     }
 
@@ -336,40 +476,49 @@ impl IntoResponse for ApiError {
             self.status,
             Json(ErrorBody {
                 error: self.message,
+                version: self.version,
             }),
         )
             .into_response()
     }
 }
 
+/// The HTTP status of a store error.
+fn client_status(e: &ClientError) -> StatusCode {
+    match e {
+        // An empty key is malformed, not too long.
+        ClientError::KeyLength { len: 0, .. } => StatusCode::BAD_REQUEST,
+        ClientError::KeyLength { .. } | ClientError::ValueLength { .. } => {
+            StatusCode::PAYLOAD_TOO_LARGE
+        }
+        // A bad cursor, a prefix longer than any key, a zero TTL.
+        ClientError::InvalidArgument(_) => StatusCode::BAD_REQUEST,
+        ClientError::StoreFull(_) => StatusCode::INSUFFICIENT_STORAGE,
+        // INCR of a value that is not a decimal integer, or past i64.
+        ClientError::NotInteger | ClientError::Overflow => StatusCode::UNPROCESSABLE_ENTITY,
+        // A batch stopped at a refused entry: that entry's answer.
+        ClientError::PartlyWritten { source, .. } => client_status(source),
+        // Decode cannot happen with bytes; if it does, the answer was
+        // not what the gateway expects.
+        ClientError::Protocol(_) | ClientError::Decode(_) | ClientError::ServerFailed(_) => {
+            StatusCode::BAD_GATEWAY
+        }
+        // Connect, ServerGone, Timeout, RingFull, NoFreeSlot, SlotLost,
+        // NoBulkBuffer, Subscribe, Forked, WakerThread: the store is down,
+        // restarting or overloaded.
+        _ => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
 impl From<ClientError> for ApiError {
     fn from(e: ClientError) -> Self {
-        let status = match &e {
-            // An empty key is malformed, not too long.
-            ClientError::KeyLength { len: 0, .. } => StatusCode::BAD_REQUEST,
-            ClientError::KeyLength { .. } | ClientError::ValueLength { .. } => {
-                StatusCode::PAYLOAD_TOO_LARGE
-            }
-            // A bad cursor, a prefix longer than any key.
-            ClientError::InvalidArgument(_) => StatusCode::BAD_REQUEST,
-            ClientError::StoreFull(_) => StatusCode::INSUFFICIENT_STORAGE,
-            // Decode cannot happen with bytes; if it does, the answer was
-            // not what the gateway expects.
-            ClientError::Protocol(_) | ClientError::Decode(_) | ClientError::ServerFailed(_) => {
-                StatusCode::BAD_GATEWAY
-            }
-            // Connect, ServerGone, Timeout, RingFull, NoFreeSlot, SlotLost,
-            // NoBulkBuffer, Subscribe, Forked: the store is down,
-            // restarting or overloaded.
-            _ => StatusCode::SERVICE_UNAVAILABLE,
-        };
         let message = match &e {
             ClientError::Connect(_) | ClientError::ServerGone | ClientError::SlotLost => {
                 format!("the store is not reachable: {e}")
             }
             _ => e.to_string(),
         };
-        Self::new(status, message)
+        Self::new(client_status(&e), message)
     }
 }
 
@@ -411,37 +560,72 @@ impl From<QueryRejection> for ApiError {
     }
 }
 
-/// Runs `f` on the current store connection on the blocking pool; forgets
-/// the connection when the call says the server is gone, so the next
+/// The current store connection: the live one at once, else a new one
+/// made on the blocking pool (connecting waits, boundedly, for a server
+/// that is starting).
+async fn connected(state: &AppState) -> Result<Arc<BytesClient>, ApiError> {
+    if let Some(store) = state.connector.live() {
+        return Ok(store);
+    }
+    let connector = Arc::clone(&state.connector);
+    tokio::task::spawn_blocking(move || connector.store())
+        .await
+        .map_err(failed_task)?
+        .map_err(ApiError::from)
+}
+
+fn failed_task(e: tokio::task::JoinError) -> ApiError {
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        format!("the request failed: {e}"),
+    )
+}
+
+/// Forgets `store` when `result` says its server is gone, so the next
 /// request reconnects.
-async fn with_store<T, F>(state: &AppState, f: F) -> Result<T, ApiError>
+fn forget_if_gone<T>(state: &AppState, store: &Arc<BytesClient>, result: &Result<T, ClientError>) {
+    if let Err(ClientError::ServerGone | ClientError::SlotLost) = result {
+        state.connector.forget(store);
+    }
+}
+
+/// Runs the store call `f` on the current connection: a future of the
+/// client's `*_async` calls, awaited here (its tickets wake this task when
+/// their answers land; nothing blocks a runtime thread).
+pub(crate) async fn with_store<T, F, Fut>(state: &AppState, f: F) -> Result<T, ApiError>
+where
+    F: FnOnce(Arc<BytesClient>) -> Fut,
+    Fut: std::future::Future<Output = Result<T, ClientError>>,
+{
+    let store = connected(state).await?;
+    let result = f(Arc::clone(&store)).await;
+    forget_if_gone(state, &store, &result);
+    result.map_err(ApiError::from)
+}
+
+/// Runs the blocking store call `f` (status and listing pages, which have
+/// no futures) on tokio's blocking pool.
+pub(crate) async fn with_store_blocking<T, F>(state: &AppState, f: F) -> Result<T, ApiError>
 where
     T: Send + 'static,
     F: FnOnce(&BytesClient) -> Result<T, ClientError> + Send + 'static,
 {
-    let connector = Arc::clone(&state.connector);
+    let store = connected(state).await?;
+    let state = state.clone();
     tokio::task::spawn_blocking(move || {
-        let store = connector.store()?;
         let result = f(&store);
-        if let Err(ClientError::ServerGone | ClientError::SlotLost) = &result {
-            connector.forget(&store);
-        }
+        forget_if_gone(&state, &store, &result);
         result
     })
     .await
-    .map_err(|e| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("the request failed: {e}"),
-        )
-    })?
+    .map_err(failed_task)?
     .map_err(ApiError::from)
 }
 
 /// The error answers of a call that names one key.
 #[derive(utoipa::IntoResponses)]
 #[allow(dead_code)] // a description for the OpenAPI document only
-enum KeyErrors {
+pub(crate) enum KeyErrors {
     #[response(
         status = 400,
         description = "Malformed key (empty, not UTF-8 in a path, bad base64, both or neither of key and key_base64)"
@@ -463,7 +647,7 @@ enum KeyErrors {
 /// The error answers of a call that writes a key and a value.
 #[derive(utoipa::IntoResponses)]
 #[allow(dead_code)] // a description for the OpenAPI document only
-enum WriteErrors {
+pub(crate) enum WriteErrors {
     #[response(
         status = 400,
         description = "Malformed request (bad JSON, both or neither of a field and its _base64, bad base64, an empty key)"
@@ -485,34 +669,48 @@ enum WriteErrors {
     Full(ErrorBody),
 }
 
-fn not_found(key: &[u8]) -> ApiError {
+pub(crate) fn not_found(key: &[u8]) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         format!("key {} not found", json::describe(key)),
     )
 }
 
-fn path_key(key: Result<Path<String>, PathRejection>) -> Result<Vec<u8>, ApiError> {
+pub(crate) fn path_key(key: Result<Path<String>, PathRejection>) -> Result<Vec<u8>, ApiError> {
     let Path(key) = key?;
     Ok(key.into_bytes())
 }
 
-fn query_key(query: Result<Query<KeyQuery>, QueryRejection>) -> Result<Vec<u8>, ApiError> {
+pub(crate) fn query_key(
+    query: Result<Query<KeyQuery>, QueryRejection>,
+) -> Result<Vec<u8>, ApiError> {
     let Query(q) = query?;
     Ok(q.to_bytes()?)
 }
 
 /// The entry of `key`, or 404.
 async fn read_entry(state: &AppState, key: Vec<u8>) -> Result<EntryBody, ApiError> {
-    let (key, entry) = with_store(state, move |s| {
-        let entry = s.get_entry(&key)?;
-        Ok((key, entry))
-    })
-    .await?;
+    let entry = lookup(state, &key).await?;
     match entry {
-        Some(e) => Ok(EntryBody::new(key, e.value, e.version, e.modified_ns)),
+        Some(e) => Ok(EntryBody::new(
+            key,
+            e.value,
+            e.version,
+            e.modified_ns,
+            e.deadline_ns,
+        )),
         None => Err(not_found(&key)),
     }
+}
+
+/// `key`'s entry (read directly: the ticket is ready at once, unless
+/// writers kept the read busy and a worker answers it).
+pub(crate) async fn lookup(
+    state: &AppState,
+    key: &[u8],
+) -> Result<Option<kvs_client::Versioned<Vec<u8>>>, ApiError> {
+    let key = key.to_vec();
+    with_store(state, |s| async move { s.get_entry_async(&key)?.await }).await
 }
 
 /// The value of a key.
@@ -545,26 +743,60 @@ pub async fn get_key_query(
     Ok(Json(read_entry(&state, query_key(query)?).await?))
 }
 
-/// Sets a key to a value, inserting or replacing.
+/// Sets a key to a value, inserting or replacing; with `ttl_ms` it
+/// expires, with `if_version` only if the key is at that version.
 #[utoipa::path(
     post,
     path = "/set",
     tag = "store",
-    request_body = KeyValue,
-    responses((status = 200, description = "Set", body = KeyValue), WriteErrors)
+    request_body = SetBody,
+    responses(
+        (status = 200, description = "Set", body = SetAnswer),
+        (status = 412, description = "With if_version: the key is at another version (it is in `version`, 0: absent); nothing changed", body = ErrorBody),
+        WriteErrors
+    )
 )]
 pub async fn set_key(
     State(state): State<AppState>,
-    body: Result<Json<KeyValue>, JsonRejection>,
-) -> Result<Json<KeyValue>, ApiError> {
-    let Json(kv) = body?;
-    let (key, value) = kv.to_bytes()?;
-    let (key, value) = with_store(&state, move |s| {
-        s.set(&key, &value)?;
-        Ok((key, value))
+    body: Result<Json<SetBody>, JsonRejection>,
+) -> Result<Json<SetAnswer>, ApiError> {
+    let Json(body) = body?;
+    let (key, value) = body.to_bytes()?;
+    let ttl = body.ttl_ms.map(std::time::Duration::from_millis);
+    let outcome = with_store(&state, |s| {
+        let (key, value) = (&key, &value);
+        async move {
+            match (body.if_version, ttl) {
+                (Some(expected), _) => {
+                    let cas = match ttl {
+                        Some(ttl) => s.set_if_version_with_ttl_async(key, value, expected, ttl)?,
+                        None => s.set_if_version_async(key, value, expected)?,
+                    };
+                    cas.await.map(Some)
+                }
+                (None, Some(ttl)) => s.set_with_ttl_async(key, value, ttl)?.await.map(|()| None),
+                (None, None) => s.set_async(key, value)?.await.map(|()| None),
+            }
+        }
     })
     .await?;
-    Ok(Json(KeyValue::from_bytes(key, value)))
+    let version = match outcome {
+        Some(Cas::Done(v)) => Some(v),
+        Some(Cas::Conflict(current)) => {
+            let expected = body.if_version.unwrap_or_default();
+            return Err(ApiError::version_mismatch(&key, expected, current));
+        }
+        None => None,
+    };
+    let (key, key_base64) = json::to_fields(key);
+    let (value, value_base64) = json::to_fields(value);
+    Ok(Json(SetAnswer {
+        key,
+        key_base64,
+        value,
+        value_base64,
+        version,
+    }))
 }
 
 /// Inserts a key only if it is absent.
@@ -585,9 +817,9 @@ pub async fn post_key(
 ) -> Result<(StatusCode, Json<KeyValue>), ApiError> {
     let Json(kv) = body?;
     let (key, value) = kv.to_bytes()?;
-    let (inserted, key, value) = with_store(&state, move |s| {
-        let inserted = s.post(&key, &value)?;
-        Ok((inserted, key, value))
+    let inserted = with_store(&state, |s| {
+        let (key, value) = (&key, &value);
+        async move { s.post_async(key, value)?.await }
     })
     .await?;
     if inserted {
@@ -600,17 +832,34 @@ pub async fn post_key(
     }
 }
 
-/// Deletes `key`, or 404.
-async fn remove_key(state: &AppState, key: Vec<u8>) -> Result<KeyBody, ApiError> {
-    let (deleted, key) = with_store(state, move |s| {
-        let deleted = s.del(&key)?;
-        Ok((deleted, key))
+/// Deletes `key` (if it is at version `if_version`, when given), or 404
+/// (or 412).
+async fn remove_key(
+    state: &AppState,
+    key: Vec<u8>,
+    if_version: Option<u64>,
+) -> Result<KeyBody, ApiError> {
+    let outcome = with_store(state, |s| {
+        let key = &key;
+        async move {
+            match if_version {
+                Some(expected) => s.del_if_version_async(key, expected)?.await,
+                None => Ok(match s.del_async(key)?.await? {
+                    true => Cas::Done(0),
+                    false => Cas::Conflict(0),
+                }),
+            }
+        }
     })
     .await?;
-    if deleted {
-        Ok(KeyBody::from_bytes(key))
-    } else {
-        Err(not_found(&key))
+    match (outcome, if_version) {
+        (Cas::Done(_), _) => Ok(KeyBody::from_bytes(key)),
+        (Cas::Conflict(0), _) => Err(not_found(&key)),
+        (Cas::Conflict(current), expected) => Err(ApiError::version_mismatch(
+            &key,
+            expected.unwrap_or_default(),
+            current,
+        )),
     }
 }
 
@@ -619,14 +868,22 @@ async fn remove_key(state: &AppState, key: Vec<u8>) -> Result<KeyBody, ApiError>
     delete,
     path = "/del/{key}",
     tag = "store",
-    params(("key" = String, Path, description = "The key: UTF-8 text, percent-encoded (other bytes: DELETE /del?key_base64=)")),
-    responses((status = 200, description = "Deleted", body = KeyBody), KeyErrors)
+    params(("key" = String, Path, description = "The key: UTF-8 text, percent-encoded (other bytes: DELETE /del?key_base64=)"), DelQuery),
+    responses(
+        (status = 200, description = "Deleted", body = KeyBody),
+        (status = 412, description = "With if_version: the key is at another version (in `version`); nothing changed", body = ErrorBody),
+        KeyErrors
+    )
 )]
 pub async fn del_key(
     State(state): State<AppState>,
     key: Result<Path<String>, PathRejection>,
+    query: Result<Query<DelQuery>, QueryRejection>,
 ) -> Result<Json<KeyBody>, ApiError> {
-    Ok(Json(remove_key(&state, path_key(key)?).await?))
+    let Query(q) = query?;
+    Ok(Json(
+        remove_key(&state, path_key(key)?, q.if_version).await?,
+    ))
 }
 
 /// Deletes a key named in the query (`key_base64` for any bytes).
@@ -634,14 +891,20 @@ pub async fn del_key(
     delete,
     path = "/del",
     tag = "store",
-    params(KeyQuery),
-    responses((status = 200, description = "Deleted", body = KeyBody), KeyErrors)
+    params(DelKeyQuery),
+    responses(
+        (status = 200, description = "Deleted", body = KeyBody),
+        (status = 412, description = "With if_version: the key is at another version (in `version`); nothing changed", body = ErrorBody),
+        KeyErrors
+    )
 )]
 pub async fn del_key_query(
     State(state): State<AppState>,
-    query: Result<Query<KeyQuery>, QueryRejection>,
+    query: Result<Query<DelKeyQuery>, QueryRejection>,
 ) -> Result<Json<KeyBody>, ApiError> {
-    Ok(Json(remove_key(&state, query_key(query)?).await?))
+    let Query(q) = query?;
+    let key = query_key_bytes(q.key.as_deref(), q.key_base64.as_deref())?;
+    Ok(Json(remove_key(&state, key, q.if_version).await?))
 }
 
 // The body of `GET` and `PUT /raw`, for the OpenAPI document only: the
@@ -654,11 +917,7 @@ struct RawBytes(Vec<u8>);
 
 /// The value of `key` as an `application/octet-stream` answer, or 404.
 async fn read_raw(state: &AppState, key: Vec<u8>) -> Result<Response, ApiError> {
-    let (key, entry) = with_store(state, move |s| {
-        let entry = s.get_entry(&key)?;
-        Ok((key, entry))
-    })
-    .await?;
+    let entry = lookup(state, &key).await?;
     let Some(e) = entry else {
         return Err(not_found(&key));
     };
@@ -690,11 +949,12 @@ async fn write_raw(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<RawSetBody, ApiError> {
     let value = Vec::from(body?);
-    let (key, value_bytes) = with_store(state, move |s| {
-        s.set(&key, &value)?;
-        Ok((key, value.len() as u64))
+    with_store(state, |s| {
+        let (key, value) = (&key, &value);
+        async move { s.set_async(key, value)?.await }
     })
     .await?;
+    let value_bytes = value.len() as u64;
     let (key, key_base64) = json::to_fields(key);
     Ok(RawSetBody {
         key,
@@ -849,7 +1109,7 @@ pub async fn status(
         .as_deref()
         .map(str::parse::<ListCursor>)
         .transpose()?;
-    with_store(&state, move |s| {
+    with_store_blocking(&state, move |s| {
         let st = s.status()?;
         let (entries, next) = list_bounded(s, &prefix, cursor, limit)?;
         let (key_max_bytes, value_max_bytes) = s.limits();
@@ -930,10 +1190,33 @@ impl utoipa::Modify for BearerToken {
         raw_put,
         raw_put_query,
         status,
-        events
+        events,
+        crate::operations::ttl_key,
+        crate::operations::ttl_query,
+        crate::operations::expire,
+        crate::operations::persist,
+        crate::operations::incr,
+        crate::history::stats,
+        crate::batches::mget,
+        crate::batches::mset,
+        crate::batches::mdel
     ),
     components(schemas(
         KeyValue,
+        SetBody,
+        SetAnswer,
+        crate::operations::KeyRequest,
+        crate::operations::ExpireBody,
+        crate::operations::IncrBody,
+        crate::operations::TtlBody,
+        crate::operations::CounterBody,
+        crate::history::StatsBody,
+        crate::history::Sample,
+        crate::batches::KeysBody,
+        crate::batches::MsetBody,
+        crate::batches::MgetAnswer,
+        crate::batches::MsetAnswer,
+        crate::batches::MdelAnswer,
         KeyBody,
         RawSetBody,
         EntryBody,
@@ -944,6 +1227,8 @@ impl utoipa::Modify for BearerToken {
     modifiers(&BearerToken),
     tags(
         (name = "store", description = "The key-value store, in JSON"),
+        (name = "expiry and counters", description = "TTLs and atomic counters"),
+        (name = "batches", description = "Many keys in one call"),
         (name = "raw", description = "Values as bytes (application/octet-stream)")
     )
 )]
@@ -1057,11 +1342,16 @@ mod tests {
             serde_json::from_str::<KeyValue>(r#"{"key": "k", "value": "v", "ttl": 1}"#).is_err()
         );
         let entry =
-            serde_json::to_value(EntryBody::new(vec![0x80], b"v".to_vec(), 3, 4_000_000)).unwrap();
+            serde_json::to_value(EntryBody::new(vec![0x80], b"v".to_vec(), 3, 4_000_000, 0))
+                .unwrap();
         assert_eq!(
             entry,
             serde_json::json!({"key_base64": "gA==", "value": "v", "version": 3, "modified_ms": 4})
         );
+        // A deadline is rounded up to the millisecond: never shown as
+        // passed while the entry is still readable.
+        let expiring = EntryBody::new(b"k".to_vec(), b"v".to_vec(), 3, 4_000_000, 9_000_001);
+        assert_eq!(expiring.expires_ms, Some(10));
     }
 
     #[test]
@@ -1097,17 +1387,35 @@ mod tests {
         for (path, method) in [
             ("/get/{key}", "get"),
             ("/get", "get"),
-            ("/del/{key}", "delete"),
-            ("/del", "delete"),
             ("/raw/{key}", "get"),
             ("/raw", "get"),
+            ("/ttl/{key}", "get"),
+            ("/ttl", "get"),
+            ("/expire", "post"),
+            ("/persist", "post"),
         ] {
             assert_eq!(codes(path, method), key_calls, "{method} {path}");
         }
+        let cas_deletes = ["200", "400", "404", "412", "413", "502", "503"];
+        for (path, method) in [("/del/{key}", "delete"), ("/del", "delete")] {
+            assert_eq!(codes(path, method), cas_deletes, "{method} {path}");
+        }
         let writes = ["200", "400", "413", "502", "503", "507"];
-        for (path, method) in [("/set", "post"), ("/raw/{key}", "put"), ("/raw", "put")] {
+        for (path, method) in [("/raw/{key}", "put"), ("/raw", "put"), ("/mset", "post")] {
             assert_eq!(codes(path, method), writes, "{method} {path}");
         }
+        assert_eq!(
+            codes("/set", "post"),
+            ["200", "400", "412", "413", "502", "503", "507"]
+        );
+        assert_eq!(
+            codes("/incr", "post"),
+            ["200", "400", "413", "422", "502", "503", "507"]
+        );
+        for path in ["/mget", "/mdel"] {
+            assert_eq!(codes(path, "post"), ["200", "400", "413", "502", "503"]);
+        }
+        assert_eq!(codes("/stats", "get"), ["200", "400"]);
         assert_eq!(
             codes("/post", "post"),
             ["201", "400", "409", "413", "502", "503", "507"]
@@ -1122,7 +1430,7 @@ mod tests {
             .values()
             .map(|p| p.as_object().unwrap().len())
             .sum();
-        assert_eq!(calls, 12);
+        assert_eq!(calls, 21);
         let raw = &doc["paths"]["/raw/{key}"]["get"]["responses"]["200"];
         assert!(
             raw["content"]["application/octet-stream"].is_object(),
@@ -1143,6 +1451,29 @@ mod tests {
         for field in ["key", "key_base64", "value", "value_base64"] {
             assert!(kv[field].is_object(), "KeyValue lacks {field}");
         }
+    }
+
+    #[test]
+    fn a_lost_compare_and_set_is_412_with_the_version_now() {
+        let e = ApiError::version_mismatch(b"k", 3, 7);
+        assert_eq!(e.status, StatusCode::PRECONDITION_FAILED);
+        assert_eq!(e.message, "key \"k\" is at version 7, not version 3");
+        assert_eq!(e.version, Some(7));
+        let absent = ApiError::version_mismatch(b"k", 3, 0);
+        assert_eq!(absent.message, "key \"k\" is absent, not version 3");
+        assert_eq!(
+            status_of(ClientError::NotInteger),
+            StatusCode::UNPROCESSABLE_ENTITY
+        );
+        assert_eq!(
+            status_of(ClientError::Overflow),
+            StatusCode::UNPROCESSABLE_ENTITY
+        );
+        let partly = ClientError::PartlyWritten {
+            written: 3,
+            source: Box::new(ClientError::StoreFull(kvs_client::StoreLimit::Memory)),
+        };
+        assert_eq!(status_of(partly), StatusCode::INSUFFICIENT_STORAGE);
     }
 
     #[test]

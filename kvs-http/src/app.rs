@@ -5,11 +5,12 @@
 //! Request bodies are buffered by a middleware up to a limit that follows
 //! the store the gateway is connected to (its `limits()`): a `PUT /raw`
 //! body may be as long as the largest value, a JSON body
-//! [`json_body_limit`]. A longer one is answered 413.
+//! [`json_body_limit`], a batch [`batch_body_limit`]. A longer one is
+//! answered 413.
 
 use crate::api::{self, ApiDoc, ApiError, AppState};
-use crate::auth;
 use crate::store::Connector;
+use crate::{auth, batches, operations};
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::header::{
@@ -62,11 +63,23 @@ pub fn json_body_limit(max_key: u64, max_value: u64) -> u64 {
         .saturating_add(JSON_ROOM)
 }
 
+/// The least a batch body (`/mget`, `/mset`, `/mdel`) may be: room for
+/// ten thousand keys with values of a kilobyte, whatever the store's
+/// largest single value.
+const BATCH_BODY_MIN: u64 = 16 << 20;
+
+/// The largest batch body: [`json_body_limit`], and at least 16 MiB.
+pub fn batch_body_limit(max_key: u64, max_value: u64) -> u64 {
+    json_body_limit(max_key, max_value).max(BATCH_BODY_MIN)
+}
+
 /// Which limit a route's bodies have.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum BodyKind {
     /// A JSON body: [`json_body_limit`].
     Json,
+    /// A batch: [`batch_body_limit`].
+    Batch,
     /// A value's bytes (`PUT /raw`): the largest value.
     Raw,
 }
@@ -97,6 +110,7 @@ impl BodyLimit {
         };
         match self.kind {
             BodyKind::Json => json_body_limit(max_key, max_value),
+            BodyKind::Batch => batch_body_limit(max_key, max_value),
             BodyKind::Raw => max_value,
         }
     }
@@ -106,6 +120,9 @@ impl BodyLimit {
             BodyKind::Json => format!(
                 "the request body is over {limit} bytes (send a large value with PUT /raw/{{key}})"
             ),
+            BodyKind::Batch => {
+                format!("the request body is over {limit} bytes: split the batch")
+            }
             BodyKind::Raw => {
                 format!("the request body is over {limit} bytes, the store's largest value")
             }
@@ -213,13 +230,25 @@ pub fn router(state: AppState, token: Option<Arc<str>>, loopback_only: bool) -> 
         .route("/del", delete(api::del_key_query))
         .route("/status", get(api::status))
         .route("/events", get(api::events))
+        .route("/ttl/{key}", get(operations::ttl_key))
+        .route("/ttl", get(operations::ttl_query))
+        .route("/expire", post(operations::expire))
+        .route("/persist", post(operations::persist))
+        .route("/incr", post(operations::incr))
+        .route("/stats", get(crate::history::stats))
         .layer(limit(BodyKind::Json));
+    let batches = Router::new()
+        .route("/mget", post(batches::mget))
+        .route("/mset", post(batches::mset))
+        .route("/mdel", post(batches::mdel))
+        .layer(limit(BodyKind::Batch));
     let raw = Router::new()
         .route("/raw/{key}", get(api::raw_get).put(api::raw_put))
         .route("/raw", get(api::raw_get_query).put(api::raw_put_query))
         .layer(limit(BodyKind::Raw));
     // limit_body has bounded and buffered every body already.
     let mut api = json
+        .merge(batches)
         .merge(raw)
         .layer(DefaultBodyLimit::disable())
         .with_state(state);

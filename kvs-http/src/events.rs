@@ -74,6 +74,11 @@ pub enum GatewayEvent {
         version: u64,
         /// When the change was made, unix milliseconds.
         modified_ms: u64,
+        /// When the entry expires, unix milliseconds; absent when it never
+        /// does (or when it changed again before the pump read it: the
+        /// next `change` says).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        expires_ms: Option<u64>,
     },
     /// A key was deleted.
     Delete {
@@ -146,6 +151,7 @@ impl From<ChangeEvent<Vec<u8>, Vec<u8>>> for GatewayEvent {
                     value_bytes,
                     version,
                     modified_ms: modified_ns / 1_000_000,
+                    expires_ms: None,
                 }
             }
             ChangeEvent::Deleted { key, version } => {
@@ -373,6 +379,26 @@ impl Outage {
 /// The pump's subscription to every key.
 type Feed = Subscription<Vec<u8>, Vec<u8>>;
 
+/// The event of `change`, a `change` with the entry's deadline: events
+/// carry none, so it is read from the store (directly: no request) and
+/// kept only if the entry is still at the event's version.
+fn with_deadline(store: &BytesClient, change: ChangeEvent<Vec<u8>, Vec<u8>>) -> GatewayEvent {
+    let deadline_ns = match &change {
+        ChangeEvent::Changed { key, version, .. } => store
+            .get_entry(key)
+            .ok()
+            .flatten()
+            .filter(|e| e.version == *version)
+            .map_or(0, |e| e.deadline_ns),
+        _ => 0,
+    };
+    let mut event = GatewayEvent::from(change);
+    if let GatewayEvent::Change { expires_ms, .. } = &mut event {
+        *expires_ms = crate::api::expires_ms(deadline_ns);
+    }
+    event
+}
+
 fn run(
     connector: &Connector,
     tx: &broadcast::Sender<GatewayEvent>,
@@ -425,7 +451,7 @@ fn run(
         match sub.next_timeout(POLL) {
             Ok(Some(change)) => {
                 backoff = POLL;
-                let _ = tx.send(GatewayEvent::from(change));
+                let _ = tx.send(with_deadline(store, change));
             }
             Ok(None) => {
                 backoff = POLL;

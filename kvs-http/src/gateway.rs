@@ -175,10 +175,16 @@ impl Gateway {
         ));
         let (tx, _) = tokio::sync::broadcast::channel(EVENT_BUFFER);
         let pump = Pump::spawn(Arc::clone(&connector), tx.clone());
+        let history = Arc::new(crate::history::History::new());
+        let sampler = tokio::spawn(crate::history::sample(
+            Arc::clone(&connector),
+            Arc::clone(&history),
+        ));
         let state = AppState {
             connector: Arc::clone(&connector),
             events: tx,
             pump: pump.state(),
+            history,
         };
         let loopback_only = token.is_none() && addr.ip().is_loopback();
         let app = crate::app::router(state, token, loopback_only);
@@ -199,6 +205,7 @@ impl Gateway {
         }));
         shutdown.await;
         tracing::info!("stopping");
+        sampler.abort();
         // End the event streams first, or the graceful shutdown waits for them.
         tokio::task::spawn_blocking(move || pump.stop())
             .await

@@ -9,8 +9,12 @@
 //! * [`json`]: bytes in JSON (text, or base64 with a `_base64` field);
 //! * [`api`]: the JSON and raw endpoints, the error mapping and the OpenAPI
 //!   document (served at `/openapi.json`, with Swagger UI at `/docs`);
+//! * [`operations`]: expiry and counters (`/ttl`, `/expire`, `/persist`,
+//!   `/incr`); [`batches`]: `/mget`, `/mset`, `/mdel`;
 //! * [`events`]: the thread that turns one subscription into the `/events`
 //!   server-sent-events streams;
+//! * [`history`]: the last ten minutes of requests per second and memory,
+//!   sampled each second (`/stats`, the page's charts);
 //! * [`auth`]: the optional bearer token;
 //! * [`app`]: the routes, the request-body limits that follow the store's,
 //!   and the page (`/`, plain HTML, CSS and a small script embedded in the
@@ -30,7 +34,9 @@
 //! let connector = Arc::new(Connector::new("kvs"));
 //! let (events, _) = tokio::sync::broadcast::channel(1024);
 //! let pump = Pump::spawn(Arc::clone(&connector), events.clone());
-//! let state = AppState { connector, events, pump: pump.state() };
+//! let history = Arc::new(kvs_http::history::History::new());
+//! tokio::spawn(kvs_http::history::sample(Arc::clone(&connector), Arc::clone(&history)));
+//! let state = AppState { connector, events, pump: pump.state(), history };
 //! let app = kvs_http::app::router(state, None, true);
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8000").await?;
 //! axum::serve(listener, app).await
@@ -42,8 +48,11 @@
 pub mod api;
 pub mod app;
 pub mod auth;
+pub mod batches;
 pub mod events;
 pub mod gateway;
+pub mod history;
 pub mod json;
+pub mod operations;
 pub mod serve;
 pub mod store;

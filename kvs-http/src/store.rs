@@ -108,6 +108,14 @@ impl Connector {
         Ok(store)
     }
 
+    /// The current connection if its server is alive; never connects,
+    /// never blocks (one `poll` of the connection), so an async handler
+    /// calls it directly and goes to the blocking pool only to connect.
+    pub fn live(&self) -> Option<Arc<BytesClient>> {
+        let current = self.lock();
+        current.store.clone().filter(|s| s.server_alive())
+    }
+
     /// The limits (largest key, largest value, bytes) of the current
     /// connection if its server is alive; never connects, never blocks.
     pub fn live_limits(&self) -> Option<(u64, u64)> {
