@@ -400,6 +400,68 @@ async fn drive(client: &Client, base: &str, name: &str) {
     )
     .await;
 
+    // 7. Expiry: a TTL typed in the form and one set by kvs_client show as
+    //    the time left, counted down; a persistent key shows none.
+    type_into(client, "key", "session").await;
+    type_into(client, "value", "expires in an hour").await;
+    type_into(client, "ttl", "1h").await;
+    click(client, "set").await;
+    let expires = |key: &str| format!("{}.querySelector('td.expires').textContent", row(key));
+    wait_until(
+        client,
+        &format!(
+            "{} && /^in (1 h 0 min|59 min \\d+ s)$/.test({})",
+            row("session"),
+            expires("session")
+        ),
+        "the TTL typed in the form",
+    )
+    .await;
+    let ttl = kvs_client(name, &["ttl", "session"]);
+    assert!(ttl.status.success(), "{ttl:?}");
+    assert!(kvs_client(name, &["set", "soon", "x", "--ttl", "90s"])
+        .status
+        .success());
+    wait_until(
+        client,
+        &format!(
+            "{} && /^in 1 min [23]\\d s$/.test({})",
+            row("soon"),
+            expires("soon")
+        ),
+        "the TTL set by kvs_client, counting down",
+    )
+    .await;
+    assert_eq!(
+        client
+            .execute(&format!("return {}", expires("blob")), vec![])
+            .await
+            .unwrap(),
+        "—"
+    );
+    type_into(client, "ttl", "soon").await;
+    click(client, "set").await;
+    wait_until(
+        client,
+        &format!(
+            "{} && document.getElementById('error-text').textContent.includes('not a TTL')",
+            shown("error")
+        ),
+        "a TTL the form cannot read",
+    )
+    .await;
+    click(client, "error-close").await;
+    type_into(client, "ttl", "").await;
+
+    // 8. The charts: requests per second and memory over the last minutes,
+    //    from /stats (sampled each second by the gateway).
+    wait_until(
+        client,
+        "document.querySelector('#ops-chart polyline') && document.querySelector('#memory-chart polyline') && document.getElementById('ops-now').textContent.endsWith('/s') && document.getElementById('memory-now').textContent.includes(' of ')",
+        "the charts",
+    )
+    .await;
+
     // No error left on the page, and no token asked for.
     wait_until(
         client,
@@ -425,8 +487,8 @@ async fn drive(client: &Client, base: &str, name: &str) {
     client.goto(&format!("{base}/docs/")).await.unwrap();
     wait_until(
         client,
-        "document.querySelector('.swagger-ui .info .title') && document.querySelector('.swagger-ui .info .title').textContent.includes('kvs_http') && document.querySelectorAll('.opblock').length === 12",
-        "Swagger UI with the twelve operations",
+        "document.querySelector('.swagger-ui .info .title') && document.querySelector('.swagger-ui .info .title').textContent.includes('kvs_http') && document.querySelectorAll('.opblock').length === 21",
+        "Swagger UI with the twenty-one operations",
     )
     .await;
     let docs = target_dir().join("browser-docs.png");

@@ -353,3 +353,53 @@ fn eviction_keeps_memory_under_the_limit_while_writers_run() {
         "{out:?}"
     );
 }
+
+/// The job-file verbs for expiry and counters, run by `kvs_client run`
+/// against a store another process reads.
+#[test]
+fn job_files_expire_persist_ttl_and_incr() {
+    let name = unique_name("ops-jobs");
+    let _server = ServerGuard::start(&name, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("ops.job");
+    std::fs::write(
+        &job,
+        "WRITE [(a,1)(b,2)(word,ten)]\n\
+         EXPIRE 1h [a,b,absent]\n\
+         PERSIST [b,absent]\n\
+         TTL [a,b,absent]\n\
+         INCR [n,n,a]\n\
+         INCR [(n,40)(a,-3)(word,1)]\n\
+         EXPIRE 300ms [n]\n\
+         WAIT 700\n\
+         READ [a,n]\n\
+         EXPIRE soon [a]\n",
+    )
+    .unwrap();
+    let out = kvs_client(&name, &["run", job.to_str().unwrap()]);
+    // The TTL line that cannot be read and the INCR of a word: exit 1.
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let written = std::fs::read_to_string(dir.path().join("ops.out")).unwrap();
+    let lines: Vec<&str> = written.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "[(absent,KVSMISSING)]",
+            "[(absent,KVSMISSING)]",
+            "[(a,3600s)(absent,KVSERROR)(b,none)]",
+            "[(n,1)(n,2)(a,2)]",
+            "[(n,42)(a,-1)(word,KVSERROR)]",
+            "[(a,-1)(n,KVSERROR)]",
+            "error: line 10: EXPIRE: \"soon\" is not a TTL: expected number at 0 (e.g. 30s, 5m, 250ms)",
+        ],
+        "{written}"
+    );
+    // Another process sees what the job left: a's TTL, n expired.
+    let client = KVSClient::<String, String>::connect(&name).unwrap();
+    assert!(matches!(
+        client.ttl(&"a".to_string()).unwrap(),
+        Some(Ttl::Expires(d)) if d > Duration::from_secs(3500)
+    ));
+    assert_eq!(client.ttl(&"b".to_string()).unwrap(), Some(Ttl::Persistent));
+    assert_eq!(client.get(&"n".to_string()).unwrap(), None);
+}

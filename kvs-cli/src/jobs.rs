@@ -11,7 +11,19 @@
 //! SHOW                      print every entry as "(key, value)", one per line
 //! WAIT 250                  pause 250 ms
 //! BACKUP                    snapshot the store as NAME-1.bck (then -2, -3 ...) in the server's --backup-dir
+//! EXPIRE 30s [k1,k2]        give each key a TTL; print [(k2,KVSMISSING)] for absent keys (nothing if none)
+//! PERSIST [k1,k2]           remove each key's TTL; absent keys printed as for EXPIRE
+//! TTL [k1,k2,k3]            print [(k1,30s)(k2,none)(k3,KVSERROR)]   (seconds left, rounded up; none: no TTL)
+//! INCR [k1,k2]              add 1 to each counter; print [(k1,6)(k2,1)]
+//! INCR [(k1,5)(k2,-2)]      add each delta; a value that is not an integer prints (k,KVSERROR)
 //! ```
+//!
+//! A WRITE line goes to the server as one batch request (`set_many`; a
+//! pair the store refuses is retried alone, so one refusal does not cost
+//! the pairs after it) and a READ line is one batch read (`get_many`).
+//! TTLs are written as `kvs_client set --ttl` takes them (`250ms`, `30s`,
+//! `5m`, `1h 30m`). Compare-and-set has no verb: a job file cannot know a
+//! version before it runs.
 //!
 //! Keys and values are text without `(`, `)`, `,`, `[`, `]` or control
 //! characters; a key is 1 byte to the server's `--max-key-size`, a value up
@@ -45,6 +57,14 @@ pub enum JobCommand {
     Wait(u64),
     /// `BACKUP`.
     Backup,
+    /// `EXPIRE ttl [k,...]`.
+    Expire(Duration, Vec<String>),
+    /// `PERSIST [k,...]`.
+    Persist(Vec<String>),
+    /// `TTL [k,...]`.
+    Ttl(Vec<String>),
+    /// `INCR [k,...]` (delta 1) or `INCR [(k,delta)...]`.
+    Incr(Vec<(String, i64)>),
 }
 
 /// Longest `WAIT` accepted, in milliseconds.
@@ -98,6 +118,29 @@ fn key_list(rest: &str, cmd: &str) -> Result<Vec<String>, String> {
     inner.split(',').map(|k| check_token(k, "key")).collect()
 }
 
+/// The pairs of `[(a,b)(c,d)]`, each checked as a key and a `second`.
+fn pair_list(rest: &str, cmd: &str, second: &str) -> Result<Vec<(String, String)>, String> {
+    let mut inner = bracketed(rest, cmd)?.trim();
+    let mut pairs = Vec::new();
+    while !inner.is_empty() {
+        let body = inner
+            .strip_prefix('(')
+            .ok_or_else(|| format!("{cmd} expects pairs like (key,{second})"))?;
+        let end = body
+            .find(')')
+            .ok_or_else(|| format!("unclosed ( in {cmd}"))?;
+        let (k, v) = body[..end]
+            .split_once(',')
+            .ok_or_else(|| format!("pair {} has no comma", quote(&body[..end])))?;
+        pairs.push((check_token(k, "key")?, check_token(v, second)?));
+        inner = body[end + 1..].trim_start();
+    }
+    if pairs.is_empty() {
+        return Err(format!("{cmd} needs at least one pair"));
+    }
+    Ok(pairs)
+}
+
 /// Parses one line; `Ok(None)` for blank lines and comments.
 ///
 /// # Errors
@@ -117,26 +160,38 @@ pub fn parse_line(line: &str) -> Result<Option<JobCommand>, String> {
         }
     };
     match cmd {
-        "WRITE" => {
-            let mut inner = bracketed(rest, "WRITE")?.trim();
-            let mut pairs = Vec::new();
-            while !inner.is_empty() {
-                let body = inner
-                    .strip_prefix('(')
-                    .ok_or_else(|| "WRITE expects pairs like (key,value)".to_string())?;
-                let end = body
-                    .find(')')
-                    .ok_or_else(|| "unclosed ( in WRITE".to_string())?;
-                let (k, v) = body[..end]
-                    .split_once(',')
-                    .ok_or_else(|| format!("pair {} has no comma", quote(&body[..end])))?;
-                pairs.push((check_token(k, "key")?, check_token(v, "value")?));
-                inner = body[end + 1..].trim_start();
+        "WRITE" => Ok(Some(JobCommand::Write(pair_list(rest, "WRITE", "value")?))),
+        "EXPIRE" => {
+            let rest = rest.trim_start();
+            let (ttl, keys) = rest
+                .split_once('[')
+                .map_or((rest, ""), |(t, _)| (t, &rest[t.len()..]));
+            if ttl.trim().is_empty() {
+                return Err("EXPIRE expects a TTL, then keys: EXPIRE 30s [k1,k2]".into());
             }
-            if pairs.is_empty() {
-                return Err("WRITE needs at least one pair".into());
-            }
-            Ok(Some(JobCommand::Write(pairs)))
+            let ttl = crate::support::parse_ttl(ttl.trim())
+                .map_err(|e| format!("EXPIRE: {} is not a TTL: {e}", quote(ttl.trim())))?;
+            Ok(Some(JobCommand::Expire(ttl, key_list(keys, "EXPIRE")?)))
+        }
+        "PERSIST" => Ok(Some(JobCommand::Persist(key_list(rest, "PERSIST")?))),
+        "TTL" => Ok(Some(JobCommand::Ttl(key_list(rest, "TTL")?))),
+        "INCR" => {
+            let pairs = if bracketed(rest, "INCR")?.trim_start().starts_with('(') {
+                pair_list(rest, "INCR", "delta")?
+                    .into_iter()
+                    .map(|(k, d)| {
+                        d.parse::<i64>()
+                            .map(|d| (k, d))
+                            .map_err(|_| format!("INCR delta {} is not an integer", quote(&d)))
+                    })
+                    .collect::<Result<Vec<_>, String>>()?
+            } else {
+                key_list(rest, "INCR")?
+                    .into_iter()
+                    .map(|k| (k, 1))
+                    .collect()
+            };
+            Ok(Some(JobCommand::Incr(pairs)))
         }
         "READ" => Ok(Some(JobCommand::Read(key_list(rest, "READ")?))),
         "DELETE" => Ok(Some(JobCommand::Delete(key_list(rest, "DELETE")?))),
@@ -313,17 +368,19 @@ fn execute(
     let shown = |t: &[u8]| escape_bytes_for_display(t).into_owned();
     match cmd {
         JobCommand::Write(pairs) => {
-            let mut failed = Vec::new();
             let max = client.limits().1;
-            for (k, v) in pairs {
+            let mut entries = Vec::with_capacity(pairs.len());
+            for (k, v) in &pairs {
                 if v.len() as u64 > max {
                     return Err(format!("value is {} bytes, the limit is {max}", v.len()));
                 }
-                if client.set(&key_of(client, &k)?, &v.into_bytes()).is_err() {
-                    *failed_ops += 1;
-                    failed.push(k);
-                }
+                entries.push((key_of(client, k)?, v.clone().into_bytes()));
             }
+            let mut failed: Vec<String> = write_batch(client, &entries)
+                .into_iter()
+                .map(|i| pairs[i].0.clone())
+                .collect();
+            *failed_ops += failed.len();
             if !failed.is_empty() {
                 failed.sort();
                 let items: String = failed.iter().map(|k| format!("({k},KVSERROR)")).collect();
@@ -332,14 +389,59 @@ fn execute(
         }
         JobCommand::Read(mut keys) => {
             keys.sort();
+            let bytes = keys
+                .iter()
+                .map(|k| key_of(client, k))
+                .collect::<Result<Vec<_>, _>>()?;
+            let values = client.get_many(&bytes).unwrap_or_else(|_| {
+                *failed_ops += keys.len();
+                vec![None; keys.len()]
+            });
             let mut items = String::new();
-            for k in keys {
-                match client.get(&key_of(client, &k)?) {
-                    Ok(Some(value)) => {
+            for (k, v) in keys.iter().zip(values) {
+                match v {
+                    Some(value) => {
                         let _ = write!(items, "({k},{})", shown(&value));
                     }
-                    Ok(None) => {
+                    None => {
                         let _ = write!(items, "({k},KVSERROR)");
+                    }
+                }
+            }
+            let _ = writeln!(out, "[{items}]");
+        }
+        JobCommand::Expire(ttl, keys) => {
+            missing_keys(client, keys, out, failed_ops, |k| client.expire(k, ttl))?;
+        }
+        JobCommand::Persist(keys) => {
+            missing_keys(client, keys, out, failed_ops, |k| client.persist(k))?;
+        }
+        JobCommand::Ttl(mut keys) => {
+            keys.sort();
+            let mut items = String::new();
+            for k in keys {
+                let shown = match client.ttl(&key_of(client, &k)?) {
+                    Ok(Some(kvs_client::Ttl::Persistent)) => "none".to_string(),
+                    Ok(Some(kvs_client::Ttl::Expires(left))) => {
+                        format!("{}s", left.as_millis().div_ceil(1000))
+                    }
+                    Ok(None) => "KVSERROR".to_string(),
+                    Err(_) => {
+                        *failed_ops += 1;
+                        "KVSERROR".to_string()
+                    }
+                };
+                let _ = write!(items, "({k},{shown})");
+            }
+            let _ = writeln!(out, "[{items}]");
+        }
+        JobCommand::Incr(pairs) => {
+            // In the order given: the same counter may be named twice.
+            let mut items = String::new();
+            for (k, delta) in pairs {
+                match client.incr(&key_of(client, &k)?, delta) {
+                    Ok(n) => {
+                        let _ = write!(items, "({k},{n})");
                     }
                     Err(_) => {
                         *failed_ops += 1;
@@ -349,24 +451,8 @@ fn execute(
             }
             let _ = writeln!(out, "[{items}]");
         }
-        JobCommand::Delete(mut keys) => {
-            keys.sort();
-            let mut missing = String::new();
-            for k in keys {
-                match client.del(&key_of(client, &k)?) {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        let _ = write!(missing, "({k},KVSMISSING)");
-                    }
-                    Err(_) => {
-                        *failed_ops += 1;
-                        let _ = write!(missing, "({k},KVSMISSING)");
-                    }
-                }
-            }
-            if !missing.is_empty() {
-                let _ = writeln!(out, "[{missing}]");
-            }
+        JobCommand::Delete(keys) => {
+            missing_keys(client, keys, out, failed_ops, |k| client.del(k))?;
         }
         JobCommand::Show => {
             let mut all = client
@@ -387,6 +473,62 @@ fn execute(
                 .backup(&target)
                 .map_err(|e| format!("BACKUP failed: {e}"))?;
         }
+    }
+    Ok(())
+}
+
+/// Writes `entries` in as few batch requests as it takes; the indices of
+/// those the store refused. A refused entry ends its batch (`set_many`
+/// stops there), so the ones after it go again in the next.
+fn write_batch(client: &BytesClient, entries: &[(Vec<u8>, Vec<u8>)]) -> Vec<usize> {
+    let mut failed = Vec::new();
+    let mut from = 0;
+    while from < entries.len() {
+        match client.set_many(&entries[from..]) {
+            Ok(()) => break,
+            Err(ClientError::PartlyWritten { written, .. }) => {
+                failed.push(from + written);
+                from += written + 1;
+            }
+            Err(_) => {
+                // Nothing is known of the rest: each goes alone.
+                for (i, (k, v)) in entries.iter().enumerate().skip(from) {
+                    if client.set(k, v).is_err() {
+                        failed.push(i);
+                    }
+                }
+                break;
+            }
+        }
+    }
+    failed
+}
+
+/// Runs `op` on each key (sorted) and prints `[(k,KVSMISSING)...]` for
+/// those it found absent (or failed on); nothing when there are none.
+fn missing_keys(
+    client: &BytesClient,
+    mut keys: Vec<String>,
+    out: &mut String,
+    failed_ops: &mut usize,
+    op: impl Fn(&Vec<u8>) -> Result<bool, ClientError>,
+) -> Result<(), String> {
+    keys.sort();
+    let mut missing = String::new();
+    for k in keys {
+        match op(&key_of(client, &k)?) {
+            Ok(true) => {}
+            Ok(false) => {
+                let _ = write!(missing, "({k},KVSMISSING)");
+            }
+            Err(_) => {
+                *failed_ops += 1;
+                let _ = write!(missing, "({k},KVSMISSING)");
+            }
+        }
+    }
+    if !missing.is_empty() {
+        let _ = writeln!(out, "[{missing}]");
     }
     Ok(())
 }
@@ -415,6 +557,29 @@ mod tests {
         assert_eq!(parse_line("  SHOW ").unwrap(), Some(JobCommand::Show));
         assert_eq!(parse_line("WAIT 10").unwrap(), Some(JobCommand::Wait(10)));
         assert_eq!(parse_line("BACKUP").unwrap(), Some(JobCommand::Backup));
+        assert_eq!(
+            parse_line("EXPIRE 1m 30s [a,b]").unwrap(),
+            Some(JobCommand::Expire(
+                Duration::from_secs(90),
+                vec!["a".into(), "b".into()]
+            ))
+        );
+        assert_eq!(
+            parse_line("PERSIST [a]").unwrap(),
+            Some(JobCommand::Persist(vec!["a".into()]))
+        );
+        assert_eq!(
+            parse_line("TTL [a, b]").unwrap(),
+            Some(JobCommand::Ttl(vec!["a".into(), "b".into()]))
+        );
+        assert_eq!(
+            parse_line("INCR [a,b]").unwrap(),
+            Some(JobCommand::Incr(vec![("a".into(), 1), ("b".into(), 1)]))
+        );
+        assert_eq!(
+            parse_line("INCR [(a,5)(b, -2)]").unwrap(),
+            Some(JobCommand::Incr(vec![("a".into(), 5), ("b".into(), -2)]))
+        );
         assert_eq!(parse_line("# comment").unwrap(), None);
         assert_eq!(parse_line("").unwrap(), None);
     }
@@ -431,6 +596,15 @@ mod tests {
             ("WAIT 999999", "limit"),
             ("SHOW all", "no arguments"),
             ("FROB [x]", "unknown command"),
+            ("EXPIRE [a]", "expects a TTL"),
+            ("EXPIRE soon [a]", "not a TTL"),
+            ("EXPIRE 0s [a]", "longer than zero"),
+            ("EXPIRE 5s", "brackets"),
+            ("TTL a", "brackets"),
+            ("INCR [(a,x)]", "not an integer"),
+            ("INCR [(a,99999999999999999999)]", "not an integer"),
+            ("INCR []", "empty key"),
+            ("PERSIST [a,]", "empty key"),
         ] {
             let err = parse_line(line).unwrap_err();
             assert!(err.contains(want), "{line}: {err}");

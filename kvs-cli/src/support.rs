@@ -4,6 +4,20 @@
 use clap::Parser;
 use std::process::ExitCode;
 
+/// A TTL as the command line and job files write it: a humantime
+/// duration above zero (`30s`, `5m`, `250ms`, `1h 30m`).
+///
+/// # Errors
+///
+/// What is wrong with it, for a person.
+pub fn parse_ttl(s: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (e.g. 30s, 5m, 250ms)"))?;
+    if d.is_zero() {
+        return Err("a TTL must be longer than zero (del removes a key now)".into());
+    }
+    Ok(d)
+}
+
 /// An error that ends a command: the message and the exit code.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {

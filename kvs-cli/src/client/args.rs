@@ -1,7 +1,7 @@
 //! The flags and commands of `kvs_client`, and the checks that turn
 //! arguments into keys, values and client options.
 
-use crate::support::Failure;
+use crate::support::{parse_ttl, Failure};
 use clap::{Parser, Subcommand};
 use kvs_client::{BytesClient, ClientOptions};
 use std::ffi::OsString;
@@ -191,14 +191,6 @@ pub enum Command {
         /// Keys to watch (at most 32).
         keys: Vec<OsString>,
     },
-}
-/// A TTL argument: a humantime duration above zero.
-fn parse_ttl(s: &str) -> Result<std::time::Duration, String> {
-    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (e.g. 30s, 5m, 250ms)"))?;
-    if d.is_zero() {
-        return Err("a TTL must be longer than zero (del removes a key now)".into());
-    }
-    Ok(d)
 }
 
 /// Where a SET's or POST's value comes from.

@@ -13,6 +13,12 @@
 // shows text as it is and a binary value as its size; a `change` event of a
 // large value carries only its size (`value_bytes`), and the page reads the
 // value with /get. Binary values cannot be edited from the page.
+//
+// Each entry's expiry (`expires_ms`) shows as the time left, counted down
+// once a second; the `expire` event removes the row when the server
+// removes the key. Two charts draw the last ten minutes of /stats
+// (requests the server answered per second, and memory used against the
+// limit), polled every two seconds for what is new.
 'use strict';
 
 const TOKEN_KEY = 'kvs_http_token';
@@ -136,6 +142,7 @@ function normalize(e) {
     valueBase64: typeof e.value_base64 === 'string' ? e.value_base64 : null,
     version: e.version,
     modified_ms: e.modified_ms,
+    expires_ms: typeof e.expires_ms === 'number' ? e.expires_ms : null,
   };
   if (entry.value !== null) entry.valueBytes = new TextEncoder().encode(entry.value).length;
   else if (entry.valueBase64 !== null) entry.valueBytes = base64Bytes(entry.valueBase64);
@@ -190,8 +197,41 @@ function sortKey(entry) {
   return (entry.key !== null ? '0' : '1') + entry.label;
 }
 
+// "in 42 s", "in 3 min 5 s", "in 2 h 10 min", "in 4 d 2 h": the time left.
+function formatLeft(ms) {
+  const s = Math.max(0, Math.ceil(ms / 1000));
+  if (s < 60) return `in ${s} s`;
+  if (s < 3600) return `in ${Math.floor(s / 60)} min ${s % 60} s`;
+  if (s < 86400) return `in ${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
+  return `in ${Math.floor(s / 86400)} d ${Math.floor((s % 86400) / 3600)} h`;
+}
+
+function fillExpiry(td, entry, now) {
+  if (entry.expires_ms === null) {
+    td.textContent = '—';
+    td.title = 'never expires';
+    td.classList.remove('soon');
+    return;
+  }
+  const left = entry.expires_ms - now;
+  td.textContent = formatLeft(left);
+  td.title = new Date(entry.expires_ms).toISOString();
+  td.classList.toggle('soon', left < 10000);
+}
+
+// Counts every expiring row down (the server removes the key and its
+// `expire` event removes the row).
+function tickExpiries() {
+  const now = Date.now();
+  for (const [id, tr] of state.rows) {
+    const entry = state.entries.get(id);
+    if (entry && entry.expires_ms !== null) fillExpiry(tr.children[4], entry, now);
+  }
+}
+
 function fillRow(tr, entry) {
-  const [key, value, version, time] = tr.children;
+  const [key, value, version, time, expires] = tr.children;
+  fillExpiry(expires, entry, Date.now());
   key.textContent = entry.label;
   value.textContent = displayValue(entry);
   value.classList.toggle('binary', entry.value === null);
@@ -207,7 +247,7 @@ function makeRow(entry) {
   tr.dataset.sort = sortKey(entry);
   if (entry.key !== null) tr.dataset.key = entry.key;
   else tr.dataset.keyBase64 = entry.keyBase64;
-  for (const cls of ['key', 'value', 'num', 'time']) {
+  for (const cls of ['key', 'value', 'num', 'time', 'expires']) {
     const td = document.createElement('td');
     td.className = cls;
     tr.appendChild(td);
@@ -477,6 +517,20 @@ async function removeKey(entry) {
   }
 }
 
+// A TTL as typed: "30s", "5m", "2h", "1d", "250ms" or plain seconds;
+// empty: none. Milliseconds, or an Error that says what is accepted.
+function parseTtl(text) {
+  const t = text.trim();
+  if (t === '') return null;
+  const m = /^(\d+(?:\.\d+)?)\s*(ms|s|m|min|h|d)?$/i.exec(t);
+  const unit = { ms: 1, s: 1000, m: 60000, min: 60000, h: 3600000, d: 86400000 };
+  const ms = m ? Math.round(parseFloat(m[1]) * unit[(m[2] || 's').toLowerCase()]) : NaN;
+  if (!(ms >= 1) || !Number.isSafeInteger(ms)) {
+    throw new Error(`"${t}" is not a TTL: write 30s, 5m, 2h, 1d, or seconds (above zero)`);
+  }
+  return ms;
+}
+
 async function submitEdit(ev) {
   ev.preventDefault();
   const action = ev.submitter ? ev.submitter.value : 'set';
@@ -488,12 +542,15 @@ async function submitEdit(ev) {
       await removeKey(named);
       return;
     }
+    const ttl = parseTtl($('ttl').value);
+    const expiry = ttl === null ? '' : ` (expires ${formatLeft(ttl)})`;
     if (action === 'insert') {
       await api('POST', 'post', { key, value });
-      showNotice(`Inserted ${key}`);
+      if (ttl !== null) await api('POST', 'expire', { key, ttl_ms: ttl });
+      showNotice(`Inserted ${key}${expiry}`);
     } else {
-      await api('POST', 'set', { key, value });
-      showNotice(`Set ${key}`);
+      await api('POST', 'set', ttl === null ? { key, value } : { key, value, ttl_ms: ttl });
+      showNotice(`Set ${key}${expiry}`);
     }
     // The event stream brings the change too; this keeps the table right
     // when live updates are down.
@@ -517,6 +574,120 @@ function start() {
   });
   reload();
   connectEvents();
+  setInterval(tickExpiries, 1000);
+  pollStats();
+  setInterval(pollStats, 2000);
+}
+
+// ---- charts ----
+
+const SVG = 'http://www.w3.org/2000/svg';
+const CHART_W = 600;
+const CHART_H = 120;
+const WINDOW_MS = 10 * 60 * 1000;
+
+const charts = {
+  samples: [], // the last ten minutes of /stats, oldest first
+  polling: false,
+};
+
+function svgEl(name, attrs) {
+  const el = document.createElementNS(SVG, name);
+  for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, v);
+  return el;
+}
+
+function formatRate(n) {
+  if (n >= 1e6) return `${(n / 1e6).toFixed(2)} M/s`;
+  if (n >= 1e3) return `${(n / 1e3).toFixed(1)} k/s`;
+  return `${n.toFixed(n < 10 ? 1 : 0)} /s`;
+}
+
+function formatSize(n) {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) { n /= 1024; i += 1; }
+  return `${n.toFixed(i === 0 ? 0 : 1)} ${units[i]}`;
+}
+
+// Draws `value(sample)` over the last ten minutes into `svg`: a line (and
+// the area under it) that breaks where a sample has no value or samples
+// are missing (the store was not reachable), scaled to the largest value
+// shown (or `limit`, drawn dashed, when it is near).
+function drawChart(svg, value, format, limit) {
+  const now = Date.now();
+  const shown = charts.samples.filter((s) => s.t_ms >= now - WINDOW_MS);
+  let top = 0;
+  for (const s of shown) { const v = value(s); if (v !== null) top = Math.max(top, v); }
+  const showLimit = limit !== null && limit > 0 && top >= limit / 4;
+  if (showLimit) top = Math.max(top, limit);
+  top = top > 0 ? top * 1.1 : 1;
+  const x = (t) => ((t - (now - WINDOW_MS)) / WINDOW_MS) * CHART_W;
+  const y = (v) => CHART_H - (v / top) * (CHART_H - 12);
+  const parts = [];
+  let run = [];
+  let lastT = null;
+  for (const s of shown) {
+    const v = value(s);
+    if (v === null || (lastT !== null && s.t_ms - lastT > 3000)) {
+      if (run.length) parts.push(run);
+      run = [];
+    }
+    if (v !== null) run.push([x(s.t_ms), y(v)]);
+    lastT = s.t_ms;
+  }
+  if (run.length) parts.push(run);
+  const children = [svgEl('line', { class: 'grid', x1: 0, x2: CHART_W, y1: CHART_H - 0.5, y2: CHART_H - 0.5 })];
+  for (const p of parts) {
+    const points = p.map(([px, py]) => `${px.toFixed(1)},${py.toFixed(1)}`).join(' ');
+    if (p.length > 1) {
+      const first = p[0][0].toFixed(1);
+      const last = p[p.length - 1][0].toFixed(1);
+      children.push(svgEl('polygon', { class: 'area', points: `${first},${CHART_H} ${points} ${last},${CHART_H}` }));
+    }
+    children.push(svgEl('polyline', { class: 'line', points: p.length > 1 ? points : `${points} ${points}` }));
+  }
+  if (showLimit) {
+    children.push(svgEl('line', { class: 'limit', x1: 0, x2: CHART_W, y1: y(limit), y2: y(limit) }));
+  }
+  const scale = svgEl('text', { class: 'scale', x: 2, y: 10 });
+  scale.textContent = format(top / 1.1);
+  children.push(scale);
+  const ago = svgEl('text', { class: 'scale', x: 2, y: CHART_H - 3 });
+  ago.textContent = '10 min ago';
+  children.push(ago);
+  svg.replaceChildren(...children);
+}
+
+function drawCharts() {
+  const last = charts.samples[charts.samples.length - 1];
+  const fresh = last && Date.now() - last.t_ms < 5000;
+  const opsNow = fresh && last.ops_per_s !== null ? formatRate(last.ops_per_s) : '–';
+  $('ops-now').textContent = opsNow;
+  $('memory-now').textContent = fresh
+    ? `${formatSize(last.memory_used)} of ${formatSize(last.max_memory)}`
+    : '–';
+  drawChart($('ops-chart'), (s) => s.ops_per_s, formatRate, null);
+  drawChart($('memory-chart'), (s) => s.memory_used, formatSize, last ? last.max_memory : null);
+}
+
+// Fetches the samples newer than those the page has; the charts are
+// redrawn either way (time moves on).
+async function pollStats() {
+  if (charts.polling) return;
+  charts.polling = true;
+  try {
+    const last = charts.samples[charts.samples.length - 1];
+    const body = await api('GET', last ? `stats?since=${last.t_ms}` : 'stats');
+    charts.samples.push(...body.samples);
+    const oldest = Date.now() - WINDOW_MS - 5000;
+    while (charts.samples.length && charts.samples[0].t_ms < oldest) charts.samples.shift();
+  } catch (e) {
+    // The table's own calls report an unreachable gateway.
+  } finally {
+    charts.polling = false;
+    drawCharts();
+  }
 }
 
 start();
