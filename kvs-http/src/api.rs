@@ -36,14 +36,25 @@
 //! base64 and escapes). A `/status` page holds at most `limit` entries, and
 //! fewer when their keys and values add up to more than [`PAGE_BYTES`].
 //!
+//! `/set` also takes `ttl_ms` (the entry expires) and `if_version`
+//! (compare-and-set: 412 with the key's `version` when it is at another),
+//! and a DELETE takes `?if_version=`. TTLs and counters are in
+//! [`crate::operations`], batches in [`crate::batches`], the activity
+//! history in [`crate::history`].
+//!
 //! Every error answers `{"error": "..."}` ([`ErrorBody`]) with: 400 a
 //! malformed request (an empty key included), 401 a missing or wrong
-//! token, 404 absent, 409 exists, 413 key, value or body too long, 502 an
-//! answer the gateway cannot interpret, 503 the store is not reachable,
-//! 507 the store is full.
+//! token, 404 absent, 409 exists, 412 a compare-and-set that lost, 413
+//! key, value or body too long, 422 INCR of a value that is not an
+//! integer, 502 an answer the gateway cannot interpret, 503 the store is
+//! not reachable, 507 the store is full.
 //!
-//! Store calls block for microseconds while the server is up, and up to the
-//! client's timeout when it hangs, so each one runs on tokio's blocking pool.
+//! Store calls are awaited as the client's futures (`with_store`): a read
+//! is done directly and is ready at once, a write's ticket wakes the
+//! handler's task when its answer lands, and no runtime thread blocks,
+//! however long the server takes (up to the client's timeout). Only
+//! connecting, `/status` and its listing pages, which have no futures, run
+//! on tokio's blocking pool.
 
 use crate::events::{self, GatewayEvent, PumpState};
 use crate::json::{self, FieldError};
