@@ -25,6 +25,10 @@
 //! * `e2e/async`: GETs kept `depth` deep in flight with async tickets, the
 //!   oldest waited for, against one and two workers. Async tickets still go
 //!   through the ring (the direct read path is the synchronous `get`).
+//! * `e2e/await`: SETs awaited as futures on one tokio thread (the
+//!   client's reactor wakes the task) against the same SETs collected by
+//!   blocking (`wait`): one at a time, and 64 in flight (64 tokio tasks
+//!   against 64 tickets waited oldest first).
 //! * `e2e/p50` (printed, not a criterion group): the per-operation latency
 //!   of the `e2e/get32` contenders, each GET timed alone with `Instant`
 //!   (as `kvs_client bench` does), in alternating rounds, with the timer's
@@ -474,7 +478,100 @@ fn report_p50(rounds: usize, n: usize) {
     );
 }
 
-criterion_group!(benches, bench_sync, bench_get32, bench_async);
+/// SETs awaited as futures on one tokio thread against the same SETs
+/// collected by blocking the thread (`wait`): one at a time (what an
+/// await costs over a blocking call: the reactor's wake-up), and 64 in
+/// flight (64 tokio tasks against a queue of 64 tickets).
+fn bench_await(c: &mut Criterion) {
+    let mut g = group(c, "e2e/await");
+    let server = ServerProcess::start(Types::Text, 2);
+    let client = std::sync::Arc::new(
+        KVSClient::<TextKey, Value256>::connect(&server.name).expect("connect"),
+    );
+    let keys: std::sync::Arc<Vec<TextKey>> = std::sync::Arc::new((0..KEYS).map(text_key).collect());
+    let value = text_value(7);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    g.bench_function(BenchmarkId::new("set", "blocking, one at a time"), |b| {
+        b.iter(|| {
+            client
+                .set(&keys[next_key(&mut rng) as usize], &value)
+                .expect("set")
+        })
+    });
+    g.bench_function(BenchmarkId::new("set", "await, one at a time"), |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    let k = &keys[next_key(&mut rng) as usize];
+                    client
+                        .set_async(k, &value)
+                        .expect("submit")
+                        .await
+                        .expect("set");
+                }
+                start.elapsed()
+            })
+        })
+    });
+    const DEPTH: u64 = 64;
+    g.bench_function(
+        BenchmarkId::new("set", "blocking, 64 tickets in flight"),
+        |b| {
+            b.iter_custom(|iters| {
+                let mut queue = std::collections::VecDeque::with_capacity(DEPTH as usize);
+                let start = Instant::now();
+                let (mut submitted, mut done) = (0, 0);
+                while done < iters {
+                    while submitted < iters && queue.len() < DEPTH as usize {
+                        let k = &keys[next_key(&mut rng) as usize];
+                        queue.push_back(client.set_async(k, &value).expect("submit"));
+                        submitted += 1;
+                    }
+                    if let Some(t) = queue.pop_front() {
+                        t.wait(Duration::from_secs(5)).expect("set");
+                        done += 1;
+                    }
+                }
+                start.elapsed()
+            })
+        },
+    );
+    g.bench_function(BenchmarkId::new("set", "await, 64 tasks"), |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let start = Instant::now();
+                let tasks: Vec<_> = (0..DEPTH)
+                    .map(|t| {
+                        let (client, keys, value) = (client.clone(), keys.clone(), value.clone());
+                        let n = iters / DEPTH + u64::from(t < iters % DEPTH);
+                        tokio::spawn(async move {
+                            let mut rng = 0x9e37_79b9_7f4a_7c15u64 ^ t;
+                            for _ in 0..n {
+                                let k = &keys[next_key(&mut rng) as usize];
+                                client
+                                    .set_async(k, &value)
+                                    .expect("submit")
+                                    .await
+                                    .expect("set");
+                            }
+                        })
+                    })
+                    .collect();
+                for t in tasks {
+                    t.await.expect("task");
+                }
+                start.elapsed()
+            })
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench_sync, bench_get32, bench_async, bench_await);
 
 fn main() {
     if let Ok(spec) = std::env::var(SERVE_VAR) {

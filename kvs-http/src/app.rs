@@ -8,7 +8,8 @@
 //! [`json_body_limit`], a batch [`batch_body_limit`]. A longer one is
 //! answered 413.
 
-use crate::api::{self, ApiDoc, ApiError, AppState};
+use crate::api::{self, ApiError, AppState};
+use crate::openapi::ApiDoc;
 use crate::store::Connector;
 use crate::{auth, batches, operations};
 use axum::body::Body;
@@ -235,7 +236,7 @@ pub fn router(state: AppState, token: Option<Arc<str>>, loopback_only: bool) -> 
         .route("/expire", post(operations::expire))
         .route("/persist", post(operations::persist))
         .route("/incr", post(operations::incr))
-        .route("/stats", get(crate::history::stats))
+        .route("/stats", get(api::stats))
         .layer(limit(BodyKind::Json));
     let batches = Router::new()
         .route("/mget", post(batches::mget))

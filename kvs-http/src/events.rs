@@ -394,7 +394,7 @@ fn with_deadline(store: &BytesClient, change: ChangeEvent<Vec<u8>, Vec<u8>>) -> 
     };
     let mut event = GatewayEvent::from(change);
     if let GatewayEvent::Change { expires_ms, .. } = &mut event {
-        *expires_ms = crate::api::expires_ms(deadline_ns);
+        *expires_ms = json::expires_ms(deadline_ns);
     }
     event
 }

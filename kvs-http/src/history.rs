@@ -182,28 +182,6 @@ impl History {
     }
 }
 
-/// The store's activity over the last minutes, one sample a second.
-#[utoipa::path(
-    get,
-    path = "/stats",
-    tag = "store",
-    params(StatsQuery),
-    responses(
-        (status = 200, description = "The samples, oldest first", body = StatsBody),
-        (status = 400, description = "Malformed query", body = crate::api::ErrorBody),
-    )
-)]
-pub async fn stats(
-    axum::extract::State(state): axum::extract::State<crate::api::AppState>,
-    query: Result<axum::extract::Query<StatsQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<axum::Json<StatsBody>, crate::api::ApiError> {
-    let axum::extract::Query(q) = query?;
-    Ok(axum::Json(StatsBody {
-        interval_ms: INTERVAL.as_millis() as u64,
-        samples: state.history.since(q.since),
-    }))
-}
-
 fn unix_now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -41,6 +41,13 @@ pub enum FieldError {
     },
 }
 
+/// A deadline (unix ns, 0: none) as the API writes it: `expires_ms`, unix
+/// milliseconds rounded up (never shown as passed while the entry is still
+/// readable), `None` for none.
+pub fn expires_ms(deadline_ns: u64) -> Option<u64> {
+    (deadline_ns != 0).then(|| deadline_ns.div_ceil(1_000_000))
+}
+
 /// The JSON form of `bytes`: `(Some(text), None)` when they are UTF-8,
 /// else `(None, Some(base64))`.
 pub fn to_fields(bytes: Vec<u8>) -> (Option<String>, Option<String>) {

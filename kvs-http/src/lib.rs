@@ -7,8 +7,9 @@
 //!
 //! * [`store`]: the connection, and reconnection when the server restarts;
 //! * [`json`]: bytes in JSON (text, or base64 with a `_base64` field);
-//! * [`api`]: the JSON and raw endpoints, the error mapping and the OpenAPI
-//!   document (served at `/openapi.json`, with Swagger UI at `/docs`);
+//! * [`api`]: the JSON and raw endpoints and the error mapping;
+//! * [`openapi`]: the OpenAPI document (served at `/openapi.json`, with
+//!   Swagger UI at `/docs`);
 //! * [`operations`]: expiry and counters (`/ttl`, `/expire`, `/persist`,
 //!   `/incr`); [`batches`]: `/mget`, `/mset`, `/mdel`;
 //! * [`events`]: the thread that turns one subscription into the `/events`
@@ -53,6 +54,7 @@ pub mod events;
 pub mod gateway;
 pub mod history;
 pub mod json;
+pub mod openapi;
 pub mod operations;
 pub mod serve;
 pub mod store;

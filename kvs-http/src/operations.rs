@@ -16,8 +16,8 @@
 //! are in [`crate::batches`].
 
 use crate::api::{
-    expires_ms, lookup, not_found, path_key, query_key, with_store, ApiError, AppState, ErrorBody,
-    KeyErrors, KeyQuery,
+    lookup, not_found, path_key, query_key, with_store, ApiError, AppState, ErrorBody, KeyErrors,
+    KeyQuery,
 };
 use crate::json::{self, FieldError};
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
@@ -181,7 +181,7 @@ async fn read_ttl(state: &AppState, key: Vec<u8>) -> Result<TtlBody, ApiError> {
         key_base64,
         ttl_ms: (entry.deadline_ns != 0)
             .then(|| entry.deadline_ns.saturating_sub(now_ns) / 1_000_000),
-        expires_ms: expires_ms(entry.deadline_ns),
+        expires_ms: json::expires_ms(entry.deadline_ns),
     })
 }
 
