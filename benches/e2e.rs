@@ -546,7 +546,7 @@ fn bench_await(c: &mut Criterion) {
                 let start = Instant::now();
                 let tasks: Vec<_> = (0..DEPTH)
                     .map(|t| {
-                        let (client, keys, value) = (client.clone(), keys.clone(), value.clone());
+                        let (client, keys, value) = (client.clone(), keys.clone(), value);
                         let n = iters / DEPTH + u64::from(t < iters % DEPTH);
                         tokio::spawn(async move {
                             let mut rng = 0x9e37_79b9_7f4a_7c15u64 ^ t;
