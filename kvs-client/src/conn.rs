@@ -244,6 +244,13 @@ impl Conn {
         Ok(self.reactor.get_or_init(|| started))
     }
 
+    /// Whether no task of this connection awaits an answer through the
+    /// reactor (none started counts as idle): a hint for how long a first
+    /// poll may spin.
+    pub(crate) fn awaits_idle(&self) -> bool {
+        self.reactor.get().is_none_or(crate::reactor::Reactor::idle)
+    }
+
     /// The largest key and value the store allows.
     pub(crate) fn limits(&self) -> (u64, u64) {
         let info = self.region.info();

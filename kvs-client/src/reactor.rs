@@ -46,7 +46,7 @@ use kvs_core::region::Region;
 use kvs_core::response_table::Claim;
 use kvs_core::wait::{EventCount, FutexParker, SLEEP_SLICE};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::Waker;
 use std::thread::JoinHandle;
@@ -77,6 +77,9 @@ struct Shared {
     registration: u32,
     private_bell: EventCount,
     table: Mutex<Table>,
+    /// How many tasks wait (the table's length, mirrored for a lock-free
+    /// look: see [`Reactor::idle`]). Relaxed: a hint for a heuristic.
+    waiting: AtomicUsize,
     stop: AtomicBool,
 }
 
@@ -114,6 +117,7 @@ impl Reactor {
             registration,
             private_bell: EventCount::new(),
             table: Mutex::new(Table::default()),
+            waiting: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
         });
         let thread = std::thread::Builder::new()
@@ -154,6 +158,9 @@ impl Reactor {
                     );
                 }
             }
+            self.shared
+                .waiting
+                .store(table.waiting.len(), Ordering::Relaxed);
             // The reactor sleeps past this deadline, or past its next
             // liveness check (an idle sleep): make it re-plan.
             let due = deadline.min(Instant::now() + SLEEP_SLICE);
@@ -173,7 +180,15 @@ impl Reactor {
             .is_some_and(|w| w.claim == *claim)
         {
             table.waiting.remove(&claim.index);
+            self.shared
+                .waiting
+                .store(table.waiting.len(), Ordering::Relaxed);
         }
+    }
+
+    /// Whether no task waits on this connection's reactor (a hint).
+    pub(crate) fn idle(&self) -> bool {
+        self.shared.waiting.load(Ordering::Relaxed) == 0
     }
 }
 
@@ -223,6 +238,7 @@ fn run(shared: &Shared) {
             }
         });
         table.sleeping_until = Some(until);
+        shared.waiting.store(table.waiting.len(), Ordering::Relaxed);
         drop(table);
         // Outside the lock: a waker may run anything.
         for w in wake.drain(..) {
