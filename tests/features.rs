@@ -412,6 +412,38 @@ fn example_job_files_produce_their_expected_output() {
     assert!(checked >= 3);
 }
 
+/// The examples run together, as the README shows (`kvs_client run
+/// examples/jobs --jobs 3`), on one store, give the same outputs: each
+/// keeps to its own key prefix.
+#[test]
+fn example_job_files_run_together_on_one_store() {
+    let dir = temp_dir("jobs-together");
+    let mut jobs = Vec::new();
+    for entry in std::fs::read_dir(examples_jobs()).unwrap() {
+        let job = entry.unwrap().path();
+        if job.extension().is_some_and(|e| e == "job") {
+            std::fs::copy(&job, dir.path().join(job.file_name().unwrap())).unwrap();
+            jobs.push(job);
+        }
+    }
+    let name = unique_name("jobs-together");
+    let _server = ServerGuard::start(&name, &["--backup-dir", dir.path().to_str().unwrap()]);
+    for round in 0..2 {
+        let o = kvs_client(&name, &["run", "--jobs", "3", dir.path().to_str().unwrap()]);
+        // errors.job has malformed lines on purpose.
+        assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+        for job in &jobs {
+            let out = dir
+                .path()
+                .join(job.file_name().unwrap())
+                .with_extension("out");
+            let got = std::fs::read_to_string(out).unwrap();
+            let want = std::fs::read_to_string(job.with_extension("out")).unwrap();
+            assert_eq!(got, want, "round {round}: {}", job.display());
+        }
+    }
+}
+
 #[test]
 fn job_directories_run_in_parallel() {
     let dir = temp_dir("jobdir");

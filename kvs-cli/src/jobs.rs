@@ -9,6 +9,7 @@
 //! READ [k1,k2]              print [(k1,v1)(k2,KVSERROR)]   (KVSERROR: absent)
 //! DELETE [k1,k3]            print [(k3,KVSMISSING)]       (only keys that were absent; nothing if none)
 //! SHOW                      print every entry as "(key, value)", one per line
+//! SHOW user:                only the entries whose key starts with user:
 //! WAIT 250                  pause 250 ms
 //! BACKUP                    snapshot the store as NAME-1.bck (then -2, -3 ...) in the server's --backup-dir
 //! EXPIRE 30s [k1,k2]        give each key a TTL; print [(k2,KVSMISSING)] for absent keys (nothing if none)
@@ -51,8 +52,8 @@ pub enum JobCommand {
     Read(Vec<String>),
     /// `DELETE [k,...]`.
     Delete(Vec<String>),
-    /// `SHOW`.
-    Show,
+    /// `SHOW` (every entry) or `SHOW prefix`.
+    Show(String),
     /// `WAIT ms`.
     Wait(u64),
     /// `BACKUP`.
@@ -195,7 +196,11 @@ pub fn parse_line(line: &str) -> Result<Option<JobCommand>, String> {
         }
         "READ" => Ok(Some(JobCommand::Read(key_list(rest, "READ")?))),
         "DELETE" => Ok(Some(JobCommand::Delete(key_list(rest, "DELETE")?))),
-        "SHOW" => no_args(JobCommand::Show),
+        "SHOW" => match rest.split_whitespace().collect::<Vec<_>>()[..] {
+            [] => Ok(Some(JobCommand::Show(String::new()))),
+            [prefix] => Ok(Some(JobCommand::Show(check_token(prefix, "prefix")?))),
+            _ => Err("SHOW takes at most one key prefix (SHOW or SHOW user:)".into()),
+        },
         "BACKUP" => no_args(JobCommand::Backup),
         "WAIT" => {
             let ms: u64 = rest
@@ -454,9 +459,9 @@ fn execute(
         JobCommand::Delete(keys) => {
             missing_keys(client, keys, out, failed_ops, |k| client.del(k))?;
         }
-        JobCommand::Show => {
+        JobCommand::Show(prefix) => {
             let mut all = client
-                .list(b"")
+                .list(prefix.as_bytes())
                 .map(|r| r.map(|e| (e.key, e.value)))
                 .collect::<Result<Vec<_>, ClientError>>()
                 .map_err(|e| format!("SHOW failed: {e}"))?;
@@ -554,7 +559,14 @@ mod tests {
             parse_line("DELETE [a]").unwrap(),
             Some(JobCommand::Delete(vec!["a".into()]))
         );
-        assert_eq!(parse_line("  SHOW ").unwrap(), Some(JobCommand::Show));
+        assert_eq!(
+            parse_line("  SHOW ").unwrap(),
+            Some(JobCommand::Show(String::new()))
+        );
+        assert_eq!(
+            parse_line("SHOW user:").unwrap(),
+            Some(JobCommand::Show("user:".into()))
+        );
         assert_eq!(parse_line("WAIT 10").unwrap(), Some(JobCommand::Wait(10)));
         assert_eq!(parse_line("BACKUP").unwrap(), Some(JobCommand::Backup));
         assert_eq!(
@@ -594,7 +606,9 @@ mod tests {
             ("READ [a,,b]", "empty key"),
             ("WAIT soon", "milliseconds"),
             ("WAIT 999999", "limit"),
-            ("SHOW all", "no arguments"),
+            ("SHOW a b", "at most one key prefix"),
+            ("SHOW a,b", "contains one of"),
+            ("BACKUP now", "no arguments"),
             ("FROB [x]", "unknown command"),
             ("EXPIRE [a]", "expects a TTL"),
             ("EXPIRE soon [a]", "not a TTL"),
