@@ -27,6 +27,52 @@ impl utoipa::Modify for BearerToken {
     }
 }
 
+/// Adds the answers any call can get from the gateway itself, before its
+/// handler runs: 401 (the token), 405 (a method the path does not serve)
+/// and 421 (the Host check of a loopback gateway without a token).
+#[derive(Debug)]
+struct GatewayAnswers;
+
+impl utoipa::Modify for GatewayAnswers {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let answer = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("ErrorBody")))
+                        .build(),
+                )
+                .build()
+        };
+        let answers = [
+            ("401", "The gateway runs with --token and the request lacks `Authorization: Bearer TOKEN`, or has another token"),
+            ("405", "A method this path does not serve (each path's methods are those documented)"),
+            ("421", "A gateway on loopback without --token answers only requests whose Host is a loopback name (localhost, 127.0.0.1, [::1]), against DNS rebinding"),
+        ];
+        for item in openapi.paths.paths.values_mut() {
+            for op in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                for (code, description) in answers {
+                    op.responses
+                        .responses
+                        .entry(code.to_string())
+                        .or_insert_with(|| answer(description).into());
+                }
+            }
+        }
+    }
+}
+
 /// The OpenAPI document of the gateway.
 #[derive(Debug, OpenApi)]
 #[openapi(
@@ -80,7 +126,7 @@ impl utoipa::Modify for BearerToken {
         api::StatusBody,
         api::ErrorBody
     )),
-    modifiers(&BearerToken),
+    modifiers(&BearerToken, &GatewayAnswers),
     tags(
         (name = "store", description = "The key-value store, in JSON"),
         (name = "expiry and counters", description = "TTLs and atomic counters"),
@@ -98,10 +144,16 @@ mod tests {
     fn the_document_lists_every_answer_of_every_call() {
         let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
         let codes = |path: &str, method: &str| -> Vec<String> {
-            let mut c: Vec<String> = doc["paths"][path][method]["responses"]
+            let all = doc["paths"][path][method]["responses"]
                 .as_object()
-                .unwrap_or_else(|| panic!("{method} {path} missing"))
+                .unwrap_or_else(|| panic!("{method} {path} missing"));
+            // The gateway's own answers, on every call.
+            for code in ["401", "405", "421"] {
+                assert!(all.contains_key(code), "{method} {path} lacks {code}");
+            }
+            let mut c: Vec<String> = all
                 .keys()
+                .filter(|c| !["401", "405", "421"].contains(&c.as_str()))
                 .cloned()
                 .collect();
             c.sort();
