@@ -539,6 +539,21 @@ fn a_token_guards_the_api_but_not_the_page() {
         &[("Authorization", "Basic s3cret")],
     );
     assert_eq!(a.status, 401);
+    // The bare token: told what the header should look like.
+    let a = request("POST", &url, Some(body), &[("Authorization", "s3cret")]);
+    assert_eq!(a.status, 401);
+    assert!(a.error().contains("Bearer TOKEN"), "{}", a.error());
+    assert!(!a.error().contains("wrong"), "{}", a.error());
+    let a = request(
+        "POST",
+        &url,
+        Some(body),
+        &[("Authorization", "Bearer wrong")],
+    );
+    assert_eq!(a.error(), "the bearer token is wrong");
+    // HTTP auth schemes are case-insensitive.
+    let lower = [("Authorization", "bearer s3cret")];
+    assert_eq!(request("POST", &url, Some(body), &lower).status, 200);
     let auth = [("Authorization", "Bearer s3cret")];
     assert_eq!(request("POST", &url, Some(body), &auth).status, 200);
     assert_eq!(request("GET", &gw.url("/get/a"), None, &auth).status, 200);
@@ -842,6 +857,11 @@ fn foreign_host_names_are_refused_without_a_token() {
     assert_eq!(evil.status, 421, "{}", evil.body);
     assert!(
         evil.error().contains("not this machine's loopback"),
+        "{}",
+        evil.body
+    );
+    assert!(
+        evil.error().contains("http://127.0.0.1:8000/") && !evil.error().contains("PORT"),
         "{}",
         evil.body
     );

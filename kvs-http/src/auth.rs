@@ -9,7 +9,9 @@
 //! use kvs_http::auth::bearer_matches;
 //!
 //! assert!(bearer_matches(Some("Bearer s3cret"), "s3cret"));
+//! assert!(bearer_matches(Some("bearer s3cret"), "s3cret")); // schemes ignore case
 //! assert!(!bearer_matches(Some("Bearer nope"), "s3cret"));
+//! assert!(!bearer_matches(Some("s3cret"), "s3cret")); // no scheme
 //! assert!(!bearer_matches(None, "s3cret"));
 //! ```
 
@@ -21,14 +23,59 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use std::sync::Arc;
 
-/// Whether an `Authorization` header value carries `token`. Compares in
-/// time independent of where the strings differ.
-pub fn bearer_matches(header: Option<&str>, token: &str) -> bool {
-    let Some(given) = header.and_then(|h| h.strip_prefix("Bearer ")) else {
-        return false;
-    };
+/// Why a request's `Authorization` header does not let it through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// No `Authorization` header.
+    Missing,
+    /// A header whose scheme is not `Bearer` (or that has no scheme: the
+    /// bare token).
+    NotBearer,
+    /// `Bearer` with another token.
+    WrongToken,
+}
+
+impl Refusal {
+    /// What the 401 says.
+    pub fn message(self) -> &'static str {
+        match self {
+            Refusal::Missing => "this gateway needs a token: send Authorization: Bearer TOKEN",
+            Refusal::NotBearer => {
+                "the Authorization header must be Bearer TOKEN (the word Bearer, a space, then the token)"
+            }
+            Refusal::WrongToken => "the bearer token is wrong",
+        }
+    }
+}
+
+/// Checks an `Authorization` header value against `token`: the scheme
+/// `Bearer` in any case (HTTP schemes are case-insensitive), then the
+/// token, compared in time independent of where the strings differ.
+///
+/// # Errors
+///
+/// The [`Refusal`].
+pub fn check_bearer(header: Option<&str>, token: &str) -> Result<(), Refusal> {
+    let header = header.ok_or(Refusal::Missing)?.trim();
+    let (scheme, given) = header
+        .split_once(|c: char| c == ' ' || c == '\t')
+        .ok_or(Refusal::NotBearer)?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(Refusal::NotBearer);
+    }
     let (a, b) = (given.trim().as_bytes(), token.as_bytes());
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    let same = a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0;
+    if same {
+        Ok(())
+    } else {
+        Err(Refusal::WrongToken)
+    }
+}
+
+/// Whether an `Authorization` header value carries `token` (see
+/// [`check_bearer`]).
+pub fn bearer_matches(header: Option<&str>, token: &str) -> bool {
+    check_bearer(header, token).is_ok()
 }
 
 /// Middleware: lets the request through only with the right token.
@@ -41,15 +88,11 @@ pub async fn require_token(
         .headers()
         .get(AUTHORIZATION)
         .and_then(|h| h.to_str().ok());
-    if bearer_matches(header, &token) {
-        return next.run(request).await;
-    }
-    let message = if header.is_some() {
-        "the bearer token is wrong"
-    } else {
-        "this gateway needs a token: send Authorization: Bearer TOKEN"
+    let refusal = match check_bearer(header, &token) {
+        Ok(()) => return next.run(request).await,
+        Err(r) => r,
     };
-    let mut response = ApiError::new(StatusCode::UNAUTHORIZED, message).into_response();
+    let mut response = ApiError::new(StatusCode::UNAUTHORIZED, refusal.message()).into_response();
     response
         .headers_mut()
         .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -80,20 +123,68 @@ pub async fn require_loopback_host(request: Request, next: Next) -> Response {
         .get(axum::http::header::HOST)
         .and_then(|h| h.to_str().ok());
     match host {
-        Some(h) if !is_loopback_host(h) => ApiError::new(
-            StatusCode::MISDIRECTED_REQUEST,
-            format!(
-                "host {h:?} is not this machine's loopback; open the page as http://127.0.0.1:PORT/ (or start kvs_http with --token)"
-            ),
-        )
-        .into_response(),
+        Some(h) if !is_loopback_host(h) => {
+            ApiError::new(StatusCode::MISDIRECTED_REQUEST, misdirected(h)).into_response()
+        }
         _ => next.run(request).await,
     }
 }
 
+/// The 421 message for `host`: the address to use instead, with the port
+/// the request came to (the one `host` names; none: HTTP's default).
+fn misdirected(host: &str) -> String {
+    let port = if host.starts_with('[') {
+        host.rsplit_once("]:").map(|(_, p)| p)
+    } else {
+        host.rsplit_once(':').map(|(_, p)| p)
+    }
+    .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    let address = match port {
+        Some(p) => format!("http://127.0.0.1:{p}/"),
+        None => "http://127.0.0.1/".to_string(),
+    };
+    format!(
+        "host {host:?} is not this machine's loopback: open {address} instead (or start kvs_http with --token to serve other names)"
+    )
+}
+
 #[cfg(test)]
 mod tests {
-    use super::is_loopback_host;
+    use super::*;
+
+    #[test]
+    fn the_scheme_is_case_insensitive_and_each_refusal_says_why() {
+        assert_eq!(check_bearer(Some("Bearer s3cret"), "s3cret"), Ok(()));
+        assert_eq!(check_bearer(Some("bearer s3cret"), "s3cret"), Ok(()));
+        assert_eq!(check_bearer(Some("BEARER  s3cret "), "s3cret"), Ok(()));
+        assert_eq!(check_bearer(None, "s3cret"), Err(Refusal::Missing));
+        assert_eq!(
+            check_bearer(Some("s3cret"), "s3cret"),
+            Err(Refusal::NotBearer)
+        );
+        assert_eq!(
+            check_bearer(Some("Basic czNjcmV0"), "s3cret"),
+            Err(Refusal::NotBearer)
+        );
+        assert_eq!(
+            check_bearer(Some("Bearer nope"), "s3cret"),
+            Err(Refusal::WrongToken)
+        );
+        assert_eq!(
+            check_bearer(Some("Bearer "), "s3cret"),
+            Err(Refusal::NotBearer)
+        );
+        assert!(Refusal::NotBearer.message().contains("Bearer TOKEN"));
+    }
+
+    #[test]
+    fn a_misdirected_request_is_told_the_address_with_its_port() {
+        let m = misdirected("evil.example:8123");
+        assert!(m.contains("http://127.0.0.1:8123/"), "{m}");
+        assert!(!m.contains("PORT"), "{m}");
+        assert!(misdirected("evil.example").contains("http://127.0.0.1/"));
+        assert!(misdirected("[fe80::1]:9000").contains("http://127.0.0.1:9000/"));
+    }
 
     #[test]
     fn loopback_hosts_are_recognised() {
