@@ -1073,3 +1073,32 @@ fn a_bad_gateway_name_is_refused_at_start() {
         assert!(err.contains("region name"), "{bad:?}: {err}");
     }
 }
+
+/// `--listen` takes a host name as well as an address.
+#[test]
+fn listen_takes_a_host_name() {
+    let name = unique_name("http-listen");
+    let _server = ServerGuard::start(&name, &[]);
+    let mut child = std::process::Command::new(http_bin())
+        .args(["--name", &name, "--listen", "localhost:0"])
+        .env_remove("KVS_NAME")
+        .env_remove("KVS_HTTP_TOKEN")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let line = first_line(&mut child, std::time::Duration::from_secs(10));
+    let _ = child.kill();
+    let _ = child.wait();
+    let line = line.unwrap_or_default();
+    assert!(line.contains("listening on http://127.0.0.1:"), "{line}");
+    let bad = std::process::Command::new(http_bin())
+        .args(["--name", &name, "--listen", "localhost"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("no port"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+}

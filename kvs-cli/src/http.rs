@@ -28,8 +28,9 @@ pub struct Args {
     /// Directory of the server's socket, if it was started with one.
     #[arg(long, env = "KVS_SOCKET_DIR", value_name = "DIR")]
     pub socket_dir: Option<std::path::PathBuf>,
-    /// Address to listen on (port 0 picks a free port).
-    #[arg(long, default_value = "127.0.0.1:8000")]
+    /// Address to listen on: HOST:PORT, where HOST is an IP address or a
+    /// name (localhost:8000); port 0 picks a free port.
+    #[arg(long, default_value = "127.0.0.1:8000", value_parser = parse_listen, value_name = "HOST:PORT")]
     pub listen: SocketAddr,
     /// Require `Authorization: Bearer TOKEN` on every API request.
     #[arg(long, env = "KVS_HTTP_TOKEN", hide_env_values = true)]
@@ -42,6 +43,32 @@ pub struct Args {
     /// idle between requests, before it is closed.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=3600))]
     pub idle_timeout: u32,
+}
+
+/// `--listen`: an address, or a host name and a port (resolved now; the
+/// first address it resolves to, an IPv4 one when there is one, as
+/// `localhost` is most often meant as 127.0.0.1).
+fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return Err(format!("{s:?} has no port: write HOST:PORT, e.g. {s}:8000"));
+    };
+    if port.parse::<u16>().is_err() {
+        return Err(format!("{port:?} is not a port (0 to 65535) in {s:?}"));
+    }
+    let addrs: Vec<SocketAddr> = s
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {host:?}: {e}"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| format!("{host:?} resolves to no address"))
 }
 
 impl Args {
@@ -116,5 +143,28 @@ async fn shutdown_signal() {
             }
         }
         _ => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_listen;
+
+    #[test]
+    fn listen_takes_addresses_and_host_names() {
+        assert_eq!(
+            parse_listen("127.0.0.1:8000").unwrap(),
+            "127.0.0.1:8000".parse().unwrap()
+        );
+        assert_eq!(parse_listen("[::1]:0").unwrap(), "[::1]:0".parse().unwrap());
+        let local = parse_listen("localhost:8001").unwrap();
+        assert!(local.ip().is_loopback() && local.port() == 8001, "{local}");
+        assert!(parse_listen("localhost").unwrap_err().contains("no port"));
+        assert!(parse_listen("localhost:http")
+            .unwrap_err()
+            .contains("not a port"));
+        assert!(parse_listen("no-such-host.invalid:80")
+            .unwrap_err()
+            .contains("cannot resolve"));
     }
 }

@@ -57,9 +57,7 @@ impl Refusal {
 /// The [`Refusal`].
 pub fn check_bearer(header: Option<&str>, token: &str) -> Result<(), Refusal> {
     let header = header.ok_or(Refusal::Missing)?.trim();
-    let (scheme, given) = header
-        .split_once([' ', '\t'])
-        .ok_or(Refusal::NotBearer)?;
+    let (scheme, given) = header.split_once([' ', '\t']).ok_or(Refusal::NotBearer)?;
     if !scheme.eq_ignore_ascii_case("bearer") {
         return Err(Refusal::NotBearer);
     }
