@@ -760,3 +760,44 @@ fn batches_of_many_clients_share_few_slots_without_stalling() {
     eprintln!("8 batches of 3000 over 64 slots took {:?}", start.elapsed());
     assert_eq!(server.storage_size(), 24_000);
 }
+
+/// `watch` started with SIGINT ignored (as a script's background job
+/// inherits it) still ends on SIGINT, and on SIGTERM, exiting 0.
+#[test]
+fn watch_ends_on_sigint_and_sigterm_even_when_started_ignoring_them() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    use std::os::unix::process::CommandExt;
+    let name = unique_name("watch-sig");
+    let _server = ServerGuard::start(&name, &[]);
+    for signal in [Signal::SIGINT, Signal::SIGTERM] {
+        let mut watch = kvs_client_command::<&str>(&[], &name, &["watch"]);
+        // SAFETY: between fork and exec only `signal` runs, which is
+        // async-signal-safe; it sets what a background job inherits.
+        unsafe {
+            watch.pre_exec(|| {
+                libc::signal(libc::SIGINT, libc::SIG_IGN);
+                libc::signal(libc::SIGTERM, libc::SIG_IGN);
+                Ok(())
+            });
+        }
+        let watcher = watch.spawn().unwrap();
+        let pid = watcher.id();
+        let mut watcher = Children(vec![watcher]);
+        // Until it is subscribed (it then says so on stderr; give it time).
+        std::thread::sleep(Duration::from_millis(500));
+        kill(Pid::from_raw(pid as i32), signal).unwrap();
+        let give_up = std::time::Instant::now() + Duration::from_secs(5);
+        let status = loop {
+            if let Some(s) = watcher.0[0].try_wait().unwrap() {
+                break s;
+            }
+            assert!(
+                std::time::Instant::now() < give_up,
+                "watch ignored {signal:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert_eq!(status.code(), Some(0), "after {signal:?}");
+    }
+}

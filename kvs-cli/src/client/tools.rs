@@ -139,11 +139,41 @@ pub(crate) fn run_jobs(args: &Args, paths: &[PathBuf], jobs: usize) -> Result<()
 }
 
 /// `kvs_client watch`.
+/// SIGINT, SIGTERM or SIGHUP arrived (see [`stop_on_signals`]).
+static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Makes SIGINT, SIGTERM and SIGHUP end `watch` cleanly, whatever their
+/// inherited disposition: a watcher started in the background of a script
+/// inherits SIGINT ignored, and would otherwise outlive `kill -INT`. The
+/// signals are blocked (in this thread, before any other exists, so in
+/// every thread) and a thread waits for them: on Linux a blocked signal
+/// stays pending even where it is ignored, so `sigwait` receives it.
+fn stop_on_signals() -> Result<(), Failure> {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut signals = SigSet::empty();
+    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        signals.add(s);
+    }
+    signals
+        .thread_block()
+        .map_err(|e| Failure::error(format!("blocking signals: {e}")))?;
+    std::thread::Builder::new()
+        .name("kvs-watch-signals".into())
+        .spawn(move || {
+            if signals.wait().is_ok() {
+                STOP.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        })
+        .map_err(|e| Failure::error(format!("starting the signal thread: {e}")))?;
+    Ok(())
+}
+
 pub(crate) fn watch(args: &Args, keys: &[OsString]) -> Result<(), Failure> {
     let keys = keys
         .iter()
         .map(key_arg)
         .collect::<Result<Vec<Vec<u8>>, _>>()?;
+    stop_on_signals()?;
     let client = std::sync::Arc::new(connect(args)?);
     let mut sub = client.subscribe(&keys)?;
     eprintln!(
@@ -157,7 +187,11 @@ pub(crate) fn watch(args: &Args, keys: &[OsString]) -> Result<(), Failure> {
     );
     let mut out = std::io::stdout().lock();
     loop {
-        let line = match sub.next_timeout(Duration::from_secs(1))? {
+        // Relaxed: a flag; the next round (200 ms at most) sees it.
+        if STOP.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(());
+        }
+        let line = match sub.next_timeout(Duration::from_millis(200))? {
             None => continue,
             Some(ChangeEvent::Changed {
                 key,
