@@ -698,7 +698,7 @@ fn list_and_watch_never_print_control_characters_raw() {
         "{line}"
     );
     let _ = watcher.0[0].kill();
-    let out = kvs_client(&name, &["list"]);
+    let out = kvs_client(&name, &["list", "--no-header"]);
     let listed = stdout(&out);
     assert_eq!(listed.lines().count(), 1, "{listed:?}");
     assert!(

@@ -169,9 +169,20 @@ fn listing_pages_through_everything_and_filters_by_prefix() {
     let k = first["key"].as_str().unwrap();
     let v = first["value"].as_str().unwrap();
     assert_eq!(format!("v{}", &k["user:".len()..]), v);
+    // The same entry shape as `get --json` and the gateway: milliseconds.
+    assert!(first["modified_ms"].as_u64().unwrap() > 1_600_000_000_000);
+    assert!(first["expires_ms"].is_null() && first.get("modified_ns").is_none());
     let o = kvs_client(&name, &["list"]);
-    assert_eq!(stdout(&o).lines().count(), 300);
+    let table = stdout(&o);
+    assert_eq!(table.lines().count(), 301);
+    assert_eq!(
+        table.lines().next(),
+        Some("KEY\tVALUE\tVERSION\tMODIFIED\tEXPIRES")
+    );
+    assert!(table.lines().nth(1).unwrap().ends_with("\t-"), "{table}");
     assert!(stderr(&o).contains("300 entries"));
+    let o = kvs_client(&name, &["list", "--no-header", "--prefix", "user:1"]);
+    assert!(stdout(&o).lines().all(|l| l.starts_with("user:1")));
 }
 
 /// 100,000 entries list in well under a second (bound generously here; the

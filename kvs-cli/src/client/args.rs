@@ -159,9 +159,14 @@ pub enum Command {
         /// Only keys starting with these bytes.
         #[arg(long, default_value = "")]
         prefix: OsString,
-        /// One JSON object per line instead of a table.
+        /// One JSON object per line instead of a table (as `get --json`:
+        /// key, value, version, modified_ms, expires_ms).
         #[arg(long)]
         json: bool,
+        /// Leave out the table's header line (KEY VALUE VERSION MODIFIED
+        /// EXPIRES).
+        #[arg(long, conflicts_with = "json")]
+        no_header: bool,
     },
     /// Ask the server to write a point-in-time snapshot of the store
     /// (atomically) as FILE in its backup directory (kvs_server

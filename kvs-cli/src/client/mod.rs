@@ -55,7 +55,11 @@ fn run(args: &Args) -> Result<(), Failure> {
         Command::Mdel { keys } => batches::mdel(args, keys),
         Command::Status { json } => commands::status(args, *json),
         Command::Bench(bench) => commands::bench(args, bench),
-        Command::List { prefix, json } => tools::list(args, prefix, *json),
+        Command::List {
+            prefix,
+            json,
+            no_header,
+        } => tools::list(args, prefix, *json, !*no_header),
         Command::Backup { file } => tools::backup(args, file.as_deref()),
         Command::Run { paths, jobs } => tools::run_jobs(args, paths, usize::from(*jobs)),
         Command::Watch { keys } => tools::watch(args, keys),

@@ -12,31 +12,41 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::support::json_bytes;
-
 /// `kvs_client list`.
-pub(crate) fn list(args: &Args, prefix: &OsString, json: bool) -> Result<(), Failure> {
+pub(crate) fn list(
+    args: &Args,
+    prefix: &OsString,
+    json: bool,
+    header: bool,
+) -> Result<(), Failure> {
     let client = connect(args)?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    if header && !json && writeln!(out, "KEY\tVALUE\tVERSION\tMODIFIED\tEXPIRES").is_err() {
+        return Ok(());
+    }
     let mut n = 0usize;
     for entry in client.list(prefix.as_bytes()) {
         let e = entry?;
         n += 1;
-        let (key, value) = (&e.key, &e.value);
         let line = if json {
-            let mut obj = serde_json::Map::new();
-            json_bytes(&mut obj, "key", key);
-            json_bytes(&mut obj, "value", value);
-            obj.insert("version".into(), e.version.into());
-            obj.insert("modified_ns".into(), e.modified_ns.into());
-            serde_json::Value::Object(obj).to_string()
+            let entry = kvs_client::Versioned {
+                value: e.value,
+                version: e.version,
+                modified_ns: e.modified_ns,
+                deadline_ns: e.deadline_ns,
+            };
+            super::commands::entry_json(&e.key, &entry).to_string()
         } else {
             // Escaped: a stored tab, newline or escape sequence neither
             // breaks the row nor drives the terminal.
+            let expires = match e.deadline_ns {
+                0 => "-".to_string(),
+                ns => format_time(ns),
+            };
             format!(
-                "{}\t{}\t{}\t{}",
-                escape_for_display(key),
-                escape_for_display(value),
+                "{}\t{}\t{}\t{}\t{expires}",
+                escape_for_display(&e.key),
+                escape_for_display(&e.value),
                 e.version,
                 format_time(e.modified_ns)
             )
