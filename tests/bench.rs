@@ -152,3 +152,45 @@ fn a_killed_bench_takes_its_client_processes_with_it() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// A bench leaves its keys in the store unless `--remove-keys` is given,
+/// which deletes them all after the run, from every client process.
+#[test]
+fn remove_keys_leaves_the_store_as_it_was() {
+    let name = unique_name("bench-remove");
+    let _server = ServerGuard::start(&name, &[]);
+    assert!(kvs_client(&name, &["set", "mine", "stays"])
+        .status
+        .success());
+    let entries = || {
+        let out = kvs_client(&name, &["status", "--json"]);
+        let status: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+        status["entries"].as_u64().unwrap()
+    };
+    let bench = |extra: &[&str]| {
+        let mut args = vec![
+            "bench",
+            "--ops",
+            "3000",
+            "--clients",
+            "2",
+            "--threads",
+            "2",
+            "--keys",
+            "400",
+            "--mix",
+            "50:50:0:0",
+            "--no-progress",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let out = kvs_client(&name, &args);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    };
+    bench(&["--remove-keys"]);
+    assert_eq!(entries(), 1);
+    bench(&[]);
+    assert_eq!(entries(), 401);
+    let out = kvs_client(&name, &["bench", "--help"]);
+    assert!(stdout(&out).contains("--remove-keys"), "{}", stdout(&out));
+}

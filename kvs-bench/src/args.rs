@@ -59,6 +59,12 @@ pub struct BenchArgs {
     /// Never draw the progress bar (it is drawn only when stderr is a terminal).
     #[arg(long)]
     pub no_progress: bool,
+    /// Delete the run's keys at the end (one `del_many` per thread, after
+    /// the clock stops). Without it they stay in the store: `bench:RUN:T:I`
+    /// for run RUN (8 hex digits), thread T and key I, with the last value
+    /// each was given.
+    #[arg(long)]
+    pub remove_keys: bool,
     /// Internal: run as client process INDEX of a multi-process run.
     #[arg(long, hide = true)]
     pub child: Option<u32>,

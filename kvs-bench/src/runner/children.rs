@@ -95,6 +95,9 @@ fn child_command(plan: &Plan, index: u32) -> Result<Command, BenchError> {
         .args(["--seed", &a.seed.to_string()])
         .args(["--run-id", &plan.run_id.to_string()])
         .args(["--child", &index.to_string()]);
+    if a.remove_keys {
+        cmd.arg("--remove-keys");
+    }
     match (a.duration, a.ops) {
         (Some(s), _) => cmd.args(["--duration", &s.to_string()]),
         (None, Some(n)) => cmd.args(["--ops", &n.to_string()]),

@@ -61,7 +61,13 @@ pub(crate) fn run_threads<V: BenchValue>(
                     start.wait();
                     let t0 = started.lock().map(|g| *g).ok().flatten();
                     match (worker, t0) {
-                        (Some(mut w), Some(t0)) => Some(w.run(t0, done_ops)),
+                        (Some(mut w), Some(t0)) => {
+                            let tally = w.run(t0, done_ops);
+                            if plan.args.remove_keys {
+                                w.remove_keys();
+                            }
+                            Some(tally)
+                        }
                         _ => None,
                     }
                 })
@@ -176,6 +182,15 @@ impl<V: BenchValue> Worker<V> {
             start = end;
         }
         Ok(())
+    }
+
+    /// Deletes this thread's keys (`--remove-keys`), after its clock
+    /// stopped; a failure is reported, not counted.
+    fn remove_keys(&self) {
+        let keys = (0..self.model.len()).map(|k| self.model.key(k));
+        if let Err(e) = self.client.del_many(keys) {
+            eprintln!("kvs_client bench: removing the run's keys: {e}");
+        }
     }
 
     fn run(&mut self, t0: Instant, done_ops: &AtomicU64) -> Tally {

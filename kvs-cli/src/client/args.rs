@@ -152,7 +152,8 @@ pub enum Command {
         json: bool,
     },
     /// Load-test the server: ops/s and latency per op kind, every answer
-    /// checked (see `kvs_client bench --help`).
+    /// checked. Its keys (bench:RUN:THREAD:I) stay in the store afterwards
+    /// unless --remove-keys is given.
     Bench(kvs_bench::BenchArgs),
     /// List entries (key, value, version, last modified), page by page.
     List {
