@@ -84,6 +84,8 @@ fn kvs_server_refuses_hostile_arguments_in_one_line() {
         // Valid alone, too large together: 64 buffers of 1 GiB values.
         vec!["--max-value-size", "1G", "--staging-buffers", "64"],
         vec!["--max-entries", "-1"],
+        // 0 used to mean "no limit" without a word.
+        vec!["--max-entries", "0"],
         vec!["--subscribers", "100000"],
         vec!["--subscriber-queue", "3"],
         // Each valid alone, too large together (hundreds of GiB).

@@ -61,9 +61,10 @@ pub struct Args {
     /// Gone: values are now bytes of any length up to --max-value-size.
     #[arg(long, hide = true)]
     pub value_size: Option<String>,
-    /// Entry limit: SET or POST of a new key beyond it fails with "store
-    /// full" (or evicts, see --eviction).
-    #[arg(long)]
+    /// Entry limit (at least 1; leave it out for none): SET or POST of a
+    /// new key beyond it fails with "store full" (or evicts, see
+    /// --eviction).
+    #[arg(long, value_parser = parse_max_entries, value_name = "N")]
     pub max_entries: Option<u64>,
     /// What a write does when the store is full (--max-memory or
     /// --max-entries): noeviction fails it ("store full"); allkeys-lru
@@ -126,6 +127,14 @@ fn parse_bounded(s: &str, max: u64, min: u64) -> Result<u64, String> {
         return Err(format!("{n} bytes is outside {min} to {max}"));
     }
     Ok(n)
+}
+
+fn parse_max_entries(s: &str) -> Result<u64, String> {
+    match s.parse::<u64>() {
+        Ok(0) => Err("0 would refuse every key: give at least 1, or leave --max-entries out for no limit".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("{s:?} is not a number of entries")),
+    }
 }
 
 fn parse_key_size(s: &str) -> Result<u64, String> {
