@@ -801,3 +801,55 @@ fn watch_ends_on_sigint_and_sigterm_even_when_started_ignoring_them() {
         assert_eq!(status.code(), Some(0), "after {signal:?}");
     }
 }
+
+/// Counts read as English, and the region is named one way everywhere
+/// ("region NAME"): the ready line, status, bench and watch.
+#[test]
+fn messages_count_in_english_and_name_the_region_one_way() {
+    let name = unique_name("grammar");
+    let server = ServerGuard::start(&name, &["--workers", "1"]);
+    assert!(
+        server.ready_line.contains(&format!("region {name} "))
+            && server.ready_line.contains(", 1 worker, "),
+        "{}",
+        server.ready_line
+    );
+    assert!(kvs_client(&name, &["set", "a", "1"]).status.success());
+    let status = stdout(&kvs_client(&name, &["status"]));
+    assert!(status.contains("entries       1 (no limit)"), "{status}");
+    assert!(
+        status.starts_with(&format!("region        {name} ")),
+        "{status}"
+    );
+    let bench = kvs_client(
+        &name,
+        &[
+            "bench",
+            "--ops",
+            "100",
+            "--keys",
+            "10",
+            "--no-progress",
+            "--remove-keys",
+        ],
+    );
+    let header = stdout(&bench);
+    assert!(
+        header.contains(&format!("region {name}, 1 client process x 1 thread,"))
+            && header.contains("1 worker on the server"),
+        "{header}"
+    );
+    let mut watch = kvs_client_command::<&str>(&[], &name, &["watch", "a"]);
+    watch.stderr(std::process::Stdio::piped());
+    let mut watcher = watch.spawn().unwrap();
+    let mut err = watcher.stderr.take().unwrap();
+    let mut watcher = Children(vec![watcher]);
+    let mut first = [0u8; 200];
+    let n = err.read(&mut first).unwrap();
+    let said = String::from_utf8_lossy(&first[..n]);
+    assert!(
+        said.starts_with(&format!("watching 1 key of region {name} ")),
+        "{said}"
+    );
+    let _ = watcher.0[0].kill();
+}

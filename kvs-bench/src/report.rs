@@ -7,6 +7,7 @@ use crate::tally::Tally;
 use crate::workload::Kind;
 use hdrhistogram::Histogram;
 use kvs_core::region::RegionInfo;
+use kvs_core::text::counted;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -128,8 +129,15 @@ fn write_report(
     }
     writeln!(
         out,
-        "kvs bench: region {name}, {} client process(es) x {} thread(s), depth {}, batch {}, mix get:set:post:del {}, {} keys {dist}, {}-byte values, {} server workers",
-        a.clients, a.threads, a.depth, a.batch, a.mix, a.keys, a.value_size, info.workers
+        "kvs bench: region {name}, {} x {}, depth {}, batch {}, mix get:set:post:del {}, {} keys {dist}, {}-byte values, {} on the server",
+        counted(u64::from(a.clients), "client process", "client processes"),
+        counted(u64::from(a.threads), "thread", "threads"),
+        a.depth,
+        a.batch,
+        a.mix,
+        a.keys,
+        a.value_size,
+        counted(info.workers, "worker", "workers")
     )?;
     writeln!(
         out,
@@ -211,7 +219,7 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
             lines[0],
-            "kvs bench: region kvs, 1 client process(es) x 1 thread(s), depth 1, batch 1, mix get:set:post:del 60:20:10:10, 500 keys uniform, 32-byte values, 2 server workers"
+            "kvs bench: region kvs, 1 client process x 1 thread, depth 1, batch 1, mix get:set:post:del 60:20:10:10, 500 keys uniform, 32-byte values, 2 workers on the server"
         );
         assert_eq!(lines[1], "5 ops in 0.500 s: 10 ops/s (10 ops/s)");
         assert_eq!(

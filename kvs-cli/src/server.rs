@@ -131,7 +131,10 @@ fn parse_bounded(s: &str, max: u64, min: u64) -> Result<u64, String> {
 
 fn parse_max_entries(s: &str) -> Result<u64, String> {
     match s.parse::<u64>() {
-        Ok(0) => Err("0 would refuse every key: give at least 1, or leave --max-entries out for no limit".into()),
+        Ok(0) => Err(
+            "0 would refuse every key: give at least 1, or leave --max-entries out for no limit"
+                .into(),
+        ),
         Ok(n) => Ok(n),
         Err(_) => Err(format!("{s:?} is not a number of entries")),
     }
@@ -257,13 +260,13 @@ fn serve(args: &Args, signals: &SigSet) -> Result<(), String> {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(
             out,
-            "kvs_server ready: region {} (socket {}), keys up to {} bytes, values up to {} bytes, memory up to {}, {} workers, {} slots, mode {:o}, {}, pid {}",
+            "kvs_server ready: region {} (socket {}), keys up to {} bytes, values up to {} bytes, memory up to {}, {}, {} slots, mode {:o}, {}, pid {}",
             server.name(),
             server.socket_path().display(),
             server.region().info().max_key,
             server.region().info().max_value,
             crate::support::human_bytes(server.region().info().max_memory),
-            args.workers,
+            kvs_core::text::counted(u64::from(args.workers), "worker", "workers"),
             args.slots,
             args.mode,
             match (server.adoption(), server.keeper_pid()) {

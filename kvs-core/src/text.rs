@@ -62,6 +62,18 @@ pub fn escape_bytes_for_display(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(out)
 }
 
+/// `n` and the noun that goes with it: `counted(1, "worker", "workers")`
+/// is "1 worker", `counted(2, ...)` "2 workers".
+///
+/// ```
+/// use kvs_core::text::counted;
+/// assert_eq!(counted(1, "entry", "entries"), "1 entry");
+/// assert_eq!(counted(0, "entry", "entries"), "0 entries");
+/// ```
+pub fn counted(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

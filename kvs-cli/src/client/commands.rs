@@ -188,7 +188,7 @@ pub(super) fn status(args: &Args, json: bool) -> Result<(), Failure> {
 fn print_status(out: &mut impl Write, s: &kvs_client::StoreStatus) {
     let limit = s
         .max_entries
-        .map_or("unlimited".to_string(), |m| m.to_string());
+        .map_or("no limit".to_string(), |m| format!("limit {m}"));
     let _ = writeln!(
         out,
         "region        {}  ({} bytes, server pid {})",
@@ -206,7 +206,7 @@ fn print_status(out: &mut impl Write, s: &kvs_client::StoreStatus) {
         crate::support::human_bytes(s.max_memory)
     );
     let _ = writeln!(out, "version       {}", s.version);
-    let _ = writeln!(out, "entries       {} (limit {limit})", s.entries);
+    let _ = writeln!(out, "entries       {} ({limit})", s.entries);
     let _ = writeln!(out, "expired       {}", s.expired);
     let _ = writeln!(out, "evicted       {}", s.evicted);
     let _ = writeln!(out, "uptime        {:.1} s", s.uptime_secs);

@@ -187,11 +187,11 @@ pub(crate) fn watch(args: &Args, keys: &[OsString]) -> Result<(), Failure> {
     let client = std::sync::Arc::new(connect(args)?);
     let mut sub = client.subscribe(&keys)?;
     eprintln!(
-        "watching {} on {} (Ctrl+C to stop)",
+        "watching {} of region {} (Ctrl+C to stop)",
         if keys.is_empty() {
             "every key".to_string()
         } else {
-            format!("{} keys", keys.len())
+            kvs_core::text::counted(keys.len() as u64, "key", "keys")
         },
         args.name
     );
