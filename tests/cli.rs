@@ -163,14 +163,16 @@ fn every_command_round_trips_with_its_exit_code() {
     let o = kvs_client(&name, &["set", &"k".repeat(64), "v"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(
-        stderr(&o).contains("a key is 1 to 63 bytes, this one is 64"),
+        stderr(&o).contains("a key is 1 to 63 bytes (kvs_server --max-key-size), this one is 64"),
         "{}",
         stderr(&o)
     );
     let o = kvs_client(&name, &["set", "k", &"v".repeat(256)]);
     assert_eq!(o.status.code(), Some(2));
     assert!(
-        stderr(&o).contains("a value is at most 255 bytes, this one is 256"),
+        stderr(&o).contains(
+            "a value is at most 255 bytes (kvs_server --max-value-size), this one is 256"
+        ),
         "{}",
         stderr(&o)
     );
@@ -281,7 +283,7 @@ fn limits_are_the_servers_and_values_are_any_bytes() {
     let o = kvs_client(&name, &["set", "big", &"x".repeat(4001)]);
     assert_eq!(o.status.code(), Some(2));
     assert!(
-        stderr(&o).contains("at most 4000 bytes, this one is 4001"),
+        stderr(&o).contains("at most 4000 bytes (kvs_server --max-value-size), this one is 4001"),
         "{}",
         stderr(&o)
     );
@@ -807,7 +809,7 @@ fn watch_ends_on_sigint_and_sigterm_even_when_started_ignoring_them() {
 #[test]
 fn messages_count_in_english_and_name_the_region_one_way() {
     let name = unique_name("grammar");
-    let server = ServerGuard::start(&name, &["--workers", "1"]);
+    let server = ServerGuard::start(&name, &["--workers", "1", "--subscribers", "1"]);
     assert!(
         server.ready_line.contains(&format!("region {name} "))
             && server.ready_line.contains(", 1 worker, "),
@@ -850,6 +852,15 @@ fn messages_count_in_english_and_name_the_region_one_way() {
     assert!(
         said.starts_with(&format!("watching 1 key of region {name} ")),
         "{said}"
+    );
+    // The one subscription is taken: the message names the flag.
+    let second = kvs_client(&name, &["watch"]);
+    assert_eq!(second.status.code(), Some(2));
+    assert!(
+        stderr(&second).contains("the one subscription is in use")
+            && stderr(&second).contains("kvs_server --subscribers"),
+        "{}",
+        stderr(&second)
     );
     let _ = watcher.0[0].kill();
 }

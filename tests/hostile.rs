@@ -500,7 +500,7 @@ fn bad_command_lines_fail_with_one_line_and_write_nothing() {
     let raw = |b: &[u8]| OsStr::from_bytes(b).to_os_string();
     let long_key = "k".repeat(64);
     let long_value = "v".repeat(256);
-    let too_long_key = "a key is 1 to 63 bytes, this one is 64";
+    let too_long_key = "a key is 1 to 63 bytes (kvs_server --max-key-size), this one is 64";
     let cases: Vec<(Vec<OsString>, &str)> = vec![
         (vec![os("set"), os(&long_key), os("v")], too_long_key),
         (vec![os("post"), os(&long_key), os("v")], too_long_key),
@@ -509,7 +509,7 @@ fn bad_command_lines_fail_with_one_line_and_write_nothing() {
         (vec![os("set"), raw(&[0xff; 64]), os("v")], too_long_key),
         (
             vec![os("set"), os("k"), os(&long_value)],
-            "a value is at most 255 bytes, this one is 256",
+            "a value is at most 255 bytes (kvs_server --max-value-size), this one is 256",
         ),
         (vec![os("set"), os(""), os("v")], "must not be empty"),
         (vec![os("del"), os("")], "must not be empty"),

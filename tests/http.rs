@@ -155,10 +155,16 @@ fn malformed_requests_are_400_and_too_long_is_413() {
     let long_value = "v".repeat(256);
     let a = post_json(&gw.url("/set"), &json!({"key": long_key, "value": "v"}));
     assert_eq!(a.status, 413);
-    assert_eq!(a.error(), "a key is 1 to 63 bytes, this one is 64");
+    assert_eq!(
+        a.error(),
+        "a key is 1 to 63 bytes (kvs_server --max-key-size), this one is 64"
+    );
     let a = post_json(&gw.url("/post"), &json!({"key": "k", "value": long_value}));
     assert_eq!(a.status, 413);
-    assert_eq!(a.error(), "a value is at most 255 bytes, this one is 256");
+    assert_eq!(
+        a.error(),
+        "a value is at most 255 bytes (kvs_server --max-value-size), this one is 256"
+    );
     let a = post_json(
         &gw.url("/set"),
         &json!({"key": "k", "value_base64": base64(&[0xff; 256])}),
@@ -225,7 +231,10 @@ fn the_limits_follow_the_server() {
         &json!({"key": "k", "value": "v".repeat(1001)}),
     );
     assert_eq!(a.status, 413);
-    assert_eq!(a.error(), "a value is at most 1000 bytes, this one is 1001");
+    assert_eq!(
+        a.error(),
+        "a value is at most 1000 bytes (kvs_server --max-value-size), this one is 1001"
+    );
     assert_eq!(put_bytes(&gw.url("/raw/k"), &[1; 1001]).status, 413);
 
     // Another server with larger limits: the gateway's limits move with it.

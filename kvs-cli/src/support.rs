@@ -60,7 +60,16 @@ impl From<kvs_client::ClientError> for Failure {
 ///
 /// The exit code to end the process with when there is nothing to run.
 pub fn parse_args<A: Parser>(program: &str) -> Result<A, ExitCode> {
-    match A::try_parse() {
+    parse_args_from::<A>(program, std::env::args_os())
+}
+
+/// [`parse_args`] of `args` (the program's name first).
+pub fn parse_args_from<A: Parser>(
+    program: &str,
+    args: impl IntoIterator<Item = std::ffi::OsString>,
+) -> Result<A, ExitCode> {
+    let args: Vec<std::ffi::OsString> = args.into_iter().collect();
+    match A::try_parse_from(&args) {
         Ok(a) => Ok(a),
         Err(e) if !e.use_stderr() => {
             let _ = e.print();
@@ -71,17 +80,47 @@ pub fn parse_args<A: Parser>(program: &str) -> Result<A, ExitCode> {
             Err(ExitCode::from(2))
         }
         Err(e) => {
-            eprintln!("{program}: {}", usage_error_line(&e, program));
+            // The subcommand the arguments name, for a pointer to its help
+            // when clap's message has no usage line to take it from.
+            let subcommands: Vec<String> = A::command()
+                .get_subcommands()
+                .map(|c| c.get_name().to_string())
+                .collect();
+            let sub = args
+                .iter()
+                .skip(1)
+                .filter_map(|a| a.to_str())
+                .find(|a| subcommands.iter().any(|s| s == a));
+            let command = match sub {
+                Some(s) => format!("{program} {s}"),
+                None => program.to_string(),
+            };
+            eprintln!("{program}: {}", usage_error_line(&e, &command));
             Err(ExitCode::from(2))
         }
     }
 }
 
 /// The first line of a clap usage error, without its `error: ` prefix and
-/// with a pointer to `PROGRAM --help` (clap's own rendering spans several
-/// lines).
+/// with a pointer to the help of the command it is about (`PROGRAM --help`,
+/// or `PROGRAM SUBCOMMAND --help` for a subcommand's arguments; clap's own
+/// rendering spans several lines).
 pub fn usage_error_line(e: &clap::Error, program: &str) -> String {
     let rendered = e.render().to_string();
+    // "Usage: kvs_client get [OPTIONS] <KEY>": the command is the words
+    // before the first placeholder.
+    let command = rendered
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Usage:"))
+        .map(|usage| {
+            usage
+                .split_whitespace()
+                .take_while(|w| !w.starts_with(['[', '<', '-']))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .filter(|c| c.starts_with(program.split(' ').next().unwrap_or(program)))
+        .unwrap_or_else(|| program.to_string());
     // The message is the first paragraph (a list of missing arguments
     // continues it on indented lines); "Usage:" and "tip:" lines follow.
     let message: Vec<&str> = rendered
@@ -97,7 +136,7 @@ pub fn usage_error_line(e: &clap::Error, program: &str) -> String {
     } else {
         message
     };
-    format!("{message} (see {program} --help)")
+    format!("{message} (see {command} --help)")
 }
 
 /// Initialises logging to stderr (`RUST_LOG`, default "info"), with colours
@@ -122,6 +161,43 @@ mod tests {
     struct Demo {
         #[arg(long, value_parser = clap::value_parser!(u16).range(1..=64))]
         workers: u16,
+    }
+
+    #[derive(Debug, Parser)]
+    #[command(name = "tool")]
+    struct Tool {
+        #[command(subcommand)]
+        command: Sub,
+    }
+
+    #[derive(Debug, clap::Subcommand)]
+    enum Sub {
+        Get {
+            key: String,
+        },
+        Bench {
+            #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+            ops: u64,
+        },
+    }
+
+    fn os(args: &[&str]) -> Vec<std::ffi::OsString> {
+        args.iter().map(Into::into).collect()
+    }
+
+    #[test]
+    fn a_subcommands_error_points_to_its_own_help() {
+        let e = Tool::try_parse_from(["tool", "get"]).unwrap_err();
+        let line = usage_error_line(&e, "tool");
+        assert!(line.ends_with("(see tool get --help)"), "{line}");
+        let e = Tool::try_parse_from(["tool", "frob"]).unwrap_err();
+        assert!(usage_error_line(&e, "tool").ends_with("(see tool --help)"));
+        // A value error has no usage line: the subcommand comes from the
+        // arguments.
+        assert!(parse_args_from::<Tool>("tool", os(&["tool", "bench", "--ops", "0"])).is_err());
+        let e = Tool::try_parse_from(["tool", "bench", "--ops", "0"]).unwrap_err();
+        let line = usage_error_line(&e, "tool bench");
+        assert!(line.ends_with("(see tool bench --help)"), "{line}");
     }
 
     #[test]

@@ -33,7 +33,7 @@ pub enum ClientError {
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
     /// A key that is empty or longer than the store allows.
-    #[error("a key is 1 to {max} bytes, this one is {len}")]
+    #[error("a key is 1 to {max} bytes (kvs_server --max-key-size), this one is {len}")]
     KeyLength {
         /// Its length.
         len: usize,
@@ -41,7 +41,7 @@ pub enum ClientError {
         max: u64,
     },
     /// A value longer than the store allows.
-    #[error("a value is at most {max} bytes, this one is {len}")]
+    #[error("a value is at most {max} bytes (kvs_server --max-value-size), this one is {len}")]
     ValueLength {
         /// Its length.
         len: usize,

@@ -112,9 +112,14 @@ impl<K: Codec, V: Codec> KVSClient<K, V> {
         let claim = subs
             .subscribe(self.conn.registration(), &hashes)
             .ok_or_else(|| {
+                let n = subs.count();
                 ClientError::Subscribe(format!(
-                    "all {} subscription entries of the region are in use",
-                    subs.count()
+                    "{} in use: the server allows {n} at once (kvs_server --subscribers)",
+                    if n == 1 {
+                        "the one subscription is".to_string()
+                    } else {
+                        format!("all {n} subscriptions are")
+                    }
                 ))
             })?;
         Ok(Subscription {
