@@ -191,3 +191,49 @@ fn kvs_http_refuses_hostile_arguments_in_one_line() {
         check(http_bin(), &args, &[]);
     }
 }
+
+/// `-h` opens with what the program does (its own description, not the
+/// crate's), and a subcommand's error points to that subcommand's help.
+#[test]
+fn help_says_what_each_program_does() {
+    for (program, opening) in [
+        (server_bin(), "Serve a kvs key-value store"),
+        (client_bin(), "Talk to a running kvs_server"),
+        (
+            common::gateway::http_bin(),
+            "A REST gateway and a live web page",
+        ),
+    ] {
+        let out = std::process::Command::new(program)
+            .arg("-h")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.starts_with(opening), "{program} -h: {text}");
+        assert!(!text.contains("command lines"), "{program} -h: {text}");
+    }
+    let out = std::process::Command::new(client_bin())
+        .args(["get"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.trim_end().ends_with("(see kvs_client get --help)"),
+        "{err}"
+    );
+    let out = std::process::Command::new(client_bin())
+        .args(["bench", "--ops", "0"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.trim_end().ends_with("(see kvs_client bench --help)"),
+        "{err}"
+    );
+    let out = std::process::Command::new(client_bin())
+        .args(["bench", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(!help.contains("kvs_client bench --help"), "{help}");
+}

@@ -20,7 +20,7 @@ use std::time::Duration;
 /// anyone who can reach ADDR can read and change the store. Keep the
 /// default loopback address unless you set a token.
 #[derive(Debug, Parser)]
-#[command(name = "kvs_http", version, about, long_about)]
+#[command(name = "kvs_http", version)]
 pub struct Args {
     /// Region name of the server (as its --name).
     #[arg(long, env = "KVS_NAME", default_value = crate::DEFAULT_NAME)]

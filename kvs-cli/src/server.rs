@@ -20,7 +20,7 @@ use std::process::ExitCode;
 /// Exits 2 with one line on stderr if it cannot start (for example when a live
 /// server already owns NAME). Logs go to stderr; set RUST_LOG=debug for more.
 #[derive(Debug, Parser)]
-#[command(name = "kvs_server", version, about, long_about)]
+#[command(name = "kvs_server", version)]
 pub struct Args {
     /// Region name (letters, digits, '.', '_', '-'); clients use the same name.
     #[arg(long, env = "KVS_NAME", default_value = crate::DEFAULT_NAME)]

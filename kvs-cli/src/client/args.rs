@@ -20,7 +20,7 @@ use std::time::Duration;
 /// Exit status: 0 done; 1 key not found (get, del) or already exists (post);
 /// 2 any error (no server, timeout, too-long key or value, bad arguments).
 #[derive(Debug, Parser)]
-#[command(name = "kvs_client", version, about, long_about)]
+#[command(name = "kvs_client", version)]
 pub struct Args {
     /// Region name of the server (as its --name).
     #[arg(long, env = "KVS_NAME", default_value = crate::DEFAULT_NAME, global = true)]
