@@ -93,6 +93,10 @@ fn kvs_server_refuses_hostile_arguments_in_one_line() {
         vec!["--load", "/nonexistent/snap"],
         vec!["--backup-dir", "/nonexistent/dir"],
         vec!["--save-on-exit", "/nonexistent/dir/snap"],
+        // A directory where the file would go, and a directory that takes
+        // no new file: refused at start, not at the stop.
+        vec!["--save-on-exit", "/tmp"],
+        vec!["--save-on-exit", "/proc/kvs.snap"],
         vec!["--socket-dir", "/proc/no-such-dir"],
         vec!["--frobnicate"],
         vec!["--workers"],

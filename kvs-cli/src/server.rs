@@ -208,9 +208,15 @@ fn serve(args: &Args, signals: &SigSet) -> Result<(), String> {
     // Open the save-on-exit directory now: a bad one must fail at start,
     // not lose the data at the stop.
     let save_on_exit = match &args.save_on_exit {
-        Some(path) => Some(
-            kvs_server::snapshot::open_parent(path).map_err(|e| format!("--save-on-exit: {e}"))?,
-        ),
+        Some(path) => {
+            let (dir, name) = kvs_server::snapshot::open_parent(path)
+                .and_then(|(dir, name)| {
+                    kvs_server::snapshot::check_target(&dir, &name)?;
+                    Ok((dir, name))
+                })
+                .map_err(|e| format!("--save-on-exit: {e}"))?;
+            Some((dir, name))
+        }
         None => None,
     };
     let mut builder = KVSServer::<Vec<u8>, Vec<u8>>::builder(&args.name)

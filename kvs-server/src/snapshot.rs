@@ -194,6 +194,42 @@ pub fn open_parent(path: &Path) -> Result<(Dir, String), SnapshotError> {
     Ok((dir, name))
 }
 
+/// Checks, now, that a snapshot can later be written as `name` in `dir`
+/// (`kvs_server --save-on-exit`, which writes only at the stop): `name`
+/// is absent or a regular file, and `dir` takes a new file (one is
+/// created exclusively and removed again), so a directory in its place, a
+/// read-only or pseudo file system, or a directory of someone else's, is
+/// refused at start instead of losing the data at the stop.
+///
+/// # Errors
+///
+/// [`SnapshotError::Io`] saying which.
+pub fn check_target(dir: &Dir, name: &str) -> Result<(), SnapshotError> {
+    let path = dir.path().join(name);
+    match nix::sys::stat::fstatat(dir.as_fd(), name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Ok(st) if !kvs_core::secure_fs::is_regular(&st) => {
+            return Err(SnapshotError::Io {
+                path,
+                source: io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "it exists and is not a regular file (a directory, a link or a device)",
+                ),
+            });
+        }
+        Ok(_) | Err(nix::errno::Errno::ENOENT) => {}
+        Err(e) => return Err(io_err(&path)(io::Error::from(e))),
+    }
+    let probe = format!(".{name}.check-{:016x}", kvs_core::secure_fs::random_u64());
+    dir.create_exclusive(&probe, 0o600).map_err(|e| {
+        io_err(&path)(io::Error::new(
+            e.kind(),
+            format!("cannot create a file in its directory: {e}"),
+        ))
+    })?;
+    dir.unlink(&probe).map_err(io_err(&path))?;
+    Ok(())
+}
+
 /// Writes `entries` (taken at global `version`) as the file `name` of
 /// `dir`: into a fresh, exclusively created temporary file with `mode`,
 /// `fsync`ed and renamed over `name` (see [`Dir::write_atomically`]).

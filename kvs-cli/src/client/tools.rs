@@ -57,7 +57,7 @@ pub(crate) fn list(
     }
     let _ = out.flush();
     if !json {
-        eprintln!("{n} entries");
+        eprintln!("{}", kvs_core::text::counted(n as u64, "entry", "entries"));
     }
     Ok(())
 }
@@ -78,9 +78,9 @@ pub(crate) fn backup(args: &Args, file: Option<&str>) -> Result<(), Failure> {
     let client = connect(args)?;
     let info = client.backup(&file)?;
     println!(
-        "wrote {} ({} entries, version {}, {} bytes)",
+        "wrote {} ({}, version {}, {} bytes)",
         info.path.display(),
-        info.entries,
+        kvs_core::text::counted(info.entries, "entry", "entries"),
         info.version,
         info.bytes
     );
