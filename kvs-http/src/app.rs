@@ -210,9 +210,10 @@ fn asset(content_type: &'static str, body: &'static str) -> impl IntoResponse {
 }
 
 /// Builds the application. With `token`, every API route needs it. With
-/// `loopback_only` (a gateway on loopback without a token), requests must
-/// name a loopback host (see `auth::require_loopback_host`).
-pub fn router(state: AppState, token: Option<Arc<str>>, loopback_only: bool) -> Router {
+/// `loopback_only` (a gateway on loopback without a token: the port it
+/// listens on), requests must name a loopback host (see
+/// `auth::require_loopback_host`).
+pub fn router(state: AppState, token: Option<Arc<str>>, loopback_only: Option<u16>) -> Router {
     let limit = |kind| {
         middleware::from_fn_with_state(
             BodyLimit {
@@ -280,9 +281,11 @@ pub fn router(state: AppState, token: Option<Arc<str>>, loopback_only: bool) -> 
                 "method not allowed on this endpoint",
             )
         });
-    if loopback_only {
-        app.layer(middleware::from_fn(auth::require_loopback_host))
-    } else {
-        app
+    match loopback_only {
+        Some(port) => app.layer(middleware::from_fn_with_state(
+            port,
+            auth::require_loopback_host,
+        )),
+        None => app,
     }
 }

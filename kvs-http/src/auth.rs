@@ -115,31 +115,30 @@ pub fn is_loopback_host(host: &str) -> bool {
 /// whose `Host` is not a loopback name (421), so a web page elsewhere cannot
 /// reach the store through DNS rebinding (a hostile name that resolves to
 /// 127.0.0.1 is still sent as that name in `Host`).
-pub async fn require_loopback_host(request: Request, next: Next) -> Response {
+pub async fn require_loopback_host(
+    State(port): State<u16>,
+    request: Request,
+    next: Next,
+) -> Response {
     let host = request
         .headers()
         .get(axum::http::header::HOST)
         .and_then(|h| h.to_str().ok());
     match host {
         Some(h) if !is_loopback_host(h) => {
-            ApiError::new(StatusCode::MISDIRECTED_REQUEST, misdirected(h)).into_response()
+            ApiError::new(StatusCode::MISDIRECTED_REQUEST, misdirected(h, port)).into_response()
         }
         _ => next.run(request).await,
     }
 }
 
-/// The 421 message for `host`: the address to use instead, with the port
-/// the request came to (the one `host` names; none: HTTP's default).
-fn misdirected(host: &str) -> String {
-    let port = if host.starts_with('[') {
-        host.rsplit_once("]:").map(|(_, p)| p)
+/// The 421 message for `host`: the address to use instead, on `port`,
+/// the one the gateway listens on.
+fn misdirected(host: &str, port: u16) -> String {
+    let address = if port == 80 {
+        "http://127.0.0.1/".to_string()
     } else {
-        host.rsplit_once(':').map(|(_, p)| p)
-    }
-    .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
-    let address = match port {
-        Some(p) => format!("http://127.0.0.1:{p}/"),
-        None => "http://127.0.0.1/".to_string(),
+        format!("http://127.0.0.1:{port}/")
     };
     format!(
         "host {host:?} is not this machine's loopback: open {address} instead (or start kvs_http with --token to serve other names)"
@@ -177,11 +176,10 @@ mod tests {
 
     #[test]
     fn a_misdirected_request_is_told_the_address_with_its_port() {
-        let m = misdirected("evil.example:8123");
+        let m = misdirected("evil.example:9999", 8123);
         assert!(m.contains("http://127.0.0.1:8123/"), "{m}");
         assert!(!m.contains("PORT"), "{m}");
-        assert!(misdirected("evil.example").contains("http://127.0.0.1/"));
-        assert!(misdirected("[fe80::1]:9000").contains("http://127.0.0.1:9000/"));
+        assert!(misdirected("evil.example", 80).contains("http://127.0.0.1/"));
     }
 
     #[test]

@@ -186,7 +186,7 @@ impl Gateway {
             pump: pump.state(),
             history,
         };
-        let loopback_only = token.is_none() && addr.ip().is_loopback();
+        let loopback_only = (token.is_none() && addr.ip().is_loopback()).then_some(addr.port());
         let app = crate::app::router(state, token, loopback_only);
         {
             let connector = Arc::clone(&connector);

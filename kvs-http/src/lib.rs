@@ -38,7 +38,7 @@
 //! let history = Arc::new(kvs_http::history::History::new());
 //! tokio::spawn(kvs_http::history::sample(Arc::clone(&connector), Arc::clone(&history)));
 //! let state = AppState { connector, events, pump: pump.state(), history };
-//! let app = kvs_http::app::router(state, None, true);
+//! let app = kvs_http::app::router(state, None, Some(8000)); // loopback only, port 8000
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8000").await?;
 //! axum::serve(listener, app).await
 //! # }
