@@ -87,7 +87,7 @@ pub enum ClientError {
     #[error("cannot subscribe: {0}")]
     Subscribe(String),
     /// The server tried and failed (a snapshot it could not write, say).
-    #[error("the server failed: {0}")]
+    #[error("the server could not do it: {0}")]
     ServerFailed(String),
     /// The thread that wakes tasks awaiting answers could not be started.
     #[error("cannot start the thread that wakes tasks awaiting answers: {0}")]
