@@ -32,11 +32,13 @@
 //!
 //! Every wait is bounded: the reactor sleeps at most [`SLEEP_SLICE`] while
 //! anything is registered and checks the server's liveness (its socket)
-//! at most once a slice. With nothing registered it sleeps
-//! [`IDLE_SLEEP`] at a time; a registration that finds it asleep past the
-//! registration's deadline or next liveness check (an idle sleep, so the
-//! first registration after a quiet spell) rings the doorbell itself, so
-//! the reactor re-plans. It stops when the connection is dropped.
+//! at most once a slice; a registration that finds it asleep past the
+//! registration's deadline rings the doorbell itself, so the reactor
+//! re-plans. With nothing registered it does not sleep on the doorbell at
+//! all (a waiter announced there would make every answer of the
+//! connection cost its worker a futex wake, and wake this thread for
+//! nothing): it parks, [`IDLE_SLEEP`] at a time, and the next
+//! registration unparks it. It stops when the connection is dropped.
 //!
 //! A doorbell someone else scribbles on, or rings, costs spurious scans,
 //! never a missed answer: the scans read the slots, not the doorbell.
@@ -66,8 +68,12 @@ struct Waiting {
 struct Table {
     /// By slot index: a slot is one request at a time.
     waiting: HashMap<u32, Waiting>,
-    /// When the reactor will wake on its own (`None`: it is scanning).
+    /// When the reactor will wake on its own (`None`: it is scanning, or
+    /// parked idle).
     sleeping_until: Option<Instant>,
+    /// The reactor is parked with nothing to wait for (a registration
+    /// unparks it).
+    idle: bool,
 }
 
 struct Shared {
@@ -164,10 +170,12 @@ impl Reactor {
             // The reactor sleeps past this deadline, or past its next
             // liveness check (an idle sleep): make it re-plan.
             let due = deadline.min(Instant::now() + SLEEP_SLICE);
-            table.sleeping_until.is_some_and(|t| t > due)
+            (table.sleeping_until.is_some_and(|t| t > due), table.idle)
         };
-        if ring {
-            self.shared.bell().notify(1, &FutexParker);
+        match ring {
+            (_, true) => self.unpark(),
+            (true, false) => self.shared.bell().notify(1, &FutexParker),
+            (false, false) => {}
         }
     }
 
@@ -183,6 +191,12 @@ impl Reactor {
             self.shared
                 .waiting
                 .store(table.waiting.len(), Ordering::Relaxed);
+        }
+    }
+
+    fn unpark(&self) {
+        if let Some(t) = &self.thread {
+            t.thread().unpark();
         }
     }
 
@@ -205,6 +219,7 @@ impl Drop for Reactor {
         }
         self.shared.stop.store(true, Ordering::SeqCst);
         self.shared.bell().notify_always(u32::MAX, &FutexParker);
+        thread.thread().unpark();
         let _ = thread.join();
     }
 }
@@ -237,12 +252,22 @@ fn run(shared: &Shared) {
                 true
             }
         });
-        table.sleeping_until = Some(until);
+        let idle = table.waiting.is_empty();
+        table.idle = idle;
+        table.sleeping_until = (!idle).then_some(until);
         shared.waiting.store(table.waiting.len(), Ordering::Relaxed);
         drop(table);
         // Outside the lock: a waker may run anything.
         for w in wake.drain(..) {
             w.wake();
+        }
+        if idle {
+            // Off the doorbell until something registers (`register`
+            // unparks; an unpark that comes before this park is kept).
+            bell.cancel();
+            std::thread::park_timeout(IDLE_SLEEP);
+            shared.table().idle = false;
+            continue;
         }
         bell.wait(
             key,

@@ -39,7 +39,6 @@ use crate::error::{ClientError, Result};
 use kvs_core::codec::Codec;
 use kvs_core::protocol::{OpCode, VALUE_TOO_LARGE};
 use kvs_core::response_table::{Claim, WaitOutcome};
-use kvs_core::wait::{spin_then_yield, SpinPolicy};
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -261,16 +260,31 @@ pub struct Ticket<'c, K, V, R> {
 
 /// How long a first poll spins for the answer before it registers with
 /// the reactor, when no other await of the connection is pending (one
-/// await after another): about 3 us of `pause`, longer than a SET's round
-/// trip to an idle worker. An answer caught this way costs no thread hop
-/// (the reactor's wake-up, then the executor's): measured 1.3 us blocking
-/// against 14 us awaited without it (`e2e/await` in BENCHMARKS.md). With
-/// other awaits pending the answers queue behind theirs, spinning would
-/// only hold the executor's thread, so it does not.
-const FIRST_POLL_SPIN: SpinPolicy = SpinPolicy {
-    spins: 80,
-    yields: 0,
-};
+/// await after another): a few times a small request's round trip to an
+/// idle worker (~1 us). An answer caught this way costs no thread hop (the
+/// reactor's wake-up, then the executor's): one await after another was
+/// 11x a blocking SET without it (`e2e/await` in BENCHMARKS.md). With
+/// other awaits pending the answers queue behind theirs and spinning would
+/// only hold the executor's thread, so it does not; and it is bounded by
+/// the clock, not a count of `pause`s, whose length differs 10x between
+/// processors.
+const FIRST_POLL_SPIN: Duration = Duration::from_micros(5);
+
+/// Spins until `ready` holds (`true`) or `limit` has passed (`false`).
+fn spin_for(limit: Duration, mut ready: impl FnMut() -> bool) -> bool {
+    let until = Instant::now() + limit;
+    loop {
+        for _ in 0..16 {
+            if ready() {
+                return true;
+            }
+            std::hint::spin_loop();
+        }
+        if Instant::now() >= until {
+            return ready();
+        }
+    }
+}
 
 // A ticket is never pinned in place: nothing refers into it.
 impl<K, V, R> Unpin for Ticket<'_, K, V, R> {}
@@ -442,7 +456,7 @@ impl<K: Codec, V: Codec, R> Future for Ticket<'_, K, V, R> {
             let claim = sub.claim;
             if this.deadline.is_none()
                 && conn.awaits_idle()
-                && spin_then_yield(FIRST_POLL_SPIN, || conn.region().slots().settled(&claim))
+                && spin_for(FIRST_POLL_SPIN, || conn.region().slots().settled(&claim))
             {
                 // Answered while we spun: no reactor round trip.
                 this.state = State::InFlight(sub, decode);
