@@ -844,11 +844,11 @@ fn messages_count_in_english_and_name_the_region_one_way() {
     let mut watch = kvs_client_command::<&str>(&[], &name, &["watch", "a"]);
     watch.stderr(std::process::Stdio::piped());
     let mut watcher = watch.spawn().unwrap();
-    let mut err = watcher.stderr.take().unwrap();
+    let err = watcher.stderr.take().unwrap();
     let mut watcher = Children(vec![watcher]);
-    let mut first = [0u8; 200];
-    let n = err.read(&mut first).unwrap();
-    let said = String::from_utf8_lossy(&first[..n]);
+    // One line (stderr is unbuffered: it may come in pieces).
+    let mut said = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(err), &mut said).unwrap();
     assert!(
         said.starts_with(&format!("watching 1 key of region {name} ")),
         "{said}"
