@@ -231,3 +231,43 @@ fn an_await_times_out_and_ends_when_the_server_dies() {
     assert!(started.elapsed() < Duration::from_secs(2));
     let _ = server.signal_and_wait(Signal::SIGKILL);
 }
+
+/// A waker that panics (an executor torn down under its tasks) does not
+/// take the connection's reactor with it: other awaits still complete.
+#[test]
+fn a_panicking_waker_does_not_stop_other_awaits() {
+    struct Bomb;
+    impl Wake for Bomb {
+        fn wake(self: Arc<Self>) {
+            panic!("this executor is gone");
+        }
+    }
+    let name = unique_name("fut-bomb");
+    let server = ServerGuard::start(&name, &["--workers", "1"]);
+    let client = Client::connect(&name).unwrap();
+    assert_eq!(block_on(client.incr_async(&k("n"), 1).unwrap()).unwrap(), 1);
+
+    pause(&server);
+    let bomb = Waker::from(Arc::new(Bomb));
+    let mut doomed = client.incr_async(&k("n"), 1).unwrap();
+    let first = Pin::new(&mut doomed).poll(&mut Context::from_waker(&bomb));
+    assert!(first.is_pending());
+    resume(&server);
+    // The reactor wakes the bomb (and survives it); then a well-behaved
+    // await on the same connection that has to wait for the reactor.
+    std::thread::sleep(Duration::from_millis(200));
+    pause(&server);
+    let resumer = {
+        let pid = server.pid();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            kill(Pid::from_raw(pid as i32), Signal::SIGCONT).unwrap();
+        })
+    };
+    let started = Instant::now();
+    let got = block_on(client.incr_async(&k("n"), 1).unwrap());
+    resumer.join().unwrap();
+    assert_eq!(got.unwrap(), 3);
+    assert!(started.elapsed() < Duration::from_secs(2));
+    drop(doomed);
+}

@@ -11,10 +11,11 @@
 //! only a read that keeps colliding with writers (or meets a store it
 //! cannot make sense of) asks a worker, the same way as a write.
 //!
-//! Nothing on the request path takes a lock, so a connection is `Send +
-//! Sync` and any number of threads may share one. A request awaited as a
-//! future is woken by the connection's reactor thread (`crate::reactor`),
-//! started on the first await that has to wait.
+//! Nothing on the blocking request path takes a lock, so a connection is
+//! `Send + Sync` and any number of threads may share one. A request
+//! awaited as a future, when it has to wait, registers with the
+//! connection's reactor thread (`crate::reactor`, started on the first
+//! such await) under the reactor's mutex.
 
 use crate::error::{ClientError, Result, StoreLimit};
 use kvs_core::bulk::BulkClaim;

@@ -37,8 +37,16 @@
 //! re-plans. With nothing registered it does not sleep on the doorbell at
 //! all (a waiter announced there would make every answer of the
 //! connection cost its worker a futex wake, and wake this thread for
-//! nothing): it parks, [`IDLE_SLEEP`] at a time, and the next
-//! registration unparks it. It stops when the connection is dropped.
+//! nothing): it waits on a condition variable of its table, [`IDLE_SLEEP`]
+//! at a time, which the next registration notifies. It stops when the
+//! connection is dropped.
+//!
+//! Wakers are foreign code: they run outside the table's lock (cloning,
+//! waking and dropping one may re-enter `register` or `deregister`), and a
+//! waker that panics is caught, so one bad executor cannot stop the
+//! reactor that every other await of the connection relies on. Should the
+//! thread end anyway, a registration fails (`WakerThread`) rather than
+//! wait for a wake-up that cannot come.
 //!
 //! A doorbell someone else scribbles on, or rings, costs spurious scans,
 //! never a missed answer: the scans read the slots, not the doorbell.
@@ -49,7 +57,7 @@ use kvs_core::response_table::Claim;
 use kvs_core::wait::{EventCount, FutexParker, SLEEP_SLICE};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::task::Waker;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -71,8 +79,8 @@ struct Table {
     /// When the reactor will wake on its own (`None`: it is scanning, or
     /// parked idle).
     sleeping_until: Option<Instant>,
-    /// The reactor is parked with nothing to wait for (a registration
-    /// unparks it).
+    /// The reactor waits on [`Shared::idle`] with nothing registered (a
+    /// registration notifies it).
     idle: bool,
 }
 
@@ -83,6 +91,9 @@ struct Shared {
     registration: u32,
     private_bell: EventCount,
     table: Mutex<Table>,
+    /// Where the reactor waits while nothing is registered (with the
+    /// table's mutex).
+    idle: Condvar,
     /// How many tasks wait (the table's length, mirrored for a lock-free
     /// look: see [`Reactor::idle`]). Relaxed: a hint for a heuristic.
     waiting: AtomicUsize,
@@ -123,6 +134,7 @@ impl Reactor {
             registration,
             private_bell: EventCount::new(),
             table: Mutex::new(Table::default()),
+            idle: Condvar::new(),
             waiting: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
         });
@@ -143,61 +155,77 @@ impl Reactor {
     /// Wakes `waker` once `claim`'s request is settled, its deadline has
     /// passed, or the server is gone (or spuriously). Replaces an earlier
     /// registration of the same slot.
-    pub(crate) fn register(&self, claim: Claim, deadline: Instant, waker: &Waker) {
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::WakerThread`] when the reactor thread is gone (a
+    /// waker panicked in it): the await fails instead of waiting for a
+    /// wake-up that will never come.
+    pub(crate) fn register(&self, claim: Claim, deadline: Instant, waker: &Waker) -> Result<()> {
+        if self.thread.as_ref().is_none_or(JoinHandle::is_finished) {
+            return Err(ClientError::WakerThread(
+                "the thread that wakes awaiting tasks has ended".into(),
+            ));
+        }
+        let replaced;
         let ring = {
             let mut table = self.shared.table();
-            match table.waiting.get_mut(&claim.index) {
+            replaced = match table.waiting.get_mut(&claim.index) {
                 Some(w) if w.claim == claim => {
                     w.deadline = deadline;
-                    if !w.waker.will_wake(waker) {
-                        w.waker.clone_from(waker);
+                    if w.waker.will_wake(waker) {
+                        None
+                    } else {
+                        Some(std::mem::replace(&mut w.waker, waker.clone()))
                     }
                 }
-                _ => {
-                    table.waiting.insert(
+                _ => table
+                    .waiting
+                    .insert(
                         claim.index,
                         Waiting {
                             claim,
                             deadline,
                             waker: waker.clone(),
                         },
-                    );
-                }
-            }
+                    )
+                    .map(|w| w.waker),
+            };
             self.shared
                 .waiting
                 .store(table.waiting.len(), Ordering::Relaxed);
-            // The reactor sleeps past this deadline, or past its next
-            // liveness check (an idle sleep): make it re-plan.
-            let due = deadline.min(Instant::now() + SLEEP_SLICE);
-            (table.sleeping_until.is_some_and(|t| t > due), table.idle)
+            if table.idle {
+                // Parked with nothing registered: this wakes it.
+                self.shared.idle.notify_one();
+            }
+            // Asleep on the doorbell past this deadline: make it re-plan.
+            table.sleeping_until.is_some_and(|t| t > deadline)
         };
-        match ring {
-            (_, true) => self.unpark(),
-            (true, false) => self.shared.bell().notify(1, &FutexParker),
-            (false, false) => {}
+        // A waker replaced is dropped outside the lock (dropping one may
+        // drop a task, and with it a ticket that deregisters).
+        drop(replaced);
+        if ring {
+            self.shared.bell().notify(u32::MAX, &FutexParker);
         }
+        Ok(())
     }
 
     /// Forgets `claim`'s registration (answered, abandoned or dropped).
     pub(crate) fn deregister(&self, claim: &Claim) {
-        let mut table = self.shared.table();
-        if table
-            .waiting
-            .get(&claim.index)
-            .is_some_and(|w| w.claim == *claim)
-        {
-            table.waiting.remove(&claim.index);
+        let removed = {
+            let mut table = self.shared.table();
+            let ours = table
+                .waiting
+                .get(&claim.index)
+                .is_some_and(|w| w.claim == *claim);
+            let removed = ours.then(|| table.waiting.remove(&claim.index)).flatten();
             self.shared
                 .waiting
                 .store(table.waiting.len(), Ordering::Relaxed);
-        }
-    }
-
-    fn unpark(&self) {
-        if let Some(t) = &self.thread {
-            t.thread().unpark();
-        }
+            removed
+        };
+        // Outside the lock, as in `register`.
+        drop(removed);
     }
 
     /// Whether no task waits on this connection's reactor (a hint).
@@ -219,8 +247,27 @@ impl Drop for Reactor {
         }
         self.shared.stop.store(true, Ordering::SeqCst);
         self.shared.bell().notify_always(u32::MAX, &FutexParker);
-        thread.thread().unpark();
+        {
+            // Under the lock: the reactor checks `stop` under it before
+            // waiting on `idle`.
+            let _table = self.shared.table();
+            self.shared.idle.notify_all();
+        }
+        if thread.thread().id() == std::thread::current().id() {
+            // Dropped from a waker the reactor ran (a task that held the
+            // last client): it ends by itself at its next look at `stop`.
+            return;
+        }
         let _ = thread.join();
+    }
+}
+
+/// Calls each waker, a panic in one caught: the others still run, and the
+/// reactor lives on for every other await of the connection.
+fn wake_all(wake: &mut Vec<Waker>) {
+    for w in wake.drain(..) {
+        // The panic hook has reported it; the reactor goes on.
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.wake()));
     }
 }
 
@@ -243,42 +290,54 @@ fn run(shared: &Shared) {
             alive_checked = now;
         }
         let mut until = now + IDLE_SLEEP;
-        table.waiting.retain(|_, w| {
-            if !alive || w.deadline <= now || slots.settled(&w.claim) {
-                wake.push(w.waker.clone());
-                false
-            } else {
-                until = until.min(w.deadline).min(now + SLEEP_SLICE);
-                true
+        // Wakers move out (no clone); they run, and drop, outside the lock.
+        let due: Vec<u32> = table
+            .waiting
+            .iter()
+            .filter(|(_, w)| !alive || w.deadline <= now || slots.settled(&w.claim))
+            .map(|(&index, _)| index)
+            .collect();
+        for index in due {
+            if let Some(w) = table.waiting.remove(&index) {
+                wake.push(w.waker);
             }
-        });
+        }
+        for w in table.waiting.values() {
+            until = until.min(w.deadline).min(now + SLEEP_SLICE);
+        }
         let idle = table.waiting.is_empty();
-        table.idle = idle;
         table.sleeping_until = (!idle).then_some(until);
         shared.waiting.store(table.waiting.len(), Ordering::Relaxed);
         drop(table);
-        // Outside the lock: a waker may run anything.
-        for w in wake.drain(..) {
-            w.wake();
-        }
+        wake_all(&mut wake);
         if idle {
-            // Off the doorbell until something registers (`register`
-            // unparks; an unpark that comes before this park is kept).
+            // Off the doorbell until something registers: `register`
+            // notifies `idle` under the table's lock, and the predicate is
+            // checked under it too, so no registration is missed.
             bell.cancel();
-            std::thread::park_timeout(IDLE_SLEEP);
-            shared.table().idle = false;
+            let mut table = shared.table();
+            table.idle = true;
+            let (mut table, _) = shared
+                .idle
+                .wait_timeout_while(table, IDLE_SLEEP, |t| {
+                    t.waiting.is_empty() && !shared.stop.load(Ordering::SeqCst)
+                })
+                .unwrap_or_else(PoisonError::into_inner);
+            table.idle = false;
             continue;
         }
+        // From now: the wakers above may have taken a while.
         bell.wait(
             key,
-            Some(until.saturating_duration_since(now)),
+            Some(until.saturating_duration_since(Instant::now())),
             &FutexParker,
         );
         shared.table().sleeping_until = None;
     }
     // Stopping (the connection is dropped, so no ticket is left; be total).
-    let waiting = std::mem::take(&mut shared.table().waiting);
-    for (_, w) in waiting {
-        w.waker.wake();
-    }
+    let mut rest: Vec<Waker> = std::mem::take(&mut shared.table().waiting)
+        .into_values()
+        .map(|w| w.waker)
+        .collect();
+    wake_all(&mut rest);
 }

@@ -13,8 +13,8 @@
 //!   asleep on the connection's doorbell until the server answers one of
 //!   them) and returns `Pending`; nothing polls in a loop. An await gives
 //!   up after the client's timeout ([`Ticket::with_timeout`] to change
-//!   it), counted from its first poll, and fails at once when the server
-//!   is gone.
+//!   it), counted from its first poll, and fails within a liveness slice
+//!   or two (tens of milliseconds) when the server is gone.
 //!
 //! Submitting (the `*_async` call itself) does not wait for the answer;
 //! it waits only, boundedly, when every response slot or the request ring
@@ -444,9 +444,18 @@ impl<K: Codec, V: Codec, R> Future for Ticket<'_, K, V, R> {
             let timeout = this.timeout;
             return Poll::Ready(this.wait_here(timeout));
         }
+        // Rounds of "settled, yet not taken": only a slot word that keeps
+        // flipping (a scribbler) makes more than one; after a few the
+        // executor's thread is given back.
+        let mut rounds = 0;
         loop {
             if let Some(r) = this.try_take() {
                 return Poll::Ready(r);
+            }
+            rounds += 1;
+            if rounds > 3 && this.registered {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
             }
             let State::InFlight(sub, decode) = std::mem::replace(&mut this.state, State::Done)
             else {
@@ -479,7 +488,7 @@ impl<K: Codec, V: Codec, R> Future for Ticket<'_, K, V, R> {
                 Some(outcome) => Err(conn.give_up(&sub, outcome, this.timeout)),
                 None => conn
                     .reactor()
-                    .map(|r| r.register(claim, deadline, cx.waker())),
+                    .and_then(|r| r.register(claim, deadline, cx.waker())),
             };
             if let Err(e) = registered {
                 if failed.is_none() {

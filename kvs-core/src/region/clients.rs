@@ -6,8 +6,9 @@
 //! nothing in the region names it any more. Its own copy of that table is
 //! the authority (it lives in the server's memory, where no client can
 //! scribble on it); this mirror in the region only lets `status` and other
-//! tools see the registrations. Clients never write it, and the server
-//! never reads it back to decide anything.
+//! tools see the registrations. Clients never write its fields (save their
+//! own doorbell, below), and the server never reads them back to decide
+//! anything.
 //!
 //! One word pair in each entry is the client's: its **doorbell**, an
 //! [`EventCount`] the server rings after answering any request of that
