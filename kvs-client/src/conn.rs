@@ -688,7 +688,9 @@ impl Conn {
     }
 
     /// Abandons a request that is still pending, with `outcome`'s error
-    /// (an answer that arrives just now is dropped with it).
+    /// (an answer that arrives in the instant between the caller's last
+    /// look and this is dropped with it, as with any timeout: the request
+    /// may have been carried out).
     pub(crate) fn give_up(
         &self,
         sub: &Submitted,

@@ -484,16 +484,27 @@ impl<K: Codec, V: Codec, R> Future for Ticket<'_, K, V, R> {
             } else {
                 None
             };
-            let registered = match failed {
-                Some(outcome) => Err(conn.give_up(&sub, outcome, this.timeout)),
-                None => conn
-                    .reactor()
-                    .and_then(|r| r.register(claim, deadline, cx.waker())),
-            };
-            if let Err(e) = registered {
-                if failed.is_none() {
-                    conn.abandon(&sub);
+            if let Some(outcome) = failed {
+                this.unregister(&claim);
+                // A last look: an answer that landed since the check above
+                // is the result (an INCR that was made must not read as a
+                // failure); only a request still pending is given up.
+                let answer = match conn.try_finish(sub) {
+                    Ok(answer) => answer,
+                    Err(sub) => Err(conn.give_up(&sub, outcome, this.timeout)),
+                };
+                match this.next(decode, answer) {
+                    Some(r) => return Poll::Ready(r),
+                    // A large value asked for again: past the deadline,
+                    // the next round gives that up too.
+                    None => continue,
                 }
+            }
+            if let Err(e) = conn
+                .reactor()
+                .and_then(|r| r.register(claim, deadline, cx.waker()))
+            {
+                conn.abandon(&sub);
                 this.unregister(&claim);
                 return Poll::Ready(Err(e));
             }
