@@ -271,3 +271,40 @@ fn a_panicking_waker_does_not_stop_other_awaits() {
     assert!(started.elapsed() < Duration::from_secs(2));
     drop(doomed);
 }
+
+/// A poll that panics inside foreign code (a waker whose clone panics)
+/// leaves the request in its ticket: dropping the ticket gives the slot
+/// back, nothing leaks.
+#[test]
+fn a_poll_that_panics_in_a_waker_leaks_no_slot() {
+    use std::task::{RawWaker, RawWakerVTable};
+    fn clone(_: *const ()) -> RawWaker {
+        panic!("this waker cannot be cloned");
+    }
+    fn noop(_: *const ()) {}
+    static VTABLE: RawWakerVTable = RawWakerVTable::new(clone, noop, noop, noop);
+    // SAFETY: the vtable's functions ignore the data pointer (null).
+    let waker = unsafe { Waker::from_raw(RawWaker::new(std::ptr::null(), &VTABLE)) };
+
+    let name = unique_name("fut-unwind");
+    let server = ServerGuard::start(&name, &["--workers", "1"]);
+    let client = Client::connect(&name).unwrap();
+    pause(&server);
+    let mut ticket = client.set_async(&k("a"), &k("1")).unwrap();
+    let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let _ = Pin::new(&mut ticket).poll(&mut Context::from_waker(&waker));
+    }));
+    assert!(polled.is_err(), "the waker's clone should have panicked");
+    drop(ticket);
+    resume(&server);
+    let slots = probe(&name).info().slot_count as usize;
+    let give_up = Instant::now() + Duration::from_secs(5);
+    loop {
+        let free = probe(&name).slots().free_count();
+        if free == slots {
+            break;
+        }
+        assert!(Instant::now() < give_up, "{free} of {slots} slots free");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -457,18 +457,19 @@ impl<K: Codec, V: Codec, R> Future for Ticket<'_, K, V, R> {
                 cx.waker().wake_by_ref();
                 return Poll::Pending;
             }
-            let State::InFlight(sub, decode) = std::mem::replace(&mut this.state, State::Done)
-            else {
-                return Poll::Ready(Err(taken()));
+            // The request stays in `this.state` while foreign code runs
+            // (the waker's clone in `register`): should that panic, the
+            // ticket's drop still abandons it and nothing leaks.
+            let claim = match &this.state {
+                State::InFlight(sub, _) => sub.claim,
+                _ => return Poll::Ready(Err(taken())),
             };
             let conn = &this.client.conn;
-            let claim = sub.claim;
             if this.deadline.is_none()
                 && conn.awaits_idle()
                 && spin_for(FIRST_POLL_SPIN, || conn.region().slots().settled(&claim))
             {
                 // Answered while we spun: no reactor round trip.
-                this.state = State::InFlight(sub, decode);
                 this.deadline = Some(deadline_after(this.timeout));
                 continue;
             }
@@ -486,6 +487,10 @@ impl<K: Codec, V: Codec, R> Future for Ticket<'_, K, V, R> {
             };
             if let Some(outcome) = failed {
                 this.unregister(&claim);
+                let State::InFlight(sub, decode) = std::mem::replace(&mut this.state, State::Done)
+                else {
+                    return Poll::Ready(Err(taken()));
+                };
                 // A last look: an answer that landed since the check above
                 // is the result (an INCR that was made must not read as a
                 // failure); only a request still pending is given up.
@@ -504,12 +509,13 @@ impl<K: Codec, V: Codec, R> Future for Ticket<'_, K, V, R> {
                 .reactor()
                 .and_then(|r| r.register(claim, deadline, cx.waker()))
             {
-                conn.abandon(&sub);
                 this.unregister(&claim);
+                if let State::InFlight(sub, _) = std::mem::replace(&mut this.state, State::Done) {
+                    conn.abandon(&sub);
+                }
                 return Poll::Ready(Err(e));
             }
             this.registered = true;
-            this.state = State::InFlight(sub, decode);
             // An answer that came before the registration: the reactor's
             // scan may have missed it, this check does not (module docs of
             // `crate::reactor`).
