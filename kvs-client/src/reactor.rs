@@ -77,7 +77,7 @@ struct Table {
     /// By slot index: a slot is one request at a time.
     waiting: HashMap<u32, Waiting>,
     /// When the reactor will wake on its own (`None`: it is scanning, or
-    /// parked idle).
+    /// waiting idle on [`Shared::idle`]).
     sleeping_until: Option<Instant>,
     /// The reactor waits on [`Shared::idle`] with nothing registered (a
     /// registration notifies it).

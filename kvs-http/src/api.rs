@@ -133,11 +133,21 @@ impl KeyValue {
     ///
     /// [`FieldError`] when a pair has both fields, neither, or bad base64.
     pub fn to_bytes(&self) -> Result<(Vec<u8>, Vec<u8>), FieldError> {
-        let key = json::from_fields("key", self.key.as_deref(), self.key_base64.as_deref())?;
-        let value =
-            json::from_fields("value", self.value.as_deref(), self.value_base64.as_deref())?;
-        Ok((key, value))
+        entry_bytes(&self.key, &self.key_base64, &self.value, &self.value_base64)
     }
+}
+
+/// The key and value bytes of a body's `key`/`key_base64` and
+/// `value`/`value_base64` pairs.
+fn entry_bytes(
+    key: &Option<String>,
+    key_base64: &Option<String>,
+    value: &Option<String>,
+    value_base64: &Option<String>,
+) -> Result<(Vec<u8>, Vec<u8>), FieldError> {
+    let key = json::from_fields("key", key.as_deref(), key_base64.as_deref())?;
+    let value = json::from_fields("value", value.as_deref(), value_base64.as_deref())?;
+    Ok((key, value))
 }
 
 /// The body of `/set`: a key and its value, and optionally a TTL and the
@@ -178,10 +188,7 @@ impl SetBody {
     ///
     /// [`FieldError`] when a pair has both fields, neither, or bad base64.
     pub fn to_bytes(&self) -> Result<(Vec<u8>, Vec<u8>), FieldError> {
-        let key = json::from_fields("key", self.key.as_deref(), self.key_base64.as_deref())?;
-        let value =
-            json::from_fields("value", self.value.as_deref(), self.value_base64.as_deref())?;
-        Ok((key, value))
+        entry_bytes(&self.key, &self.key_base64, &self.value, &self.value_base64)
     }
 }
 

@@ -182,12 +182,6 @@ impl History {
     }
 }
 
-fn unix_now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 /// Samples the store every [`INTERVAL`] into `history` until the task is
 /// dropped (aborted with the gateway). A status read blocks (one request
 /// to the server), so it runs on the blocking pool; one at a time.
@@ -209,7 +203,7 @@ pub async fn sample(connector: Arc<Connector>, history: Arc<History>) {
         })
         .await;
         match status {
-            Ok(Ok(st)) => history.record(unix_now_ms(), Reading::from(&st)),
+            Ok(Ok(st)) => history.record(crate::json::unix_now_ms(), Reading::from(&st)),
             _ => history.gap(),
         }
     }

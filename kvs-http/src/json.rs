@@ -48,6 +48,13 @@ pub fn expires_ms(deadline_ns: u64) -> Option<u64> {
     (deadline_ns != 0).then(|| deadline_ns.div_ceil(1_000_000))
 }
 
+/// Unix milliseconds now, the unit of every time the API writes.
+pub fn unix_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// The JSON form of `bytes`: `(Some(text), None)` when they are UTF-8,
 /// else `(None, Some(base64))`.
 pub fn to_fields(bytes: Vec<u8>) -> (Option<String>, Option<String>) {

@@ -150,7 +150,7 @@ fn ttl_body(key: Vec<u8>, ttl: Ttl) -> TtlBody {
         Ttl::Persistent => (None, None),
         Ttl::Expires(left) => {
             let left_ms = u64::try_from(left.as_millis()).unwrap_or(u64::MAX);
-            let now_ms = unix_now_ms();
+            let now_ms = json::unix_now_ms();
             (Some(left_ms), Some(now_ms.saturating_add(left_ms)))
         }
     };
@@ -162,20 +162,13 @@ fn ttl_body(key: Vec<u8>, ttl: Ttl) -> TtlBody {
     }
 }
 
-/// Unix milliseconds now.
-fn unix_now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 /// The TTL of `key`, or 404.
 async fn read_ttl(state: &AppState, key: Vec<u8>) -> Result<TtlBody, ApiError> {
     let Some(entry) = lookup(state, &key).await? else {
         return Err(not_found(&key));
     };
     let (k, key_base64) = json::to_fields(key);
-    let now_ns = unix_now_ms().saturating_mul(1_000_000);
+    let now_ns = json::unix_now_ms().saturating_mul(1_000_000);
     Ok(TtlBody {
         key: k,
         key_base64,
